@@ -1,0 +1,60 @@
+"""Reference model zoo for the gdp-graph tests.
+
+``ZOO`` maps a short name to a zero-argument factory returning
+``(model, example_inputs)``: the model is seeded (``torch.manual_seed(0)``),
+in eval mode, with randomized norm statistics / affine parameters; the
+example inputs are a tuple of batch-size-2 tensors. Every model is a small
+but structurally faithful version of a published architecture, written the
+way reference codebases write it, and is ``torch.fx.symbolic_trace``-able
+except the ones listed in ``UNTRACEABLE``.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+from . import convnext, densenet, inception, misc, mobile, resnets, segmentation, shufflenet, swin, vgg, vit
+from ._common import Factory, randomize_norms, zoo_factory
+
+_ORDER = [
+    "vgg",
+    "resnet_basic",
+    "resnet_bottleneck",
+    "resnet_cifar_optiona",
+    "resnext",
+    "mobilenetv2",
+    "mobilenetv3",
+    "efficientnet",
+    "densenet",
+    "inception",
+    "shufflenetv2",
+    "convnext",
+    "vit",
+    "vit_manual_attn",
+    "vit_mha",
+    "swin",
+    "unet",
+    "deeplab_aspp",
+    "embedding_lm",
+    "pixelshuffle_sr",
+    "grouped_norm",
+    "untraceable",
+]
+
+
+def _collect() -> Dict[str, Factory]:
+    entries: Dict[str, Factory] = {}
+    for family in (vgg, resnets, mobile, densenet, inception, shufflenet, convnext, vit, swin, segmentation, misc):
+        for name, factory in family.ENTRIES.items():
+            assert name not in entries, f"duplicate zoo name {name!r}"
+            entries[name] = factory
+    assert set(entries) == set(_ORDER), sorted(set(entries) ^ set(_ORDER))
+    return {name: entries[name] for name in _ORDER}
+
+
+ZOO: Dict[str, Factory] = _collect()
+
+# Models whose forward has data-dependent control flow (torch.fx cannot trace them).
+UNTRACEABLE = frozenset({"untraceable"})
+ZOO_TRACEABLE: Dict[str, Factory] = {name: f for name, f in ZOO.items() if name not in UNTRACEABLE}
+
+__all__ = ["ZOO", "ZOO_TRACEABLE", "UNTRACEABLE", "Factory", "randomize_norms", "zoo_factory"]
