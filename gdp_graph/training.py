@@ -1,0 +1,392 @@
+"""A small, generic training / evaluation loop for classification models.
+
+It is what the CLI and the examples use; the pruning machinery plugs into two hooks of
+:func:`train_one_epoch`:
+
+* ``extra_loss()`` returns a scalar added to the task loss at every step (the pruning
+  penalty);
+* ``on_step(global_step)`` runs after every optimizer step (the pruning schedules).
+
+Loss and accuracy are accumulated on the device and read back once per epoch (or every few
+steps while a progress bar is shown), so the loop does not force a device sync per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+__all__ = [
+    "cosine_lr_factor",
+    "cosine_schedule",
+    "evaluate",
+    "make_optimizer",
+    "train_one_epoch",
+]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+#: ``None``/``False``: no bar; ``True``: own bar on stderr when it is a terminal; a
+#: :class:`rich.progress.Progress`: add a task to it (skipped when its console is no terminal).
+ProgressArg = Union[bool, "Progress", None]
+
+_REFRESH_EVERY = 25  # steps between progress-bar loss readouts (each one syncs the device)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _autocast(
+    device: torch.device, enabled: bool, dtype: torch.dtype
+) -> contextlib.AbstractContextManager[Any]:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _Bar:
+    """A progress-bar task, or a no-op when progress is disabled."""
+
+    def __init__(self, progress: Any = None, task: Any = None) -> None:
+        self.progress = progress
+        self.task = task
+
+    @property
+    def enabled(self) -> bool:
+        return self.progress is not None
+
+    def update(self, advance: int = 1, **fields: Any) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=advance, **fields)
+
+
+@contextlib.contextmanager
+def _progress_bar(progress: ProgressArg, total: int | None, description: str) -> Iterator[_Bar]:
+    if progress is None or progress is False:
+        yield _Bar()
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if progress is True:
+        console = Console(file=sys.stderr)
+        if not console.is_terminal:
+            yield _Bar()
+            return
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+            transient=True,
+        )
+        with bar:
+            task = bar.add_task(description, total=total, status="")
+            yield _Bar(bar, task)
+        return
+    if not isinstance(progress, Progress):
+        raise TypeError(
+            "progress must be None, a bool or a rich.progress.Progress, "
+            f"got {type(progress).__name__}"
+        )
+    if not progress.console.is_terminal:
+        yield _Bar()
+        return
+    task = progress.add_task(description, total=total, status="")
+    try:
+        yield _Bar(progress, task)
+    finally:
+        progress.remove_task(task)
+
+
+def _num_batches(loader: Iterable[Any], max_steps: int | None) -> int | None:
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        n = None
+    if max_steps is not None:
+        n = max_steps if n is None else min(n, max_steps)
+    return n
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    return t if t.device == device else t.to(device, non_blocking=True)
+
+
+# --------------------------------------------------------------------------------------------
+# train / evaluate
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device | str,
+    loss_fn: LossFn = F.cross_entropy,
+    extra_loss: Callable[[], Tensor] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    autocast: bool = False,
+    autocast_dtype: torch.dtype = torch.bfloat16,
+    scheduler: Any = None,
+    progress: ProgressArg = None,
+    start_step: int = 0,
+    max_steps: int | None = None,
+    description: str = "train",
+) -> dict[str, float]:
+    """Train ``model`` for one pass over ``loader`` (or ``max_steps`` batches).
+
+    Each step: ``loss = loss_fn(model(x), y) + extra_loss()``, backward, ``optimizer.step()``,
+    ``scheduler.step()`` (when given; the schedule is per step, not per epoch), then
+    ``on_step(global_step)``.
+
+    Args:
+        model: put in training mode for the epoch.
+        loader: yields ``(inputs, integer targets)``; batches are moved to ``device``.
+        optimizer: any torch optimizer over the model's (and e.g. gates') parameters.
+        device: where the model lives.
+        loss_fn: task loss on ``(logits, targets)`` returning the batch mean.
+        extra_loss: called once per step, after the forward pass; its scalar result is added
+            to the task loss (e.g. a sparsity penalty). Computed outside autocast.
+        on_step: called after every optimizer step with the global step count, i.e.
+            ``start_step + steps done in this epoch`` (``start_step + 1`` after the first).
+        autocast: run forward and task loss under :func:`torch.autocast` for the device type
+            with ``autocast_dtype`` (bfloat16 by default, which needs no gradient scaler).
+        scheduler: object with ``.step()`` called after each optimizer step (e.g. from
+            :func:`cosine_schedule`).
+        progress: see ``ProgressArg``: ``None``/``False`` disables the bar, ``True`` shows one
+            on stderr if it is a terminal, a ``rich.progress.Progress`` gets a task added.
+        start_step: global step count before this epoch.
+        max_steps: stop after this many steps (for smoke runs).
+        description: label of the progress bar.
+
+    Returns:
+        ``loss`` (mean total loss per sample), ``task_loss``, ``extra_loss`` (means, so that
+        ``loss == task_loss + extra_loss``), ``accuracy`` (fraction in ``[0, 1]``), ``n``
+        (samples), ``steps``, ``global_step`` (``start_step + steps``, to pass on as the next
+        epoch's ``start_step``), ``lr`` (first param group, at the end) and ``seconds``.
+    """
+    dev = torch.device(device)
+    model.train()
+    task_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    extra_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    n = 0
+    steps = 0
+    t0 = time.perf_counter()
+    with _progress_bar(progress, _num_batches(loader, max_steps), description) as bar:
+        for x, y in loader:
+            if max_steps is not None and steps >= max_steps:
+                break
+            x = _to_device(x, dev)
+            y = _to_device(y, dev)
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(dev, autocast, autocast_dtype):
+                logits = model(x)
+                task = loss_fn(logits, y)
+            task = task.float()
+            if extra_loss is not None:
+                extra = extra_loss()
+                loss = task + extra
+            else:
+                extra = None
+                loss = task
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            steps += 1
+            if on_step is not None:
+                on_step(start_step + steps)
+
+            bs = int(y.shape[0])
+            n += bs
+            task_sum += task.detach().double() * bs
+            if extra is not None:
+                extra_sum += extra.detach().to(dev, torch.float64) * bs
+            correct += (logits.detach().argmax(dim=1) == y).sum()
+            if bar.enabled:
+                status = ""
+                if steps % _REFRESH_EVERY == 0:
+                    mean = (task_sum + extra_sum).item() / n
+                    status = f"loss {mean:.4f}  acc {correct.item() / n:.3f}"
+                    bar.update(1, status=status)
+                else:
+                    bar.update(1)
+
+    seconds = time.perf_counter() - t0
+    denom = max(n, 1)
+    task_mean = task_sum.item() / denom
+    extra_mean = extra_sum.item() / denom
+    lr = float(optimizer.param_groups[0]["lr"]) if optimizer.param_groups else math.nan
+    return {
+        "loss": task_mean + extra_mean,
+        "task_loss": task_mean,
+        "extra_loss": extra_mean,
+        "accuracy": correct.item() / denom,
+        "n": n,
+        "steps": steps,
+        "global_step": start_step + steps,
+        "lr": lr,
+        "seconds": seconds,
+    }
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    *,
+    device: torch.device | str,
+    loss_fn: LossFn = F.cross_entropy,
+    autocast: bool = False,
+    autocast_dtype: torch.dtype = torch.bfloat16,
+    progress: ProgressArg = None,
+    max_batches: int | None = None,
+    description: str = "eval",
+) -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` over ``loader``, in eval mode without gradients.
+
+    Every submodule's ``training`` flag is restored afterwards (also on error), so a model
+    that was training, or that had e.g. some BN layers frozen in eval mode, is left as it was.
+
+    Returns:
+        ``loss`` (mean per sample, ``loss_fn`` must return the batch mean), ``accuracy``
+        (fraction), ``n`` (samples seen) and ``seconds``.
+    """
+    dev = torch.device(device)
+    modes = [(m, m.training) for m in model.modules()]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    n = 0
+    t0 = time.perf_counter()
+    model.eval()
+    try:
+        with (
+            torch.no_grad(),
+            _progress_bar(progress, _num_batches(loader, max_batches), description) as bar,
+        ):
+            for i, (x, y) in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x = _to_device(x, dev)
+                y = _to_device(y, dev)
+                with _autocast(dev, autocast, autocast_dtype):
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
+                bs = int(y.shape[0])
+                n += bs
+                loss_sum += loss.double() * bs
+                correct += (logits.argmax(dim=1) == y).sum()
+                bar.update(1)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    denom = max(n, 1)
+    return {
+        "loss": loss_sum.item() / denom,
+        "accuracy": correct.item() / denom,
+        "n": n,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# optimizer and schedule
+
+
+def make_optimizer(
+    model: nn.Module,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    nesterov: bool = True,
+    *,
+    no_weight_decay: Callable[[str, nn.Parameter], bool] | None = None,
+) -> torch.optim.SGD:
+    """SGD over the model's trainable parameters.
+
+    Args:
+        lr, momentum, weight_decay: the usual; ``nesterov`` is ignored when ``momentum == 0``
+            (torch refuses Nesterov without momentum).
+        no_weight_decay: ``(name, param) -> bool``; parameters it selects get no weight decay
+            (e.g. pruning gates or BN affine parameters).
+    """
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    decay: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if no_weight_decay is not None and no_weight_decay(name, p):
+            plain.append(p)
+        else:
+            decay.append(p)
+    if not decay and not plain:
+        raise ValueError("the model has no trainable parameters")
+    groups: list[dict[str, Any]] = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if plain:
+        groups.append({"params": plain, "weight_decay": 0.0})
+    return torch.optim.SGD(
+        groups, lr=lr, momentum=momentum, nesterov=bool(nesterov and momentum > 0)
+    )
+
+
+def cosine_lr_factor(
+    step: int, total_steps: int, *, warmup_steps: int = 0, min_factor: float = 0.0
+) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then cosine decay to ``min_factor``.
+
+    Warm-up rises as ``(step + 1) / warmup_steps`` over the first ``warmup_steps`` steps; the
+    cosine then goes from 1 at ``step == warmup_steps`` to ``min_factor`` at
+    ``step == total_steps`` and stays there.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    t = min(max((step - warmup_steps) / span, 0.0), 1.0)
+    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    *,
+    warmup_steps: int = 0,
+    min_factor: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step cosine schedule (see :func:`cosine_lr_factor`); call ``.step()`` after every
+    optimizer step (``train_one_epoch(scheduler=...)`` does)."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps], got {warmup_steps}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: cosine_lr_factor(
+            s, total_steps, warmup_steps=warmup_steps, min_factor=min_factor
+        ),
+    )
