@@ -1,0 +1,134 @@
+"""Channel labels: which element of which channel space each tensor position holds.
+
+Every layer that creates channels (a conv's output, a parameter) creates *elements*, numbered
+from 1. A tensor's channel dimensions are described by :class:`Track` objects: for one or more
+of its dimensions, an integer label per position naming the element found there (0: none, e.g.
+zero padding). Data-movement ops (view, permute, cat, split, indexing, ...) are handled by
+running the op itself on label tensors, so index offsets, shuffles and head splits come out
+right without a rule per pattern. Ops that tie channels together (a residual add) *union*
+elements; a union-find over elements then yields the removable units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+
+NULL = 0
+
+
+@dataclass(frozen=True)
+class Track:
+    """Labels along ``dims`` of a tensor; ``labels.shape == [size of each dim in dims]``.
+
+    One dim is the usual case. Several dims form a *joint* track, e.g. ``(heads, head_dim)``
+    after a head split; rules later decide which of those dims is the pruning unit.
+    """
+
+    dims: tuple[int, ...]
+    labels: torch.Tensor
+
+    def shifted(self, offset: int) -> "Track":
+        return Track(tuple(d + offset for d in self.dims), self.labels)
+
+    def with_dims(self, dims: Sequence[int]) -> "Track":
+        return Track(tuple(dims), self.labels)
+
+    def single(self) -> bool:
+        return len(self.dims) == 1
+
+    def elements(self) -> torch.Tensor:
+        flat = self.labels.reshape(-1)
+        return flat[flat != NULL]
+
+
+@dataclass(frozen=True)
+class Chan:
+    """The channel description of one tensor: its tracks (possibly none)."""
+
+    tracks: tuple[Track, ...] = ()
+
+    def on(self, dim: int) -> Optional[Track]:
+        """The track covering ``dim`` (single or joint), if any."""
+        for t in self.tracks:
+            if dim in t.dims:
+                return t
+        return None
+
+    def dims(self) -> set[int]:
+        return {d for t in self.tracks for d in t.dims}
+
+    def elements(self) -> torch.Tensor:
+        if not self.tracks:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.cat([t.elements() for t in self.tracks])
+
+
+UNTRACKED = Chan()
+
+
+def expand_labels(track: Track, shape: Sequence[int]) -> torch.Tensor:
+    """The full-shape label tensor of ``track`` for a tensor of ``shape`` (a broadcast view)."""
+    view = [1] * len(shape)
+    for d, size in zip(track.dims, track.labels.shape):
+        view[d] = size
+    order = sorted(range(len(track.dims)), key=lambda i: track.dims[i])
+    labels = track.labels.permute(order) if len(order) > 1 else track.labels
+    return labels.reshape(view).expand(*shape)
+
+
+def infer_tracks(labels: torch.Tensor) -> tuple[list[Track], torch.Tensor]:
+    """Recover tracks from a full-shape label tensor.
+
+    Returns the tracks and the elements that survive only as a constant (e.g. one channel
+    picked by an integer index): those can no longer be removed where this tensor is used.
+    """
+    empty = torch.zeros(0, dtype=torch.long)
+    if labels.numel() == 0:
+        return [], empty
+    present = labels != NULL
+    if not bool(present.any()):
+        return [], empty
+    high = torch.where(present, labels, torch.full_like(labels, -1))
+    low = torch.where(present, labels, torch.full_like(labels, torch.iinfo(torch.long).max))
+    varying = []
+    for d in range(labels.dim()):
+        if labels.shape[d] <= 1:
+            continue
+        mx, mn = high.amax(d), low.amin(d)
+        if bool(((mx >= 1) & (mx != mn)).any()):
+            varying.append(d)
+    if not varying:
+        return [], torch.unique(labels[present])
+    others = [d for d in range(labels.dim()) if d not in varying]
+    projected = high.amax(dim=others) if others else high
+    projected = projected.clamp_min(NULL)
+    return [Track(tuple(varying), projected.contiguous())], empty
+
+
+def tracks_to_labels(tracks: Sequence[Track], shape: Sequence[int]) -> list[torch.Tensor]:
+    """Full-shape label tensors, one per track (materialized, contiguous)."""
+    return [expand_labels(t, shape).contiguous() for t in tracks]
+
+
+def map_structure(fn, value: Any) -> Any:
+    """Apply ``fn`` to every tensor in a (possibly nested) tuple/list; others become None."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return tuple(map_structure(fn, v) for v in value)
+    return None
+
+
+def flatten_chans(chan: Any) -> Iterable[Chan]:
+    """Every :class:`Chan` in a nested channel structure."""
+    if isinstance(chan, Chan):
+        yield chan
+    elif isinstance(chan, (tuple, list)):
+        for c in chan:
+            yield from flatten_chans(c)
+    elif isinstance(chan, dict):
+        for c in chan.values():
+            yield from flatten_chans(c)
