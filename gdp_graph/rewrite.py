@@ -149,19 +149,40 @@ def _slice_tensor(t: torch.Tensor, chan: Any, keep: torch.Tensor) -> torch.Tenso
     return out.clone()
 
 
+def _get_attr(module: nn.Module, qualname: str) -> torch.Tensor:
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _is_shape_query(node: fx.Node) -> bool:
     return (node.op == "call_method" and node.target == "size") or (
         node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] == "shape")
 
 
-def rewrite(analysis: Analysis, plan: PruningPlan) -> fx.GraphModule:
-    """Apply ``plan`` and return the pruned module (the analysed model is left untouched)."""
+SiteScales = dict[tuple[str, int], tuple[int, torch.Tensor]]
+
+
+def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Module] = None,
+            site_scales: Optional[SiteScales] = None) -> fx.GraphModule:
+    """Apply ``plan`` and return the pruned module (the analysed model is left untouched).
+
+    Args:
+        weights: a module with the traced graph's structure whose parameters to use instead of
+            the traced ones (e.g. with gates absorbed); defaults to the traced module.
+        site_scales: ``{(node, arg): (dim, scale)}`` multipliers to keep in the pruned graph
+            before a node's input (gates that no weight could absorb); scales are given over
+            the original positions and sliced to the kept ones.
+    """
     plan.validate(analysis)
     keep = plan.element_keep(analysis)
     gm = analysis.traced.gm
-    values = analysis.traced.values
-    root = copy.deepcopy(gm)
-    modules = dict(gm.named_modules())
+    source = weights if weights is not None else gm
+    values = dict(analysis.traced.values)
+    root = copy.deepcopy(source)
+    modules = dict(source.named_modules())
+    site_scales = site_scales or {}
     removed = {analysis.blocks[b].add_node: analysis.blocks[b] for b in plan.removed_blocks}
     dead = {n for b in removed.values() for n in b.nodes}
     graph = fx.Graph()
@@ -197,9 +218,21 @@ def rewrite(analysis: Analysis, plan: PruningPlan) -> fx.GraphModule:
                 continue
             if node.op == "get_attr" and isinstance(values.get(node.name), torch.Tensor):
                 chan = node.meta.get("channels")
-                sliced = _slice_tensor(values[node.name], chan, keep)
+                sliced = _slice_tensor(_get_attr(source, node.target), chan, keep)
                 if sliced.shape != values[node.name].shape:
                     _set_attr(root, node.target, sliced)
+            for (site_node, arg), (dim, scale) in site_scales.items():
+                if site_node == node.name:
+                    args = list(args)
+                    kept = RewriteContext(node, tuple(args), kwargs, analysis, keep).in_keep(arg, dim)
+                    ndim = values[node.args[arg].name].dim()
+                    shape = [1] * ndim
+                    shape[dim % ndim] = int(kept.sum())
+                    name = f"_gdp_scale_{const_count}"
+                    const_count += 1
+                    root.register_buffer(name, scale[kept].reshape(shape).clone())
+                    args[arg] = graph.call_function(torch.mul, (args[arg], graph.get_attr(name)))
+                    args = tuple(args)
             new_target = node.target
             if node.op in ("call_module", "call_function", "call_method"):
                 module = modules.get(node.target) if node.op == "call_module" else None

@@ -301,3 +301,98 @@ def multihead_attention_rule(ctx):
     if isinstance(out, (tuple, list)):
         return (chan,) + tuple(Chan() for _ in out[1:])
     return chan
+
+
+def _tie_params(ctx, labels: torch.Tensor, *param_args: tuple[int, str]) -> None:
+    """Tie per-channel parameter tensors passed as arguments to the channels they scale."""
+    for index, name in param_args:
+        p = ctx.arg(index, name)
+        chan = ctx.chan(p) if p is not None else None
+        track = chan.on(0) if isinstance(chan, Chan) else None
+        if track is not None and track.labels.numel() == labels.numel():
+            ctx.union(labels, track.labels)
+
+
+@register_rule(F.layer_norm, torch.layer_norm, F.rms_norm)
+class FunctionalLayerNormRule(OpRule):
+    """F.layer_norm(x, normalized_shape, weight, bias): inexact over the normalized channels."""
+
+    def propagate(self, ctx):
+        x = ctx.passthrough(0)
+        shape = ctx.value(ctx.arg(1, "normalized_shape"))
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        ndim = ctx.out.dim()
+        normalized = set(range(ndim - len(shape), ndim))
+        for t in x.tracks:
+            if not normalized.intersection(t.dims):
+                continue
+            if len(shape) != 1 or not t.single():
+                ctx.freeze(t.labels, "layer_norm over several tracked dims")
+                continue
+            ctx.mark_inexact(t.labels, "layer_norm normalizes over these channels")
+            ctx.tag(t.labels, "norm")
+            _tie_params(ctx, t.labels, (2, "weight"), (3, "bias"))
+        return x
+
+    def rewrite_args(self, rctx):
+        last = rctx.out_ndim() - 1
+        if last not in rctx.out_changed_dims():
+            return None
+        args = list(rctx.args)
+        new = (int(rctx.out_keep(last).sum()),)
+        if len(args) > 1:
+            args[1] = new
+            return tuple(args), rctx.kwargs
+        kwargs = dict(rctx.kwargs)
+        kwargs["normalized_shape"] = new
+        return tuple(args), kwargs
+
+
+@register_rule(F.batch_norm, F.instance_norm)
+def functional_batch_norm_rule(ctx):
+    """F.batch_norm(x, running_mean, running_var, weight, bias): per-channel along dim 1."""
+    x = ctx.passthrough(0)
+    t = x.on(1)
+    if t is not None and t.single():
+        _tie_params(ctx, t.labels, (1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+        ctx.tag(t.labels, "norm")
+    return x
+
+
+@register_rule(F.group_norm)
+class FunctionalGroupNormRule(OpRule):
+    """F.group_norm(x, num_groups, weight, bias): whole norm groups are units."""
+
+    def propagate(self, ctx):
+        x = ctx.passthrough(0)
+        t = x.on(1)
+        if t is None:
+            return x
+        if not t.single():
+            ctx.freeze(t.labels, "group_norm channels tied to another dimension")
+            return x
+        groups = ctx.value(ctx.arg(1, "num_groups"))
+        blocks = t.labels.view(groups, -1)
+        for j in range(groups):
+            if bool((blocks[j] == NULL).any()):
+                ctx.freeze(blocks[j], "group_norm group with untracked channels")
+            ctx.store.union_all(blocks[j])
+        ctx.tag(t.labels, "norm")
+        if blocks.shape[1] > 1:
+            ctx.tag(t.labels, "unit:norm-group")
+        _tie_params(ctx, t.labels, (2, "weight"), (3, "bias"))
+        return x
+
+    def rewrite_args(self, rctx):
+        if 1 not in rctx.out_changed_dims():
+            return None
+        args = list(rctx.args)
+        per = rctx.original_value().shape[1] // rctx.in_value(1) if len(args) > 1 else None
+        kept = int(rctx.out_keep(1).sum())
+        if len(args) > 1:
+            args[1] = kept // per
+            return tuple(args), rctx.kwargs
+        kwargs = dict(rctx.kwargs)
+        per = rctx.original_value().shape[1] // rctx.node.kwargs["num_groups"]
+        kwargs["num_groups"] = kept // per
+        return tuple(args), kwargs
