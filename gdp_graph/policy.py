@@ -20,14 +20,22 @@ Rule semantics
   group's unit kind) describe the group itself.
 * Block selectors: ``name`` (glob) and ``regex`` (``re.search``) test the block name, ``module``
   (glob) any of the block's modules.
+* Rules are numbered from 0 in file order and named ``rules[i]`` in every message.
 * A rule that matches nothing, or whose every setting is overridden by later rules everywhere
   it matches, is a *warning* of :func:`resolve`, not an error.
+
+Gating
+------
+A group gets gates when it is prunable, exact (or ``allow_inexact``), at ``level: channel`` and
+:func:`max_removable` allows removing at least one unit; a block when it is prunable and at
+``level: block``. :meth:`Resolution.ungated` gives the first failing condition, in that order.
 
 Errors and contradictions
 -------------------------
 Loading collects every problem and raises one :class:`PolicyError` whose lines each start with
-``file:line:col:``. Besides syntax, unknown keys, types (a boolean is never an integer), ranges
-and enums, these are errors:
+``file:line:col:`` (``0:0`` for a dict, whose messages name the key path instead). Besides
+syntax, duplicate keys (which PyYAML silently accepts), unknown keys, types (a boolean is never
+an integer; an unquoted ``1e-4`` is read as a number), ranges and enums, these are errors:
 
 * two rules with the same selector (same kind, same keys, same values in any order) setting
   different values for the same key: the earlier value could never apply;
@@ -79,6 +87,13 @@ from .policy_schema import (  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .groups import Block, ChannelGroup
+
+__all__ = [
+    "BlockSettings", "Defaults", "Diagnostic", "EpsilonSchedule", "GroupSettings",
+    "LambdaController", "Location", "Policy", "PolicyError", "PolicyWarning", "Regularizer",
+    "Resolution", "Rule", "Selector", "Target", "available_policies", "json_schema",
+    "load_policy", "max_removable", "policy_from_dict", "resolve",
+]
 
 POLICY_DIR = Path(__file__).resolve().parent / "policies"
 GROUP_KEYS = ("level", "min_channels", "round_to", "max_fraction", "allow_inexact")
@@ -264,6 +279,9 @@ def load_policy(path_or_text: Union[str, "os.PathLike[str]"], *,
 
     Raises :class:`PolicyError` listing every problem, each as ``file:line:col: message``.
     """
+    if not isinstance(path_or_text, (str, os.PathLike)):
+        raise TypeError(f"load_policy takes a path or YAML text, not "
+                        f"{type(path_or_text).__name__} (use policy_from_dict for a dict)")
     if isinstance(path_or_text, os.PathLike) or _looks_like_path(path_or_text):
         return _load_file(Path(path_or_text), str(path_or_text), name)
     if re.fullmatch(r"[\w-]+", path_or_text) and path_or_text in available_policies():
@@ -277,18 +295,20 @@ def _load_file(path: Path, source: str, name: Optional[str]) -> Policy:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([Diagnostic(Location(source), f"cannot read policy file: {exc}")])
+        raise PolicyError([Diagnostic(Location(source), f"cannot read policy file: {exc}")]) \
+            from exc
     return _build(_parse_text(text, source), source, name or path.stem)
 
 
-def _parse_text(text: str, source: str) -> tuple[Optional[Node], Reporter]:
+def _parse_text(text: str, source: str) -> tuple[Node, Reporter]:
+    """Parse YAML text; a syntax error or an empty document raises at once."""
     rep = Reporter()
     root = parse_yaml(text, source, rep)
     if root is None:
-        rep.raise_if_any()  # a syntax error
-        rep.error(Location(source, 1, 1), "policy is empty; expected a mapping with at least "
-                  "'version: 1'")
-        rep.raise_if_any()
+        if not rep.diagnostics:
+            rep.error(Location(source, 1, 1), "policy is empty; expected a mapping with at "
+                      "least 'version: 1'")
+        raise PolicyError(rep.diagnostics)
     return root, rep
 
 
@@ -301,9 +321,8 @@ def policy_from_dict(d: Mapping[str, Any], source: str = "<dict>", *,
     return _build((root, rep), source, name or source)
 
 
-def _build(parsed: tuple[Optional[Node], Reporter], source: str, name: str) -> Policy:
+def _build(parsed: tuple[Node, Reporter], source: str, name: str) -> Policy:
     root, rep = parsed
-    assert root is not None
     checked = POLICY_SPEC.check(root, "", rep)
     if checked is INVALID:
         rep.raise_if_any()
@@ -319,6 +338,7 @@ class _PolicyBuilder:
         self.checked = checked
         self.rep = rep
         self.locations: dict[str, Location] = {}
+        self.incomplete: set[int] = set()
 
     def section(self, key: str) -> Optional[Checked]:
         sub = self.checked.sub(key)
@@ -399,7 +419,8 @@ class _PolicyBuilder:
                                    "only applies to kind: proportional (kind is 'constant')")
             return LambdaController(kind="constant")
         if ctrl.min > ctrl.max:
-            loc = sub.value_location("max") if sub else reg.location
+            loc = sub.value_location("max" if "max" in sub.entries else "min") if sub \
+                else reg.location
             self.rep.error(loc, f"regularizer.lambda_controller: min ({ctrl.min!r}) is greater "
                            f"than max ({ctrl.max!r})")
         else:
@@ -426,10 +447,13 @@ class _PolicyBuilder:
         key = "match" if checked.variant == "group" else "blocks"
         sel = checked.sub(key)
         if sel is not None and not sel.node.value:
-            wanted = "module, regex, type, coupling, unit" if key == "match" \
-                else "name, regex, module"
+            wanted, every = (("module, regex, type, coupling, unit", "group, set the key")
+                             if key == "match" else ("name, regex, module", "block, set "
+                                                     "block_level"))
             self.rep.error(sel.location, f"{path}.{key} is empty; give at least one of "
-                           f"{wanted} (to change every group, set the key in defaults)")
+                           f"{wanted} (to change every {every} in defaults)")
+        if sel is None or set(sel.values) != set(sel.node.value):
+            self.incomplete.add(index)  # its selector has errors: no contradiction checks
         settings = [k for k in checked.node.value if k not in (key, "name")]
         if not settings:
             allowed = ", ".join(GROUP_KEYS) if key == "match" else "level"
@@ -445,6 +469,8 @@ class _PolicyBuilder:
         """Report a key set to different values by two rules with the same selector."""
         last: dict[tuple[str, Any, str], tuple[Rule, Checked]] = {}
         for rule, chk in zip(rules, checked):
+            if rule.index in self.incomplete:
+                continue
             identity = rule.selector.canonical()
             for key, value in rule.settings().items():
                 slot = (rule.target, identity, key)
@@ -573,8 +599,11 @@ def _where_set(policy: Policy, rule_index: Optional[int], default_key: str) -> s
     return f"{rule.label} ({rule.location.file_line})"
 
 
-def _settle(base: dict[str, Any], rules: Iterable[Rule], item_id: int,
-            matches: Mapping[int, frozenset[int]]) -> tuple[dict[str, Any], dict[str, int], tuple[int, ...]]:
+_Matches = Mapping[int, frozenset[int]]  #: rule index -> ids of the groups/blocks it matches
+
+
+def _settle(base: dict[str, Any], rules: Iterable[Rule], item_id: int, matches: _Matches
+            ) -> tuple[dict[str, Any], dict[str, int], tuple[int, ...]]:
     """Apply the matching rules in order: final values, which rule set each key, rules applied."""
     values, setters, applied = dict(base), {}, []
     for rule in rules:
@@ -619,7 +648,7 @@ def _block_reason(policy: Policy, block: "Block", s: BlockSettings,
     return None
 
 
-def _rule_warnings(policy: Policy, matches: Mapping[int, frozenset[int]],
+def _rule_warnings(policy: Policy, matches: _Matches,
                    effective: set[int]) -> list[tuple[Rule, str]]:
     """Rules that match nothing, and rules overridden everywhere they match."""
     out = []
@@ -643,28 +672,10 @@ def resolve(policy: Policy, groups: Iterable["ChannelGroup"],
     groups, blocks = list(groups), list(blocks)
     matches = {r.index: frozenset(x.id for x in (groups if r.target == "group" else blocks)
                                   if r.matches(x)) for r in policy.rules}
-    d = policy.defaults
-    group_base = {"level": d.level, "min_channels": d.min_channels, "round_to": d.round_to,
-                  "max_fraction": d.max_fraction, "allow_inexact": d.allow_inexact}
-    gsettings, bsettings, removable, reasons = {}, {}, {}, {}
     effective: set[int] = set()
-    for g in groups:
-        values, setters, applied = _settle(group_base, policy.group_rules, g.id, matches)
-        effective.update(setters.values())
-        s = gsettings[g.id] = GroupSettings(rules=applied, **values)
-        removable[g.id] = max_removable(s, g.size, frozen=_frozen_count(g),
-                                        divisor=getattr(g, "divisor", 1))
-        reason = _group_reason(policy, g, s, setters, removable[g.id])
-        if reason:
-            reasons[("group", g.id)] = reason
-    for b in blocks:
-        values, setters, applied = _settle({"level": d.block_level}, policy.block_rules,
-                                           b.id, matches)
-        effective.update(setters.values())
-        s_b = bsettings[b.id] = BlockSettings(level=values["level"], rules=applied)
-        reason = _block_reason(policy, b, s_b, setters)
-        if reason:
-            reasons[("block", b.id)] = reason
+    reasons: dict[tuple[str, int], str] = {}
+    gsettings, removable = _resolve_groups(policy, groups, matches, effective, reasons)
+    bsettings = _resolve_blocks(policy, blocks, matches, effective, reasons)
     rule_matches = tuple((tuple(sorted(matches[r.index])), ()) if r.target == "group"
                          else ((), tuple(sorted(matches[r.index]))) for r in policy.rules)
     found = _rule_warnings(policy, matches, effective)
@@ -672,5 +683,40 @@ def resolve(policy: Policy, groups: Iterable["ChannelGroup"],
         warnings.warn_explicit(message, PolicyWarning, rule.location.source,
                                max(rule.location.line, 1))
     return Resolution(policy=policy, group_settings=gsettings, block_settings=bsettings,
-                      rule_matches=rule_matches, warnings=[m for _, m in found], removable=removable,
-                      reasons=reasons)
+                      rule_matches=rule_matches, warnings=[m for _, m in found],
+                      removable=removable, reasons=reasons)
+
+
+def _resolve_groups(policy: Policy, groups: Sequence["ChannelGroup"], matches: _Matches,
+                    effective: set[int], reasons: dict[tuple[str, int], str]
+                    ) -> tuple[dict[int, GroupSettings], dict[int, int]]:
+    d = policy.defaults
+    base = {"level": d.level, "min_channels": d.min_channels, "round_to": d.round_to,
+            "max_fraction": d.max_fraction, "allow_inexact": d.allow_inexact}
+    settings: dict[int, GroupSettings] = {}
+    removable: dict[int, int] = {}
+    for g in groups:
+        values, setters, applied = _settle(base, policy.group_rules, g.id, matches)
+        effective.update(setters.values())
+        s = settings[g.id] = GroupSettings(rules=applied, **values)
+        removable[g.id] = max_removable(s, g.size, frozen=_frozen_count(g),
+                                        divisor=getattr(g, "divisor", 1))
+        reason = _group_reason(policy, g, s, setters, removable[g.id])
+        if reason:
+            reasons[("group", g.id)] = reason
+    return settings, removable
+
+
+def _resolve_blocks(policy: Policy, blocks: Sequence["Block"], matches: _Matches,
+                    effective: set[int], reasons: dict[tuple[str, int], str]
+                    ) -> dict[int, BlockSettings]:
+    settings: dict[int, BlockSettings] = {}
+    for b in blocks:
+        values, setters, applied = _settle({"level": policy.defaults.block_level},
+                                           policy.block_rules, b.id, matches)
+        effective.update(setters.values())
+        s = settings[b.id] = BlockSettings(level=values["level"], rules=applied)
+        reason = _block_reason(policy, b, s, setters)
+        if reason:
+            reasons[("block", b.id)] = reason
+    return settings

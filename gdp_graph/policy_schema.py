@@ -193,8 +193,8 @@ def parse_yaml(text: str, source: str, rep: Reporter) -> Optional[Node]:
     except yaml.reader.ReaderError as exc:
         before = text[: exc.position]
         line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
-        rep.error(Location(source, line, col), f"YAML syntax error: {exc.reason} "
-                  f"(character {exc.character!r} is not allowed)")
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        rep.error(Location(source, line, col), f"YAML syntax error: {exc.reason} ({char!r})")
         return None
     except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML parse error is marked
         rep.error(Location(source, 1, 1), f"YAML syntax error: {exc}")
@@ -224,7 +224,8 @@ class _YamlBuilder:
             return Node("bad", None, self.location(ynode))
         self.active.add(id(ynode))
         try:
-            if type(ynode) in self._COLLECTION_TAGS and ynode.tag != self._COLLECTION_TAGS[type(ynode)]:
+            wanted_tag = self._COLLECTION_TAGS.get(type(ynode))
+            if wanted_tag is not None and ynode.tag != wanted_tag:
                 return self.unsupported(ynode, path)
             if isinstance(ynode, MappingNode):
                 return self.mapping(ynode, path)
@@ -366,7 +367,8 @@ class _Numeric(Spec):
     def range_text(self) -> str:
         lo, hi = self.minimum, self.maximum
         if lo is not None and hi is not None:
-            left, right = "(" if self.exclusive_minimum else "[", ")" if self.exclusive_maximum else "]"
+            left = "(" if self.exclusive_minimum else "["
+            right = ")" if self.exclusive_maximum else "]"
             return f" in {left}{_bound(lo)}, {_bound(hi)}{right}"
         if lo is not None:
             return f" {'>' if self.exclusive_minimum else '>='} {_bound(lo)}"
@@ -628,7 +630,7 @@ class Struct(Spec):
         for key in self.required:
             if key not in node.value:
                 default = self.fields[key].default
-                example = f" (add '{key}: {format_value(default)}')" if default is not MISSING else ""
+                example = "" if default is MISSING else f" (add '{key}: {format_value(default)}')"
                 rep.error(node.location, f"missing required key '{key}' {where(path)}{example}")
         return Checked(values, entries, node.location, node)
 
@@ -684,12 +686,12 @@ class Variant(Spec):
 
     def foreign(self, key: str, chosen: str, path: str) -> Optional[str]:
         """A message for a key that is valid in another variant but not in this one."""
-        label = self.options[chosen][0]
+        label, own = self.options[chosen]
         for other, (other_label, struct) in self.options.items():
-            if other != chosen and key in struct.fields and key not in self.options[chosen][1].fields:
+            if other != chosen and key in struct.fields and key not in own.fields:
                 return (f"{path}: key '{key}' is not allowed in a {label} {self.what} (one with "
                         f"'{chosen}:'); it only applies to {other_label} {self.what}s (with "
-                        f"'{other}:'). Allowed here: {', '.join(self.options[chosen][1].fields)}")
+                        f"'{other}:'). Allowed here: {', '.join(own.fields)}")
         return None
 
     def expected(self) -> str:
@@ -892,25 +894,21 @@ DEFAULTS_SPEC = Struct("defaults", {
 }, doc="Settings of every group and block that no rule overrides.", nullable=True)
 
 
-def _one_or_many(spec: Spec) -> Spec:
-    return OneOrMany(spec)
-
-
 GROUP_SELECTOR_SPEC = Struct("group selector", {
-    "module": Field(_one_or_many(Str("glob")), "Glob on qualified module names ('*' crosses "
+    "module": Field(OneOrMany(Str("glob")), "Glob on qualified module names ('*' crosses "
                     "dots); matched against every member module."),
-    "regex": Field(_one_or_many(Str("regex")), "Regular expression searched (re.search) in "
+    "regex": Field(OneOrMany(Str("regex")), "Regular expression searched (re.search) in "
                    "qualified module names; anchor with ^ and $."),
-    "type": Field(_one_or_many(Str("identifier")), "Module class name, e.g. Conv2d."),
-    "coupling": Field(_one_or_many(Enum(COUPLINGS)), "A coupling kind of the group."),
-    "unit": Field(_one_or_many(Enum(UNITS)), "The group's unit kind."),
+    "type": Field(OneOrMany(Str("identifier")), "Module class name, e.g. Conv2d."),
+    "coupling": Field(OneOrMany(Enum(COUPLINGS)), "A coupling kind of the group."),
+    "unit": Field(OneOrMany(Enum(UNITS)), "The group's unit kind."),
 }, doc="Selects channel groups. Keys are ANDed, list values ORed; module, regex and type must "
        "hold for one same member module.")
 
 BLOCK_SELECTOR_SPEC = Struct("block selector", {
-    "name": Field(_one_or_many(Str("glob")), "Glob on the block name (e.g. layer1.0)."),
-    "regex": Field(_one_or_many(Str("regex")), "Regular expression searched in the block name."),
-    "module": Field(_one_or_many(Str("glob")), "Glob on the qualified names of the block's "
+    "name": Field(OneOrMany(Str("glob")), "Glob on the block name (e.g. layer1.0)."),
+    "regex": Field(OneOrMany(Str("regex")), "Regular expression searched in the block name."),
+    "module": Field(OneOrMany(Str("glob")), "Glob on the qualified names of the block's "
                     "modules (any one matches)."),
 }, doc="Selects removable blocks. Keys are ANDed, list values ORed.")
 
