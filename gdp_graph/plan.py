@@ -128,7 +128,7 @@ def random_plan(analysis: Analysis, ratio: float, seed: int = 0, block_ratio: Op
             continue
         free = [u for u in range(g.size) if not bool(g.frozen_units[u])]
         n_frozen = g.size - len(free)
-        n_remove = int(ratio * g.size)
+        n_remove = max(1, round(ratio * g.size)) if ratio > 0 else 0
         n_remove = min(n_remove, len(free), g.size - max(min_units, 1) if n_frozen == 0 else len(free))
         kept_count = g.size - n_remove
         if g.divisor > 1:
