@@ -124,7 +124,18 @@ def propagate(traced: TracedModel) -> ElementStore:
         node.meta["channels"] = chan
     _tie_shared_modules(gm, store)
     _resolve_joint_tracks(gm, store)
+    _check_uniform(store)
     return store
+
+
+def _check_uniform(store: ElementStore) -> None:
+    """Freeze units that would shrink a dim whose size is fixed (an integer index into it)."""
+    roots = store.roots()
+    for labels, dim, where in store.uniform:
+        classes = roots[labels].movedim(dim, 0).reshape(labels.shape[dim], -1)
+        sets = [set(row[row != 0].tolist()) for row in classes]
+        if any(s != sets[0] for s in sets[1:]):
+            store.freeze(labels, f"units would change the size of a dimension read by {where}")
 
 
 def _tie_shared_modules(gm: fx.GraphModule, store: ElementStore) -> None:

@@ -118,7 +118,8 @@ def _branch_block(traced, nodes, cache, add: fx.Node, arg: int, branch: fx.Node,
             return None
     if any(u is not add for u in branch.users):
         return None
-    modules = [str(n.target) for n in member_nodes if n.op == "call_module"]
+    modules = list(dict.fromkeys(str(n.target) if n.op == "call_module" else str(n.target).rpartition(".")[0]
+                                 for n in member_nodes if n.op in ("call_module", "get_attr")))
     params = [n for n in member_nodes if n.op in ("call_module", "get_attr")]
     if not params:
         return None

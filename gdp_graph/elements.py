@@ -46,6 +46,7 @@ class ElementStore:
     members: list[tuple[torch.Tensor, Member]] = field(default_factory=list)
     sites: list[SiteRecord] = field(default_factory=list)
     divisors: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    uniform: list[tuple[torch.Tensor, int, str]] = field(default_factory=list)
 
     # -- creation and union -------------------------------------------------------------------
     def new_space(self, size: int, node: str, description: str) -> torch.Tensor:
@@ -121,6 +122,10 @@ class ElementStore:
     def add_site(self, node: str, arg: int, dim: int, ndim: int, labels: torch.Tensor) -> None:
         if bool((labels != 0).any()):
             self.sites.append(SiteRecord(node, arg, dim, ndim, labels.reshape(-1).clone()))
+
+    def require_uniform(self, labels: torch.Tensor, dim: int, where: str) -> None:
+        """Units must not lie along ``dim`` of this joint track (its size must not change)."""
+        self.uniform.append((labels.clone(), dim, where))
 
     def require_divisor(self, labels: torch.Tensor, divisor: int) -> None:
         self.divisors.append((labels.reshape(-1).clone(), divisor))

@@ -16,6 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from .groups import OpaqueLeaf
+from .lowering import lower_multihead_attention
 
 
 class TraceError(RuntimeError):
@@ -128,6 +129,7 @@ def trace(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor) -> Tra
         shapes = ", ".join(tuple(t.shape).__repr__() if isinstance(t, torch.Tensor) else type(t).__name__ for t in example_inputs)
         raise TraceError(f"{type(model).__name__} does not run on example inputs of shape {shapes}: {_first_line(exc)}") from exc
     gm, opaque = symbolic_trace_with_fallback(work)
+    lower_multihead_attention(gm)
     gm.eval()
     recorder = _Recorder(gm)
     with torch.no_grad():

@@ -222,8 +222,13 @@ class GetItemRule(OpRule):
         x = ctx.chan(src)
         tracked = x.dims() if isinstance(x, Chan) else set()
         for dim, part in _index_dims(parts, value.dim()):
-            if dim in tracked and not _plain_slice(part):
-                track = x.on(dim)
+            if dim not in tracked or _plain_slice(part):
+                continue
+            track = x.on(dim)
+            if isinstance(part, int) and not track.single():
+                # picking q out of a (3, heads, head_dim) track: fine unless units lie along it
+                ctx.store.require_uniform(track.labels, track.dims.index(dim), f"integer index at {ctx.where}")
+            elif not isinstance(part, int):
                 ctx.freeze(track.labels, "indexing along channels with a step or index tensor")
         return _run_on_labels(ctx, "split")
 
