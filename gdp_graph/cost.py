@@ -10,6 +10,7 @@ differentiable budget GDP trains against.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -97,9 +98,18 @@ class CostModel:
                 if (s.arg, s.dim) not in sites_at[s.node]:
                     sites_at[s.node].append((s.arg, s.dim))
         flops, params, blocks = [], [], []
-        in_idx, in_term, out_idx, out_term = [], [], [], []
+        # a term's scale is the product of its factors; a factor is the mean gate over the
+        # positions of one consumed input dim or one output track
+        pos_index, pos_factor, factor_term = [], [], []
         seen_params: set[int] = set()
         self.node_names: list[str] = []
+
+        def add_factor(idx: torch.Tensor, term: int) -> None:
+            if idx.numel():
+                pos_index.append(idx)
+                pos_factor.append(torch.full_like(idx, len(factor_term)))
+                factor_term.append(term)
+
         for node in gm.graph.nodes:
             if node.op not in ("call_module", "call_function", "call_method", "get_attr"):
                 continue
@@ -124,24 +134,19 @@ class CostModel:
             blocks.append(block_of_node.get(node.name, -1))
             for arg, dim in sites_at.get(node.name, []):
                 src = node.args[arg]
-                idx = self._positions(src.meta.get("channels"), values[src.name], dim)
-                in_idx.append(idx)
-                in_term.append(torch.full_like(idx, term))
+                add_factor(self._positions(src.meta.get("channels"), values[src.name], dim), term)
             out_value = values[node.name]
-            if isinstance(out_value, torch.Tensor):
-                idx = self._positions(node.meta.get("channels"), out_value, None)
-                if idx.numel():
-                    out_idx.append(idx)
-                    out_term.append(torch.full_like(idx, term))
+            chan = node.meta.get("channels")
+            if isinstance(out_value, torch.Tensor) and isinstance(chan, Chan):
+                for track in chan.tracks:
+                    add_factor(self._global_of_element[track.labels.reshape(-1)], term)
         self.term_flops = torch.tensor(flops, dtype=torch.float64)
         self.term_params = torch.tensor(params, dtype=torch.float64)
         self.term_block = torch.tensor(blocks, dtype=torch.long)
         cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
-        self.in_index, self.in_term = cat(in_idx), cat(in_term)
-        self.out_index, self.out_term = cat(out_idx), cat(out_term)
-        n_terms = len(flops)
-        self.in_count = torch.zeros(n_terms).index_add_(0, self.in_term, torch.ones(self.in_term.numel()))
-        self.out_count = torch.zeros(n_terms).index_add_(0, self.out_term, torch.ones(self.out_term.numel()))
+        self.pos_index, self.pos_factor = cat(pos_index), cat(pos_factor)
+        self.factor_term = torch.tensor(factor_term, dtype=torch.long)
+        self.factor_count = torch.zeros(len(factor_term)).index_add_(0, self.pos_factor, torch.ones(self.pos_factor.numel()))
         self.total = Cost(float(self.term_flops.sum()), int(self.term_params.sum()))
 
     def _positions(self, chan: Any, value: torch.Tensor, dim: Optional[int]) -> torch.Tensor:
@@ -171,17 +176,14 @@ class CostModel:
         """(flops, params) for a global unit vector from :meth:`gate_vector`."""
         device, dtype = units.device, units.dtype
         n_terms = self.term_flops.numel()
-        f_in = torch.ones(n_terms, dtype=dtype, device=device)
-        f_out = torch.ones(n_terms, dtype=dtype, device=device)
-        if self.in_index.numel():
-            s = torch.zeros(n_terms, dtype=dtype, device=device).index_add(0, self.in_term.to(device), units[self.in_index.to(device)])
-            count = self.in_count.to(device=device, dtype=dtype)
-            f_in = torch.where(count > 0, s / count.clamp_min(1), f_in)
-        if self.out_index.numel():
-            s = torch.zeros(n_terms, dtype=dtype, device=device).index_add(0, self.out_term.to(device), units[self.out_index.to(device)])
-            count = self.out_count.to(device=device, dtype=dtype)
-            f_out = torch.where(count > 0, s / count.clamp_min(1), f_out)
-        scale = f_in * f_out
+        scale = torch.ones(n_terms, dtype=dtype, device=device)
+        if self.pos_index.numel():
+            sums = torch.zeros(self.factor_term.numel(), dtype=dtype, device=device).index_add(
+                0, self.pos_factor.to(device), units[self.pos_index.to(device)])
+            means = sums / self.factor_count.to(device=device, dtype=dtype)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # index_reduce is "beta"; prod with grads is what we need
+                scale = scale.index_reduce(0, self.factor_term.to(device), means, "prod")
         if block_gates:
             block_scale = torch.ones(n_terms, dtype=dtype, device=device)
             for bid, g in block_gates.items():
