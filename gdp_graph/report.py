@@ -44,7 +44,7 @@ def groups_table(analysis: Analysis, shares: Mapping[int, float], gated: Optiona
     table.add_column("unit")
     table.add_column("members")
     table.add_column("coupling")
-    table.add_column("FLOPs", justify="right")
+    table.add_column("FLOPs", justify="right")  # share of FLOPs that shrink with the group
     if gated is not None:
         table.add_column("policy")
     table.add_column("status")
