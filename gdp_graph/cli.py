@@ -99,7 +99,8 @@ def cmd_check(args) -> int:
     plan = random_plan(analysis, args.ratio, seed=args.seed, block_ratio=args.blocks)
     pruned = rewrite(analysis, plan)
     result = verify(analysis, plan, pruned, tolerance=args.tolerance)
-    before, after = model_cost(model, inputs), model_cost(pruned, inputs)
+    # the traced graph is the same computation; FlopCounterMode sees inside fused modules there
+    before, after = model_cost(analysis.traced.gm, inputs), model_cost(pruned, inputs)
     out: dict[str, Any] = {
         "spec": args.spec, "ratio": args.ratio, "seed": args.seed,
         "groups": len(analysis.groups), "prunable_groups": len(analysis.prunable_groups()),
