@@ -140,19 +140,31 @@ def _branch_block(traced, nodes, cache, add: fx.Node, arg: int, branch: fx.Node,
     return block
 
 
-def branch_constant(traced: TracedModel, block: Block) -> Optional[torch.Tensor]:
+def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.Module] = None) -> Optional[torch.Tensor]:
     """What the branch outputs when its block gate is zero (the inputs of its last consuming
     layers zeroed), reduced to a broadcastable tensor (size 1 on every untracked dim), or None
-    when it varies along an untracked dim."""
+    when it varies along an untracked dim.
+
+    ``root``: a module with the traced graph's structure whose layers and attributes to use
+    (e.g. trained weights); defaults to the traced module."""
     gm = traced.gm
-    modules = dict(gm.named_modules())
+    source = root if root is not None else gm
+    modules = dict(source.named_modules())
     members = set(block.nodes)
     zeroed = {(s.node, s.arg) for s in block.gate_sites}
     env: dict[str, Any] = {}
 
+    def attr(n: fx.Node) -> Any:
+        obj: Any = source
+        for part in str(n.target).split("."):
+            obj = getattr(obj, part)
+        return obj
+
     def load(a):
         if isinstance(a, fx.Node):
-            return env[a.name] if a.name in env else traced.values[a.name]
+            if a.name in env:
+                return env[a.name]
+            return attr(a) if a.op == "get_attr" and root is not None else traced.values[a.name]
         if isinstance(a, (list, tuple)):
             return type(a)(load(x) for x in a)
         if isinstance(a, dict):

@@ -201,7 +201,7 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
                 block = removed[node.name]
                 shortcut = load(node.args[1 - block.arg])
                 branch_node = next(n for n in gm.graph.nodes if n.name == block.nodes[-1])
-                constant = _slice_tensor(branch_constant(analysis.traced, block), branch_node.meta.get("channels"), keep)
+                constant = _slice_tensor(branch_constant(analysis.traced, block, root=source), branch_node.meta.get("channels"), keep)
                 if bool((constant == 0).all()):
                     env[node.name] = shortcut
                     continue
@@ -248,7 +248,7 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
                         if patched is not None:
                             args, kwargs = patched
                         new_target = rctx.new_target or node.target
-            new_node = graph.create_node(node.op, new_target, tuple(args) if isinstance(args, (list, tuple)) else args,
+            new_node = graph.create_node("call_function" if new_target is not node.target else node.op, new_target, tuple(args) if isinstance(args, (list, tuple)) else args,
                                          dict(kwargs), name=node.name)
             new_node.meta = {k: v for k, v in node.meta.items() if k != "channels"}
             env[node.name] = new_node

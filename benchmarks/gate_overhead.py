@@ -1,0 +1,92 @@
+"""Training-step overhead of the gates: a gated CIFAR ResNet against the plain one.
+
+Both models are trained side by side in one process on the same batches, their steps
+interleaved (plain, gated, plain, gated, ...) so that machine noise hits both alike; the
+script prints the median step time of each and the median of the per-repetition ratios.
+
+    python benchmarks/gate_overhead.py                     # ResNet-56, batch 128, CPU
+    python benchmarks/gate_overhead.py --depth 20 --reps 5 --autocast
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from gdp_graph.api import attach
+from gdp_graph.models.cifar_resnet import cifar_resnet
+
+
+def _step(model, opt, x, y, penalty, autocast: bool) -> float:
+    start = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = F.cross_entropy(model(x), y)
+    if penalty is not None:
+        loss = loss.float() + penalty()
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--depth", type=int, default=56)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--reps", type=int, default=9, help="timed steps per model")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--policy", default="cifar_resnet")
+    p.add_argument("--autocast", action="store_true", help="bf16 autocast")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    plain = cifar_resnet(args.depth).train()
+    x = torch.randn(args.batch, 3, 32, 32)
+    y = torch.randint(0, 10, (args.batch,))
+    gated = attach(plain, policy=args.policy, example_inputs=x[:2], total_steps=1000)
+    gated.train()
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (plain, gated)]
+    penalties = [None, gated.penalty]
+    steps = [lambda: None, gated.step]
+    times: list[list[float]] = [[], []]
+    for rep in range(args.warmup + args.reps):
+        for i, model in enumerate((plain, gated)):
+            t = _step(model, opts[i], x, y, penalties[i], args.autocast)
+            steps[i]()
+            if rep >= args.warmup:
+                times[i].append(t)
+    ratios = [g / u for u, g in zip(*times)]
+    machinery = _machinery_ms(gated)
+    report = gated.bank.extra_repr()
+    print(f"ResNet-{args.depth}, batch {args.batch}, {torch.get_num_threads()} threads, "
+          f"{'bf16 autocast' if args.autocast else 'fp32'}; gates: {report}")
+    print(f"plain step  median {statistics.median(times[0]) * 1e3:8.1f} ms")
+    print(f"gated step  median {statistics.median(times[1]) * 1e3:8.1f} ms (penalty and gated.step() included)")
+    print(f"gated/plain median ratio {statistics.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} interleaved pairs)")
+    print(f"gate machinery alone {machinery:.1f} ms per step (bank forward+backward, penalty, gated.step()) = "
+          f"{100 * machinery / 1e3 / statistics.median(times[0]):.2f}% of the plain step")
+
+
+def _machinery_ms(gated, reps: int = 50) -> float:
+    """Median time of what the gates add outside the layers themselves."""
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        scales = gated.bank()
+        loss = sum(s.sum() for s in scales) + gated.penalty()
+        loss.backward()
+        gated.step()
+        samples.append(time.perf_counter() - start)
+    gated.zero_grad(set_to_none=True)
+    return 1e3 * statistics.median(samples)
+
+
+if __name__ == "__main__":
+    main()
