@@ -150,14 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-plan", help="write the random plan as JSON")
     p.set_defaults(func=cmd_check)
 
-    try:
-        from .pipeline import add_train_arguments
-    except ImportError:  # TEMP until the pipeline lands
-        add_train_arguments = None
-    if add_train_arguments:
-        p = sub.add_parser("train", help="GDP on CIFAR-10: pretrain, polarize gates, finalize, fine-tune, report")
-        add_train_arguments(p)
-        p.set_defaults(func=cmd_train)
+    from .pipeline import add_train_arguments
+    p = sub.add_parser("train", help="GDP on CIFAR-10: pretrain, polarize gates, finalize, fine-tune, report")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 
