@@ -30,7 +30,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from .rewrite import RewriteError
     from .spec import SpecError
     from .trace import TraceError
-    errors: list[type[BaseException]] = [AnalysisError, PlanError, PolicyError, RewriteError, SpecError, TraceError, UsageError]
+    errors: list[type[BaseException]] = [AnalysisError, PlanError, PolicyError, RewriteError, SpecError, TraceError,
+                                         UsageError, FileNotFoundError]
     try:
         from .data.cifar10 import Cifar10Error
         errors.append(Cifar10Error)

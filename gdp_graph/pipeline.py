@@ -20,7 +20,7 @@ from rich.console import Console
 
 PRESETS: dict[str, dict[str, Any]] = {
     # a few minutes on 2 CPU cores: a subset of CIFAR-10, ResNet-20
-    "short": dict(depth=20, train_subset=10000, test_subset=2000, pretrain_epochs=3, gdp_epochs=4,
+    "short": dict(depth=20, train_subset=5000, test_subset=1000, pretrain_epochs=3, gdp_epochs=4,
                   finetune_epochs=1, batch_size=128, lr=0.1, gdp_lr=0.02, finetune_lr=0.01, gate_lr=0.1),
     # the paper-style recipe: full data, ResNet-56 (hours on a GPU)
     "full": dict(depth=56, train_subset=None, test_subset=None, pretrain_epochs=160, gdp_epochs=120,
@@ -46,6 +46,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--autocast", action="store_true", help="bfloat16 autocast in training")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latency-rounds", type=int, default=15, help="interleaved timing rounds for the latency figure")
     p.add_argument("--out", help="directory for the pruned model, its plan and report.json")
     p.add_argument("--json", action="store_true", help="print the final report as JSON")
 
@@ -166,7 +167,7 @@ def run_pipeline(args) -> int:
     pruned_cpu = pruned.cpu()
     before, after = model_cost(original_cpu, (cpu_inputs[:1],)), model_cost(pruned_cpu, (cpu_inputs[:1],))
     batch = torch.randn(64, 3, 32, 32)
-    lat_before, lat_after = measure_latency([original_cpu, pruned_cpu], (batch,))
+    lat_before, lat_after = measure_latency([original_cpu, pruned_cpu], (batch,), rounds=args.latency_rounds)
     report.update(flops_before=before.flops, flops_after=after.flops, params_before=before.params,
                   params_after=after.params, latency_before_s=lat_before, latency_after_s=lat_after,
                   wall_seconds=time.perf_counter() - started)

@@ -58,16 +58,17 @@ class Target:
 class LambdaController:
     """How the regularization strength is steered towards the target.
 
-    ``proportional``: after every ``step``, ``lambda <- clamp(lambda * exp(gain * e), min, max)``
-    with ``e = (kept - target.fraction) / target.fraction``, ``kept`` being the fraction of the
-    original metric that the current hard gate count (gates >= threshold) keeps. ``constant``:
-    lambda never changes (``gain``/``min``/``max``/``step`` are not allowed).
+    ``proportional``: after every ``step``, ``lambda <- clamp(lambda * exp(gain * e * r), min, max)``
+    where ``e`` is the (saturated) gap between the fraction of the original metric that the
+    hard gate count keeps and ``target.fraction`` (zero inside the tolerance band) and ``r`` the
+    share of that gap not already closing on its own (see :mod:`gdp_graph.budget`).
+    ``constant``: lambda never changes (``gain``/``min``/``max``/``step`` are not allowed).
     """
 
     kind: str = "proportional"
-    gain: float = 0.01
-    min: float = 0.0
-    max: float = 1.0e-2
+    gain: float = 0.05
+    min: float = 1.0e-3
+    max: float = 10.0
     step: str = "iteration"
 
 
@@ -75,9 +76,9 @@ class LambdaController:
 class EpsilonSchedule:
     """The GDP smoothing constant, annealed from ``start`` down to ``end`` (``start > end > 0``)."""
 
-    start: float = 1.0
+    start: float = 1.0e-2
     end: float = 1.0e-8
-    schedule: str = "exponential"
+    schedule: str = "cosine"
     step: str = "iteration"
 
     def value(self, progress: float) -> float:
@@ -96,7 +97,7 @@ class Regularizer:
     only for ``polarization``."""
 
     name: str = "gdp"
-    lambda_: float = 1.0e-4
+    lambda_: float = 1.0
     lambda_controller: LambdaController = field(default_factory=LambdaController)
     epsilon: Optional[EpsilonSchedule] = field(default_factory=EpsilonSchedule)
     t: Optional[float] = None
@@ -146,8 +147,9 @@ TARGET_SPEC = Struct("target", {
 }, doc="How much of the model to keep.", nullable=True)
 
 CONTROLLER_SPEC = Struct("lambda controller", {
-    "kind": Field(Enum(CONTROLLERS), "proportional: lambda <- clamp(lambda * exp(gain * e), min, "
-                  "max) with e the relative excess of the kept metric over the target; "
+    "kind": Field(Enum(CONTROLLERS), "proportional: lambda <- clamp(lambda * exp(gain * e * r), min, "
+                  "max) with e the gap of the kept metric to the target (0 inside the tolerance "
+                  "band) and r the share of it not already closing; "
                   "constant: lambda is fixed.", LambdaController.kind),
     "gain": Field(Number(minimum=0, exclusive_minimum=True), "proportional only: how fast lambda "
                   "reacts.", LambdaController.gain),

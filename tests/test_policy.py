@@ -160,8 +160,8 @@ def test_schema_json_matches_the_code() -> None:
 def test_builtin_values() -> None:
     p = Policy.default()
     assert (p.target.metric, p.target.fraction, p.target.tolerance) == ("flops", 0.5, 0.02)
-    assert p.regularizer.name == "gdp" and p.regularizer.lambda_ == 1e-4
-    assert p.regularizer.epsilon == EpsilonSchedule(1.0, 1e-8, "exponential", "iteration")
+    assert p.regularizer.name == "gdp" and p.regularizer.lambda_ == 1.0
+    assert p.regularizer.epsilon == EpsilonSchedule(1e-2, 1e-8, "cosine", "iteration")
     assert p.regularizer.t is None
     assert p.defaults == Defaults("channel", "none", 1, 1, 0.9, False)
     assert p.rules == ()
