@@ -554,6 +554,33 @@ class GatedModel(nn.Module):
     def epsilon(self) -> float:
         return float(self.bank.epsilon)
 
+    def gate_param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups for the gates, one per gate vector, with the learning
+        rate divided by the share of the target metric one of its units costs.
+
+        With plain SGD (no momentum, no weight decay, as here) a gate then moves by
+        ``lr * (lambda + dL/dg / c) * dg/dtheta``: a unit is removed when its task gradient per
+        unit of cost is below the price ``lambda`` that the budget controller sets, whatever
+        the unit's size (a channel, a head, a whole block)."""
+        metric_index = 0 if self.metric == "flops" else 1
+        total = self.cost_model.total.metric(self.metric) or 1.0
+        unit = self.cost_model.unit_costs()
+        base = self.cost_model.gate_vector({}, torch.float64)
+        full = float(self.cost_model.evaluate(base)[metric_index])
+        groups = []
+
+        def group(param: nn.Parameter, share: float) -> dict[str, Any]:
+            scale = 1.0 / share if share > 0 else 1.0
+            return {"params": [param], "lr": lr * scale, "momentum": 0.0, "weight_decay": 0.0,
+                    "nesterov": False, "dampening": 0.0}
+
+        for key, param in self.bank.group_theta.items():
+            groups.append(group(param, unit[int(key)].metric(self.metric) / total))
+        for key, param in self.bank.block_theta.items():
+            zero = {int(key): torch.zeros((), dtype=torch.float64)}
+            groups.append(group(param, (full - float(self.cost_model.evaluate(base, zero)[metric_index])) / total))
+        return groups
+
     def penalty(self) -> Tensor:
         """``lambda * regularizer(gates)``: add it to the task loss (outside autocast is fine)."""
         groups, blocks = self.bank.split(self.bank.flat())

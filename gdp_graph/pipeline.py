@@ -20,11 +20,11 @@ from rich.console import Console
 
 PRESETS: dict[str, dict[str, Any]] = {
     # a few minutes on 2 CPU cores: a subset of CIFAR-10, ResNet-20
-    "short": dict(depth=20, train_subset=5000, test_subset=1000, pretrain_epochs=3, gdp_epochs=4,
-                  finetune_epochs=1, batch_size=128, lr=0.1, gdp_lr=0.02, finetune_lr=0.01, gate_lr=0.1),
+    "short": dict(depth=20, train_subset=5000, test_subset=1000, pretrain_epochs=3, gdp_epochs=6,
+                  finetune_epochs=1, batch_size=128, lr=0.1, gdp_lr=0.02, finetune_lr=0.01, gate_lr=0.5),
     # the paper-style recipe: full data, ResNet-56 (hours on a GPU)
     "full": dict(depth=56, train_subset=None, test_subset=None, pretrain_epochs=160, gdp_epochs=120,
-                 finetune_epochs=40, batch_size=128, lr=0.1, gdp_lr=0.01, finetune_lr=0.01, gate_lr=0.1),
+                 finetune_epochs=40, batch_size=128, lr=0.1, gdp_lr=0.01, finetune_lr=0.01, gate_lr=0.5),
 }
 
 
@@ -42,7 +42,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", type=int)
     for name in ("lr", "gdp-lr", "finetune-lr"):
         p.add_argument(f"--{name}", type=float)
-    p.add_argument("--gate-lr", type=float, help="Adam learning rate of the gates (default 0.1)")
+    p.add_argument("--gate-lr", type=float, help="gate learning rate per unit of cost share (default 0.5)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--autocast", action="store_true", help="bfloat16 autocast in training")
     p.add_argument("--seed", type=int, default=0)
@@ -185,21 +185,18 @@ def run_pipeline(args) -> int:
 
 
 class GateOptimizer:
-    """SGD with momentum for the weights and Adam for the gates, stepped together.
-
-    Adam's steps are about ``gate_lr`` whatever the gradient's scale, so a channel gate (a tiny
-    share of the cost) and a block gate (a whole branch) move at comparable speeds and the
-    balance of task gradient against penalty decides; a step that carries a gate across 0
-    lands on 0 and latches (see ``GateBank.latch_zeros``). Gates get no weight decay: the
-    regularizer is their decay.
-    """
+    """SGD with momentum for the weights; plain SGD for the gates, one learning rate per gate
+    vector scaled by the inverse of its unit's cost share (``GatedModel.gate_param_groups``),
+    so the budget controller's lambda acts as a price per unit of cost. No momentum for the
+    gates (it would carry them through 0; a step across 0 lands on 0 and latches) and no
+    weight decay (the regularizer is their decay)."""
 
     def __init__(self, gated, lr: float, gate_lr: float):
         gates = gated.gate_parameters()
         ids = {id(p) for p in gates}
         weights = [p for p in gated.parameters() if id(p) not in ids and p.requires_grad]
         self.weights = torch.optim.SGD(weights, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-        self.gates = torch.optim.Adam(gates, lr=gate_lr) if gates else None
+        self.gates = torch.optim.SGD(gated.gate_param_groups(gate_lr), lr=gate_lr) if gates else None
         self.param_groups = self.weights.param_groups  # the cosine schedule drives the weights
 
     def zero_grad(self, set_to_none: bool = True) -> None:

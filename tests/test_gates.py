@@ -305,3 +305,23 @@ def test_report_is_flat_and_complete() -> None:
     assert not any(isinstance(v, (dict, list)) for v in report.values())
     assert math.isclose(report["zero"] + report["near_zero"] + report["middle"] + report["near_one"], 1.0)
     assert report["hard_fraction"] == 1.0 and 0 < report["soft_fraction"] < 1.0
+
+
+def test_gate_param_groups_price_units_by_cost():
+    """Per-gate learning rates are inversely proportional to the unit's cost share, so one
+    lambda prices channels and whole blocks alike."""
+    from gdp_graph.api import attach
+    from tests.zoo import ZOO
+
+    model, inputs = ZOO["resnet_basic"]()
+    gated = attach(model, policy="cifar_resnet", example_inputs=inputs, total_steps=10)
+    groups = gated.gate_param_groups(0.5)
+    assert len(groups) == len(gated.gate_parameters())
+    unit = gated.cost_model.unit_costs()
+    total = gated.cost_model.total.flops
+    for (key, param), g in zip(gated.bank.group_theta.items(), groups):
+        assert g["params"][0] is param and g["momentum"] == 0.0 and g["weight_decay"] == 0.0
+        assert g["lr"] == pytest.approx(0.5 * total / unit[int(key)].flops)
+    block_lrs = [g["lr"] for g in groups[len(gated.bank.group_theta):]]
+    channel_lrs = [g["lr"] for g in groups[:len(gated.bank.group_theta)]]
+    assert block_lrs and max(block_lrs) < min(channel_lrs)  # a block costs more than a channel
