@@ -324,4 +324,5 @@ def test_gate_param_groups_price_units_by_cost():
         assert g["lr"] == pytest.approx(0.5 * total / unit[int(key)].flops)
     block_lrs = [g["lr"] for g in groups[len(gated.bank.group_theta):]]
     channel_lrs = [g["lr"] for g in groups[:len(gated.bank.group_theta)]]
-    assert block_lrs and max(block_lrs) < min(channel_lrs)  # a block costs more than a channel
+    # a whole block costs more than a typical channel (a residual-stream channel can cost more)
+    assert block_lrs and max(block_lrs) < sorted(channel_lrs)[len(channel_lrs) // 2]
