@@ -152,9 +152,11 @@ def _tie_shared_modules(gm: fx.GraphModule, store: ElementStore) -> None:
             store.union(first[key], labels)
 
 
-def _depends_on_one_dim(track: Track, roots: torch.Tensor) -> bool:
+def _unit_dims(track: Track, roots: torch.Tensor) -> list[int]:
+    """Positions (within ``track.dims``) of the dims along which whole slices are units."""
     classes = roots[track.labels]
     present = track.labels != 0
+    found = []
     for k in range(len(track.dims)):
         moved = classes.movedim(k, 0).reshape(classes.shape[k], -1)
         mask = present.movedim(k, 0).reshape(classes.shape[k], -1)
@@ -165,8 +167,12 @@ def _depends_on_one_dim(track: Track, roots: torch.Tensor) -> bool:
                 ok = False
                 break
         if ok:
-            return True
-    return False
+            found.append(k)
+    return found
+
+
+def _depends_on_one_dim(track: Track, roots: torch.Tensor) -> bool:
+    return bool(_unit_dims(track, roots))
 
 
 def _resolve_joint_tracks(gm: fx.GraphModule, store: ElementStore) -> None:
@@ -180,6 +186,22 @@ def _resolve_joint_tracks(gm: fx.GraphModule, store: ElementStore) -> None:
             return
         for t in unresolved:
             store.union_along(t.labels, len(t.dims) - 1)
+    _freeze_partial_slices(joint, store)
+
+
+def _freeze_partial_slices(joint: list[Track], store: ElementStore) -> None:
+    """A unit slice of a joint track that also holds untracked positions (nulls, e.g. channels
+    concatenated from a model input) could only be removed in part, breaking the rectangle."""
+    roots = store.roots()
+    for t in joint:
+        dims = _unit_dims(t, roots)
+        if not dims:
+            continue
+        k = dims[0]
+        rows = t.labels.movedim(k, 0).reshape(t.labels.shape[k], -1)
+        for row in rows:
+            if bool((row == 0).any()) and bool((row != 0).any()):
+                store.freeze(row, "channels sharing a reshaped slice with untracked channels")
 
 
 def analyze(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor) -> Analysis:

@@ -128,7 +128,7 @@ class RuleContext:
         return c if isinstance(c, Chan) else UNTRACKED
 
     def movement(self, run: Callable[[Callable[[fx.Node], Any]], Any], inputs: Sequence[fx.Node],
-                 kind: Optional[str] = None) -> Any:
+                 kind: Optional[str] = None, overrides: Optional[dict[str, Chan]] = None) -> Any:
         """Propagate by running the op on label tensors.
 
         ``run(sub)`` must compute the op with every tensor input node ``n`` replaced by
@@ -138,7 +138,7 @@ class RuleContext:
         results: list[Any] = []
         lost: list[torch.Tensor] = []
         for inp in inputs:
-            chan = self.chan(inp)
+            chan = (overrides or {}).get(inp.name) or self.chan(inp)
             if not isinstance(chan, Chan):
                 continue
             for track in chan.tracks:

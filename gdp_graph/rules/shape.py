@@ -44,7 +44,7 @@ def _tensor_inputs(ctx) -> list[fx.Node]:
     return found
 
 
-def _run_on_labels(ctx, kind=None):
+def _run_on_labels(ctx, kind=None, overrides=None):
     node = ctx.node
     inputs = _tensor_inputs(ctx)
 
@@ -57,7 +57,7 @@ def _run_on_labels(ctx, kind=None):
             return ctx.module(*args, **kwargs)
         return node.target(*args, **kwargs)
 
-    return ctx.movement(run, inputs, kind)
+    return ctx.movement(run, inputs, kind, overrides)
 
 
 def _new_sizes(rctx, sizes: list, out_dims_offset: int = 0) -> list:
@@ -140,9 +140,25 @@ class CatRule(OpRule):
     """Concatenation: each input's channels keep their own identity at an offset."""
 
     def propagate(self, ctx):
-        chan = _run_on_labels(ctx)
-        for inp in _tensor_inputs(ctx):
-            c = ctx.chan(inp)
+        inputs = _tensor_inputs(ctx)
+        chans = {inp.name: (c if isinstance(c := ctx.chan(inp), Chan) else Chan()) for inp in inputs}
+        tracked = {t.dims[0] for c in chans.values() for t in c.tracks if t.single()}
+        overrides = {}
+        for inp in inputs:
+            # channels of an untracked input still sit next to tracked ones: give them frozen
+            # elements, so a shuffle or reshape downstream cannot shrink them with the others
+            c, shape = chans[inp.name], ctx.value(inp).shape
+            extra = []
+            for dim in sorted(tracked):
+                if c.on(dim) is None and dim < len(shape) and shape[dim] > 0:
+                    fresh = ctx.fresh(shape[dim], "channels of an untracked concatenation input")
+                    ctx.freeze(fresh, "channels concatenated from an untracked input")
+                    extra.append(Track((dim,), fresh))
+            if extra:
+                overrides[inp.name] = Chan(c.tracks + tuple(extra))
+        chan = _run_on_labels(ctx, overrides=overrides)
+        for inp in inputs:
+            c = overrides.get(inp.name) or ctx.chan(inp)
             if isinstance(c, Chan):
                 for t in c.tracks:
                     ctx.tag(t.labels, "concat")
