@@ -564,6 +564,11 @@ class GatedModel(nn.Module):
         the unit's size (a channel, a head, a whole block)."""
         metric_index = 0 if self.metric == "flops" else 1
         total = self.cost_model.total.metric(self.metric) or 1.0
+        if self.bank.kind != "smoothed_l0":
+            # clamped gates move one for one with theta; the smoothed L0 starts with
+            # dg/dtheta = 2*theta*eps/(theta^2+eps)^2 ~ 0.02 (g0 = 0.99, theta0 = 1): the same
+            # lr must not move clamped gates 50x faster
+            lr *= 0.02
         unit = self.cost_model.unit_costs()
         base = self.cost_model.gate_vector({}, torch.float64)
         full = float(self.cost_model.evaluate(base)[metric_index])
