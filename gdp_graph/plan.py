@@ -67,8 +67,25 @@ class PruningPlan:
                 problems.append(f"group {gid}: every unit removed; keep at least one or remove its block")
             if g.divisor > 1 and len(kept_set) % g.divisor:
                 problems.append(f"group {gid}: {len(kept_set)} kept units is not a multiple of {g.divisor}")
+        for node, group, unit in self.starved_sites(analysis):
+            problems.append(f"node '{node}' would receive no input channels (keep a unit of group {group}, e.g. {unit})")
         if problems:
             raise PlanError("invalid pruning plan:\n  " + "\n  ".join(problems))
+
+    def starved_sites(self, analysis: Analysis) -> list[tuple[str, int, int]]:
+        """Consuming layers (outside removed blocks) that would lose every input channel, as
+        (node, group, a removed unit that would feed it): a layer with zero inputs is a
+        constant that the rewriter does not fold."""
+        keep = self.element_keep(analysis)
+        dead = {n for b in analysis.blocks if b.id in self.removed_blocks for n in b.nodes}
+        starved = []
+        for site in analysis.store.sites:
+            labels = site.labels
+            if site.node in dead or bool((labels == 0).any()) or bool(keep[labels].any()):
+                continue
+            e = int(labels[0])
+            starved.append((site.node, int(analysis.group_of_element[e]), int(analysis.unit_of_element[e])))
+        return starved
 
     def element_keep(self, analysis: Analysis) -> torch.Tensor:
         """A bool per element: False where the element's unit is removed."""
@@ -138,4 +155,12 @@ def random_plan(analysis: Analysis, ratio: float, seed: int = 0, block_ratio: Op
             continue
         removed = set(rng.sample(free, n_remove))
         keep[g.id] = tuple(u for u in range(g.size) if u not in removed)
-    return PruningPlan(keep=keep, removed_blocks=frozenset(removed_blocks), allow_inexact=allow_inexact)
+    plan = PruningPlan(keep=keep, removed_blocks=frozenset(removed_blocks), allow_inexact=allow_inexact)
+    for _ in range(len(analysis.groups) + len(analysis.store.sites)):
+        starved = plan.starved_sites(analysis)
+        if not starved:
+            break
+        _, gid, unit = starved[0]  # give the layer back one input unit
+        keep[gid] = tuple(sorted(set(keep[gid]) | {unit}))
+        plan = PruningPlan(keep=keep, removed_blocks=frozenset(removed_blocks), allow_inexact=allow_inexact)
+    return plan
