@@ -166,29 +166,32 @@ class BatchNormRule(OpRule):
         return new
 
 
+def _tie_norm_groups(ctx, t: Track, num_groups: int, what: str) -> bool:
+    """Make each norm group one unit (removing whole groups keeps group norm exact);
+    False when the channels cannot be handled (and are frozen)."""
+    if not t.single():
+        ctx.freeze(t.labels, f"{what} channels tied to another dimension")
+        return False
+    blocks = t.labels.view(num_groups, -1)
+    for block in blocks:
+        if bool((block == NULL).any()):
+            ctx.freeze(block, f"{what} group with untracked channels")
+        ctx.store.union_all(block)
+    ctx.tag(t.labels, "norm")
+    if blocks.shape[1] > 1:
+        ctx.tag(t.labels, "unit:norm-group")
+    return True
+
+
 @register_rule(nn.GroupNorm)
 class GroupNormRule(OpRule):
     """GroupNorm: one norm group is one unit (removing whole groups keeps it exact)."""
 
     def propagate(self, ctx):
-        m = ctx.module
         x = ctx.passthrough(0)
         t = x.on(1)
-        if t is None:
-            return x
-        if not t.single():
-            ctx.freeze(t.labels, "GroupNorm channels tied to another dimension")
-            return x
-        per = m.num_channels // m.num_groups
-        blocks = t.labels.view(m.num_groups, per)
-        for j in range(m.num_groups):
-            if bool((blocks[j] == NULL).any()):
-                ctx.freeze(blocks[j], "GroupNorm group with untracked channels")
-            ctx.store.union_all(blocks[j])
-        ctx.tag(t.labels, "norm")
-        if per > 1:
-            ctx.tag(t.labels, "unit:norm-group")
-        ctx.member(t.labels, "param", 0, "weight")
+        if t is not None and _tie_norm_groups(ctx, t, ctx.module.num_groups, "GroupNorm"):
+            ctx.member(t.labels, "param", 0, "weight")
         return x
 
     def rewrite_module(self, m, rctx):
@@ -366,21 +369,8 @@ class FunctionalGroupNormRule(OpRule):
     def propagate(self, ctx):
         x = ctx.passthrough(0)
         t = x.on(1)
-        if t is None:
-            return x
-        if not t.single():
-            ctx.freeze(t.labels, "group_norm channels tied to another dimension")
-            return x
-        groups = ctx.value(ctx.arg(1, "num_groups"))
-        blocks = t.labels.view(groups, -1)
-        for j in range(groups):
-            if bool((blocks[j] == NULL).any()):
-                ctx.freeze(blocks[j], "group_norm group with untracked channels")
-            ctx.store.union_all(blocks[j])
-        ctx.tag(t.labels, "norm")
-        if blocks.shape[1] > 1:
-            ctx.tag(t.labels, "unit:norm-group")
-        _tie_params(ctx, t.labels, (2, "weight"), (3, "bias"))
+        if t is not None and _tie_norm_groups(ctx, t, ctx.value(ctx.arg(1, "num_groups")), "group_norm"):
+            _tie_params(ctx, t.labels, (2, "weight"), (3, "bias"))
         return x
 
     def rewrite_args(self, rctx):
