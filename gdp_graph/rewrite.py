@@ -281,7 +281,11 @@ def _pinned_query(node: fx.Node, analysis: Analysis, keep: torch.Tensor, values:
         if dim is not None and isinstance(dim, int) and changed(node.args[0], dim):
             return values[node.name]
     if node.op == "call_function" and node.target.__name__ == "getitem" and isinstance(node.args[0], fx.Node) \
-            and node.args[0].name in shape_source and isinstance(node.args[1], int):
-        if changed(shape_source[node.args[0].name], node.args[1]):
-            return values[node.name]
+            and node.args[0].name in shape_source:
+        index = node.args[1]
+        source = shape_source[node.args[0].name]
+        dims = [index] if isinstance(index, int) else \
+            list(range(len(values[node.args[0].name])))[index] if isinstance(index, slice) else []
+        if any(changed(source, d) for d in dims):
+            return values[node.name]  # e.g. `c, h, w = x.shape[1:]`: c keeps its original value
     return None
