@@ -165,7 +165,8 @@ SiteScales = dict[tuple[str, int], tuple[int, torch.Tensor]]
 
 
 def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Module] = None,
-            site_scales: Optional[SiteScales] = None) -> fx.GraphModule:
+            site_scales: Optional[SiteScales] = None, check: bool = True,
+            tolerance: float = 1e-4) -> fx.GraphModule:
     """Apply ``plan`` and return the pruned module (the analysed model is left untouched).
 
     Args:
@@ -174,6 +175,11 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
         site_scales: ``{(node, arg): (dim, scale)}`` multipliers to keep in the pruned graph
             before a node's input (gates that no weight could absorb); scales are given over
             the original positions and sliced to the kept ones.
+        check: compare the result with the gated reference on the example inputs (``verify``)
+            and raise :class:`RewriteError` if it differs; the result is kept as
+            ``pruned.gdp_verify``. Skipped for inexact plans (the difference is then the
+            point; call ``verify`` to see it) and with ``weights``/``site_scales`` (finalize
+            checks against the gated model itself).
     """
     plan.validate(analysis)
     keep = plan.element_keep(analysis)
@@ -262,6 +268,12 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
     pruned.recompile()
     pruned.delete_all_unused_submodules()
     pruned.eval()
+    if check and weights is None and not site_scales and not plan.allow_inexact:
+        from .verify import verify  # verify builds on the analysis, not on the rewriter
+        result = verify(analysis, plan, pruned, tolerance=tolerance)
+        if not result.ok:
+            raise RewriteError(f"the pruned model differs from the gated reference: {result}")
+        pruned.gdp_verify = result
     return pruned
 
 
