@@ -301,7 +301,12 @@ class SpecNet(nn.Module):
             return [self._layer(i, "ln")(y).permute(0, 3, 1, 2).contiguous()]
         if kind == "add":
             a, b = (env[j] for j in op["srcs"])
-            return [a + b if op.get("style", "op") == "op" else torch.add(a, b)]
+            style = op.get("style", "op")
+            if style == "iadd":  # torchvision's `out += identity`, on a fresh tensor
+                out = a.clone()
+                out += b
+                return [out]
+            return [a + b if style == "op" else torch.add(a, b)]
         if kind == "mul":
             a, b = (env[j] for j in op["srcs"])
             return [a * b]
@@ -310,16 +315,19 @@ class SpecNet(nn.Module):
         if kind == "spatial_gate":
             return [x * torch.sigmoid(self._layer(i, "gate")(x))]
         if kind == "cat":
-            return [torch.cat([env[j] for j in op["srcs"]], dim=1)]
+            return [torch.cat([env[j] for j in op["srcs"]], dim=op.get("dim", 1))]
         if kind == "chunk":
-            pieces = x.chunk(op["n"], dim=1)
+            pieces = x.chunk(op["n"], dim=op.get("dim", 1))
             return [pieces[j] for j in range(op["n"])]
         if kind == "split":
-            pieces = torch.split(x, op["sizes"], dim=1)
+            pieces = torch.split(x, op["sizes"], dim=op.get("dim", 1))
             return [pieces[j] for j in range(len(op["sizes"]))]
         if kind == "slice":
-            if op.get("style", "getitem") == "narrow":
-                return [x.narrow(1, op["start"], op["stop"] - op["start"])]
+            style = op.get("style", "getitem")
+            if style == "narrow":
+                return [x.narrow(op.get("dim", 1), op["start"], op["stop"] - op["start"])]
+            if style == "ellipsis":
+                return [x[..., op["start"]:op["stop"], :, :]]
             return [x[:, op["start"]:op["stop"]]]
         if kind == "shuffle":
             g = op["groups"]
@@ -514,7 +522,7 @@ def block_residual(b: _Builder) -> None:
     shortcut = src
     if b.shapes[branch] != b.shapes[src]:
         shortcut = b.emit({"op": "conv", "src": src, "out": out, "k": 1, **({"stride": stride} if stride > 1 else {})})
-    b.emit({"op": "add", "srcs": [shortcut, branch] if b.draw(st.booleans()) else [branch, shortcut]})
+    b.emit({"op": "add", "srcs": [shortcut, branch] if b.draw(st.booleans()) else [branch, shortcut], **_add_style(b)})
 
 
 def block_fork(b: _Builder) -> None:
@@ -525,9 +533,20 @@ def block_fork(b: _Builder) -> None:
     left = _branch(b, src, b.draw(st.integers(1, 3)), out)
     right = _branch(b, src, b.draw(st.integers(1, 3)), out if merge != "cat" else b.width())
     if merge == "cat":
-        b.emit({"op": "cat", "srcs": [left, right]})
+        b.emit({"op": "cat", "srcs": [left, right], **_channel_dim(b)})
     else:
         b.emit({"op": merge, "srcs": [left, right]})
+
+
+def _channel_dim(b: _Builder) -> dict[str, int]:
+    """The channel dim written as 1 (nothing) or -3."""
+    return {"dim": -3} if b.draw(st.booleans()) else {}
+
+
+def _add_style(b: _Builder) -> dict[str, str]:
+    """``a + b`` (nothing), ``torch.add(a, b)`` or ``out = a.clone(); out += b``."""
+    style = b.draw(st.sampled_from(["op", "torch.add", "iadd"]))
+    return {} if style == "op" else {"style": style}
 
 
 def _pick_pair(b: _Builder) -> Optional[tuple[int, int]]:
@@ -543,10 +562,7 @@ def block_add(b: _Builder) -> None:
     pair = _pick_pair(b)
     if pair is None:
         return block_residual(b)
-    op: dict[str, Any] = {"op": "add", "srcs": list(pair)}
-    if b.draw(st.booleans()):
-        op["style"] = "torch.add"
-    b.emit(op)
+    b.emit({"op": "add", "srcs": list(pair), **_add_style(b)})
 
 
 def block_mul(b: _Builder) -> None:
@@ -575,7 +591,7 @@ def block_cat(b: _Builder) -> None:
         srcs.append(b.pick(lambda s: s[1:] == hw))  # may repeat a tensor: cat([x, x])
     if b.draw(st.booleans()):
         srcs.reverse()
-    b.emit({"op": "cat", "srcs": srcs})
+    b.emit({"op": "cat", "srcs": srcs, **_channel_dim(b)})
 
 
 def block_split(b: _Builder) -> None:
@@ -586,20 +602,23 @@ def block_split(b: _Builder) -> None:
     c = b.shapes[src][0]
     style = b.draw(st.sampled_from(["chunk", "split", "slice", "narrow"]))
     if style == "chunk":
-        b.emit({"op": "chunk", "src": src, "n": b.draw(st.sampled_from([n for n in (2, 3, 4) if c % n == 0] or [1]))})
+        b.emit({"op": "chunk", "src": src, "n": b.draw(st.sampled_from([n for n in (2, 3, 4) if c % n == 0] or [1])),
+                **_channel_dim(b)})
     elif style == "split":
         cut = b.draw(st.integers(1, c - 1))
         sizes = [cut, c - cut]
         if c - cut >= 2 and b.draw(st.booleans()):
             cut2 = b.draw(st.integers(1, c - cut - 1))
             sizes = [cut, cut2, c - cut - cut2]
-        b.emit({"op": "split", "src": src, "sizes": sizes})
+        b.emit({"op": "split", "src": src, "sizes": sizes, **_channel_dim(b)})
     else:
         start = b.draw(st.integers(0, c - 1))
         stop = b.draw(st.integers(start + 1, c))
         op: dict[str, Any] = {"op": "slice", "src": src, "start": start, "stop": stop}
         if style == "narrow":
-            op["style"] = "narrow"
+            op.update(style="narrow", **_channel_dim(b))
+        elif b.draw(st.booleans()):
+            op["style"] = "ellipsis"
         b.emit(op)
 
 
