@@ -42,12 +42,12 @@ def main() -> None:
               "--finetune-epochs", str(args.finetune_epochs), "--target", str(args.target),
               "--device", args.device, "--policy", "cifar_resnet"]
     if not checkpoint.exists():
-        cmd = [sys.executable, "-m", "gdp_graph.cli", "train", *common, "--pretrain-epochs", str(args.pretrain_epochs),
+        cmd = [sys.executable, "-m", "gdp_graph.cli.main", "train", *common, "--pretrain-epochs", str(args.pretrain_epochs),
                "--save-pretrained", str(checkpoint), "--pretrain-only"]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     for reg in args.regularizers:
-        cmd = [sys.executable, "-m", "gdp_graph.cli", "train", *common, "--checkpoint", str(checkpoint),
+        cmd = [sys.executable, "-m", "gdp_graph.cli.main", "train", *common, "--checkpoint", str(checkpoint),
                "--regularizer", reg, "--out", str(out / reg)]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)

@@ -17,8 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gdp_graph.api import attach
-from gdp_graph.models.cifar_resnet import cifar_resnet
+from gdp_graph.gates.attach import attach
+from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
 
 
 def _step(model, opt, x, y, penalty, autocast: bool) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gdp_graph as G  # noqa: E402
-from gdp_graph.cost import model_cost  # noqa: E402
+from gdp_graph.graph.cost import model_cost  # noqa: E402
 from tests.zoo import ZOO  # noqa: E402
 
 

@@ -1,20 +1,35 @@
-"""gdp-graph: declarative, exact channel and block pruning for any PyTorch model."""
+"""gdp-graph: declarative, exact channel and block pruning for any PyTorch model.
 
-from .analysis import Analysis, AnalysisError, analyze
-from .api import attach
-from .finalize import finalize
-from .gates import GatedModel
-from .groups import Block, ChannelGroup, GateSite, Member, OpaqueLeaf
-from .plan import PlanError, PruningPlan, random_plan
-from .rewrite import RewriteError, rewrite
-from .rules import OpRule, RuleContext, register_rule
-from .trace import TraceError, trace
-from .verify import VerifyResult, verify
+The stages, one package each, data flowing one way:
+
+``graph``   trace the model (torch.fx), propagate channel labels through the op-rule registry,
+            form coupled channel groups and removable blocks, price them (cost model)
+``prune``   an immutable pruning plan, the rewriter that applies it, verification, export
+``policy``  YAML pruning policies: validation, and resolution against an analysis
+``gates``   GDP gates from a policy, the regularizers and budget controller, finalize
+``report``  terminal tables and latency measurement
+``recipes`` complete training pipelines (CIFAR-10)
+``cli``     the ``gdp-graph`` command
+"""
+
+from gdp_graph.errors import GdpError
+from gdp_graph.graph.analysis import Analysis, AnalysisError, analyze
+from gdp_graph.graph.groups import Block, ChannelGroup, GateSite, Member, OpaqueLeaf
+from gdp_graph.graph.rules import OpRule, RuleContext, register_rule
+from gdp_graph.graph.trace import TraceError, trace
+from gdp_graph.prune.plan import PlanError, PruningPlan, random_plan
+from gdp_graph.prune.rewrite import RewriteError, rewrite
+from gdp_graph.prune.verify import VerifyResult, verify
+from gdp_graph.policy import Policy, PolicyError, load_policy
+from gdp_graph.gates.model import GatedModel, GateError
+from gdp_graph.gates.finalize import FinalizeError, finalize
+from gdp_graph.gates.attach import attach
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "AnalysisError", "GatedModel", "attach", "finalize", "Block", "ChannelGroup", "GateSite", "Member", "OpaqueLeaf",
-    "OpRule", "PlanError", "PruningPlan", "RewriteError", "RuleContext", "TraceError",
-    "VerifyResult", "analyze", "random_plan", "register_rule", "rewrite", "trace", "verify",
+    "Analysis", "AnalysisError", "Block", "ChannelGroup", "FinalizeError", "GateError", "GateSite",
+    "GatedModel", "GdpError", "Member", "OpRule", "OpaqueLeaf", "PlanError", "Policy", "PolicyError",
+    "PruningPlan", "RewriteError", "RuleContext", "TraceError", "VerifyResult", "analyze", "attach",
+    "finalize", "load_policy", "random_plan", "register_rule", "rewrite", "trace", "verify",
 ]

@@ -14,11 +14,11 @@ from typing import Optional
 import pytest
 import torch
 
-from gdp_graph.analysis import analyze
-from gdp_graph.budget import OVERSHOOT_BOUND, BudgetController, hard_fraction, soft_fraction
-from gdp_graph.cost import CostModel
-from gdp_graph.plan import random_plan
-from gdp_graph.regularizers import make_regularizer
+from gdp_graph.graph.analysis import analyze
+from gdp_graph.gates.budget import OVERSHOOT_BOUND, BudgetController, hard_fraction, soft_fraction
+from gdp_graph.graph.cost import CostModel
+from gdp_graph.prune.plan import random_plan
+from gdp_graph.gates.regularizers import make_regularizer
 from tests.zoo import ZOO
 
 

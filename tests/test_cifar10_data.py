@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gdp_graph.data.cifar10 import (
+from gdp_graph.recipes.cifar10.data.cifar10 import (
     CIFAR10_ENV_VAR,
     CIFAR10_MEAN,
     CIFAR10_STD,

@@ -9,7 +9,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from gdp_graph.models.cifar_resnet import (
+from gdp_graph.recipes.cifar10.models.cifar_resnet import (
     BasicBlock,
     CifarResNet,
     cifar_resnet,

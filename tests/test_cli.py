@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gdp_graph.cli import main
+from gdp_graph.cli.main import main
 
 SPEC = "tests.fixtures.cli_models:small_cnn"
 

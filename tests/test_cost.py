@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import gdp_graph as G
-from gdp_graph.cost import CostModel, count_flops, count_params, model_cost
+from gdp_graph.graph.cost import CostModel, count_flops, count_params, model_cost
 from tests.zoo import ZOO
 
 CNN_AND_VIT = ["vgg", "resnet_basic", "resnet_bottleneck", "resnext", "mobilenetv2", "efficientnet",

@@ -43,7 +43,7 @@ class TinyRes(nn.Module):
 
 
 def _worker(rank: int, store: str, out: str) -> None:
-    from gdp_graph.api import attach
+    from gdp_graph.gates.attach import attach
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)

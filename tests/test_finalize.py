@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdp_graph.api import attach
-from gdp_graph.finalize import FinalizeError, absorb, finalize, plan_from_gates
-from gdp_graph.gates import GatedModel
-from gdp_graph.verify import compare_outputs
+from gdp_graph.gates.attach import attach
+from gdp_graph.gates.finalize import FinalizeError, absorb, finalize, plan_from_gates
+from gdp_graph.gates.model import GatedModel
+from gdp_graph.prune.verify import compare_outputs
 from tests.zoo import ZOO
 
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdp_graph.api import attach
-from gdp_graph.gates import EpsilonSchedule, GatedModel, GateError, gate_multiply, gated_layer
+from gdp_graph.gates.attach import attach
+from gdp_graph.gates.model import EpsilonSchedule, GatedModel, GateError, gate_multiply, gated_layer
 from tests.zoo import ZOO
 
 
@@ -310,7 +310,7 @@ def test_report_is_flat_and_complete() -> None:
 def test_gate_param_groups_price_units_by_cost():
     """Per-gate learning rates are inversely proportional to the unit's cost share, so one
     lambda prices channels and whole blocks alike."""
-    from gdp_graph.api import attach
+    from gdp_graph.gates.attach import attach
     from tests.zoo import ZOO
 
     model, inputs = ZOO["resnet_basic"]()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gdp_graph.cli import main
-from gdp_graph.export import load
+from gdp_graph.cli.main import main
+from gdp_graph.prune.export import load
 from tests.test_cifar10_data import Synthetic
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar-10-python.tar.gz"

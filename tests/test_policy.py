@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gdp_graph.groups import Block, ChannelGroup
+from gdp_graph.graph.groups import Block, ChannelGroup
 from gdp_graph.policy import (
     POLICY_DIR,
     Defaults,
@@ -31,7 +31,7 @@ from gdp_graph.policy import (
     policy_from_dict,
     resolve,
 )
-from gdp_graph.policy_schema import (
+from gdp_graph.policy.schema import (
     POLICY_SPEC,
     SCHEMA_PATH,
     EpsilonSchedule,
@@ -151,7 +151,7 @@ def test_default_yaml_documents_every_key() -> None:
 
 def test_schema_json_matches_the_code() -> None:
     assert SCHEMA_PATH.read_text(encoding="utf-8") == json_schema_text(), \
-        "regenerate with: python -m gdp_graph.policy_schema"
+        "regenerate with: python -m gdp_graph.policy.schema"
     schema = json.loads(SCHEMA_PATH.read_text())
     assert schema["required"] == ["version"]
     assert schema["properties"]["defaults"]["properties"]["round_to"]["default"] == 1

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from gdp_graph.analysis import analyze
-from gdp_graph.cost import CostModel
-from gdp_graph.plan import random_plan
-from gdp_graph.regularizers import REGULARIZERS, free_gate_vector, make_regularizer
+from gdp_graph.graph.analysis import analyze
+from gdp_graph.graph.cost import CostModel
+from gdp_graph.prune.plan import random_plan
+from gdp_graph.gates.regularizers import REGULARIZERS, free_gate_vector, make_regularizer
 from tests.zoo import ZOO
 
 

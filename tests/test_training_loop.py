@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
-from gdp_graph.training import (
+from gdp_graph.recipes.cifar10.training import (
     cosine_lr_factor,
     cosine_schedule,
     evaluate,
@@ -254,8 +254,8 @@ def test_cosine_schedule() -> None:
 
 
 def test_resnet_on_cifar_loader_smoke() -> None:
-    from gdp_graph.data.cifar10 import CifarLoader
-    from gdp_graph.models.cifar_resnet import resnet20
+    from gdp_graph.recipes.cifar10.data.cifar10 import CifarLoader
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import resnet20
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 32, 32), generator=g, dtype=torch.uint8)

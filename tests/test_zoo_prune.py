@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import gdp_graph as G
-from gdp_graph.cost import count_params
-from gdp_graph.export import export_source, load, save
+from gdp_graph.graph.cost import count_params
+from gdp_graph.prune.export import export_source, load, save
 from tests.zoo import ZOO, ZOO_TRACEABLE
 
 RATIOS = (0.2, 0.5)

@@ -1,0 +1,72 @@
+"""The few-line user story::
+
+    gated = gdp_graph.attach(model, policy="cifar_resnet", example_inputs=x, total_steps=steps)
+    for x, y in loader:                       # the user's own loop, optimizer, autocast, DDP
+        loss = F.cross_entropy(gated(x), y) + gated.penalty()   # lambda * regularizer(gates)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+        gated.step()                          # anneal epsilon, steer lambda to the budget
+    pruned = gated.finalize()                 # the exact smaller nn.Module
+
+``model`` itself is never modified: :func:`attach` traces a deep copy.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from gdp_graph.graph.analysis import analyze
+from gdp_graph.gates.model import GatedModel
+from gdp_graph.policy import Policy, load_policy, policy_from_dict, resolve
+
+__all__ = ["attach", "as_policy"]
+
+PolicyLike = Union[Policy, str, "os.PathLike[str]", Mapping[str, Any], None]
+
+
+def as_policy(policy: PolicyLike) -> Policy:
+    """A :class:`Policy` from a policy, a YAML path or text, a shipped policy name
+    (``"cifar_resnet"``), a plain dict, or ``None`` (the built-in default)."""
+    if policy is None:
+        return Policy.default()
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, Mapping):
+        return policy_from_dict(policy)
+    if isinstance(policy, (str, os.PathLike)):
+        return load_policy(policy)
+    raise TypeError(f"policy must be a Policy, a path, YAML text, a dict or None, not {type(policy).__name__}")
+
+
+def attach(model: nn.Module, policy: PolicyLike = None, *,
+           example_inputs: Union[torch.Tensor, Sequence[Any]], total_steps: Optional[int] = None,
+           steps_per_epoch: Optional[int] = None, init_gate: float = 0.99) -> GatedModel:
+    """Analyse ``model`` (a traced copy; ``model`` is left untouched) and return it with gates.
+
+    Args:
+        policy: what to gate and how to train the gates (see :func:`as_policy`).
+        example_inputs: a tensor or tuple of positional inputs the model runs on.
+        total_steps: training iterations the gates will be trained for (the ``gdp``
+            regularizer anneals epsilon over them).
+        steps_per_epoch: iterations per epoch, for schedules that step per epoch.
+        init_gate: the value every ``gdp`` gate starts at.
+
+    The returned :class:`GatedModel` is in ``model``'s train/eval mode, on its device.
+
+    Raises:
+        gdp_graph.policy.PolicyError: the policy does not validate.
+        gdp_graph.graph.trace.TraceError: the model cannot be traced or run on the inputs.
+        gdp_graph.gates.model.GateError: the schedule lengths are missing or invalid.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"attach() needs an nn.Module, got {type(model).__name__}")
+    resolved = as_policy(policy)
+    analysis = analyze(model, example_inputs)
+    resolution = resolve(resolved, analysis.groups, analysis.blocks)
+    gated = GatedModel(analysis, resolution, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                       init_gate=init_gate)
+    gated.train(model.training)
+    return gated

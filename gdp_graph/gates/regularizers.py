@@ -1,0 +1,167 @@
+"""Sparsity regularizers on the gates: what the training loss adds, times lambda.
+
+:func:`make_regularizer` returns ``reg(group_gates, block_gates) -> scalar tensor``, unscaled
+(the caller multiplies by lambda, which :class:`gdp_graph.gates.budget.BudgetController` steers).
+``group_gates[gid]`` holds one gate per unit of group ``gid`` (shape ``(size,)``; units the
+analysis froze come in as a constant 1), ``block_gates[bid]`` one scalar gate per gated block;
+groups and blocks without gates are absent.
+
+Regularizers (registered by name in ``REGULARIZERS``):
+
+``gdp``
+    The differentiable remaining cost, as a fraction of the original model's ``metric``
+    (FLOPs or parameters): :meth:`CostModel.evaluate` on the gates, divided by the total.
+    Each layer's cost is scaled by the mean gate of the channels it consumes times the mean
+    gate of the channels it produces (bilinear in neighbouring groups), and by its block's
+    gate. All ones gives 1.0; 0/1 gates give the exact cost of the corresponding plan.
+    This is the FLOPs-aware penalty of GDP (Guo et al., ICCV 2021); the polarization itself
+    comes from the gate function ``theta^2 / (theta^2 + epsilon)`` as epsilon is annealed.
+
+``polarization``
+    Zhuang et al. (NeurIPS 2020): ``(t * ||g||_1 - ||g - mean(g)||_1) / n`` over the vector
+    ``g`` of all gates of the model (group units and block gates concatenated), each clamped
+    to [0, 1], ``mean`` taken over that whole vector, ``n`` its length. Weighting: *uniform,
+    one entry per unit* (as the paper does per channel), whatever the unit spans (a channel,
+    a head, a norm group) and whatever it costs; a block gate is one entry too. Units the
+    analysis froze are left out (they are constant 1, not gates, and would shift the mean).
+    ``t`` > 0; the paper uses values around 1 (``DEFAULT_T`` = 1.2).
+
+``l1``
+    Network slimming (Liu et al., ICCV 2017) on the gates: ``mean |g|`` over the same vector
+    as ``polarization`` (frozen units left out, uniform weights).
+
+``metric`` only affects ``gdp``; ``t`` only ``polarization``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from gdp_graph.graph.cost import CostModel
+
+__all__ = ["REGULARIZERS", "METRICS", "DEFAULT_T", "Regularizer", "make_regularizer", "free_gate_vector"]
+
+#: ``reg(group_gates, block_gates) -> scalar tensor``
+Regularizer = Callable[[Mapping[int, Tensor], Mapping[int, Tensor]], Tensor]
+_Builder = Callable[[CostModel, str, float], Regularizer]
+
+METRICS = ("flops", "params")
+DEFAULT_T = 1.2
+
+#: name -> builder(cost_model, metric, t); filled by :func:`_register`
+REGULARIZERS: dict[str, _Builder] = {}
+
+
+def _register(name: str) -> Callable[[_Builder], _Builder]:
+    def add(builder: _Builder) -> _Builder:
+        REGULARIZERS[name] = builder
+        return builder
+    return add
+
+
+def make_regularizer(name: str, cost_model: CostModel, *, metric: str = "flops", t: float = DEFAULT_T) -> Regularizer:
+    """The regularizer ``name`` (``gdp``, ``polarization`` or ``l1``) for ``cost_model``'s model.
+
+    Raises ``ValueError`` for an unknown name or metric, a ``t`` that is not a finite positive
+    number (``polarization`` only), or a model whose ``metric`` totals zero (``gdp`` only).
+
+    Example::
+
+        reg = make_regularizer("gdp", CostModel(analyze(model, inputs)))
+        loss = task_loss + lam * reg(group_gates, block_gates)
+    """
+    if name not in REGULARIZERS:
+        raise ValueError(f"unknown regularizer {name!r}: expected one of {', '.join(map(repr, REGULARIZERS))}")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(map(repr, METRICS))}")
+    return REGULARIZERS[name](cost_model, metric, t)
+
+
+# -- shared helpers -----------------------------------------------------------------------------
+def _check_gates(cost_model: CostModel, group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor]) -> None:
+    """Every gate tensor names an existing group/block and has one value per unit."""
+    groups, blocks = cost_model.analysis.groups, cost_model.analysis.blocks
+    for gid, g in group_gates.items():
+        if not 0 <= gid < len(groups):
+            raise ValueError(f"gates given for group {gid}, but the model has groups 0..{len(groups) - 1}")
+        if g.numel() != groups[gid].size:
+            raise ValueError(f"group {gid}: {g.numel()} gates for {groups[gid].size} units (shape {tuple(g.shape)})")
+    for bid, g in block_gates.items():
+        if not 0 <= bid < len(blocks):
+            raise ValueError(f"gate given for block {bid}, but the model has blocks 0..{len(blocks) - 1}")
+        if g.numel() != 1:
+            raise ValueError(f"block {bid}: a block gate is one scalar, got shape {tuple(g.shape)}")
+
+
+def _placement(group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor]) -> tuple[torch.device, torch.dtype]:
+    """Device of the gates and the dtype to compute in (at least float32)."""
+    tensors = [*group_gates.values(), *block_gates.values()]
+    if not tensors:
+        return torch.device("cpu"), torch.float32
+    dtype = torch.float32
+    for g in tensors:
+        if g.is_floating_point():
+            dtype = torch.promote_types(dtype, g.dtype)
+    return tensors[0].device, dtype
+
+
+def free_gate_vector(cost_model: CostModel, group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor]) -> Tensor:
+    """All gates as one vector: each group's non-frozen units (groups by id), then the block
+    gates (by id). Frozen units (constant 1) are left out."""
+    device, dtype = _placement(group_gates, block_gates)
+    parts = []
+    for gid in sorted(group_gates):
+        free = ~cost_model.analysis.groups[gid].frozen_units.to(device)
+        parts.append(group_gates[gid].reshape(-1).to(dtype)[free])
+    parts += [block_gates[bid].reshape(1).to(dtype) for bid in sorted(block_gates)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=device)
+
+
+# -- the regularizers ---------------------------------------------------------------------------
+@_register("gdp")
+def _gdp(cost_model: CostModel, metric: str, t: float) -> Regularizer:
+    """Remaining cost fraction written from the gates (see the module docstring)."""
+    index = METRICS.index(metric)
+    total = cost_model.total.metric(metric)
+    if not total > 0:
+        raise ValueError(f"the model has no {metric} to prune: the gdp regularizer divides by the total {metric}")
+
+    def gdp(group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor]) -> Tensor:
+        _check_gates(cost_model, group_gates, block_gates)
+        device, dtype = _placement(group_gates, block_gates)
+        units = cost_model.gate_vector(group_gates, dtype).to(device)
+        return cost_model.evaluate(units, block_gates)[index] / total
+
+    return gdp
+
+
+@_register("polarization")
+def _polarization(cost_model: CostModel, metric: str, t: float) -> Regularizer:
+    """``(t*||g||_1 - ||g - mean g||_1) / n`` over all free gates, clamped to [0, 1]."""
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise ValueError(f"polarization t must be a finite number > 0, got {t!r}")
+
+    def polarization(group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor]) -> Tensor:
+        _check_gates(cost_model, group_gates, block_gates)
+        g = free_gate_vector(cost_model, group_gates, block_gates).clamp(0.0, 1.0)
+        if g.numel() == 0:
+            return g.sum()
+        return (t * g.sum() - (g - g.mean()).abs().sum()) / g.numel()
+
+    return polarization
+
+
+@_register("l1")
+def _l1(cost_model: CostModel, metric: str, t: float) -> Regularizer:
+    """``mean |g|`` over all free gates."""
+
+    def l1(group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor]) -> Tensor:
+        _check_gates(cost_model, group_gates, block_gates)
+        g = free_gate_vector(cost_model, group_gates, block_gates)
+        return g.abs().mean() if g.numel() else g.sum()
+
+    return l1

@@ -1,0 +1,322 @@
+"""Stage 2: propagate channels through the traced graph and form channel groups.
+
+One walk over the graph dispatches each node to its rule (:mod:`gdp_graph.graph.rules`), storing
+what it learns on the node (``node.meta["channels"]``). The union-find over elements then gives
+units; units of the same kind (made of elements of the same spaces) form a group. The
+dependency graph (networkx) links groups to the layers they touch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch import nn
+
+from gdp_graph.graph import rules
+from gdp_graph.graph.blocks import find_blocks
+from gdp_graph.graph.channels import UNTRACKED, Chan, Track, flatten_chans, map_structure
+from gdp_graph.graph.elements import ElementStore
+from gdp_graph.graph.groups import Block, ChannelGroup, GateSite, Member, OpaqueLeaf
+from gdp_graph.graph.rules.context import RuleContext, target_name
+from gdp_graph.graph.trace import TracedModel, trace
+from gdp_graph.errors import GdpError
+
+
+class AnalysisError(GdpError, RuntimeError):
+    """A rule failed on a node; the message names the node."""
+
+
+@dataclass
+class Analysis:
+    """Everything later stages need: the trace, the groups, the blocks and the element map."""
+
+    traced: TracedModel
+    groups: list[ChannelGroup]
+    blocks: list[Block]
+    store: ElementStore
+    group_of_element: torch.Tensor  #: element id -> group id (-1: none)
+    unit_of_element: torch.Tensor  #: element id -> unit index within its group
+    graph: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
+
+    @property
+    def opaque(self) -> list[OpaqueLeaf]:
+        return self.traced.opaque
+
+    def chan(self, node: fx.Node) -> Any:
+        return node.meta.get("channels", UNTRACKED)
+
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable and g.exact]
+
+    def group(self, gid: int) -> ChannelGroup:
+        return self.groups[gid]
+
+
+def _param_chan(ctx_store: ElementStore, node: fx.Node, value: torch.Tensor, seen: dict[str, Chan]) -> Chan:
+    """A parameter or buffer used directly in forward: each dim of size > 1 is a new space
+    (the same one each time the attribute is read)."""
+    if not torch.is_floating_point(value):
+        return UNTRACKED
+    if node.target in seen:
+        return seen[node.target]
+    tracks = []
+    for d, size in enumerate(value.shape):
+        if size > 1:
+            labels = ctx_store.new_space(size, node.name, f"{node.target} dim {d}")
+            ctx_store.add_member(labels, Member(node.name, str(node.target), "param", d, str(node.target)))
+            tracks.append(Track((d,), labels))
+    seen[node.target] = Chan(tuple(tracks))
+    return seen[node.target]
+
+
+def _contains_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_contains_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_contains_tensor(v) for v in value.values())
+    return False
+
+
+def propagate(traced: TracedModel) -> ElementStore:
+    """Run every node's rule; facts land in ``node.meta['channels']`` and the returned store."""
+    store = ElementStore()
+    gm = traced.gm
+    modules = dict(gm.named_modules())
+    opaque = {o.module: o.reason for o in traced.opaque}
+    chans: dict[str, Any] = {}
+    params_seen: dict[str, Chan] = {}
+    for node in gm.graph.nodes:
+        value = traced.values.get(node.name)
+        module = modules.get(node.target) if node.op == "call_module" else None
+        ctx = RuleContext(node, module, store, traced.values, chans)
+        if node.op == "placeholder":
+            chan = map_structure(lambda _: UNTRACKED, value)
+        elif node.op == "get_attr":
+            chan = _param_chan(store, node, value, params_seen) if isinstance(value, torch.Tensor) else None
+        elif node.op == "output":
+            ctx.freeze_inputs("reaches the model output")
+            chan = None
+        elif not _contains_tensor(value):
+            chan = None  # shape arithmetic; the rewriter pins channel sizes it reads
+        elif node.op == "call_module" and node.target in opaque:
+            ctx.freeze_inputs(f"enters opaque module '{node.target}' ({opaque[node.target]})")
+            chan = map_structure(lambda _: UNTRACKED, value)
+        else:
+            rule = rules.lookup(module if module is not None else node.target)
+            if rule is None:
+                kind = f"module type {type(module).__name__}" if module is not None else target_name(node)
+                ctx.freeze_inputs(f"no rule for {kind}")
+                chan = map_structure(lambda _: UNTRACKED, value)
+            else:
+                try:
+                    chan = rule.propagate(ctx)
+                except Exception as exc:  # noqa: BLE001 - re-raised with the node named
+                    raise AnalysisError(f"channel rule failed on {ctx.where}: {type(exc).__name__}: {exc}\n  {node.format_node()}") from exc
+                if chan is None and isinstance(value, torch.Tensor):
+                    chan = UNTRACKED
+        chans[node.name] = chan
+        node.meta["channels"] = chan
+    _tie_shared_modules(gm, store)
+    _resolve_joint_tracks(gm, store)
+    _check_uniform(store)
+    return store
+
+
+def _check_uniform(store: ElementStore) -> None:
+    """Freeze units that would shrink a dim whose size is fixed (an integer index into it)."""
+    roots = store.roots()
+    for labels, dim, where in store.uniform:
+        classes = roots[labels].movedim(dim, 0).reshape(labels.shape[dim], -1)
+        sets = [set(row[row != 0].tolist()) for row in classes]
+        if any(s != sets[0] for s in sets[1:]):
+            store.freeze(labels, f"units would change the size of a dimension read by {where}")
+
+
+def _tie_shared_modules(gm: fx.GraphModule, store: ElementStore) -> None:
+    """A module called several times has one set of weights: tie its channels across calls."""
+    ops = {n.name: n.op for n in gm.graph.nodes}
+    first: dict[tuple, torch.Tensor] = {}
+    for labels, m in store.members:
+        if ops.get(m.node) != "call_module":
+            continue
+        key = (m.target, m.role, m.param, m.dim)
+        if key not in first:
+            first[key] = labels
+        elif first[key].numel() == labels.numel():
+            store.union(first[key], labels)
+
+
+def _unit_dims(track: Track, roots: torch.Tensor) -> list[int]:
+    """Positions (within ``track.dims``) of the dims along which whole slices are units."""
+    classes = roots[track.labels]
+    present = track.labels != 0
+    found = []
+    for k in range(len(track.dims)):
+        moved = classes.movedim(k, 0).reshape(classes.shape[k], -1)
+        mask = present.movedim(k, 0).reshape(classes.shape[k], -1)
+        ok = True
+        for row, m in zip(moved, mask):
+            vals = row[m]
+            if vals.numel() and not bool((vals == vals[0]).all()):
+                ok = False
+                break
+        if ok:
+            found.append(k)
+    return found
+
+
+def _depends_on_one_dim(track: Track, roots: torch.Tensor) -> bool:
+    return bool(_unit_dims(track, roots))
+
+
+def _resolve_joint_tracks(gm: fx.GraphModule, store: ElementStore) -> None:
+    """A joint track (e.g. ``(groups, channels_per_group)`` in a channel shuffle) can only lose
+    whole slices along one dim. Where no rule chose the dim, tie along the innermost one."""
+    joint = [t for n in gm.graph.nodes for c in flatten_chans(n.meta.get("channels")) for t in c.tracks if not t.single()]
+    for _ in range(len(joint) + 1):
+        roots = store.roots()
+        unresolved = [t for t in joint if not _depends_on_one_dim(t, roots)]
+        if not unresolved:
+            return
+        for t in unresolved:
+            store.union_along(t.labels, len(t.dims) - 1)
+    _freeze_partial_slices(joint, store)
+
+
+def _freeze_partial_slices(joint: list[Track], store: ElementStore) -> None:
+    """A unit slice of a joint track that also holds untracked positions (nulls, e.g. channels
+    concatenated from a model input) could only be removed in part, breaking the rectangle."""
+    roots = store.roots()
+    for t in joint:
+        dims = _unit_dims(t, roots)
+        if not dims:
+            continue
+        k = dims[0]
+        rows = t.labels.movedim(k, 0).reshape(t.labels.shape[k], -1)
+        for row in rows:
+            if bool((row == 0).any()) and bool((row != 0).any()):
+                store.freeze(row, "channels sharing a reshaped slice with untracked channels")
+
+
+def analyze(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor) -> Analysis:
+    """Trace ``model`` (a copy) and find its channel groups and removable blocks."""
+    traced = trace(model, example_inputs)
+    return analyze_traced(traced)
+
+
+def analyze_traced(traced: TracedModel) -> Analysis:
+    store = propagate(traced)
+    roots = store.roots()
+    groups, group_of, unit_of = _form_groups(traced, store, roots)
+    blocks = find_blocks(traced, groups)
+    graph = _dependency_graph(traced, groups, blocks)
+    return Analysis(traced, groups, blocks, store, group_of, unit_of, graph)
+
+
+def _form_groups(traced: TracedModel, store: ElementStore, roots: torch.Tensor):
+    n = store.count
+    space_of = torch.tensor(store.space_of, dtype=torch.long)
+    signature: dict[int, set[int]] = defaultdict(set)
+    for e in range(1, n):
+        signature[int(roots[e])].add(int(space_of[e]))
+    by_sig: dict[frozenset, list[int]] = defaultdict(list)
+    for root in sorted(signature):
+        by_sig[frozenset(signature[root])].append(root)
+    ordered = sorted(by_sig.values(), key=lambda rs: rs[0])
+    group_of_root = torch.full((n,), -1, dtype=torch.long)
+    unit_of_root = torch.full((n,), -1, dtype=torch.long)
+    for gid, rs in enumerate(ordered):
+        idx = torch.tensor(rs, dtype=torch.long)
+        group_of_root[idx] = gid
+        unit_of_root[idx] = torch.arange(len(rs))
+    group_of = group_of_root[roots]
+    unit_of = unit_of_root[roots]
+    group_of[0] = -1
+    unit_of[0] = -1
+    groups = [ChannelGroup(id=gid, size=len(rs), unit="channel", unit_width=1,
+                           frozen_units=torch.zeros(len(rs), dtype=torch.bool))
+              for gid, rs in enumerate(ordered)]
+    _attach_facts(traced, store, groups, group_of, unit_of)
+    return groups, group_of, unit_of
+
+
+def _attach_facts(traced, store, groups, group_of, unit_of) -> None:
+    modules = dict(traced.gm.named_modules())
+    nodes = {nd.name: nd for nd in traced.gm.graph.nodes}
+    for labels, reason in store.frozen:
+        for gid in torch.unique(group_of[labels]).tolist():
+            g = groups[gid]
+            g.frozen_units[unit_of[labels][group_of[labels] == gid]] = True
+            if reason not in g.frozen_reasons:
+                g.frozen_reasons.append(reason)
+    for labels, reason in store.inexact:
+        for gid in torch.unique(group_of[labels]).tolist():
+            if reason not in groups[gid].inexact_reasons:
+                groups[gid].inexact_reasons.append(reason)
+    for labels, kind in store.tags:
+        for gid in torch.unique(group_of[labels]).tolist():
+            if kind.startswith("unit:"):
+                groups[gid].unit = kind[5:]
+            else:
+                groups[gid].couplings.add(kind)
+    for labels, member in store.members:
+        present = labels[labels != 0]
+        for gid in torch.unique(group_of[present]).tolist():
+            g = groups[gid]
+            if member not in g.members:
+                g.members.append(member)
+            node = nodes.get(member.node)
+            qualname = _module_of(node, member)
+            if qualname is not None and qualname not in g.modules:
+                g.modules.append(qualname)
+                mod = modules.get(qualname)
+                g.module_types.append(type(mod).__name__ if mod is not None else "Parameter")
+    for site in store.sites:
+        for gid in torch.unique(group_of[site.labels]).tolist():
+            if gid < 0:
+                continue
+            mine = (group_of[site.labels] == gid) & (site.labels != 0)
+            unit_index = torch.where(mine, unit_of[site.labels], torch.full_like(site.labels, -1))
+            groups[gid].gate_sites.append(GateSite(site.node, site.arg, site.dim, site.ndim, unit_index))
+    for g in groups:
+        widths = [int((s.unit_index == u).sum()) for s in g.gate_sites[:1] for u in range(min(g.size, 1))]
+        g.unit_width = max(widths) if widths else 1
+        if not g.gate_sites and not g.fully_frozen:
+            g.frozen_units[:] = True
+            g.frozen_reasons.append("its channels reach no layer that could drop them")
+
+
+def _module_of(node: Optional[fx.Node], member: Member) -> Optional[str]:
+    if node is None:
+        return None
+    if node.op == "call_module":
+        return str(node.target)
+    if node.op == "get_attr":
+        return str(node.target).rpartition(".")[0] or str(node.target)
+    return None
+
+
+def _dependency_graph(traced: TracedModel, groups: list[ChannelGroup], blocks: list[Block]) -> nx.MultiDiGraph:
+    """Groups, blocks and layers as one graph: data-flow edges between layers, membership
+    edges from each group (by role) and block to the layers it covers."""
+    graph = nx.MultiDiGraph()
+    for node in traced.gm.graph.nodes:
+        graph.add_node(("node", node.name), op=node.op, target=target_name(node))
+        for inp in node.all_input_nodes:
+            graph.add_edge(("node", inp.name), ("node", node.name), kind="data")
+    for g in groups:
+        graph.add_node(("group", g.id), size=g.size, unit=g.unit, prunable=g.prunable)
+        for m in g.members:
+            graph.add_edge(("group", g.id), ("node", m.node), kind=m.role, dim=m.dim)
+    for b in blocks:
+        graph.add_node(("block", b.id), name=b.name)
+        for name in b.nodes:
+            graph.add_edge(("block", b.id), ("node", name), kind="branch")
+    return graph

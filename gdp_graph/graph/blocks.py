@@ -1,0 +1,200 @@
+"""Removable residual branches: ``add(shortcut, branch(x))`` where the branch is self-contained.
+
+Removing a branch means gating its inputs to zero. It then outputs a constant (the bias of its
+last norm, say): the block is removable when that constant is the same at every position
+(a per-channel vector), so the rewriter can keep it as ``shortcut + c``.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+
+from gdp_graph.graph.channels import Chan
+from gdp_graph.graph.groups import Block, ChannelGroup, GateSite
+from gdp_graph.graph.trace import TracedModel
+
+_ADDS = (operator.add, operator.iadd, torch.add)
+
+
+def _is_add(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _ADDS) or (node.op == "call_method" and node.target in ("add", "add_"))
+
+
+def _ancestors(node: fx.Node, cache: dict[str, set[str]]) -> set[str]:
+    """Names of all nodes ``node`` depends on, itself included (iterative, memoized)."""
+    if node.name in cache:
+        return cache[node.name]
+    stack = [node]
+    order = []
+    seen = set()
+    while stack:
+        n = stack.pop()
+        if n.name in seen or n.name in cache:
+            continue
+        seen.add(n.name)
+        order.append(n)
+        stack.extend(n.all_input_nodes)
+    for n in reversed(order):
+        if n.name in cache:
+            continue
+        acc = {n.name}
+        for inp in n.all_input_nodes:
+            acc |= cache.get(inp.name, {inp.name})
+        cache[n.name] = acc
+    return cache[node.name]
+
+
+def _common_prefix(names: list[str]) -> str:
+    if not names:
+        return ""
+    parts = [n.split(".") for n in names]
+    prefix = []
+    for items in zip(*parts):
+        if len(set(items)) != 1:
+            break
+        prefix.append(items[0])
+    if len(prefix) == len(parts[0]) and len(names) > 1:
+        prefix = prefix[:-1]
+    return ".".join(prefix)
+
+
+def find_blocks(traced: TracedModel, groups: list[ChannelGroup]) -> list[Block]:
+    gm = traced.gm
+    nodes = {n.name: n for n in gm.graph.nodes}
+    cache: dict[str, set[str]] = {}
+    blocks: list[Block] = []
+    for node in gm.graph.nodes:
+        if not _is_add(node) or len(node.args) < 2:
+            continue
+        operands = node.args[:2]
+        if not all(isinstance(a, fx.Node) and isinstance(traced.values.get(a.name), torch.Tensor) for a in operands):
+            continue
+        # one removable branch per add: the longer one when both qualify (the main branch of a
+        # downsampling block, not its projection shortcut)
+        candidates = [b for arg in (1, 0)
+                      if (b := _branch_block(traced, nodes, cache, node, arg, operands[arg], operands[1 - arg], len(blocks), groups)) is not None]
+        if candidates:
+            blocks.append(max(candidates, key=lambda b: len(b.nodes)))
+    for g in groups:
+        member_nodes = {m.node for m in g.members}
+        inside = [b for b in blocks if member_nodes and member_nodes <= set(b.nodes)]
+        if inside:
+            g.block = min(inside, key=lambda b: len(b.nodes)).id
+    return blocks
+
+
+def _terminal_sites(member_nodes: list[fx.Node], members: set[str], groups: list[ChannelGroup], cache) -> list[GateSite]:
+    """Gate sites of the branch's last consuming layers: zeroing their inputs makes the branch
+    output depend on nothing but biases."""
+    sites: dict[tuple[str, int], GateSite] = {}
+    for g in groups:
+        for s in g.gate_sites:
+            if s.node in members:
+                sites.setdefault((s.node, s.arg), GateSite(s.node, s.arg, s.dim, s.ndim, torch.zeros(1, dtype=torch.long)))
+    consumers = {node for node, _ in sites}
+    by_name = {n.name: n for n in member_nodes}
+    terminal = {c for c in consumers
+                if not any(c != d and c in _ancestors(by_name[d], cache) for d in consumers)}
+    return [s for (node, _), s in sites.items() if node in terminal]
+
+
+def _branch_block(traced, nodes, cache, add: fx.Node, arg: int, branch: fx.Node, other: fx.Node, bid: int,
+                  groups: list[ChannelGroup]) -> Optional[Block]:
+    if traced.values[branch.name].shape != traced.values[add.name].shape:
+        return None
+    outside = _ancestors(other, cache)
+    members = _ancestors(branch, cache) - outside
+    if not members or branch.name not in members:
+        return None
+    member_nodes = [n for n in traced.gm.graph.nodes if n.name in members]
+    if any(n.op == "placeholder" for n in member_nodes):
+        return None
+    for n in member_nodes:
+        if n is not branch and any(u.name not in members for u in n.users):
+            return None
+    if any(u is not add for u in branch.users):
+        return None
+    modules = list(dict.fromkeys(str(n.target) if n.op == "call_module" else str(n.target).rpartition(".")[0]
+                                 for n in member_nodes if n.op in ("call_module", "get_attr")))
+    params = [n for n in member_nodes if n.op in ("call_module", "get_attr")]
+    if not params:
+        return None
+    sites = _terminal_sites(member_nodes, members, groups, cache)
+    if not sites:
+        return None
+    identity = any(isinstance(a, fx.Node) and a.name == other.name for n in member_nodes for a in n.all_input_nodes)
+    block = Block(id=bid, name=_common_prefix(modules) or branch.name, add_node=add.name, arg=arg,
+                  nodes=[n.name for n in member_nodes], modules=modules, shortcut_is_identity=identity,
+                  gate_sites=sites)
+    try:
+        constant = branch_constant(traced, block)
+    except Exception as exc:  # noqa: BLE001 - recorded as the reason the block stays
+        block.frozen_reasons.append(f"cannot evaluate the branch on zero input: {type(exc).__name__}: {exc}")
+        return block
+    if constant is None:
+        block.frozen_reasons.append("the branch output on zero input is not a per-channel constant")
+    return block
+
+
+def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.Module] = None) -> Optional[torch.Tensor]:
+    """What the branch outputs when its block gate is zero (the inputs of its last consuming
+    layers zeroed), reduced to a broadcastable tensor (size 1 on every untracked dim), or None
+    when it varies along an untracked dim.
+
+    ``root``: a module with the traced graph's structure whose layers and attributes to use
+    (e.g. trained weights); defaults to the traced module."""
+    gm = traced.gm
+    source = root if root is not None else gm
+    modules = dict(source.named_modules())
+    members = set(block.nodes)
+    zeroed = {(s.node, s.arg) for s in block.gate_sites}
+    env: dict[str, Any] = {}
+
+    def attr(n: fx.Node) -> Any:
+        obj: Any = source
+        for part in str(n.target).split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def load(a):
+        if isinstance(a, fx.Node):
+            if a.name in env:
+                return env[a.name]
+            return attr(a) if a.op == "get_attr" and root is not None else traced.values[a.name]
+        if isinstance(a, (list, tuple)):
+            return type(a)(load(x) for x in a)
+        if isinstance(a, dict):
+            return {k: load(v) for k, v in a.items()}
+        return a
+
+    with torch.no_grad():
+        for n in gm.graph.nodes:
+            if n.name not in members:
+                continue
+            hit = [i for i in range(len(n.args)) if (n.name, i) in zeroed]
+            if not hit and not any(a.name in env for a in n.all_input_nodes):
+                continue  # upstream of the gate: unchanged
+            args, kwargs = list(load(n.args)), load(n.kwargs)
+            for i in hit:
+                args[i] = torch.zeros_like(args[i])
+            if n.op == "call_module":
+                env[n.name] = modules[n.target](*args, **kwargs)
+            elif n.op == "call_function":
+                env[n.name] = n.target(*args, **kwargs)
+            elif n.op == "call_method":
+                env[n.name] = getattr(args[0], n.target)(*args[1:], **kwargs)
+    branch = next(n for n in gm.graph.nodes if n.name == block.nodes[-1])
+    value = env[branch.name]
+    chan = branch.meta.get("channels")
+    keep = chan.dims() if isinstance(chan, Chan) else set()
+    reduce_dims = [d for d in range(value.dim()) if d not in keep]
+    reduced = value.amax(dim=reduce_dims, keepdim=True) if reduce_dims else value
+    low = value.amin(dim=reduce_dims, keepdim=True) if reduce_dims else value
+    scale = float(value.abs().max()) if value.numel() else 0.0
+    if float((reduced - low).abs().max()) > 1e-6 * max(1.0, scale):
+        return None
+    return reduced

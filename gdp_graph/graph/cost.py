@@ -1,0 +1,228 @@
+"""Parameters and FLOPs: measured with ``torch.utils.flop_counter.FlopCounterMode``, and a
+differentiable count written from the gates.
+
+Each layer's cost is measured once on the example inputs. A layer's cost after pruning is its
+original cost times the kept fraction of its consumed input channels times the kept fraction
+of its output channels (bilinear in the neighbouring groups' gates), times its block's gate.
+With 0/1 gates that is the exact count of a conv/linear network; with soft gates it is the
+differentiable budget GDP trains against.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from gdp_graph.graph.analysis import Analysis
+from gdp_graph.graph.channels import Chan, expand_labels
+
+
+@dataclass(frozen=True)
+class Cost:
+    flops: float
+    params: int
+
+    def metric(self, name: str) -> float:
+        if name not in ("flops", "params"):
+            raise ValueError(f"unknown metric {name!r}: expected 'flops' or 'params'")
+        return float(self.flops if name == "flops" else self.params)
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters (each shared parameter once)."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
+
+def count_flops(module: nn.Module, inputs: Sequence[Any]) -> float:
+    """FLOPs of one forward pass on ``inputs`` as FlopCounterMode counts them."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(*inputs)
+    finally:
+        module.train(was_training)
+    return float(counter.get_total_flops())
+
+
+def model_cost(module: nn.Module, inputs: Sequence[Any]) -> Cost:
+    return Cost(count_flops(module, inputs), count_params(module))
+
+
+def _node_flops(gm: fx.GraphModule, node: fx.Node, values: Mapping[str, Any], modules: Mapping[str, nn.Module]) -> float:
+    load = lambda a: fx.node.map_arg(a, lambda n: values[n.name])  # noqa: E731
+    args, kwargs = load(node.args), load(node.kwargs)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        if node.op == "call_module":
+            modules[node.target](*args, **kwargs)
+        elif node.op == "call_function":
+            node.target(*args, **kwargs)
+        elif node.op == "call_method":
+            getattr(args[0], node.target)(*args[1:], **kwargs)
+    return float(counter.get_total_flops())
+
+
+class CostModel:
+    """Per-layer costs and where each layer's input/output channels sit among all gate units.
+
+    Units of all groups are numbered globally (``offsets[gid] + unit``); ``gate_vector`` maps
+    per-group gates to that numbering. ``evaluate(units, blocks)`` returns (flops, params) as
+    differentiable tensors.
+    """
+
+    def __init__(self, analysis: Analysis):
+        self.analysis = analysis
+        sizes = [g.size for g in analysis.groups]
+        self.offsets = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0) if sizes else torch.zeros(0, dtype=torch.long)
+        self.num_units = int(sum(sizes))
+        group_of, unit_of = analysis.group_of_element, analysis.unit_of_element
+        global_of = torch.where(group_of >= 0, self.offsets[group_of.clamp_min(0)] + unit_of, torch.full_like(group_of, -1))
+        self._global_of_element = global_of
+        gm = analysis.traced.gm
+        values = analysis.traced.values
+        modules = dict(gm.named_modules())
+        block_of_node = {}
+        for b in analysis.blocks:
+            for n in b.nodes:
+                block_of_node.setdefault(n, b.id)  # blocks are listed inner first within a stage
+        sites_at: dict[str, list[tuple[int, int]]] = {}
+        for g in analysis.groups:
+            for s in g.gate_sites:
+                sites_at.setdefault(s.node, [])
+                if (s.arg, s.dim) not in sites_at[s.node]:
+                    sites_at[s.node].append((s.arg, s.dim))
+        flops, params, blocks = [], [], []
+        # a term's scale is the product of its factors; a factor is the mean gate over the
+        # positions of one consumed input dim or one output track
+        pos_index, pos_factor, factor_term = [], [], []
+        seen_params: set[int] = set()
+        self.node_names: list[str] = []
+
+        def add_factor(idx: torch.Tensor, term: int) -> None:
+            if idx.numel():
+                pos_index.append(idx)
+                pos_factor.append(torch.full_like(idx, len(factor_term)))
+                factor_term.append(term)
+
+        for node in gm.graph.nodes:
+            if node.op not in ("call_module", "call_function", "call_method", "get_attr"):
+                continue
+            f = _node_flops(gm, node, values, modules) if node.op != "get_attr" else 0.0
+            p = 0
+            if node.op == "call_module":
+                for prm in modules[node.target].parameters():
+                    if id(prm) not in seen_params:
+                        seen_params.add(id(prm))
+                        p += prm.numel()
+            elif node.op == "get_attr":
+                t = values.get(node.name)
+                if isinstance(t, nn.Parameter) and id(t) not in seen_params:
+                    seen_params.add(id(t))
+                    p = t.numel()
+            if f == 0 and p == 0:
+                continue
+            term = len(flops)
+            self.node_names.append(node.name)
+            flops.append(f)
+            params.append(float(p))
+            blocks.append(block_of_node.get(node.name, -1))
+            for arg, dim in sites_at.get(node.name, []):
+                src = node.args[arg]
+                add_factor(self._positions(src.meta.get("channels"), values[src.name], dim), term)
+            out_value = values[node.name]
+            chan = node.meta.get("channels")
+            if isinstance(out_value, torch.Tensor) and isinstance(chan, Chan):
+                for track in chan.tracks:
+                    add_factor(self._global_of_element[track.labels.reshape(-1)], term)
+        self.term_flops = torch.tensor(flops, dtype=torch.float64)
+        self.term_params = torch.tensor(params, dtype=torch.float64)
+        self.term_block = torch.tensor(blocks, dtype=torch.long)
+        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
+        self.pos_index, self.pos_factor = cat(pos_index), cat(pos_factor)
+        self.factor_term = torch.tensor(factor_term, dtype=torch.long)
+        self.factor_count = torch.zeros(len(factor_term)).index_add_(0, self.pos_factor, torch.ones(self.pos_factor.numel()))
+        self.total = Cost(float(self.term_flops.sum()), int(self.term_params.sum()))
+
+    def _positions(self, chan: Any, value: torch.Tensor, dim: Optional[int]) -> torch.Tensor:
+        """Global unit index of every position of the tracked dims (``dim`` only, if given)."""
+        if not isinstance(chan, Chan):
+            return torch.zeros(0, dtype=torch.long)
+        parts = []
+        for t in chan.tracks:
+            if dim is not None and dim % value.dim() not in t.dims:
+                continue
+            parts.append(self._global_of_element[t.labels.reshape(-1)])
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def gate_vector(self, group_gates: Mapping[int, torch.Tensor], dtype=torch.float32) -> torch.Tensor:
+        """All units' gates in global order (1 for groups without gates), plus a trailing 1
+        for positions outside any group."""
+        device = next((g.device for g in group_gates.values()), torch.device("cpu"))
+        parts = []
+        for g in self.analysis.groups:
+            v = group_gates.get(g.id)
+            parts.append(v.to(dtype) if v is not None else torch.ones(g.size, dtype=dtype, device=device))
+        parts.append(torch.ones(1, dtype=dtype, device=device))
+        return torch.cat(parts)
+
+    def evaluate(self, units: torch.Tensor, block_gates: Optional[Mapping[int, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flops, params) for a global unit vector from :meth:`gate_vector`."""
+        device, dtype = units.device, units.dtype
+        n_terms = self.term_flops.numel()
+        scale = torch.ones(n_terms, dtype=dtype, device=device)
+        if self.pos_index.numel():
+            sums = torch.zeros(self.factor_term.numel(), dtype=dtype, device=device).index_add(
+                0, self.pos_factor.to(device), units[self.pos_index.to(device)])
+            means = sums / self.factor_count.to(device=device, dtype=dtype)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # index_reduce is "beta"; prod with grads is what we need
+                scale = scale.index_reduce(0, self.factor_term.to(device), means, "prod")
+        if block_gates:
+            block_scale = torch.ones(n_terms, dtype=dtype, device=device)
+            for bid, g in block_gates.items():
+                block_scale = torch.where(self.term_block.to(device) == bid, g.to(dtype).reshape(()), block_scale)
+            scale = scale * block_scale
+        flops = (self.term_flops.to(device=device, dtype=dtype) * scale).sum()
+        params = (self.term_params.to(device=device, dtype=dtype) * scale).sum()
+        return flops, params
+
+    def plan_cost(self, keep: Mapping[int, Sequence[int]], removed_blocks: Sequence[int] = ()) -> Cost:
+        """Predicted cost of a plan (0/1 gates)."""
+        gates = {}
+        for gid, kept in keep.items():
+            v = torch.zeros(self.analysis.groups[gid].size, dtype=torch.float64)
+            v[list(kept)] = 1.0
+            gates[gid] = v
+        units = self.gate_vector(gates, torch.float64)
+        blocks = {b: torch.zeros((), dtype=torch.float64) for b in removed_blocks}
+        f, p = self.evaluate(units, blocks)
+        return Cost(float(f), int(round(float(p))))
+
+    def unit_costs(self) -> dict[int, Cost]:
+        """What removing one (free) unit of each group saves."""
+        base = self.gate_vector({}, torch.float64)
+        f0, p0 = self.evaluate(base)
+        out = {}
+        for g in self.analysis.groups:
+            free = (~g.frozen_units).nonzero().flatten()
+            if free.numel() == 0:
+                out[g.id] = Cost(0.0, 0)
+                continue
+            units = base.clone()
+            units[int(self.offsets[g.id]) + int(free[0])] = 0.0
+            f, p = self.evaluate(units)
+            out[g.id] = Cost(float(f0 - f), int(round(float(p0 - p))))
+        return out
+
+    def group_shares(self) -> dict[int, float]:
+        """Share of the model's FLOPs that the group's layers carry (the report's column)."""
+        unit = self.unit_costs()
+        total = max(self.total.flops, 1.0)
+        return {gid: unit[gid].flops * self.analysis.groups[gid].size / total for gid in unit}

@@ -1,0 +1,261 @@
+"""What a rule sees while channels propagate: the node, its values, and the element store."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from gdp_graph.graph.channels import NULL, UNTRACKED, Chan, Track, expand_labels, infer_tracks, map_structure
+from gdp_graph.graph.elements import ElementStore
+from gdp_graph.graph.groups import Member
+
+
+def target_name(node: fx.Node) -> str:
+    """A short readable name of a node's target."""
+    if node.op in ("call_module", "get_attr"):
+        return str(node.target)
+    if node.op == "call_method":
+        return f".{node.target}()"
+    return getattr(node.target, "__name__", str(node.target))
+
+
+class RuleContext:
+    """Per-node view given to ``OpRule.propagate``."""
+
+    def __init__(self, node: fx.Node, module: Optional[nn.Module], store: ElementStore,
+                 values: dict[str, Any], chans: dict[str, Any]):
+        self.node = node
+        self.module = module
+        self.store = store
+        self._values = values
+        self._chans = chans
+        self.out = values.get(node.name)
+
+    # -- arguments ------------------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        return f"node '{self.node.name}' ({target_name(self.node)})"
+
+    def arg(self, index: int, name: Optional[str] = None, default: Any = None) -> Any:
+        """A raw argument (fx Node or literal) by position or keyword."""
+        if index < len(self.node.args):
+            return self.node.args[index]
+        if name is not None and name in self.node.kwargs:
+            return self.node.kwargs[name]
+        return default
+
+    def value(self, a: Any) -> Any:
+        """The concrete value of an argument on the example inputs."""
+        if isinstance(a, fx.Node):
+            return self._values[a.name]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.value(x) for x in a)
+        if isinstance(a, dict):
+            return {k: self.value(v) for k, v in a.items()}
+        return a
+
+    def chan(self, a: Any) -> Any:
+        """The channel description of an argument (a :class:`Chan`, or nested for tuples)."""
+        if isinstance(a, fx.Node):
+            return self._chans.get(a.name, UNTRACKED)
+        if isinstance(a, (list, tuple)):
+            return tuple(self.chan(x) for x in a)
+        return UNTRACKED
+
+    def tensor_args(self) -> list[tuple[int, fx.Node]]:
+        """(position, node) of every direct positional arg whose value is a tensor."""
+        return [(i, a) for i, a in enumerate(self.node.args)
+                if isinstance(a, fx.Node) and isinstance(self._values.get(a.name), torch.Tensor)]
+
+    def all_input_chans(self) -> list[Chan]:
+        found: list[Chan] = []
+
+        def visit(a):
+            if isinstance(a, fx.Node):
+                c = self._chans.get(a.name)
+                from gdp_graph.graph.channels import flatten_chans
+                found.extend(flatten_chans(c))
+            elif isinstance(a, (list, tuple)):
+                for x in a:
+                    visit(x)
+            elif isinstance(a, dict):
+                for x in a.values():
+                    visit(x)
+
+        visit(self.node.args)
+        visit(self.node.kwargs)
+        return found
+
+    # -- element operations ---------------------------------------------------------------------
+    def fresh(self, size: int, description: str) -> torch.Tensor:
+        return self.store.new_space(size, self.node.name, description)
+
+    def union(self, a: torch.Tensor, b: torch.Tensor, kind: Optional[str] = None) -> None:
+        self.store.union(a, b)
+        if kind:
+            self.store.tag(a, kind)
+            self.store.tag(b, kind)
+
+    def freeze(self, chan_or_labels: Any, reason: str) -> None:
+        for labels in _labels_of(chan_or_labels):
+            self.store.freeze(labels, f"{reason} at {self.where}")
+
+    def freeze_inputs(self, reason: str) -> None:
+        for c in self.all_input_chans():
+            self.freeze(c, reason)
+
+    def mark_inexact(self, labels: torch.Tensor, reason: str) -> None:
+        self.store.mark_inexact(labels, f"{reason} at {self.where}")
+
+    def tag(self, labels: torch.Tensor, kind: str) -> None:
+        self.store.tag(labels, kind)
+
+    def member(self, labels: torch.Tensor, role: str, dim: int, param: Optional[str] = None) -> None:
+        self.store.add_member(labels, Member(self.node.name, target_name(self.node), role, dim, param))
+
+    def consume(self, arg: int, dim: int, labels: torch.Tensor, ndim: int) -> None:
+        """Record that this node mixes the channels along ``dim`` of input ``arg``: a gate site."""
+        self.member(labels, "consume", dim)
+        self.store.add_site(self.node.name, arg, dim, ndim, labels)
+
+    # -- common propagations --------------------------------------------------------------------
+    def passthrough(self, index: int = 0) -> Chan:
+        """Output channels equal input ``index``'s (shape-preserving, channel-wise ops)."""
+        c = self.chan(self.arg(index))
+        return c if isinstance(c, Chan) else UNTRACKED
+
+    def movement(self, run: Callable[[Callable[[fx.Node], Any]], Any], inputs: Sequence[fx.Node],
+                 kind: Optional[str] = None, overrides: Optional[dict[str, Chan]] = None) -> Any:
+        """Propagate by running the op on label tensors.
+
+        ``run(sub)`` must compute the op with every tensor input node ``n`` replaced by
+        ``sub(n)``. Each track of each input is run separately (others null) and the results
+        merged; labels that collide at one position are unioned.
+        """
+        results: list[Any] = []
+        lost: list[torch.Tensor] = []
+        for inp in inputs:
+            chan = (overrides or {}).get(inp.name) or self.chan(inp)
+            if not isinstance(chan, Chan):
+                continue
+            for track in chan.tracks:
+                def sub(n: fx.Node, _inp=inp, _track=track):
+                    value = self._values[n.name]
+                    if n is _inp:
+                        return expand_labels(_track, value.shape).contiguous()
+                    return torch.zeros(value.shape, dtype=torch.long)
+                results.append(run(sub))
+        if not results:
+            return map_structure(lambda _: UNTRACKED, self.out)
+        merged = map_structure(lambda _: [], self.out)
+        self._collect(merged, results, lost)
+        for labels in lost:
+            self.freeze(labels, "channel used as a constant (picked by an integer index)")
+        out = self._finish(merged, self.out, kind)
+        return out
+
+    def _collect(self, merged, results, lost) -> None:
+        for res in results:
+            self._collect_one(merged, res, lost)
+
+    def _collect_one(self, merged, res, lost):
+        if isinstance(res, torch.Tensor):
+            tracks, constant = infer_tracks(res)
+            merged.extend(tracks)
+            if constant.numel():
+                lost.append(constant)
+        elif isinstance(res, (tuple, list)):
+            for m, r in zip(merged, res):
+                self._collect_one(m, r, lost)
+
+    def _finish(self, merged, value, kind):
+        if isinstance(value, torch.Tensor):
+            return merge_tracks(merged, self.store, kind)
+        if isinstance(value, (tuple, list)):
+            return tuple(self._finish(m, v, kind) for m, v in zip(merged, value))
+        return None
+
+    def broadcast_merge(self, operands: Sequence[Any], kind: Optional[str]) -> Chan:
+        """Elementwise ops with broadcasting: align operands' tracks to the output and union.
+
+        A tracked output dim that meets an untracked dim of size > 1 in another operand
+        freezes those channels (the rewriter could not slice that operand).
+        """
+        out_shape = tuple(self.out.shape)
+        ndim = len(out_shape)
+        aligned: list[Track] = []
+        untracked_dims: set[int] = set()
+        for a in operands:
+            value = self.value(a)
+            if not isinstance(value, torch.Tensor):
+                continue
+            offset = ndim - value.dim()
+            chan = self.chan(a) if isinstance(a, fx.Node) else UNTRACKED
+            chan = chan if isinstance(chan, Chan) else UNTRACKED
+            covered = chan.dims()
+            for d in range(value.dim()):
+                if value.shape[d] > 1 and d not in covered:
+                    untracked_dims.add(d + offset)
+            for t in chan.tracks:
+                if any(value.shape[d] == 1 and out_shape[d + offset] > 1 for d in t.dims):
+                    self.freeze(t.labels, "a single channel broadcast over many")
+                    continue
+                aligned.append(t.shifted(offset))
+        for t in aligned:
+            if untracked_dims.intersection(t.dims):
+                self.freeze(t.labels, "channels combined with an untracked dimension of another operand")
+        merged = merge_tracks(aligned, self.store, kind)
+        return merged
+
+
+def _labels_of(x: Any) -> list[torch.Tensor]:
+    from gdp_graph.graph.channels import flatten_chans
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, Track):
+        return [x.labels]
+    return [t.labels for c in flatten_chans(x) for t in c.tracks]
+
+
+def merge_tracks(tracks: Sequence[Track], store: ElementStore, kind: Optional[str] = None) -> Chan:
+    """Merge tracks of one tensor: overlapping ones are combined position by position, and
+    elements meeting at a position are unioned (that is what couples a residual add)."""
+    pending = list(tracks)
+    out: list[Track] = []
+    while pending:
+        cluster = [pending.pop(0)]
+        dims = set(cluster[0].dims)
+        changed = True
+        while changed:
+            changed = False
+            for t in list(pending):
+                if dims.intersection(t.dims):
+                    cluster.append(t)
+                    dims |= set(t.dims)
+                    pending.remove(t)
+                    changed = True
+        if len(cluster) == 1:
+            out.append(cluster[0])
+            continue
+        order = sorted(dims)
+        sizes = {}
+        for t in cluster:
+            for d, s in zip(t.dims, t.labels.shape):
+                sizes[d] = s
+        shape = [sizes[d] for d in order]
+        local = [Track(tuple(order.index(d) for d in t.dims), t.labels) for t in cluster]
+        full = [expand_labels(t, shape) for t in local]
+        combined = full[0].clone()
+        for f in full[1:]:
+            store.union(combined, f)
+            if kind:
+                both = (combined != NULL) & (f != NULL)
+                store.tag(combined[both], kind)
+            combined = torch.where(combined == NULL, f, combined)
+        inferred, _ = infer_tracks(combined)
+        for t in inferred:
+            out.append(Track(tuple(order[d] for d in t.dims), t.labels))
+    return Chan(tuple(out))

@@ -1,0 +1,65 @@
+"""Rules for elementwise ops: unary ops pass channels through, binary ops tie them."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gdp_graph.graph.rules.registry import register_rule
+
+_UNARY_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign,
+    nn.Tanhshrink, nn.LogSigmoid, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+    nn.Dropout3d, nn.AlphaDropout, nn.Threshold,
+)
+_UNARY_FUNCTIONS = (
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.softplus, F.softsign, F.logsigmoid, F.dropout, F.dropout1d,
+    F.dropout2d, F.dropout3d, F.alpha_dropout, F.threshold,
+    torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
+    torch.abs, torch.neg, torch.clamp, torch.clip, torch.sin, torch.cos, torch.erf,
+    torch.square, torch.reciprocal, torch.nan_to_num, torch.dropout, torch.clone,
+    torch.nn.functional.sigmoid, torch.nn.functional.tanh,
+    operator.neg, operator.pos,
+)
+_UNARY_METHODS = (
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "sqrt", "rsqrt", "abs",
+    "neg", "clamp", "clamp_", "clip", "square", "reciprocal", "erf", "sin", "cos",
+    "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type",
+    "type_as", "requires_grad_", "cpu", "cuda", "nan_to_num",
+)
+
+
+@register_rule(*_UNARY_MODULES, *_UNARY_FUNCTIONS, *_UNARY_METHODS)
+def unary_rule(ctx):
+    """Channel-wise ops: output channels are the input's."""
+    return ctx.passthrough(0)
+
+
+@register_rule(operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub,
+               "add", "add_", "sub", "sub_")
+def add_rule(ctx):
+    """Residual adds: channels at the same position are one channel."""
+    return ctx.broadcast_merge([ctx.arg(0), ctx.arg(1, "other")], "residual")
+
+
+@register_rule(operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul,
+               torch.div, torch.maximum, torch.minimum, operator.pow, torch.pow,
+               "mul", "mul_", "div", "div_", "pow", "maximum", "minimum")
+def multiply_rule(ctx):
+    """Multiplies (squeeze-excitation, gating), divisions, powers: channels tie by position."""
+    return ctx.broadcast_merge([ctx.arg(0), ctx.arg(1, "other")], "multiply")
+
+
+@register_rule(torch.where)
+def where_rule(ctx):
+    return ctx.broadcast_merge([ctx.arg(0), ctx.arg(1), ctx.arg(2)], "multiply")
+
+
+@register_rule(torch.addcmul, "addcmul")
+def addcmul_rule(ctx):
+    return ctx.broadcast_merge([ctx.arg(0), ctx.arg(1), ctx.arg(2)], "multiply")

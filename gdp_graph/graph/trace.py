@@ -1,0 +1,138 @@
+"""Stage 1: trace a model with torch.fx and record every node's concrete value.
+
+A submodule that torch.fx cannot trace (data-dependent control flow, unsupported Python) does
+not sink the whole model: it becomes an opaque leaf, reported by name with the reason, and the
+analysis freezes every channel that touches it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from gdp_graph.graph.groups import OpaqueLeaf
+from gdp_graph.graph.lowering import lower_multihead_attention
+from gdp_graph.errors import GdpError
+
+
+class TraceError(GdpError, RuntimeError):
+    """The model (or its example inputs) cannot be traced or run."""
+
+
+class _FallbackTracer(fx.Tracer):
+    """A tracer that keeps standard layers as leaves plus a set of opaque submodules.
+
+    It remembers which submodule it was inside when tracing failed, so the caller can mark that
+    submodule opaque and try again.
+    """
+
+    def __init__(self, opaque: set[str]):
+        super().__init__()
+        self.opaque = opaque
+        self.stack: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.opaque or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        qualname = self.path_of_module(m)
+        if self.is_leaf_module(m, qualname):
+            return super().call_module(m, forward, args, kwargs)
+        self.stack.append(qualname)
+        result = super().call_module(m, forward, args, kwargs)
+        self.stack.pop()
+        return result
+
+
+@dataclass
+class TracedModel:
+    """A traced copy of the user's model plus what the example inputs showed about it."""
+
+    gm: fx.GraphModule
+    example_inputs: tuple[Any, ...]
+    values: dict[str, Any]  #: node name -> concrete value on the example inputs
+    opaque: list[OpaqueLeaf] = field(default_factory=list)
+
+    def node(self, name: str) -> fx.Node:
+        for n in self.gm.graph.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first}"
+
+
+def symbolic_trace_with_fallback(model: nn.Module, max_opaque: int = 64) -> tuple[fx.GraphModule, list[OpaqueLeaf]]:
+    """Trace ``model``; submodules that fail to trace become opaque leaves.
+
+    Raises:
+        TraceError: when the failure is in the top-level forward itself.
+    """
+    opaque: dict[str, str] = {}
+    while True:
+        tracer = _FallbackTracer(set(opaque))
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure is reported, then retried
+            if not tracer.stack or len(opaque) >= max_opaque:
+                raise TraceError(
+                    f"cannot trace {type(model).__name__}.forward: {_first_line(exc)}"
+                ) from exc
+            opaque[tracer.stack[-1]] = _first_line(exc)
+            continue
+        name = type(model).__name__
+        gm = fx.GraphModule(tracer.root, graph, name)
+        return gm, [OpaqueLeaf(module=k, reason=v) for k, v in opaque.items()]
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the graph once and keeps every node's value (ShapeProp keeps only metadata; rules
+    need the integers that shape arithmetic produced)."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm, garbage_collect_values=False)
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            out = super().run_node(n)
+        except Exception as exc:
+            raise TraceError(f"running node '{n.name}' ({n.format_node()}) on the example inputs failed: {_first_line(exc)}") from exc
+        self.values[n.name] = out
+        return out
+
+
+def trace(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor) -> TracedModel:
+    """Trace a deep copy of ``model`` in eval mode and run it on ``example_inputs``.
+
+    The user's model is never modified. Example inputs are a tensor or a tuple of positional
+    inputs.
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    if not isinstance(model, nn.Module):
+        raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
+    work = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad():
+            work(*example_inputs)
+    except Exception as exc:  # noqa: BLE001
+        shapes = ", ".join(tuple(t.shape).__repr__() if isinstance(t, torch.Tensor) else type(t).__name__ for t in example_inputs)
+        raise TraceError(f"{type(model).__name__} does not run on example inputs of shape {shapes}: {_first_line(exc)}") from exc
+    gm, opaque = symbolic_trace_with_fallback(work)
+    lower_multihead_attention(gm)
+    gm.eval()
+    recorder = _Recorder(gm)
+    with torch.no_grad():
+        recorder.run(*example_inputs)
+    return TracedModel(gm=gm, example_inputs=example_inputs, values=recorder.values, opaque=opaque)

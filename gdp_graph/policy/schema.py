@@ -1,0 +1,273 @@
+"""The policy format, declared once: which keys exist, their types, ranges, defaults and
+documentation. The generic machinery that checks a document against it lives in
+:mod:`gdp_graph.policy.yamlcheck`.
+
+The declaration, :data:`POLICY_SPEC`, drives
+
+* validation (``POLICY_SPEC.check``): every problem becomes a
+  :class:`~gdp_graph.policy.yamlcheck.Diagnostic` that names ``file:line:col`` and, where it helps, the
+  allowed values and a "did you mean" suggestion;
+* the JSON Schema shipped for editors (:func:`json_schema`, written to
+  ``policies/schema.json`` by ``python -m gdp_graph.policy.schema``);
+* the defaults of the typed settings dataclasses (:class:`Target`, :class:`Regularizer`, ...),
+  whose class attributes are the single source of every default value.
+
+Cross-field rules (epsilon ``start > end``, regularizer-specific keys, contradictory rules) are
+checked by :mod:`gdp_graph.policy.build`, which builds the final
+:class:`~gdp_graph.policy.Policy`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from gdp_graph.policy.shipped import POLICY_DIR
+from gdp_graph.policy.yamlcheck import Bool, Enum, Field, Int, Number, OneOrMany, Seq, Str, Struct, Variant
+
+# --------------------------------------------------------------------------------------------
+# Typed settings: their class attributes are the defaults the schema documents
+# --------------------------------------------------------------------------------------------
+
+VERSION = 1
+METRICS = ("flops", "params")
+REGULARIZERS = ("gdp", "polarization", "l1")
+CONTROLLERS = ("proportional", "constant")
+SCHEDULES = ("exponential", "linear", "cosine")
+STEPS = ("iteration", "epoch")
+GROUP_LEVELS = ("channel", "none")
+BLOCK_LEVELS = ("block", "none")
+UNITS = ("channel", "head", "norm-group", "conv-group", "channel-block")
+COUPLINGS = ("residual", "concat", "split", "depthwise", "grouped", "attention", "multiply",
+             "flatten", "shuffle", "norm")
+DEFAULT_T = 1.2  #: polarization ``t`` when the policy does not set it
+
+
+@dataclass(frozen=True)
+class Target:
+    """How much of the model to keep."""
+
+    metric: str = "flops"
+    fraction: float = 0.5
+    tolerance: float = 0.02
+
+
+@dataclass(frozen=True)
+class LambdaController:
+    """How the regularization strength is steered towards the target.
+
+    ``proportional``: after every ``step``, ``lambda <- clamp(lambda * exp(gain * e * r), min, max)``
+    where ``e`` is the (saturated) gap between the fraction of the original metric that the
+    hard gate count keeps and ``target.fraction`` (zero inside the tolerance band) and ``r`` the
+    share of that gap not already closing on its own (see :mod:`gdp_graph.gates.budget`).
+    ``constant``: lambda never changes (``gain``/``min``/``max``/``step`` are not allowed).
+    """
+
+    kind: str = "proportional"
+    gain: float = 0.05
+    min: float = 1.0e-3
+    max: float = 10.0
+    step: str = "iteration"
+
+
+@dataclass(frozen=True)
+class EpsilonSchedule:
+    """The GDP smoothing constant, annealed from ``start`` down to ``end`` (``start > end > 0``)."""
+
+    start: float = 1.0e-2
+    end: float = 1.0e-8
+    schedule: str = "cosine"
+    step: str = "iteration"
+
+    def value(self, progress: float) -> float:
+        """Epsilon after a fraction ``progress`` in [0, 1] of training."""
+        p = min(max(progress, 0.0), 1.0)
+        if self.schedule == "linear":
+            return self.start + (self.end - self.start) * p
+        if self.schedule == "cosine":
+            return self.end + (self.start - self.end) * (1.0 + math.cos(math.pi * p)) / 2.0
+        return self.start * (self.end / self.start) ** p
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """The sparsity regularizer on the gates. ``epsilon`` is set only for ``gdp`` and ``t``
+    only for ``polarization``."""
+
+    name: str = "gdp"
+    lambda_: float = 1.0
+    lambda_controller: LambdaController = field(default_factory=LambdaController)
+    epsilon: Optional[EpsilonSchedule] = field(default_factory=EpsilonSchedule)
+    t: Optional[float] = None
+    threshold: float = 1.0e-6
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Settings of every group and block that no rule overrides."""
+
+    level: str = "channel"
+    block_level: str = "none"
+    min_channels: int = 1
+    round_to: int = 1
+    max_fraction: float = 0.9
+    allow_inexact: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# The policy format
+# --------------------------------------------------------------------------------------------
+
+_LEVEL_DOC = "channel: gate the group's units; none: no gates (the group is kept whole)."
+_BLOCK_HINT = "'block' is only valid in block rules (rules with 'blocks:')"
+_CHANNEL_HINT = "'channel' is only valid for groups (defaults.level or rules with 'match:')"
+
+MIN_CHANNELS = Field(Int(minimum=0), "Units (channels, heads, ...) always kept in a group.",
+                     Defaults.min_channels)
+ROUND_TO = Field(Int(minimum=1), "The kept unit count is rounded to a multiple of this "
+                 "(unless the group is kept whole).", Defaults.round_to)
+MAX_FRACTION = Field(Number(minimum=0, maximum=1), "Largest fraction of a group's units that "
+                     "may be removed.", Defaults.max_fraction)
+ALLOW_INEXACT = Field(Bool(), "Also gate groups whose removal is inexact (LayerNorm, softmax or "
+                      "a mean over the channels).", Defaults.allow_inexact)
+#: The group limits that both ``defaults`` and group rules set.
+GROUP_LIMITS = {"min_channels": MIN_CHANNELS, "round_to": ROUND_TO,
+                "max_fraction": MAX_FRACTION, "allow_inexact": ALLOW_INEXACT}
+#: The same in a rule, documented without a default: a key a rule leaves out is not changed.
+_RULE_LIMITS = {key: Field(f.spec, f.doc) for key, f in GROUP_LIMITS.items()}
+
+TARGET_SPEC = Struct("target", {
+    "metric": Field(Enum(METRICS), "What the budget counts.", Target.metric),
+    "fraction": Field(Number(minimum=0, maximum=1, exclusive_minimum=True),
+                      "Fraction of the ORIGINAL metric to keep.", Target.fraction),
+    "tolerance": Field(Number(minimum=0, maximum=1), "Accepted overshoot above fraction "
+                       "(same units).", Target.tolerance),
+}, doc="How much of the model to keep.", nullable=True)
+
+CONTROLLER_SPEC = Struct("lambda controller", {
+    "kind": Field(Enum(CONTROLLERS), "proportional: lambda <- clamp(lambda * exp(gain * e * r), min, "
+                  "max) with e the gap of the kept metric to the target (0 inside the tolerance "
+                  "band) and r the share of it not already closing; "
+                  "constant: lambda is fixed.", LambdaController.kind),
+    "gain": Field(Number(minimum=0, exclusive_minimum=True), "proportional only: how fast lambda "
+                  "reacts.", LambdaController.gain),
+    "min": Field(Number(minimum=0), "proportional only: lower bound of lambda.",
+                 LambdaController.min),
+    "max": Field(Number(minimum=0, exclusive_minimum=True), "proportional only: upper bound of "
+                 "lambda.", LambdaController.max),
+    "step": Field(Enum(STEPS), "proportional only: how often lambda is updated.",
+                  LambdaController.step),
+}, doc="How lambda is steered towards the target.", nullable=True)
+
+EPSILON_SPEC = Struct("epsilon schedule", {
+    "start": Field(Number(minimum=0, exclusive_minimum=True), "Initial epsilon (> end).",
+                   EpsilonSchedule.start),
+    "end": Field(Number(minimum=0, exclusive_minimum=True), "Final epsilon (> 0).",
+                 EpsilonSchedule.end),
+    "schedule": Field(Enum(SCHEDULES), "Annealing curve from start to end.",
+                      EpsilonSchedule.schedule),
+    "step": Field(Enum(STEPS), "Whether epsilon moves every iteration or every epoch.",
+                  EpsilonSchedule.step),
+}, doc="gdp only: the smoothing constant of the gates, annealed from start down to end.",
+    nullable=True)
+
+REGULARIZER_SPEC = Struct("regularizer", {
+    "name": Field(Enum(REGULARIZERS), "gdp: smoothed-L0 gates g^2/(g^2+epsilon) (GDP); "
+                  "polarization: t*|g|_1 - |g - mean g|_1; l1: |g|_1.", Regularizer.name),
+    "lambda": Field(Number(minimum=0), "Initial regularization strength (> 0 with a "
+                    "proportional controller).", Regularizer.lambda_, attr="lambda_"),
+    "lambda_controller": Field(CONTROLLER_SPEC, "How lambda is steered towards the target."),
+    "epsilon": Field(EPSILON_SPEC, "gdp only: epsilon schedule."),
+    "t": Field(Number(minimum=0, exclusive_minimum=True), "polarization only: t in "
+               "t*|g|_1 - |g - mean g|_1 (default 1.2).", DEFAULT_T),
+    "threshold": Field(Number(minimum=0, maximum=1, exclusive_minimum=True,
+                              exclusive_maximum=True),
+                       "A gate below this counts as zero (hard count).", Regularizer.threshold),
+}, doc="The sparsity regularizer on the gates.", nullable=True)
+
+DEFAULTS_SPEC = Struct("defaults", {
+    "level": Field(Enum(GROUP_LEVELS, {"block": _BLOCK_HINT + "; use block_level for blocks"}),
+                   "Groups: " + _LEVEL_DOC, Defaults.level),
+    "block_level": Field(Enum(BLOCK_LEVELS, {"channel": _CHANNEL_HINT}), "Removable residual "
+                         "blocks: block gates the whole branch; none: no block gate.",
+                         Defaults.block_level),
+    **GROUP_LIMITS,
+}, doc="Settings of every group and block that no rule overrides.", nullable=True)
+
+
+GROUP_SELECTOR_SPEC = Struct("group selector", {
+    "module": Field(OneOrMany(Str("glob")), "Glob on qualified module names ('*' crosses "
+                    "dots); matched against every member module."),
+    "regex": Field(OneOrMany(Str("regex")), "Regular expression searched (re.search) in "
+                   "qualified module names; anchor with ^ and $."),
+    "type": Field(OneOrMany(Str("identifier")), "Module class name, e.g. Conv2d."),
+    "coupling": Field(OneOrMany(Enum(COUPLINGS)), "A coupling kind of the group."),
+    "unit": Field(OneOrMany(Enum(UNITS)), "The group's unit kind."),
+}, doc="Selects channel groups. Keys are ANDed, list values ORed; module, regex and type must "
+       "hold for one same member module.")
+
+BLOCK_SELECTOR_SPEC = Struct("block selector", {
+    "name": Field(OneOrMany(Str("glob")), "Glob on the block name (e.g. layer1.0)."),
+    "regex": Field(OneOrMany(Str("regex")), "Regular expression searched in the block name."),
+    "module": Field(OneOrMany(Str("glob")), "Glob on the qualified names of the block's "
+                    "modules (any one matches)."),
+}, doc="Selects removable blocks. Keys are ANDed, list values ORed.")
+
+RULE_NAME = Field(Str(), "Optional label shown by inspect and in messages.")
+
+GROUP_RULE_SPEC = Struct("group rule", {
+    "match": Field(GROUP_SELECTOR_SPEC, "Which channel groups the rule applies to."),
+    "name": RULE_NAME,
+    "level": Field(Enum(GROUP_LEVELS, {"block": _BLOCK_HINT}), _LEVEL_DOC),
+    **_RULE_LIMITS,
+}, doc="Overrides settings of the channel groups it matches.")
+
+BLOCK_RULE_SPEC = Struct("block rule", {
+    "blocks": Field(BLOCK_SELECTOR_SPEC, "Which removable blocks the rule applies to."),
+    "name": RULE_NAME,
+    "level": Field(Enum(BLOCK_LEVELS, {"channel": _CHANNEL_HINT}), "block: gate the whole "
+                   "branch; none: no block gate."),
+}, doc="Overrides the block level of the removable blocks it matches.")
+
+RULE_SPEC = Variant("rule", {"match": ("group", GROUP_RULE_SPEC),
+                             "blocks": ("block", BLOCK_RULE_SPEC)})
+
+POLICY_SPEC = Struct("policy", {
+    "version": Field(Int(minimum=VERSION, maximum=VERSION, range_message=(
+        "unsupported policy version {value}; this gdp-graph reads version " + str(VERSION))),
+        "Policy format version.", VERSION),
+    "description": Field(Str(), "Free text shown by inspect."),
+    "target": Field(TARGET_SPEC, "How much of the model to keep."),
+    "regularizer": Field(REGULARIZER_SPEC, "The sparsity regularizer on the gates."),
+    "defaults": Field(DEFAULTS_SPEC, "Settings that no rule overrides."),
+    "rules": Field(Seq(RULE_SPEC, nullable=True), "Ordered rules; a later rule overrides an "
+                   "earlier one for the keys it sets."),
+}, doc="A gdp-graph pruning policy (GDP: gates with differentiable polarization). Cross-field "
+       "constraints (epsilon start > end, keys specific to one regularizer, contradictory rules) "
+       "are checked by gdp-graph itself.", required=("version",))
+
+SCHEMA_PATH = POLICY_DIR / "schema.json"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the policy format, for editors."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "gdp-graph pruning policy", **POLICY_SPEC.json_schema()}
+
+
+def json_schema_text() -> str:
+    """:func:`json_schema` as the exact text of ``policies/schema.json``."""
+    return json.dumps(json_schema(), indent=2) + "\n"
+
+
+def write_json_schema(path: Path = SCHEMA_PATH) -> Path:
+    """Regenerate the shipped ``schema.json`` (``python -m gdp_graph.policy.schema``)."""
+    path.write_text(json_schema_text(), encoding="utf-8")
+    return path
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(write_json_schema())

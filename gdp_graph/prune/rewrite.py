@@ -1,0 +1,304 @@
+"""Stage 5: apply a pruning plan and emit a new, smaller ``fx.GraphModule``.
+
+One walk over the traced graph copies each live node; the node's rule slices the module's
+parameters (``rewrite_module``) or patches size arguments (``rewrite_args``). Removed blocks
+become ``shortcut + c`` with the branch's constant output ``c``. Shape queries of dims whose
+channel count changed are pinned to their original values, so arithmetic such as
+``C // num_heads`` keeps its meaning while view sizes take the new counts.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Optional
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from gdp_graph.graph import rules
+from gdp_graph.graph.analysis import Analysis
+from gdp_graph.graph.blocks import branch_constant
+from gdp_graph.graph.channels import UNTRACKED, Chan
+from gdp_graph.prune.plan import PruningPlan
+from gdp_graph.errors import GdpError
+
+
+class RewriteError(GdpError, RuntimeError):
+    """The plan could not be applied at some node (the message names it)."""
+
+
+class RewriteContext:
+    """What a rule's rewrite hook sees: the original node, its new args, and keep masks."""
+
+    def __init__(self, node: fx.Node, args: tuple, kwargs: dict, analysis: Analysis, keep: torch.Tensor):
+        self.node = node
+        self.args = args
+        self.kwargs = kwargs
+        self._analysis = analysis
+        self._keep = keep
+        self._values = analysis.traced.values
+        self.new_target: Optional[Callable] = None
+
+    # -- values and shapes ----------------------------------------------------------------------
+    def original_value(self) -> Any:
+        return self._values[self.node.name]
+
+    def _in_node(self, i: int) -> fx.Node:
+        return self.node.args[i]
+
+    def in_value(self, i: int) -> Any:
+        a = self.node.args[i]
+        return self._values[a.name] if isinstance(a, fx.Node) else a
+
+    def in_ndim(self, i: int) -> int:
+        return self.in_value(i).dim()
+
+    def out_ndim(self) -> int:
+        return self.original_value().dim()
+
+    # -- keep masks -----------------------------------------------------------------------------
+    def keep_of(self, labels: torch.Tensor) -> torch.Tensor:
+        return self._keep[labels]
+
+    def chan_keep(self, chan: Any, dim: int, size: int) -> torch.Tensor:
+        track = chan.on(dim) if isinstance(chan, Chan) else None
+        if track is None:
+            return torch.ones(size, dtype=torch.bool)
+        grid = self.keep_of(track.labels)
+        k = track.dims.index(dim)
+        if grid.dim() == 1:
+            return grid
+        moved = grid.movedim(k, 0).reshape(grid.shape[k], -1)
+        return moved.any(1)
+
+    def out_keep(self, dim: int) -> torch.Tensor:
+        value = self.original_value()
+        value = value[0] if isinstance(value, (tuple, list)) else value
+        return self.chan_keep(self._out_chan(), dim % value.dim(), value.shape[dim])
+
+    def in_keep(self, i: int, dim: int) -> torch.Tensor:
+        a = self.node.args[i]
+        value = self.in_value(i)
+        chan = a.meta.get("channels", UNTRACKED) if isinstance(a, fx.Node) else UNTRACKED
+        return self.chan_keep(chan, dim % value.dim(), value.shape[dim])
+
+    def _out_chan(self) -> Any:
+        chan = self.node.meta.get("channels", UNTRACKED)
+        return chan[0] if isinstance(chan, tuple) else chan
+
+    def _changed(self, chan: Any, shape) -> set[int]:
+        if not isinstance(chan, Chan):
+            return set()
+        return {d for d in chan.dims() if not bool(self.chan_keep(chan, d, shape[d]).all())}
+
+    def out_changed_dims(self) -> set[int]:
+        value = self.original_value()
+        if not isinstance(value, torch.Tensor):
+            return set()
+        return self._changed(self._out_chan(), value.shape)
+
+    def in_changed_dims(self, i: int) -> set[int]:
+        a = self.node.args[i]
+        if not isinstance(a, fx.Node):
+            return set()
+        return self._changed(a.meta.get("channels"), self.in_value(i).shape)
+
+    def new_out_shape(self) -> list[int]:
+        value = self.original_value()
+        shape = list(value.shape)
+        for d in self.out_changed_dims():
+            shape[d] = int(self.out_keep(d).sum())
+        return shape
+
+    def replace_target(self, target: Callable) -> None:
+        """Emit the node as a call of another function (e.g. chunk -> split)."""
+        self.new_target = target
+
+
+def _set_submodule(root: nn.Module, qualname: str, module: nn.Module) -> None:
+    parent_name, _, leaf = qualname.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, module)
+
+
+def _set_attr(root: nn.Module, qualname: str, value: torch.Tensor) -> None:
+    parent_name, _, leaf = qualname.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    old = getattr(parent, leaf)
+    if isinstance(old, nn.Parameter):
+        value = nn.Parameter(value, requires_grad=old.requires_grad)
+        setattr(parent, leaf, value)
+    elif leaf in parent._buffers:
+        parent._buffers[leaf] = value
+    else:
+        setattr(parent, leaf, value)
+
+
+def _slice_tensor(t: torch.Tensor, chan: Any, keep: torch.Tensor) -> torch.Tensor:
+    if not isinstance(chan, Chan):
+        return t
+    out = t.detach()
+    for track in chan.tracks:
+        grid = keep[track.labels]
+        if grid.dim() == 1:
+            out = out.index_select(track.dims[0], grid.nonzero().flatten())
+        else:
+            for k, d in enumerate(track.dims):
+                along = grid.movedim(k, 0).reshape(grid.shape[k], -1).any(1)
+                out = out.index_select(d, along.nonzero().flatten())
+    return out.clone()
+
+
+def _get_attr(module: nn.Module, qualname: str) -> torch.Tensor:
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _is_shape_query(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target == "size") or (
+        node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] == "shape")
+
+
+SiteScales = dict[tuple[str, int], tuple[int, torch.Tensor]]
+
+
+def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Module] = None,
+            site_scales: Optional[SiteScales] = None, check: bool = True,
+            tolerance: float = 1e-4) -> fx.GraphModule:
+    """Apply ``plan`` and return the pruned module (the analysed model is left untouched).
+
+    Args:
+        weights: a module with the traced graph's structure whose parameters to use instead of
+            the traced ones (e.g. with gates absorbed); defaults to the traced module.
+        site_scales: ``{(node, arg): (dim, scale)}`` multipliers to keep in the pruned graph
+            before a node's input (gates that no weight could absorb); scales are given over
+            the original positions and sliced to the kept ones.
+        check: compare the result with the gated reference on the example inputs (``verify``)
+            and raise :class:`RewriteError` if it differs; the result is kept as
+            ``pruned.gdp_verify``. Skipped for inexact plans (the difference is then the
+            point; call ``verify`` to see it) and with ``weights``/``site_scales`` (finalize
+            checks against the gated model itself).
+    """
+    plan.validate(analysis)
+    keep = plan.element_keep(analysis)
+    gm = analysis.traced.gm
+    source = weights if weights is not None else gm
+    values = dict(analysis.traced.values)
+    root = copy.deepcopy(source)
+    modules = dict(source.named_modules())
+    site_scales = site_scales or {}
+    removed = {analysis.blocks[b].add_node: analysis.blocks[b] for b in plan.removed_blocks}
+    dead = {n for b in removed.values() for n in b.nodes}
+    graph = fx.Graph()
+    env: dict[str, Any] = {}
+    shape_source: dict[str, fx.Node] = {}
+    const_count = 0
+
+    def load(a):
+        return fx.node.map_arg(a, lambda n: env[n.name])
+
+    for node in gm.graph.nodes:
+        if node.name in dead:
+            continue
+        try:
+            if node.name in removed:
+                block = removed[node.name]
+                shortcut = load(node.args[1 - block.arg])
+                branch_node = next(n for n in gm.graph.nodes if n.name == block.nodes[-1])
+                constant = _slice_tensor(branch_constant(analysis.traced, block, root=source), branch_node.meta.get("channels"), keep)
+                if bool((constant == 0).all()):
+                    env[node.name] = shortcut
+                    continue
+                name = f"_gdp_constant_{const_count}"
+                const_count += 1
+                root.register_buffer(name, constant)
+                const = graph.get_attr(name)
+                env[node.name] = graph.call_function(torch.add, (shortcut, const))
+                continue
+            args, kwargs = load(node.args), load(node.kwargs)
+            pinned = _pinned_query(node, analysis, keep, values, shape_source)
+            if pinned is not None:
+                env[node.name] = pinned
+                continue
+            if node.op == "get_attr" and isinstance(values.get(node.name), torch.Tensor):
+                chan = node.meta.get("channels")
+                sliced = _slice_tensor(_get_attr(source, node.target), chan, keep)
+                if sliced.shape != values[node.name].shape:
+                    _set_attr(root, node.target, sliced)
+            for (site_node, arg), (dim, scale) in site_scales.items():
+                if site_node == node.name:
+                    args = list(args)
+                    kept = RewriteContext(node, tuple(args), kwargs, analysis, keep).in_keep(arg, dim)
+                    ndim = values[node.args[arg].name].dim()
+                    shape = [1] * ndim
+                    shape[dim % ndim] = int(kept.sum())
+                    name = f"_gdp_scale_{const_count}"
+                    const_count += 1
+                    root.register_buffer(name, scale[kept].reshape(shape).clone())
+                    args[arg] = graph.call_function(torch.mul, (args[arg], graph.get_attr(name)))
+                    args = tuple(args)
+            new_target = node.target
+            if node.op in ("call_module", "call_function", "call_method"):
+                module = modules.get(node.target) if node.op == "call_module" else None
+                rule = rules.lookup(module if module is not None else node.target)
+                if rule is not None:
+                    rctx = RewriteContext(node, args, kwargs, analysis, keep)
+                    if module is not None:
+                        new_module = rule.rewrite_module(module, rctx)
+                        if new_module is not module:
+                            _set_submodule(root, node.target, new_module)
+                    else:
+                        patched = rule.rewrite_args(rctx)
+                        if patched is not None:
+                            args, kwargs = patched
+                        new_target = rctx.new_target or node.target
+            new_node = graph.create_node("call_function" if new_target is not node.target else node.op, new_target, tuple(args) if isinstance(args, (list, tuple)) else args,
+                                         dict(kwargs), name=node.name)
+            new_node.meta = {k: v for k, v in node.meta.items() if k != "channels"}
+            env[node.name] = new_node
+            if _is_shape_query(node):
+                shape_source[node.name] = node.args[0]
+        except Exception as exc:  # noqa: BLE001 - re-raised with the node named
+            raise RewriteError(f"cannot rewrite node '{node.name}' ({node.format_node()}): {type(exc).__name__}: {exc}") from exc
+    pruned = fx.GraphModule(root, graph, f"Pruned{type(gm).__name__}")
+    pruned.graph.eliminate_dead_code()
+    pruned.graph.lint()
+    pruned.recompile()
+    pruned.delete_all_unused_submodules()
+    pruned.eval()
+    if check and weights is None and not site_scales and not plan.allow_inexact:
+        from gdp_graph.prune.verify import verify  # verify builds on the analysis, not on the rewriter
+        result = verify(analysis, plan, pruned, tolerance=tolerance)
+        if not result.ok:
+            raise RewriteError(f"the pruned model differs from the gated reference: {result}")
+        pruned.gdp_verify = result
+    return pruned
+
+
+def _pinned_query(node: fx.Node, analysis: Analysis, keep: torch.Tensor, values: dict, shape_source: dict) -> Any:
+    """The original integer for a size query of a dim whose channel count changed."""
+    def changed(src: fx.Node, dim: int) -> bool:
+        chan = src.meta.get("channels")
+        value = values[src.name]
+        if not isinstance(chan, Chan) or not isinstance(value, torch.Tensor):
+            return False
+        dim %= value.dim()
+        track = chan.on(dim)
+        return track is not None and not bool(keep[track.labels].all())
+
+    if node.op == "call_method" and node.target == "size":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if dim is not None and isinstance(dim, int) and changed(node.args[0], dim):
+            return values[node.name]
+    if node.op == "call_function" and node.target.__name__ == "getitem" and isinstance(node.args[0], fx.Node) \
+            and node.args[0].name in shape_source:
+        index = node.args[1]
+        source = shape_source[node.args[0].name]
+        dims = [index] if isinstance(index, int) else \
+            list(range(len(values[node.args[0].name])))[index] if isinstance(index, slice) else []
+        if any(changed(source, d) for d in dims):
+            return values[node.name]  # e.g. `c, h, w = x.shape[1:]`: c keeps its original value
+    return None

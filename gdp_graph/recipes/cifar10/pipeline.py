@@ -1,0 +1,231 @@
+"""``gdp-graph train``: the whole GDP pipeline on CIFAR-10 with a built-in CIFAR ResNet.
+
+pretrain (or load a checkpoint) -> attach gates from a policy -> GDP phase (task loss +
+lambda * regularizer, epsilon annealed, lambda steered to the budget) -> finalize (exact, smaller
+model) -> optional fine-tune -> report. The defaults are a short schedule that finishes in a few
+minutes on 2 CPU cores; ``--preset full`` is the paper-style recipe (run it on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from rich.console import Console
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # a few minutes on 2 CPU cores: a subset of CIFAR-10, ResNet-20
+    "short": dict(depth=20, train_subset=5000, test_subset=1000, pretrain_epochs=3, gdp_epochs=6,
+                  finetune_epochs=1, batch_size=128, lr=0.1, gdp_lr=0.02, finetune_lr=0.01, gate_lr=0.5),
+    # the paper-style recipe: full data, ResNet-56 (hours on a GPU)
+    "full": dict(depth=56, train_subset=None, test_subset=None, pretrain_epochs=160, gdp_epochs=120,
+                 finetune_epochs=40, batch_size=128, lr=0.1, gdp_lr=0.01, finetune_lr=0.01, gate_lr=0.5),
+}
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="CIFAR-10: the official .tar.gz or its directory (default: $GDP_GRAPH_CIFAR10, else download)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="short", help="schedule defaults (default: short)")
+    p.add_argument("--policy", default="cifar_resnet", help="YAML policy file or shipped policy name (default: cifar_resnet)")
+    p.add_argument("--regularizer", choices=["gdp", "polarization", "l1"], help="override the policy's regularizer")
+    p.add_argument("--target", type=float, help="override the policy's target fraction (of FLOPs or params) to keep")
+    p.add_argument("--depth", type=int, help="CIFAR ResNet depth 6n+2 (20, 32, 56, 110)")
+    p.add_argument("--checkpoint", help="start from this pretrained state_dict instead of pretraining")
+    p.add_argument("--save-pretrained", help="write the pretrained state_dict here (reuse it with --checkpoint)")
+    p.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (with --save-pretrained)")
+    for name in ("pretrain-epochs", "gdp-epochs", "finetune-epochs", "batch-size", "train-subset", "test-subset"):
+        p.add_argument(f"--{name}", type=int)
+    for name in ("lr", "gdp-lr", "finetune-lr"):
+        p.add_argument(f"--{name}", type=float)
+    p.add_argument("--gate-lr", type=float, help="gate learning rate per unit of cost share (default 0.5)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--autocast", action="store_true", help="bfloat16 autocast in training")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latency-rounds", type=int, default=15, help="interleaved timing rounds for the latency figure")
+    p.add_argument("--out", help="directory for the pruned model, its plan and report.json")
+    p.add_argument("--json", action="store_true", help="print the final report as JSON")
+
+
+def _settings(args) -> dict[str, Any]:
+    s = dict(PRESETS[args.preset])
+    for key in list(s):
+        value = getattr(args, key, None)
+        if value is not None:
+            s[key] = value
+    return s
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _policy(args):
+    """The policy with the command line's --regularizer/--target overrides applied (validated
+    again, so an override produces the same precise errors as a file)."""
+    from gdp_graph.policy import load_policy, policy_from_dict
+    policy = load_policy(args.policy)
+    if not args.regularizer and args.target is None:
+        return policy
+    data = policy.to_dict()
+    reg = data["regularizer"]
+    if args.regularizer and args.regularizer != reg["name"]:
+        reg["name"] = args.regularizer
+        reg.pop("t", None)
+        reg.pop("epsilon", None)  # epsilon belongs to gdp, t to polarization
+        if args.regularizer == "gdp":
+            reg["epsilon"] = {"start": 1.0, "end": 1.0e-8, "schedule": "exponential", "step": "iteration"}
+        elif args.regularizer == "polarization":
+            reg["t"] = 1.2
+    if args.target is not None:
+        data["target"]["fraction"] = args.target
+    return policy_from_dict(data, source=f"{policy.source} with command-line overrides", name=policy.name)
+
+
+def run_pipeline(args) -> int:
+    from gdp_graph.gates.attach import attach
+    from gdp_graph.graph.cost import model_cost
+    from gdp_graph.recipes.cifar10.data.cifar10 import cifar10_loaders, load_cifar10
+    from gdp_graph.report.latency import measure_latency
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+    from gdp_graph.report.tables import before_after_table
+    from gdp_graph.recipes.cifar10.training import cosine_schedule, evaluate, make_optimizer, train_one_epoch
+
+    console = Console(stderr=args.json)
+    s = _settings(args)
+    device = _device(args.device)
+    torch.manual_seed(args.seed)
+    policy = _policy(args)
+    started = time.perf_counter()
+    data = load_cifar10(args.data, train_subset=s["train_subset"], test_subset=s["test_subset"])
+    train, test = cifar10_loaders(data, batch_size=s["batch_size"], device=device, seed=args.seed)
+    console.print(f"CIFAR-10 from {data.source}: {len(data.train_labels)} train / {len(data.test_labels)} test images; "
+                  f"ResNet-{s['depth']} on {device}; policy {policy.name} ({policy.regularizer.name}, keep "
+                  f"{policy.target.fraction:g} of {policy.target.metric})")
+    model = cifar_resnet(s["depth"]).to(device)
+    report: dict[str, Any] = {"settings": s, "device": str(device), "policy": policy.name,
+                              "regularizer": policy.regularizer.name, "target": policy.target.fraction,
+                              "metric": policy.target.metric}
+
+    def epochs(net, n, lr, phase, extra_loss=None, on_step=None, optimizer=None):
+        if n <= 0:
+            return
+        opt = optimizer if optimizer is not None else make_optimizer(net, lr)
+        sched = cosine_schedule(opt.weights if isinstance(opt, GateOptimizer) else opt, n * len(train))
+        step = 0
+        for epoch in range(n):
+            train.set_epoch(epoch)
+            stats = train_one_epoch(net, train, opt, device=device, extra_loss=extra_loss, on_step=on_step,
+                                    autocast=args.autocast, scheduler=sched, progress=True, start_step=step,
+                                    description=f"{phase} {epoch + 1}/{n}")
+            step = stats["global_step"]
+            console.print(f"  {phase} epoch {epoch + 1}/{n}: loss {stats['loss']:.3f} (task {stats['task_loss']:.3f}), "
+                          f"train acc {stats['accuracy']:.3f}, {stats['seconds']:.0f}s")
+
+    phase_start = time.perf_counter()
+    if args.checkpoint:
+        model.load_state_dict(torch.load(args.checkpoint, map_location=device, weights_only=True))
+        console.print(f"loaded pretrained weights from {args.checkpoint}")
+    else:
+        epochs(model, s["pretrain_epochs"], s["lr"], "pretrain")
+        if args.save_pretrained:
+            torch.save(model.state_dict(), args.save_pretrained)
+    report["pretrain_seconds"] = time.perf_counter() - phase_start
+    report["acc_pretrained"] = evaluate(model, test, device=device)["accuracy"]
+    console.print(f"pretrained accuracy {report['acc_pretrained']:.4f}")
+    if args.pretrain_only:
+        return 0
+    phase_start = time.perf_counter()
+
+    example = next(iter(test))[0][:2]
+    gated = attach(model, policy=policy, example_inputs=example, total_steps=max(1, s["gdp_epochs"] * len(train)),
+                   steps_per_epoch=len(train))
+    gated.to(device)
+    # gated.step() also closes each epoch: attach() was told the epoch length
+    epochs(gated, s["gdp_epochs"], s["gdp_lr"], "gdp", extra_loss=gated.penalty, on_step=lambda step: gated.step(),
+           optimizer=GateOptimizer(gated, s["gdp_lr"], s["gate_lr"]))
+    report["gdp_seconds"] = time.perf_counter() - phase_start
+    report["acc_gated"] = evaluate(gated, test, device=device)["accuracy"]
+    report["gates"] = gated.report()
+    pruned = gated.finalize()
+    report["finalize"] = gated.finalize_report() if hasattr(gated, "finalize_report") else {}
+    report["acc_finalized"] = evaluate(pruned, test, device=device)["accuracy"]
+    console.print(f"gated accuracy {report['acc_gated']:.4f}, finalized {report['acc_finalized']:.4f}")
+    if s["finetune_epochs"] > 0:
+        epochs(pruned, s["finetune_epochs"], s["finetune_lr"], "finetune")
+        report["acc_finetuned"] = evaluate(pruned, test, device=device)["accuracy"]
+
+    cpu_inputs = example.detach().cpu()
+    original_cpu = cifar_resnet(s["depth"])
+    original_cpu.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    pruned_cpu = pruned.cpu()
+    before, after = model_cost(original_cpu, (cpu_inputs[:1],)), model_cost(pruned_cpu, (cpu_inputs[:1],))
+    batch = torch.randn(64, 3, 32, 32)
+    lat_before, lat_after = measure_latency([original_cpu, pruned_cpu], (batch,), rounds=args.latency_rounds)
+    report.update(flops_before=before.flops, flops_after=after.flops, params_before=before.params,
+                  params_after=after.params, latency_before_s=lat_before, latency_after_s=lat_after,
+                  wall_seconds=time.perf_counter() - started)
+    _print_report(console, report)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        from gdp_graph.prune.export import save
+        save(pruned_cpu, out / "pruned.pt")
+        (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        console.print(f"wrote {out / 'pruned.pt'} and {out / 'report.json'}")
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+class GateOptimizer:
+    """SGD with momentum for the weights; plain SGD for the gates, one learning rate per gate
+    vector scaled by the inverse of its unit's cost share (``GatedModel.gate_param_groups``),
+    so the budget controller's lambda acts as a price per unit of cost. No momentum for the
+    gates (it would carry them through 0; a step across 0 lands on 0 and latches) and no
+    weight decay (the regularizer is their decay)."""
+
+    def __init__(self, gated, lr: float, gate_lr: float):
+        gates = gated.gate_parameters()
+        ids = {id(p) for p in gates}
+        weights = [p for p in gated.parameters() if id(p) not in ids and p.requires_grad]
+        self.weights = torch.optim.SGD(weights, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        self.gates = torch.optim.SGD(gated.gate_param_groups(gate_lr), lr=gate_lr) if gates else None
+        self.param_groups = self.weights.param_groups  # the cosine schedule drives the weights
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.weights.zero_grad(set_to_none=set_to_none)
+        if self.gates is not None:
+            self.gates.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.weights.step()
+        if self.gates is not None:
+            self.gates.step()
+
+
+def _print_report(console: Console, r: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from gdp_graph.report.tables import before_after_table
+    console.print(before_after_table([
+        ("parameters", r["params_before"], r["params_after"], "count"),
+        ("FLOPs", r["flops_before"], r["flops_after"], "count"),
+        ("CPU latency, batch 64 (ms)", 1e3 * r["latency_before_s"], 1e3 * r["latency_after_s"], "value"),
+    ], title="GDP on CIFAR-10: before / after"))
+    acc = Table(title="Top-1 accuracy on the test set", header_style="bold")
+    for col in ("pretrained", "gated", "finalized", "fine-tuned"):
+        acc.add_column(col, justify="right")
+    acc.add_row(*(f"{r[k]:.4f}" if k in r else "-" for k in ("acc_pretrained", "acc_gated", "acc_finalized", "acc_finetuned")))
+    console.print(acc)
+    gates = r.get("gates", {})
+    if gates:
+        console.print("gates: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in gates.items() if not isinstance(v, (list, dict))))
+    console.print(f"wall time {r['wall_seconds']:.0f}s on {r['device']}")
