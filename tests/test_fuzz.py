@@ -97,7 +97,7 @@ def check_pipeline(spec: Spec, plan_draws: list[tuple[float, int, float]]) -> li
         out3 = None
     # check=False: the fuzzer verifies itself, so a wrong model shows up as one, not as a
     # RewriteError from rewrite's own self-check
-    unchanged = gdp_graph.prune.rewrite(analysis, gdp_graph.PruningPlan(), check=False)
+    unchanged = gdp_graph.rewrite(analysis, gdp_graph.PruningPlan(), check=False)
     same = compare_outputs(_run(model, x2), _run(unchanged, x2), tolerance=1e-5)
     assert same.ok, f"rewriting with an empty plan changed the model: {same}"
     before = _param_sizes(analysis.traced.gm)
@@ -106,12 +106,12 @@ def check_pipeline(spec: Spec, plan_draws: list[tuple[float, int, float]]) -> li
         plan = gdp_graph.random_plan(analysis, ratio, seed=plan_seed, block_ratio=block_ratio)
         where = f"plan (ratio {ratio}, seed {plan_seed}, block_ratio {block_ratio}):\n{plan.summary(analysis)}"
         try:
-            pruned = gdp_graph.prune.rewrite(analysis, plan, check=False)
+            pruned = gdp_graph.rewrite(analysis, plan, check=False)
         except LIBRARY_ERRORS as exc:
             assert _names_a_place(str(exc), model, analysis), f"refusal names no node or module: {exc}"
             outcomes.append(f"refused: {type(exc).__name__}")
             continue
-        result = gdp_graph.prune.verify(analysis, plan, pruned)
+        result = gdp_graph.verify(analysis, plan, pruned)
         assert result.ok, f"pruned model differs from the gated reference: {result}\n{where}"
         after = _param_sizes(pruned)
         grown = {k: (before.get(k), v) for k, v in after.items() if v > before.get(k, 0)}
@@ -120,7 +120,7 @@ def check_pipeline(spec: Spec, plan_draws: list[tuple[float, int, float]]) -> li
         if out3 is not None:
             pruned3 = _run(pruned, x3)
             assert _shapes(pruned3) == _shapes(out3), f"pruned output shapes differ on batch 3\n{where}"
-            again = gdp_graph.prune.verify(analysis, plan, pruned, inputs=(x3,))
+            again = gdp_graph.verify(analysis, plan, pruned, inputs=(x3,))
             assert again.ok, f"on batch 3 the pruned model differs from the gated reference: {again}\n{where}"
         groups = f"{len(plan.keep)}" if len(plan.keep) < 3 else "3+"
         outcomes.append(f"verified: {groups} groups and {len(plan.removed_blocks)} blocks pruned")
