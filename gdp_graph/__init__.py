@@ -15,7 +15,7 @@ The stages, one package each, data flowing one way:
 from gdp_graph.errors import GdpError
 from gdp_graph.graph.analysis import Analysis, AnalysisError, analyze
 from gdp_graph.graph.groups import Block, ChannelGroup, GateSite, Member, OpaqueLeaf
-from gdp_graph.graph.rules import OpRule, RuleContext, register_rule
+from gdp_graph.graph.rules import OpRule, RuleContext, register_channelwise, register_rule
 from gdp_graph.graph.trace import TraceError, trace
 from gdp_graph.prune.plan import PlanError, PruningPlan, random_plan
 from gdp_graph.prune.rewrite import RewriteError, rewrite
@@ -31,5 +31,5 @@ __all__ = [
     "Analysis", "AnalysisError", "Block", "ChannelGroup", "FinalizeError", "GateError", "GateSite",
     "GatedModel", "GdpError", "Member", "OpRule", "OpaqueLeaf", "PlanError", "Policy", "PolicyError",
     "PruningPlan", "RewriteError", "RuleContext", "TraceError", "VerifyResult", "analyze", "attach",
-    "finalize", "load_policy", "random_plan", "register_rule", "rewrite", "trace", "verify",
+    "finalize", "load_policy", "random_plan", "register_channelwise", "register_rule", "rewrite", "trace", "verify",
 ]

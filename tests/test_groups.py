@@ -100,37 +100,6 @@ def test_unknown_op_freezes_with_its_name():
     assert g.fully_frozen and "no rule for" in g.describe_frozen()
 
 
-def test_user_rule_registration():
-    class Scale(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.weight = nn.Parameter(torch.rand(c) + 0.5)
-
-        def forward(self, x):
-            return x * self.weight.view(1, -1, 1, 1)
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3)
-            self.scale = Scale(8)
-            self.head = nn.Conv2d(8, 4, 1)
-
-        def forward(self, x):
-            return self.head(self.scale(self.conv(x)))
-
-    class Tracer(torch.fx.Tracer):
-        pass
-
-    # Scale is traced through by default (its forward is plain tensor code): works unchanged
-    model, x = Net(), torch.randn(2, 3, 8, 8)
-    a = G.analyze(model, x)
-    g = _group_with(a, "conv")[0]
-    assert g.prunable
-    plan = G.random_plan(a, 0.5, seed=0)
-    assert G.verify(a, plan, G.rewrite(a, plan)).ok
-
-
 @pytest.mark.parametrize("bad", ["not a model", None])
 def test_analyze_rejects_non_modules(bad):
     with pytest.raises(G.TraceError):

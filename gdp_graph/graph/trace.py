@@ -17,6 +17,7 @@ from torch import nn
 
 from gdp_graph.graph.groups import OpaqueLeaf
 from gdp_graph.graph.lowering import lower_multihead_attention
+from gdp_graph.graph.rules import has_leaf_rule
 from gdp_graph.errors import GdpError
 
 
@@ -37,7 +38,8 @@ class _FallbackTracer(fx.Tracer):
         self.stack: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.opaque or super().is_leaf_module(m, qualname)
+        # a module whose type has a registered rule is one op: its rule, not its code, is used
+        return qualname in self.opaque or has_leaf_rule(m) or super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
         qualname = self.path_of_module(m)

@@ -1,7 +1,9 @@
 """Op coupling rules: one registry, one small rule per op (see :mod:`.registry`)."""
 
 from gdp_graph.graph.rules.context import RuleContext, merge_tracks
-from gdp_graph.graph.rules.registry import OpRule, describe_key, lookup, register_rule, registered_keys
+from gdp_graph.graph.rules.registry import (
+    OpRule, describe_key, has_leaf_rule, lookup, register_channelwise, register_rule, registered_keys,
+)
 from gdp_graph.graph.rules import attention, elementwise, layers, reduce, shape  # noqa: F401  (registers the rules)
 
-__all__ = ["OpRule", "RuleContext", "register_rule", "lookup", "describe_key", "registered_keys", "merge_tracks"]
+__all__ = ["OpRule", "RuleContext", "register_rule", "register_channelwise", "has_leaf_rule", "lookup", "describe_key", "registered_keys", "merge_tracks"]

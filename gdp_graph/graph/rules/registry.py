@@ -2,7 +2,8 @@
 
 A rule says how an op moves, ties, consumes or creates channels (``propagate``) and, where the
 op carries channel counts in its parameters or arguments, how to rewrite it once some channels
-are gone (``rewrite``). Adding support for an op is adding one small rule::
+are gone (``rewrite_module`` for a module's parameters, ``rewrite_args`` for a call's
+arguments). Adding support for an op is adding one small rule::
 
     from gdp_graph.graph.rules import OpRule, register_rule
 
@@ -10,19 +11,29 @@ are gone (``rewrite``). Adding support for an op is adding one small rule::
     class MyScaleRule(OpRule):
         def propagate(self, ctx):
             out = ctx.passthrough(0)             # channels flow through unchanged
-            ctx.param_member("weight", dim=0, labels=out.on(1).labels)
+            track = out.on(1)                    # None when the input's channels are untracked
+            if track is not None:
+                ctx.member(track.labels, "param", 0, "weight")
             return out
         def rewrite_module(self, module, rctx):
-            keep = rctx.out_keep(dim=1)
-            return rctx.slice_params(module, {"weight": {0: keep}})
+            new = copy.deepcopy(module)
+            new.weight = nn.Parameter(module.weight.detach()[rctx.out_keep(1)])
+            return new
 
-An op with no rule is refused: every channel touching it is frozen, with the op named.
+The common case of a channel-wise layer is one line (:func:`register_channelwise`)::
+
+    register_channelwise(MyScale, params=("weight",))
+
+A module type with a rule is traced as one leaf (its forward is not traced through), so the
+rule is what the analysis sees. An op with no rule is refused: every channel touching it is
+frozen, with the op named.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from torch import nn
 
@@ -71,14 +82,17 @@ def register_rule(*keys: RuleKey, replace: bool = False):
         raise ValueError("register_rule needs at least one key")
 
     def decorator(obj):
-        rule = obj() if inspect.isclass(obj) else _FunctionRule(obj)
-        for key in dict.fromkeys(keys):  # aliases (F.pixel_shuffle is torch.pixel_shuffle) once
-            if key in _RULES and not replace:
-                raise ValueError(f"a rule for {describe_key(key)} is already registered; pass replace=True")
-            _RULES[key] = rule
+        _store(keys, obj() if inspect.isclass(obj) else _FunctionRule(obj), replace)
         return obj
 
     return decorator
+
+
+def _store(keys: Sequence[RuleKey], rule: OpRule, replace: bool) -> None:
+    for key in dict.fromkeys(keys):  # aliases (F.pixel_shuffle is torch.pixel_shuffle) once
+        if key in _RULES and not replace:
+            raise ValueError(f"a rule for {describe_key(key)} is already registered; pass replace=True")
+        _RULES[key] = rule
 
 
 def describe_key(key: RuleKey) -> str:
@@ -106,3 +120,63 @@ def lookup(key: Any) -> Optional[OpRule]:
 
 def registered_keys() -> list[RuleKey]:
     return list(_RULES)
+
+
+def has_leaf_rule(module: nn.Module) -> bool:
+    """Whether ``module`` must be traced as one leaf because a rule describes its forward.
+
+    True when its own class has a rule, or it inherits one without overriding ``forward``
+    (a subclass with its own forward, a LoRA linear say, is not what the rule describes).
+    """
+    for cls in type(module).__mro__:
+        if cls in _RULES:
+            return cls is type(module) or type(module).forward is cls.forward
+    return False
+
+
+class _ChannelwiseRule(OpRule):
+    """Channels pass through unchanged along ``dim``; the named tensors are sliced along 0."""
+
+    def __init__(self, tensors: tuple[str, ...], dim: int):
+        self.tensors = tensors
+        self.dim = dim
+
+    def propagate(self, ctx):
+        out = ctx.passthrough(0)
+        track = out.on(self.dim % ctx.out.dim())
+        if track is not None and track.single():
+            for name in self.tensors:
+                ctx.member(track.labels, "param", 0, name)
+        elif track is not None:
+            ctx.freeze(track.labels, "a channel-wise layer over channels tied to another dimension")
+        return out
+
+    def rewrite_module(self, module: nn.Module, rctx) -> nn.Module:
+        keep = rctx.out_keep(self.dim)
+        if bool(keep.all()):
+            return module
+        new = copy.deepcopy(module)
+        index = keep.nonzero().flatten()
+        for name in self.tensors:
+            old = getattr(module, name)
+            sliced = old.detach().index_select(0, index).clone()
+            if isinstance(old, nn.Parameter):
+                setattr(new, name, nn.Parameter(sliced, requires_grad=old.requires_grad))
+            else:
+                setattr(new, name, sliced)  # a registered buffer stays a buffer
+        return new
+
+
+def register_channelwise(module_type: type, params: Sequence[str] = ("weight",), dim: int = 1,
+                         replace: bool = False) -> type:
+    """Register a layer that acts on each channel separately (a learned scale, a per-channel
+    activation): channels along ``dim`` of its first input flow through, and each tensor
+    attribute in ``params`` (parameters or buffers, one entry per channel along their dim 0)
+    keeps only the kept channels. Returns ``module_type``.
+
+    Example: ``register_channelwise(LayerScale, params=("gamma",), dim=-1)``.
+    """
+    if not (inspect.isclass(module_type) and issubclass(module_type, nn.Module)):
+        raise ValueError(f"register_channelwise needs an nn.Module subclass, got {module_type!r}")
+    _store((module_type,), _ChannelwiseRule(tuple(params), dim), replace)
+    return module_type
