@@ -72,7 +72,48 @@ def parse_yaml(text: str, source: str, rep: Reporter) -> Optional[Node]:
     except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML parse error is marked
         rep.error(Location(source, 1, 1), f"YAML syntax error: {exc}")
         return None
-    return None if root is None else _YamlBuilder(source, rep).build(root, "")
+    if root is None:
+        return None
+    size = expanded_size(root, MAX_EXPANDED_NODES)
+    if size > MAX_EXPANDED_NODES:
+        mark = root.start_mark
+        rep.error(Location(source, mark.line + 1, mark.column + 1),
+                  f"the document expands to more than {MAX_EXPANDED_NODES:,} values through YAML "
+                  "aliases (an alias bomb?); refused")
+        return None
+    return _YamlBuilder(source, rep).build(root, "")
+
+
+#: far beyond any real document of this kind, far below what exhausts memory or time
+MAX_EXPANDED_NODES = 100_000
+
+
+def expanded_size(root: yaml.Node, limit: int) -> int:
+    """How many nodes ``root`` has once every alias is expanded, counted on the composed graph
+    (aliases share nodes, so this is linear in the text); stops counting past ``limit``.
+    Recursive aliases count once (the builder reports them)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = 1  # provisional: a recursive alias meets itself here
+        total = 1
+        if isinstance(node, MappingNode):
+            children = [c for pair in node.value for c in pair]
+        elif isinstance(node, SequenceNode):
+            children = node.value
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        sizes[key] = total
+        return total
+
+    return size(root)
 
 
 class _YamlBuilder:
