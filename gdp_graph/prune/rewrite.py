@@ -10,6 +10,7 @@ channel count changed are pinned to their original values, so arithmetic such as
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Callable, Optional
 
 import torch
@@ -26,6 +27,10 @@ from gdp_graph.errors import GdpError
 
 class RewriteError(GdpError, RuntimeError):
     """The plan could not be applied at some node (the message names it)."""
+
+
+class VerifyWarning(UserWarning):
+    """``rewrite(check=True)`` found that the pruned model differs from the gated reference."""
 
 
 class RewriteContext:
@@ -176,11 +181,13 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
         site_scales: ``{(node, arg): (dim, scale)}`` multipliers to keep in the pruned graph
             before a node's input (gates that no weight could absorb); scales are given over
             the original positions and sliced to the kept ones.
-        check: compare the result with the gated reference on the example inputs (``verify``)
-            and raise :class:`RewriteError` if it differs; the result is kept as
-            ``pruned.gdp_verify``. Skipped for inexact plans (the difference is then the
-            point; call ``verify`` to see it) and with ``weights``/``site_scales`` (finalize
-            checks against the gated model itself).
+        check: compare the result with the gated reference on the example inputs (``verify``,
+            within ``tolerance``) and keep the :class:`~gdp_graph.prune.verify.VerifyResult` as
+            ``pruned.gdp_verify``. A difference is reported, not raised: ``gdp_verify.ok`` is
+            False and a :class:`VerifyWarning` names it, so callers (``gdp-graph check``, exit 1)
+            decide. Skipped for inexact plans (the difference is then the point; call
+            ``verify`` to see it) and with ``weights``/``site_scales`` (finalize checks against
+            the gated model itself); ``pruned.gdp_verify`` is then None.
     """
     plan.validate(analysis)
     keep = plan.element_keep(analysis)
@@ -269,12 +276,13 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
     pruned.recompile()
     pruned.delete_all_unused_submodules()
     pruned.eval()
+    pruned.gdp_verify = None
     if check and weights is None and not site_scales and not plan.allow_inexact:
         from gdp_graph.prune.verify import verify  # verify builds on the analysis, not on the rewriter
-        result = verify(analysis, plan, pruned, tolerance=tolerance)
-        if not result.ok:
-            raise RewriteError(f"the pruned model differs from the gated reference: {result}")
-        pruned.gdp_verify = result
+        pruned.gdp_verify = verify(analysis, plan, pruned, tolerance=tolerance)
+        if not pruned.gdp_verify.ok:
+            warnings.warn(f"the pruned model differs from the gated reference: {pruned.gdp_verify}",
+                          VerifyWarning, stacklevel=2)
     return pruned
 
 

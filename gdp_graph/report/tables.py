@@ -96,7 +96,7 @@ def print_inspect(console: Console, analysis: Analysis, shares: Mapping[int, flo
     prunable = len(analysis.prunable_groups())
     console.print(f"[bold]{title}[/bold]: {len(analysis.groups)} channel groups, {prunable} prunable, "
                   f"{len(analysis.blocks)} removable blocks, {len(analysis.opaque)} opaque leaves; "
-                  f"{total_params:,} params, {total_flops / 1e6:,.2f} MFLOPs")
+                  f"{total_params:,} params, {total_flops / 1e6:,.2f} MFLOPs per sample")
     console.print(groups_table(analysis, shares, group_policy))
     if analysis.blocks:
         console.print(blocks_table(analysis, block_policy))
@@ -123,8 +123,12 @@ def before_after_table(rows: Sequence[tuple[str, float, float, str]], title: str
 def print_check(console: Console, result: Mapping[str, Any]) -> None:
     console.print(before_after_table([
         ("parameters", result["params_before"], result["params_after"], "count"),
-        ("FLOPs", result["flops_before"], result["flops_after"], "count"),
+        ("FLOPs per sample", result["flops_per_sample_before"], result["flops_per_sample_after"], "count"),
     ], title="check: random pruning, rewrite, verify"))
     verdict = "[green]verified: outputs equal[/green]" if result["ok"] else "[red]OUTPUTS DIFFER[/red]"
-    console.print(f"{verdict} (max |diff| {result['max_abs_diff']:.3g}, relative {result['max_rel_diff']:.3g}); "
-                  f"{len(result['removed_blocks'])} blocks removed, {result['groups_pruned']} groups pruned")
+    console.print(f"{verdict} (max |diff| {result['max_abs_diff']:.3g}, relative {result['max_rel_diff']:.3g}, "
+                  f"tolerance {result['tolerance']:g}); {result['groups_pruned']} groups pruned by {result['ratio']:g}; "
+                  f"{len(result['removed_blocks'])} of {result['removable_blocks']} removable blocks removed "
+                  f"(--blocks {result['block_ratio']:g}; --blocks 0 keeps them all)")
+    if result.get("plan_file"):
+        console.print(f"plan written to {result['plan_file']} (re-apply it with 'gdp-graph apply')")
