@@ -6,11 +6,8 @@ test touches the real archive.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import pickle
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -34,139 +31,13 @@ from gdp_graph.recipes.cifar10.data.cifar10 import (
     resolve_cifar10_path,
 )
 
-try:
-    import numpy as np
-except ImportError:  # pragma: no cover - numpy is optional for the loader
-    np = None
-
-REAL_ARCHIVE = (
-    Path(__file__).resolve().parents[1]
-    / ".."
-    / "shared"
-    / "data"
-    / "cifar10"
-    / ("cifar-10-python.tar.gz")
+from tests.fixtures.cifar10_synthetic import (
+    BATCH_DIR,
+    REAL_ARCHIVE,
+    TEST_SIZE,
+    TRAIN_SIZES,
+    Synthetic,
 )
-
-TRAIN_SIZES = (4, 4, 4, 4, 4)  # five tiny training batches
-TEST_SIZE = 6
-BATCH_DIR = "cifar-10-batches-py"
-
-
-# --------------------------------------------------------------------------------------------
-# synthetic data in the official layout
-
-
-def known_image_row() -> bytes:
-    """One 3072-byte row built by hand in CIFAR's channel-major, row-major layout.
-
-    Red plane is 10 except pixel (row 1, col 2) = 200; green is 20 except (31, 0) = 77; blue
-    is 30 except (0, 31) = 99.
-    """
-    red = bytearray([10] * 1024)
-    green = bytearray([20] * 1024)
-    blue = bytearray([30] * 1024)
-    red[1 * 32 + 2] = 200
-    green[31 * 32 + 0] = 77
-    blue[0 * 32 + 31] = 99
-    return bytes(red + green + blue)
-
-
-def batch_pickle(rows: bytes, labels: list[int], name: str, style: str) -> bytes:
-    """Pickle one batch dict the way the CIFAR files do.
-
-    ``style``: ``"numpy2"``/``"numpy4"``/``"numpy5"`` pickle a numpy uint8 array with that
-    protocol (protocol 2 is what the official files and the shared archive use); ``"raw"``
-    stores plain bytes (no numpy needed).
-    """
-    n = len(labels)
-    if style == "raw":
-        data: object = rows
-    else:
-        if np is None:
-            pytest.skip("numpy not installed")
-        data = np.frombuffer(rows, dtype=np.uint8).reshape(n, 3072)
-    d = {
-        b"batch_label": name.encode(),
-        b"labels": list(labels),
-        b"data": data,
-        b"filenames": [f"img_{i}.png".encode() for i in range(n)],
-    }
-    protocol = 2 if style in ("raw", "numpy2") else int(style[-1])
-    return pickle.dumps(d, protocol=protocol)
-
-
-DEFAULT_STYLE = "numpy2" if np is not None else "raw"
-
-
-class Synthetic:
-    """Tiny CIFAR-10: known pixels and labels, written as a directory and as an archive."""
-
-    def __init__(self, root: Path, style: str = DEFAULT_STYLE, skip: tuple[str, ...] = ()):
-        g = torch.Generator().manual_seed(1234)
-        n_train = sum(TRAIN_SIZES)
-        self.train_images = torch.randint(
-            0, 256, (n_train, 3, 32, 32), generator=g, dtype=torch.uint8
-        )
-        self.test_images = torch.randint(
-            0, 256, (TEST_SIZE, 3, 32, 32), generator=g, dtype=torch.uint8
-        )
-        self.train_labels = torch.randint(0, 10, (n_train,), generator=g)
-        self.test_labels = torch.randint(0, 10, (TEST_SIZE,), generator=g)
-        # image 0 is built by hand, independently of torch's memory layout
-        known = torch.tensor(list(known_image_row()), dtype=torch.uint8)
-        self.train_images[0] = known.reshape(3, 32, 32)
-
-        files: dict[str, bytes] = {}
-        start = 0
-        for i, size in enumerate(TRAIN_SIZES, 1):
-            rows = b"".join(
-                known_image_row() if j == 0 else bytes(self.train_images[j].flatten().tolist())
-                for j in range(start, start + size)
-            )
-            labels = self.train_labels[start : start + size].tolist()
-            files[f"data_batch_{i}"] = batch_pickle(rows, labels, f"training batch {i} of 5", style)
-            start += size
-        files["test_batch"] = batch_pickle(
-            bytes(self.test_images.flatten().tolist()),
-            self.test_labels.tolist(),
-            "testing batch 1 of 1",
-            style,
-        )
-        files["batches.meta"] = pickle.dumps({b"label_names": [b"airplane"] * 10}, protocol=2)
-        for name in skip:
-            del files[name]
-
-        self.parent = root / "extracted"
-        self.batches_dir = self.parent / BATCH_DIR
-        self.batches_dir.mkdir(parents=True)
-        for name, payload in files.items():
-            (self.batches_dir / name).write_bytes(payload)
-
-        # archive with a scrambled member order, like the shared copy
-        self.archive = root / "cifar-10-python.tar.gz"
-        order = [
-            "data_batch_4",
-            "batches.meta",
-            "data_batch_2",
-            "test_batch",
-            "data_batch_5",
-            "data_batch_1",
-            "data_batch_3",
-        ]
-        with tarfile.open(self.archive, "w:gz") as tf:
-            info = tarfile.TarInfo(BATCH_DIR)
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o755
-            tf.addfile(info)
-            for name in order:
-                if name not in files:
-                    continue
-                info = tarfile.TarInfo(f"{BATCH_DIR}/{name}")
-                info.size = len(files[name])
-                tf.addfile(info, io.BytesIO(files[name]))
-        self.md5 = hashlib.md5(self.archive.read_bytes()).hexdigest()
-
 
 @pytest.fixture
 def synth(tmp_path: Path) -> Synthetic:

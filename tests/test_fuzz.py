@@ -44,15 +44,6 @@ plans = st.lists(st.tuples(st.sampled_from([0.5, 0.2]), st.integers(0, 2 ** 16),
                  min_size=1, max_size=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is ~100x faster than several fighting over 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _run(model: nn.Module, x: torch.Tensor) -> Any:
     with torch.no_grad():
         return model(x)
@@ -122,6 +113,9 @@ def check_pipeline(spec: Spec, plan_draws: list[tuple[float, int, float]]) -> li
             assert _shapes(pruned3) == _shapes(out3), f"pruned output shapes differ on batch 3\n{where}"
             again = gdp_graph.verify(analysis, plan, pruned, inputs=(x3,))
             assert again.ok, f"on batch 3 the pruned model differs from the gated reference: {again}\n{where}"
+        if not plan.keep and not plan.removed_blocks:
+            outcomes.append("verified: nothing removed")
+            continue
         groups = f"{len(plan.keep)}" if len(plan.keep) < 3 else "3+"
         outcomes.append(f"verified: {groups} groups and {len(plan.removed_blocks)} blocks pruned")
     return outcomes
@@ -133,13 +127,34 @@ def _fuzz_settings(examples: int) -> settings:
                     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink], print_blob=True)
 
 
-@_fuzz_settings(DEFAULT_EXAMPLES)
-@given(spec=specs(max_blocks=8), plan_draws=plans)
-def test_pipeline_exact_or_refused(spec, plan_draws):
+#: the share of generated models that must verify with something removed: a regression that
+#: freezes or refuses everything keeps the property above but fails this floor (measured
+#: share on the default run when the floor was set: see the test's docstring)
+PRUNED_FLOOR = 0.75
+
+
+def _pruned(outcomes: list[str]) -> bool:
+    return any(o.startswith("verified:") and o != "verified: nothing removed" for o in outcomes)
+
+
+def test_pipeline_exact_or_refused():
     """Random architectures: verified, or refused with a reason (statistics of what happened:
-    ``--hypothesis-show-statistics``)."""
-    for outcome in check_pipeline(spec, plan_draws):
-        event(outcome)
+    ``--hypothesis-show-statistics``); and most of them (``PRUNED_FLOOR``; 0.85 of the 300
+    default examples when the floor was set) verify with units or blocks actually removed."""
+    per_example: list[list[str]] = []
+
+    @_fuzz_settings(DEFAULT_EXAMPLES)
+    @given(spec=specs(max_blocks=8), plan_draws=plans)
+    def run(spec, plan_draws):
+        outcomes = check_pipeline(spec, plan_draws)
+        for outcome in outcomes:
+            event(outcome)
+        per_example.append(outcomes)
+
+    run()
+    share = sum(_pruned(o) for o in per_example) / max(len(per_example), 1)
+    assert share >= PRUNED_FLOOR, (f"only {share:.2f} of {len(per_example)} generated models verified with "
+                                   f"something removed (floor {PRUNED_FLOOR})")
 
 
 @pytest.mark.slow

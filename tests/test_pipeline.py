@@ -10,7 +10,7 @@ import torch
 
 from gdp_graph.cli.main import main
 from gdp_graph.prune.export import load
-from tests.test_cifar10_data import Synthetic
+from tests.fixtures.cifar10_synthetic import Synthetic
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar-10-python.tar.gz"
 
