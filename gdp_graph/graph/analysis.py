@@ -22,6 +22,7 @@ from gdp_graph.graph.blocks import find_blocks
 from gdp_graph.graph.channels import UNTRACKED, Chan, Track, flatten_chans, map_structure
 from gdp_graph.graph.elements import ElementStore
 from gdp_graph.graph.groups import Block, ChannelGroup, GateSite, Member, OpaqueLeaf
+from gdp_graph.graph.inputs import output_tensors
 from gdp_graph.graph.rules.context import RuleContext, target_name
 from gdp_graph.graph.trace import TracedModel, trace
 from gdp_graph.errors import GdpError
@@ -75,13 +76,8 @@ def _param_chan(ctx_store: ElementStore, node: fx.Node, value: torch.Tensor, see
 
 
 def _contains_tensor(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if isinstance(value, (tuple, list)):
-        return any(_contains_tensor(v) for v in value)
-    if isinstance(value, dict):
-        return any(_contains_tensor(v) for v in value.values())
-    return False
+    """Whether a node's value holds a tensor (nested in tuples, dicts, dataclass outputs)."""
+    return bool(output_tensors(value))
 
 
 def propagate(traced: TracedModel) -> ElementStore:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from gdp_graph.graph.groups import OpaqueLeaf
+from gdp_graph.graph.inputs import BoundInputs, InputError, bind_inputs, is_flag
 from gdp_graph.graph.lowering import lower_multihead_attention
 from gdp_graph.graph.rules import has_leaf_rule
 from gdp_graph.errors import GdpError
@@ -56,9 +57,12 @@ class TracedModel:
     """A traced copy of the user's model plus what the example inputs showed about it."""
 
     gm: fx.GraphModule
-    example_inputs: tuple[Any, ...]
+    example_inputs: tuple[Any, ...]  #: positional inputs of ``gm`` (see :mod:`.inputs`)
     values: dict[str, Any]  #: node name -> concrete value on the example inputs
     opaque: list[OpaqueLeaf] = field(default_factory=list)
+    inputs: Optional[BoundInputs] = None  #: the example inputs as the user gave them
+    front_end: str = "fx"  #: "fx" (symbolic tracing) or "export" (torch.export, ATen graph)
+    front_end_reason: str = ""  #: why that front end was used
 
     def node(self, name: str) -> fx.Node:
         for n in self.gm.graph.nodes:
@@ -73,8 +77,10 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
-def symbolic_trace_with_fallback(model: nn.Module, max_opaque: int = 64) -> tuple[fx.GraphModule, list[OpaqueLeaf]]:
-    """Trace ``model``; submodules that fail to trace become opaque leaves.
+def symbolic_trace_with_fallback(model: nn.Module, max_opaque: int = 64,
+                                 fixed: Optional[dict[str, Any]] = None) -> tuple[fx.GraphModule, list[OpaqueLeaf]]:
+    """Trace ``model``; submodules that fail to trace become opaque leaves. ``fixed`` are
+    forward parameters specialized to a value (fx ``concrete_args``).
 
     Raises:
         TraceError: when the failure is in the top-level forward itself.
@@ -83,7 +89,7 @@ def symbolic_trace_with_fallback(model: nn.Module, max_opaque: int = 64) -> tupl
     while True:
         tracer = _FallbackTracer(set(opaque))
         try:
-            graph = tracer.trace(model)
+            graph = tracer.trace(model, concrete_args=fixed or None)
         except Exception as exc:  # noqa: BLE001 - any tracing failure is reported, then retried
             if not tracer.stack or len(opaque) >= max_opaque:
                 raise TraceError(
@@ -94,6 +100,22 @@ def symbolic_trace_with_fallback(model: nn.Module, max_opaque: int = 64) -> tupl
         name = type(model).__name__
         gm = fx.GraphModule(tracer.root, graph, name)
         return gm, [OpaqueLeaf(module=k, reason=v) for k, v in opaque.items()]
+
+
+def _restore_output_class(gm: fx.GraphModule, eager_output: Any) -> None:
+    """fx records a returned dict subclass (a Hugging Face ``ModelOutput``) as a plain dict:
+    build the original class again, so the traced and pruned models return what the user's did."""
+    cls = type(eager_output)
+    if not isinstance(eager_output, dict) or cls is dict:
+        return
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    value = output.args[0]
+    if not isinstance(value, dict) or list(value) != list(eager_output):  # fx: an immutable_dict
+        return
+    with gm.graph.inserting_before(output):
+        rebuilt = gm.graph.call_function(cls, (), dict(value))
+    output.args = (rebuilt,)
+    gm.recompile()
 
 
 class _Recorder(fx.Interpreter):
@@ -113,28 +135,31 @@ class _Recorder(fx.Interpreter):
         return out
 
 
-def trace(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor) -> TracedModel:
+def trace(model: nn.Module, example_inputs: Any) -> TracedModel:
     """Trace a deep copy of ``model`` in eval mode and run it on ``example_inputs``.
 
-    The user's model is never modified. Example inputs are a tensor or a tuple of positional
-    inputs.
+    The user's model is never modified. Example inputs are a tensor, a tuple of positional
+    inputs, or a dict of keyword inputs (:mod:`gdp_graph.graph.inputs`).
     """
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    example_inputs = tuple(example_inputs)
     if not isinstance(model, nn.Module):
         raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
+    try:
+        bound = bind_inputs(model.forward, example_inputs)
+    except InputError as exc:
+        raise TraceError(str(exc)) from None
     work = copy.deepcopy(model).eval()
     try:
         with torch.no_grad():
-            work(*example_inputs)
+            eager_output = bound.call(work)
     except Exception as exc:  # noqa: BLE001
-        shapes = ", ".join(tuple(t.shape).__repr__() if isinstance(t, torch.Tensor) else type(t).__name__ for t in example_inputs)
-        raise TraceError(f"{type(model).__name__} does not run on example inputs of shape {shapes}: {_first_line(exc)}") from exc
-    gm, opaque = symbolic_trace_with_fallback(work)
+        raise TraceError(f"{type(model).__name__} does not run on example inputs of shape {bound.describe()}: {_first_line(exc)}") from exc
+    fixed = {k: v for k, v in bound.fixed.items() if is_flag(v)}
+    gm, opaque = symbolic_trace_with_fallback(work, fixed=fixed)
     lower_multihead_attention(gm)
+    _restore_output_class(gm, eager_output)
     gm.eval()
     recorder = _Recorder(gm)
     with torch.no_grad():
-        recorder.run(*example_inputs)
-    return TracedModel(gm=gm, example_inputs=example_inputs, values=recorder.values, opaque=opaque)
+        recorder.run(*bound.positional)
+    return TracedModel(gm=gm, example_inputs=bound.positional, values=recorder.values, opaque=opaque,
+                       inputs=bound, front_end="fx", front_end_reason="torch.fx symbolic tracing succeeded")

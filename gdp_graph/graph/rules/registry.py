@@ -69,6 +69,8 @@ class _FunctionRule(OpRule):
 
 
 _RULES: dict[Any, OpRule] = {}
+#: rules for whole families of classes called as functions (dataclass outputs, ModelOutput)
+_CLASS_RULES: list[tuple[Callable[[type], bool], OpRule]] = []
 
 
 def register_rule(*keys: RuleKey, replace: bool = False):
@@ -113,9 +115,20 @@ def lookup(key: Any) -> Optional[OpRule]:
                 return rule
         return None
     try:
-        return _RULES.get(key)
+        rule = _RULES.get(key)
     except TypeError:  # unhashable target
         return None
+    if rule is None and inspect.isclass(key):
+        rule = next((r for accepts, r in _CLASS_RULES if accepts(key)), None)
+    return rule
+
+
+def register_class_rule(accepts: Callable[[type], bool]):
+    """Register a rule for every class ``accepts(cls)`` (e.g. dataclasses) built in forward."""
+    def decorator(obj):
+        _CLASS_RULES.append((accepts, obj() if inspect.isclass(obj) else _FunctionRule(obj)))
+        return obj
+    return decorator
 
 
 def registered_keys() -> list[RuleKey]:

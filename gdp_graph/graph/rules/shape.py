@@ -7,6 +7,7 @@ patch the size arguments that the removed channels change.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from gdp_graph.graph.channels import Chan, Track
-from gdp_graph.graph.rules.registry import OpRule, register_rule
+from gdp_graph.graph.rules.registry import OpRule, register_class_rule, register_rule
 
 
 def _substitute(value: Any, sub, ctx) -> Any:
@@ -232,6 +233,8 @@ class GetItemRule(OpRule):
             index = ctx.value(ctx.arg(1))
             if isinstance(chan, tuple) and isinstance(index, int):
                 return chan[index]
+            if isinstance(chan, dict):  # a dict or ModelOutput field
+                return chan.get(index) if isinstance(index, str) else _field_by_identity(ctx, chan, value, index)
             return None
         index = ctx.value(ctx.arg(1))
         parts = index if isinstance(index, tuple) else (index,)
@@ -267,6 +270,16 @@ class GetItemRule(OpRule):
         return (rctx.args[0], new_index), rctx.kwargs
 
 
+def _field_by_identity(ctx, chan: dict, container: Any, index: Any) -> Any:
+    """``output[0]`` on a ModelOutput: find the field holding that very tensor."""
+    try:
+        picked = container[index]
+    except Exception:  # noqa: BLE001 - not indexable that way: nothing to follow
+        return None
+    items = container.items() if isinstance(container, dict) else ()
+    return next((chan.get(k) for k, v in items if v is picked), None)
+
+
 def _plain_slice(part) -> bool:
     return isinstance(part, slice) and part.step in (None, 1) and not isinstance(part.start, torch.Tensor)
 
@@ -297,5 +310,25 @@ def _walk_index(parts, ndim):
 
 @register_rule("size", "dim", "numel", getattr)
 def query_rule(ctx):
-    """Shape queries produce no tensors; the rewriter pins channel sizes to their originals."""
+    """Shape queries produce no tensors (the rewriter pins channel sizes to their originals);
+    ``output.logits`` reads a field of a dataclass output."""
+    chan = ctx.chan(ctx.arg(0))
+    if isinstance(chan, dict) and ctx.node.target is getattr:
+        return chan.get(ctx.value(ctx.arg(1)))
     return None
+
+
+def _is_output_container(cls: type) -> bool:
+    return dataclasses.is_dataclass(cls) or issubclass(cls, (dict, tuple))
+
+
+@register_class_rule(_is_output_container)
+def container_rule(ctx):
+    """A dataclass, ``ModelOutput`` or named tuple built from tensors: its fields keep their
+    channels (so what reaches the model output through it is frozen)."""
+    cls = ctx.node.target
+    names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else \
+        list(getattr(cls, "_fields", ()))
+    chans = {str(i if i >= len(names) else names[i]): ctx.chan(a) for i, a in enumerate(ctx.node.args)}
+    chans.update({k: ctx.chan(v) for k, v in ctx.node.kwargs.items()})
+    return chans
