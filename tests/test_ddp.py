@@ -44,6 +44,7 @@ class TinyRes(nn.Module):
 
 def _worker(rank: int, store: str, out: str) -> None:
     from gdp_graph.gates.attach import attach
+    from gdp_graph.gates.finalize import finalize
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
@@ -68,11 +69,11 @@ def _worker(rank: int, store: str, out: str) -> None:
             losses.append(loss.item())
         with torch.no_grad():
             gated.bank.block_theta["0"].zero_()
-        pruned = gated.finalize()
+        pruned, report = finalize(gated)
         torch.save({"gates": {k: v.detach() for k, v in gated.group_gates().items()},
                     "blocks": {k: v.detach() for k, v in gated.block_gates().items()},
                     "lambda": gated.lam, "epsilon": gated.epsilon, "losses": losses,
-                    "pruned": pruned.state_dict(), "report": gated.finalize_report()},
+                    "pruned": pruned.state_dict(), "report": report.to_dict()},
                    os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -17,14 +17,6 @@ from gdp_graph.prune.verify import compare_outputs
 from tests.zoo import ZOO
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 POLICY = {"version": 1, "regularizer": {"name": "gdp", "lambda": 0.01, "lambda_controller": {"kind": "constant"}},
           "defaults": {"block_level": "block"}}
 
@@ -88,11 +80,11 @@ def test_finalize_leaves_the_gated_model_alone() -> None:
     gated = attach(model, POLICY, example_inputs=x).train()
     scramble(gated)
     before = copy.deepcopy(gated.state_dict())
-    pruned = gated.finalize()
+    pruned, report = finalize(gated)
     assert gated.training and pruned.training
     after = gated.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before if isinstance(before[k], torch.Tensor))
-    summary = gated.finalize_report()
+    summary = report.to_dict()
     assert summary["equal"] and summary["removed_units"] > 0 and summary["kept_scales"] == 0
 
 

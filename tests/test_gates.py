@@ -13,17 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from gdp_graph.gates.attach import attach
-from gdp_graph.gates.model import EpsilonSchedule, GatedModel, GateError, gate_multiply, gated_layer
+from gdp_graph.gates.finalize import finalize
+from gdp_graph.gates.model import GatedModel, GateError
+from gdp_graph.gates.schedule import EpsilonRamp
+from gdp_graph.graph.inject import gate_multiply, gated_layer
+from gdp_graph.policy import EpsilonSchedule
 from tests.zoo import ZOO
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run much faster (and deterministically) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class TinyRes(nn.Module):
@@ -71,12 +66,12 @@ def batch(step: int, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
 
 # -- the epsilon schedule -----------------------------------------------------------------------
 def test_epsilon_schedule_interpolates_and_clamps() -> None:
-    exp = EpsilonSchedule(1.0, 1e-4, 100)
+    exp = EpsilonRamp(EpsilonSchedule(1.0, 1e-4, "exponential"), 100)
     assert exp.value(0) == 1.0 and exp.value(100) == 1e-4 and exp.value(500) == 1e-4 and exp.value(-3) == 1.0
     assert math.isclose(exp.value(50), 1e-2, rel_tol=1e-12)  # geometric midpoint
-    lin = EpsilonSchedule(1.0, 0.5, 4, "linear")
+    lin = EpsilonRamp(EpsilonSchedule(1.0, 0.5, "linear"), 4)
     assert [lin(s) for s in range(5)] == [1.0, 0.875, 0.75, 0.625, 0.5]
-    cos = EpsilonSchedule(1.0, 0.0001, 10, "cosine")
+    cos = EpsilonRamp(EpsilonSchedule(1.0, 0.0001, "cosine"), 10)
     values = [cos(s) for s in range(11)]
     assert values[0] == 1.0 and values[-1] == 0.0001 and all(a > b for a, b in zip(values, values[1:]))
     assert math.isclose(cos(5), (1.0 + 0.0001) / 2)
@@ -85,8 +80,9 @@ def test_epsilon_schedule_interpolates_and_clamps() -> None:
 @pytest.mark.parametrize("args", [(0.0, 1e-4, 10), (1.0, -1.0, 10), (1.0, 1e-4, 0), (1.0, 1e-4, 10, "step"),
                                   (float("nan"), 1e-4, 10), (1.0, 1e-4, 2.5)])
 def test_epsilon_schedule_rejects(args) -> None:
+    start, end, total, *kind = args
     with pytest.raises(GateError):
-        EpsilonSchedule(*args)
+        EpsilonRamp(EpsilonSchedule(start, end, *(kind or ["exponential"])), total)
 
 
 # -- the bank and the gated graph ---------------------------------------------------------------
@@ -285,7 +281,7 @@ def test_user_model_is_never_mutated() -> None:
     _train(gated, opt, range(3))
     with torch.no_grad():
         gated.bank.group_theta[next(iter(gated.bank.group_theta))][:2] = 0.0
-    pruned = gated.finalize()
+    pruned, _ = finalize(gated)
     assert model.training and [id(m) for m in model.modules()] == modules
     assert {n: p for n, p in model.named_parameters()}.keys() == params.keys()
     assert all(p is params[n] and p.grad is None for n, p in model.named_parameters())

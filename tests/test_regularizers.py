@@ -249,3 +249,10 @@ def test_dtype_follows_the_gates(chain: CostModel) -> None:
         reg = make_regularizer(name, chain)
         assert reg({0: torch.ones(4, dtype=torch.float64)}, {}).dtype == torch.float64
         assert reg({0: torch.ones(4, dtype=torch.bfloat16)}, {}).dtype == torch.float32
+
+
+def test_registry_implements_exactly_the_shared_vocabulary():
+    from gdp_graph import vocabulary
+    from gdp_graph.policy.schema import REGULARIZER_SPEC
+    assert tuple(REGULARIZERS) == vocabulary.REGULARIZERS
+    assert tuple(REGULARIZER_SPEC.fields["name"].spec.values) == vocabulary.REGULARIZERS

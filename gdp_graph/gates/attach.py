@@ -5,7 +5,7 @@
         loss = F.cross_entropy(gated(x), y) + gated.penalty()   # lambda * regularizer(gates)
         loss.backward(); optimizer.step(); optimizer.zero_grad()
         gated.step()                          # anneal epsilon, steer lambda to the budget
-    pruned = gated.finalize()                 # the exact smaller nn.Module
+    pruned, report = gdp_graph.finalize(gated)   # the exact smaller nn.Module
 
 ``model`` itself is never modified: :func:`attach` traces a deep copy.
 """

@@ -64,7 +64,7 @@ import torch
 from torch import Tensor
 
 from gdp_graph.graph.cost import CostModel
-from gdp_graph.gates.regularizers import METRICS
+from gdp_graph.vocabulary import METRICS
 
 __all__ = ["BudgetController", "hard_fraction", "soft_fraction", "OVERSHOOT_BOUND"]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import operator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -35,9 +35,8 @@ from gdp_graph.policy import Resolution
 from gdp_graph.prune.rewrite import SiteScales, rewrite
 from gdp_graph.prune.verify import VerifyResult, compare_outputs
 from gdp_graph.errors import GdpError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from gdp_graph.gates.model import GateBank, GatedModel
+from gdp_graph.gates.bank import GateBank
+from gdp_graph.gates.model import GatedModel
 
 __all__ = ["FinalizeError", "FinalizeReport", "absorb", "absorb_scales", "finalize", "plan_from_gates"]
 
@@ -57,7 +56,7 @@ def _inside_removed_blocks(analysis: Analysis, gid: int, removed: frozenset[int]
     return bool(members) and members <= nodes
 
 
-def plan_from_gates(analysis: Analysis, bank: "GateBank", resolution: Resolution, threshold: float) -> PruningPlan:
+def plan_from_gates(analysis: Analysis, bank: GateBank, resolution: Resolution, threshold: float) -> PruningPlan:
     """The plan that removes what the gates switched off.
 
     In every gated group the units with ``gate <= threshold`` are candidates; as many are
@@ -206,7 +205,7 @@ def absorb_scales(analysis: Analysis, weights: nn.Module, scales: Mapping[tuple[
     return kept
 
 
-def _weights_of(gated: "GatedModel") -> fx.GraphModule:
+def _weights_of(gated: GatedModel) -> fx.GraphModule:
     """A copy of the traced module carrying the gated model's current weights (eval mode)."""
     weights = copy.deepcopy(gated.analysis.traced.gm)
     prefix = f"{gated._bank_name}."
@@ -218,7 +217,7 @@ def _weights_of(gated: "GatedModel") -> fx.GraphModule:
     return weights.eval()
 
 
-def absorb(gated: "GatedModel", plan: Optional[PruningPlan] = None) -> tuple[fx.GraphModule, SiteScales]:
+def absorb(gated: GatedModel, plan: Optional[PruningPlan] = None) -> tuple[fx.GraphModule, SiteScales]:
     """A copy of the traced model with the gated model's weights and every gate folded into the
     consuming layer (see the module docstring), plus the ``site_scales`` no weight could take.
     With ``plan``, sites inside its removed blocks are skipped."""
@@ -271,7 +270,7 @@ def _device_of(module: nn.Module) -> torch.device:
     return next((t.device for t in module.parameters()), torch.device("cpu"))
 
 
-def _forced_units(gated: "GatedModel", plan: PruningPlan, threshold: float) -> dict[int, int]:
+def _forced_units(gated: GatedModel, plan: PruningPlan, threshold: float) -> dict[int, int]:
     """Per group: free units with a gate <= threshold that the plan keeps (limits forced it)."""
     analysis = gated.analysis
     with torch.no_grad():
@@ -289,7 +288,7 @@ def _forced_units(gated: "GatedModel", plan: PruningPlan, threshold: float) -> d
     return out
 
 
-def finalize(gated: "GatedModel", *, threshold: Optional[float] = None, tolerance: float = 1e-4,
+def finalize(gated: GatedModel, *, threshold: Optional[float] = None, tolerance: float = 1e-4,
              inputs: Optional[Sequence[Any]] = None) -> tuple[fx.GraphModule, FinalizeReport]:
     """The pruned model reproducing ``gated`` and a report; ``gated`` is left as it was.
 

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from gdp_graph.graph.cost import CostModel
+from gdp_graph.vocabulary import DEFAULT_T, METRICS
 
 __all__ = ["REGULARIZERS", "METRICS", "DEFAULT_T", "Regularizer", "make_regularizer", "free_gate_vector"]
 
@@ -49,8 +50,6 @@ __all__ = ["REGULARIZERS", "METRICS", "DEFAULT_T", "Regularizer", "make_regulari
 Regularizer = Callable[[Mapping[int, Tensor], Mapping[int, Tensor]], Tensor]
 _Builder = Callable[[CostModel, str, float], Regularizer]
 
-METRICS = ("flops", "params")
-DEFAULT_T = 1.2
 
 #: name -> builder(cost_model, metric, t); filled by :func:`_register`
 REGULARIZERS: dict[str, _Builder] = {}

@@ -20,12 +20,12 @@ checked by :mod:`gdp_graph.policy.build`, which builds the final
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from gdp_graph.policy.shipped import POLICY_DIR
+from gdp_graph.vocabulary import DEFAULT_T, METRICS, REGULARIZERS, SCHEDULES, STEPS, anneal
 from gdp_graph.policy.yamlcheck import Bool, Enum, Field, Int, Number, OneOrMany, Seq, Str, Struct, Variant
 
 # --------------------------------------------------------------------------------------------
@@ -33,17 +33,12 @@ from gdp_graph.policy.yamlcheck import Bool, Enum, Field, Int, Number, OneOrMany
 # --------------------------------------------------------------------------------------------
 
 VERSION = 1
-METRICS = ("flops", "params")
-REGULARIZERS = ("gdp", "polarization", "l1")
 CONTROLLERS = ("proportional", "constant")
-SCHEDULES = ("exponential", "linear", "cosine")
-STEPS = ("iteration", "epoch")
 GROUP_LEVELS = ("channel", "none")
 BLOCK_LEVELS = ("block", "none")
 UNITS = ("channel", "head", "norm-group", "conv-group", "channel-block")
 COUPLINGS = ("residual", "concat", "split", "depthwise", "grouped", "attention", "multiply",
              "flatten", "shuffle", "norm")
-DEFAULT_T = 1.2  #: polarization ``t`` when the policy does not set it
 
 
 @dataclass(frozen=True)
@@ -83,13 +78,8 @@ class EpsilonSchedule:
     step: str = "iteration"
 
     def value(self, progress: float) -> float:
-        """Epsilon after a fraction ``progress`` in [0, 1] of training."""
-        p = min(max(progress, 0.0), 1.0)
-        if self.schedule == "linear":
-            return self.start + (self.end - self.start) * p
-        if self.schedule == "cosine":
-            return self.end + (self.start - self.end) * (1.0 + math.cos(math.pi * p)) / 2.0
-        return self.start * (self.end / self.start) ** p
+        """Epsilon after a fraction ``progress`` in [0, 1] of the annealing."""
+        return anneal(self.start, self.end, progress, self.schedule)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,6 @@ removed blocks' inputs at zero. Exactness is measured, never assumed."""
 
 from __future__ import annotations
 
-import copy
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -14,7 +12,8 @@ import torch.fx as fx
 from torch import nn
 
 from gdp_graph.graph.analysis import Analysis
-from gdp_graph.graph.inject import FixedScale, broadcast_shape, insert_multipliers, site_mask
+from gdp_graph.graph.inputs import output_tensors
+from gdp_graph.graph.inject import FixedScales, collect_sites, insert_site_multipliers, site_mask
 from gdp_graph.prune.plan import PruningPlan
 
 
@@ -25,54 +24,57 @@ class VerifyResult:
     output_scale: float
     ok: bool
     tolerance: float
+    #: why the comparison proves nothing (a constant or all-zero reference output), else ""
+    inconclusive: str = ""
 
     def __str__(self) -> str:
-        verdict = "equal" if self.ok else "DIFFERENT"
-        return (f"{verdict}: max |diff| {self.max_abs_diff:.3g}, relative {self.max_rel_diff:.3g} "
+        verdict = "NOT VERIFIED" if self.inconclusive else "equal" if self.ok else "DIFFERENT"
+        text = (f"{verdict}: max |diff| {self.max_abs_diff:.3g}, relative {self.max_rel_diff:.3g} "
                 f"(tolerance {self.tolerance:g} of output scale {self.output_scale:.3g})")
+        return f"{text}; {self.inconclusive}" if self.inconclusive else text
 
 
 def gated_reference(analysis: Analysis, plan: PruningPlan) -> fx.GraphModule:
-    """The traced model with fixed 0/1 masks where the plan removes units or blocks."""
-    gm = copy.deepcopy(analysis.traced.gm)
-    by_site: dict[tuple[str, int, int], list] = defaultdict(list)
-    for gid, kept in plan.keep.items():
-        g = analysis.groups[gid]
-        unit_kept = torch.zeros(g.size, dtype=torch.bool)
-        unit_kept[list(kept)] = True
-        for site in g.gate_sites:
-            by_site[(site.node, site.arg, site.dim)].append((site, unit_kept))
-    items = []
-    for (node, arg, dim), entries in by_site.items():
-        sites = [s for s, _ in entries]
-        mask = site_mask(sites, [k for _, k in entries])
-        items.append((node, arg, FixedScale(mask.reshape(broadcast_shape(dim, sites[0].ndim, mask.numel())))))
-    for bid in plan.removed_blocks:
-        for site in analysis.blocks[bid].gate_sites:
-            items.append((site.node, site.arg, FixedScale(torch.zeros(()))))
-    return insert_multipliers(gm, items, "_gdp_mask_")
+    """The traced model with fixed 0/1 multipliers where the plan removes units or blocks, put
+    in by the same graph pass as the training gates (:func:`insert_site_multipliers`)."""
+    kept = {}
+    for gid, keep in plan.keep.items():
+        mask = torch.zeros(analysis.groups[gid].size, dtype=torch.bool)
+        mask[list(keep)] = True
+        kept[gid] = mask
+    sites = collect_sites(analysis, sorted(kept), sorted(plan.removed_blocks))
+    masks = [site_mask(site, kept, plan.removed_blocks) for site in sites]
+    return insert_site_multipliers(analysis, FixedScales(masks), sites, "_gdp_masks")
 
 
-def _flatten(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _flatten(v)]
-    if isinstance(value, dict):
-        return [t for k in sorted(value) for t in _flatten(value[k])]
-    return []
+def _degenerate(ref: list[torch.Tensor]) -> str:
+    """Why equality with this reference output would prove nothing, or ""."""
+    floats = [r for r in ref if r.is_floating_point() and r.numel()]
+    if not floats:
+        return "the reference output has no floating-point values"
+    if all(bool((r == 0).all()) for r in floats):
+        return "the reference output is all zeros, so equality proves nothing (randomize the weights)"
+    if all(bool((r == r.reshape(-1)[0]).all()) for r in floats):
+        return "the reference output is constant, so equality proves nothing (randomize the weights)"
+    return ""
 
 
 def compare_outputs(reference: Any, candidate: Any, tolerance: float) -> VerifyResult:
-    ref, cand = _flatten(reference), _flatten(candidate)
+    """Compare two model outputs (tensors, tuples, dicts, dataclasses, ``ModelOutput``s).
+
+    Never calls a comparison exact when the reference output is all zeros or constant: a
+    model with zero-initialized heads or collapsed activations would pass any rewrite.
+    """
+    ref, cand = output_tensors(reference), output_tensors(candidate)
     if len(ref) != len(cand) or any(r.shape != c.shape for r, c in zip(ref, cand)):
         shapes = [tuple(t.shape) for t in ref], [tuple(t.shape) for t in cand]
         raise ValueError(f"output structure differs: reference {shapes[0]} vs pruned {shapes[1]}")
     max_abs = max((float((r.double() - c.double()).abs().max()) if r.numel() else 0.0 for r, c in zip(ref, cand)), default=0.0)
     scale = max((float(r.double().abs().max()) if r.numel() else 0.0 for r in ref), default=0.0)
     rel = max_abs / scale if scale > 0 else max_abs
-    ok = rel <= tolerance or max_abs <= 1e-7
-    return VerifyResult(max_abs, rel, scale, ok, tolerance)
+    inconclusive = _degenerate(ref)
+    ok = rel <= tolerance and not inconclusive
+    return VerifyResult(max_abs, rel, scale, ok, tolerance, inconclusive)
 
 
 def verify(analysis: Analysis, plan: PruningPlan, pruned: nn.Module,

@@ -18,6 +18,8 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 
+from gdp_graph.vocabulary import REGULARIZERS
+
 PRESETS: dict[str, dict[str, Any]] = {
     # a few minutes on 2 CPU cores: a subset of CIFAR-10, ResNet-20
     "short": dict(depth=20, train_subset=5000, test_subset=1000, pretrain_epochs=3, gdp_epochs=6,
@@ -32,7 +34,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="CIFAR-10: the official .tar.gz or its directory (default: $GDP_GRAPH_CIFAR10, else download)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="short", help="schedule defaults (default: short)")
     p.add_argument("--policy", default="cifar_resnet", help="YAML policy file or shipped policy name (default: cifar_resnet)")
-    p.add_argument("--regularizer", choices=["gdp", "polarization", "l1"], help="override the policy's regularizer")
+    p.add_argument("--regularizer", choices=REGULARIZERS, help="override the policy's regularizer")
     p.add_argument("--target", type=float, help="override the policy's target fraction (of FLOPs or params) to keep")
     p.add_argument("--depth", type=int, help="CIFAR ResNet depth 6n+2 (20, 32, 56, 110)")
     p.add_argument("--checkpoint", help="start from this pretrained state_dict instead of pretraining")
@@ -77,12 +79,9 @@ def _policy(args):
     reg = data["regularizer"]
     if args.regularizer and args.regularizer != reg["name"]:
         reg["name"] = args.regularizer
+        # epsilon belongs to gdp, t to polarization: dropped, the policy format's defaults apply
         reg.pop("t", None)
-        reg.pop("epsilon", None)  # epsilon belongs to gdp, t to polarization
-        if args.regularizer == "gdp":
-            reg["epsilon"] = {"start": 1.0, "end": 1.0e-8, "schedule": "exponential", "step": "iteration"}
-        elif args.regularizer == "polarization":
-            reg["t"] = 1.2
+        reg.pop("epsilon", None)
     if args.target is not None:
         data["target"]["fraction"] = args.target
     return policy_from_dict(data, source=f"{policy.source} with command-line overrides", name=policy.name)
@@ -90,6 +89,7 @@ def _policy(args):
 
 def run_pipeline(args) -> int:
     from gdp_graph.gates.attach import attach
+    from gdp_graph.gates.finalize import finalize
     from gdp_graph.graph.cost import model_cost
     from gdp_graph.recipes.cifar10.data.cifar10 import cifar10_loaders, load_cifar10
     from gdp_graph.report.latency import measure_latency
@@ -153,8 +153,8 @@ def run_pipeline(args) -> int:
     report["gdp_seconds"] = time.perf_counter() - phase_start
     report["acc_gated"] = evaluate(gated, test, device=device)["accuracy"]
     report["gates"] = gated.report()
-    pruned = gated.finalize()
-    report["finalize"] = gated.finalize_report() if hasattr(gated, "finalize_report") else {}
+    pruned, finalized = finalize(gated)
+    report["finalize"] = finalized.to_dict()
     report["acc_finalized"] = evaluate(pruned, test, device=device)["accuracy"]
     console.print(f"gated accuracy {report['acc_gated']:.4f}, finalized {report['acc_finalized']:.4f}")
     if s["finetune_epochs"] > 0:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gdp_graph.vocabulary import half_cosine
+
 if TYPE_CHECKING:
     from rich.progress import Progress
 
@@ -367,8 +369,7 @@ def cosine_lr_factor(
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(total_steps - warmup_steps, 1)
-    t = min(max((step - warmup_steps) / span, 0.0), 1.0)
-    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return min_factor + (1.0 - min_factor) * half_cosine((step - warmup_steps) / span)
 
 
 def cosine_schedule(

@@ -1,0 +1,212 @@
+"""The gate parameters of a model (:class:`GateBank`): one ``theta`` per unit of every gated
+group and one per gated block, the gate function, and the multiplier of every site.
+
+Gate functions (``GateBank.kind``):
+
+``smoothed_l0`` (the ``gdp`` regularizer)
+    ``g = theta^2 / (theta^2 + epsilon)``, in ``[0, 1)``. ``epsilon`` is annealed from large to
+    tiny, which polarizes the gates: those whose ``theta`` shrinks faster than
+    ``sqrt(epsilon)`` go to 0, the others to 1. ``theta`` starts at
+    ``sqrt(epsilon_start * g0 / (1 - g0))`` so that every gate starts at ``g0 = init_gate``.
+``clamped`` (the ``polarization`` and ``l1`` regularizers)
+    ``g = clamp(theta, 0, 1)``, ``theta`` starts at 1 (the gated model starts equal to the
+    original).
+
+Units the analysis froze keep a ``theta`` entry (one per unit, so shapes match the group) but
+their gate is the constant 1, without gradient. Gates in ``dead`` are exactly 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gdp_graph.errors import GdpError
+from gdp_graph.graph.inject import SiteSpec
+
+__all__ = ["GATE_KINDS", "GateBank", "GateError", "initial_theta"]
+
+GATE_KINDS = ("smoothed_l0", "clamped")
+
+
+class GateError(GdpError, ValueError):
+    """Gates cannot be built or driven as asked (the message names the group, block or node)."""
+
+
+def initial_theta(kind: str, epsilon: float, init_gate: float) -> float:
+    """The ``theta`` at which every gate starts (see the module docstring)."""
+    if kind == "clamped":
+        return 1.0
+    if not 0.0 < init_gate < 1.0:
+        raise GateError(f"init_gate must be in (0, 1) for smoothed-L0 gates, got {init_gate!r}")
+    return math.sqrt(epsilon * init_gate / (1.0 - init_gate))
+
+
+class GateBank(nn.Module):
+    """All gate parameters of a model and the sites they multiply.
+
+    Args:
+        groups: ``{gid: frozen mask}`` for every gated group (one bool per unit; frozen units
+            are constant 1).
+        blocks: ids of the gated blocks.
+        kind: ``smoothed_l0`` or ``clamped`` (see the module docstring).
+        epsilon: the current smoothing constant (``smoothed_l0``).
+        init_gate: the gate value every ``smoothed_l0`` gate starts at.
+
+    Parameters: ``group_theta[str(gid)]`` (shape ``(units,)``), ``block_theta[str(bid)]``
+    (a scalar). Buffers: ``epsilon``, ``step`` and ``epoch`` (counters driven by
+    :class:`GatedModel`), ``dead`` (gates latched at exactly 0). Sites are added with
+    :meth:`add_site`; :meth:`forward` returns one multiplier per site, shaped to broadcast.
+    """
+
+    def __init__(self, groups: Mapping[int, Tensor], blocks: Sequence[int] = (), *, kind: str = "smoothed_l0",
+                 epsilon: float = 1.0, init_gate: float = 0.99):
+        super().__init__()
+        if kind not in GATE_KINDS:
+            raise GateError(f"unknown gate kind {kind!r}: expected one of {', '.join(GATE_KINDS)}")
+        if not (math.isfinite(epsilon) and epsilon > 0):
+            raise GateError(f"epsilon must be finite and > 0, got {epsilon!r}")
+        self.kind = kind
+        self.group_ids: tuple[int, ...] = tuple(sorted(int(g) for g in groups))
+        self.block_ids: tuple[int, ...] = tuple(sorted(int(b) for b in blocks))
+        theta0 = initial_theta(kind, epsilon, init_gate)
+        self.group_theta = nn.ParameterDict(
+            {str(g): nn.Parameter(torch.full((len(groups[g]),), theta0)) for g in self.group_ids})
+        self.block_theta = nn.ParameterDict({str(b): nn.Parameter(torch.tensor(theta0)) for b in self.block_ids})
+        sizes = [len(groups[g]) for g in self.group_ids]
+        self._offset = dict(zip(self.group_ids, [sum(sizes[:i]) for i in range(len(sizes))]))
+        self.num_units = sum(sizes)
+        self._block_pos = {b: self.num_units + i for i, b in enumerate(self.block_ids)}
+        self.one_position = self.num_units + len(self.block_ids)  #: flat index of the constant 1
+        frozen = [groups[g].to(torch.bool).reshape(-1) for g in self.group_ids]
+        frozen.append(torch.zeros(len(self.block_ids), dtype=torch.bool))
+        self.register_buffer("frozen", torch.cat(frozen), persistent=False)
+        self.register_buffer("one", torch.ones(1), persistent=False)
+        self.register_buffer("epsilon", torch.tensor(float(epsilon), dtype=torch.float64))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        self.register_buffer("dead", torch.zeros(self.one_position, dtype=torch.bool))
+        # sign of theta at the last latch: a step that carries theta across 0 lands on 0
+        self.register_buffer("sign", torch.ones(self.one_position))
+        self.theta_max = theta0  # theta never grows past its start: g -> 1 needs no more
+        self.sites: list[SiteSpec] = []
+
+    # -- structure ------------------------------------------------------------------------------
+    def position(self, gid: int, unit_index: Tensor) -> Tensor:
+        """Flat indices of a site's positions for group ``gid`` (-1 -> the constant 1)."""
+        if gid not in self._offset:
+            raise GateError(f"group {gid} has no gates")
+        return torch.where(unit_index >= 0, unit_index + self._offset[gid], torch.full_like(unit_index, self.one_position))
+
+    def add_site(self, site: SiteSpec) -> SiteSpec:
+        """Register a multiplier (see :class:`~gdp_graph.graph.inject.SiteSpec`): its factors
+        are ``("group", gid, unit_index)`` (one unit per position, -1 for none) and
+        ``("block", bid, None)``."""
+        node, size, mode = site.node, site.size, site.mode
+        rows = []
+        for kind, ident, unit_index in site.factors:
+            if kind == "group":
+                if unit_index is None or unit_index.numel() != size:
+                    raise GateError(f"group {ident} at node '{node}': expected {size} unit indices")
+                rows.append(self.position(ident, unit_index.reshape(-1).long()))
+            elif kind == "block":
+                if ident not in self._block_pos:
+                    raise GateError(f"block {ident} has no gate")
+                rows.append(torch.full((size,), self._block_pos[ident], dtype=torch.long))
+            else:
+                raise GateError(f"unknown gate factor kind {kind!r} at node '{node}'")
+        if not rows:
+            raise GateError(f"site at node '{node}' has no gate factor")
+        if mode not in ("input", "weight"):
+            raise GateError(f"unknown site mode {mode!r} at node '{node}'")
+        index = (rows[0] if len(rows) == 1 else torch.stack(rows)).to(self.frozen.device)
+        self.register_buffer(f"site_index_{len(self.sites)}", index, persistent=False)
+        self.sites.append(site)
+        return site
+
+    # -- values ---------------------------------------------------------------------------------
+    def _raw(self, theta: Tensor) -> Tensor:
+        theta = theta.float() if theta.dtype in (torch.float16, torch.bfloat16) else theta
+        if self.kind == "clamped":
+            return theta.clamp(0.0, 1.0)
+        sq = theta * theta
+        return sq / (sq + self.epsilon.to(sq.dtype).clamp_min(torch.finfo(sq.dtype).tiny))
+
+    def _theta(self) -> Tensor:
+        parts = [p for p in self.group_theta.values()]
+        if len(self.block_theta):
+            parts.append(torch.stack(list(self.block_theta.values())))
+        if not parts:
+            return self.one.new_zeros(0)
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def flat(self) -> Tensor:
+        """Every gate value (group units by group id, then blocks by id), then a constant 1."""
+        g = self._raw(self._theta())
+        g = torch.where(self.frozen | self.dead, self.frozen.to(g.dtype), g)
+        return torch.cat([g, self.one.to(g.dtype)])
+
+    def forward(self) -> tuple[Tensor, ...]:
+        """One multiplier per site, in :attr:`sites` order, shaped to broadcast against the
+        site's input."""
+        flat = self.flat()
+        out = []
+        for i, site in enumerate(self.sites):
+            index = getattr(self, f"site_index_{i}")
+            scale = flat[index] if index.dim() == 1 else flat[index].prod(0)
+            out.append(scale.view(site.shape))
+        return tuple(out)
+
+    def split(self, flat: Tensor) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+        """``flat`` (from :meth:`flat`) as per-group vectors and per-block scalars."""
+        groups = {g: flat[self._offset[g]: self._offset[g] + len(self.group_theta[str(g)])] for g in self.group_ids}
+        blocks = {b: flat[self._block_pos[b]] for b in self.block_ids}
+        return groups, blocks
+
+    def group_gates(self) -> dict[int, Tensor]:
+        """``{gid: gate vector}`` (differentiable; frozen units are 1)."""
+        return self.split(self.flat())[0]
+
+    def block_gates(self) -> dict[int, Tensor]:
+        """``{bid: scalar gate}`` (differentiable)."""
+        return self.split(self.flat())[1]
+
+    def site_values(self) -> dict[tuple[str, int, int], Tensor]:
+        """``{(node, arg, dim): multiplier over the site's positions}``, detached (what a
+        finalized model must reproduce)."""
+        with torch.no_grad():
+            scales = self.forward()
+        return {(s.node, s.arg, s.dim): v.detach().reshape(-1).clone() for s, v in zip(self.sites, scales)}
+
+    # -- schedule hooks -------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_epsilon(self, value: float) -> None:
+        if not (math.isfinite(value) and value > 0):
+            raise GateError(f"epsilon must be finite and > 0, got {value!r}")
+        self.epsilon.fill_(value)
+
+    @torch.no_grad()
+    def latch_zeros(self, threshold: float = 0.0) -> int:
+        """Latch every gate at or below ``threshold`` now (the policy's hard-count threshold:
+        exactly what finalize removes), and every gate whose last step carried ``theta`` across
+        0 (a proximal step would have stopped at 0), at exactly 0 for good, so neither momentum
+        nor the steep smoothed-L0 slope near 0 at small epsilon can revive it; returns how
+        many gates are latched in total."""
+        with torch.no_grad():
+            # beyond theta0 a gate is saturated (g -> 1 as epsilon anneals); letting the task
+            # gradient push it further only lengthens the way back to 0
+            for p in list(self.group_theta.values()) + list(self.block_theta.values()):
+                p.clamp_(max=self.theta_max)
+        theta = self._theta().detach()
+        raw = self._raw(theta)
+        crossed = torch.sign(theta) * self.sign < 0  # the step jumped over 0: a proximal step stops at 0
+        self.dead |= ((raw <= threshold) | crossed) & ~self.frozen
+        self.sign.copy_(torch.where(theta == 0, self.sign, torch.sign(theta)))
+        return int(self.dead.sum())
+
+    def extra_repr(self) -> str:
+        return (f"kind={self.kind}, groups={len(self.group_ids)} ({self.num_units} units), "
+                f"blocks={len(self.block_ids)}, sites={len(self.sites)}")
