@@ -102,6 +102,27 @@ def _terminal_sites(member_nodes: list[fx.Node], members: set[str], groups: list
     return [s for (node, _), s in sites.items() if node in terminal]
 
 
+def _checks_on(members: set[str], traced: TracedModel) -> set[str]:
+    """Nodes hanging off the branch that compute no tensor, directly or downstream: shape
+    checks such as timm's ``torch._assert(x.ndim == 4, ...)``. They go with the branch."""
+    def tensor_free(n: fx.Node, seen: set[str]) -> bool:
+        if n.name in seen:
+            return True
+        seen.add(n.name)
+        if n.op == "output" or isinstance(traced.values.get(n.name), torch.Tensor):
+            return False
+        return all(tensor_free(u, seen) for u in n.users)
+
+    found: set[str] = set()
+    for n in traced.gm.graph.nodes:
+        if n.name in members:
+            for u in n.users:
+                seen: set[str] = set()
+                if u.name not in members and tensor_free(u, seen):
+                    found |= seen
+    return found
+
+
 def _branch_block(traced, nodes, cache, add: fx.Node, arg: int, branch: fx.Node, other: fx.Node, bid: int,
                   groups: list[ChannelGroup]) -> Optional[Block]:
     if traced.values[branch.name].shape != traced.values[add.name].shape:
@@ -110,6 +131,7 @@ def _branch_block(traced, nodes, cache, add: fx.Node, arg: int, branch: fx.Node,
     members = _ancestors(branch, cache) - outside
     if not members or branch.name not in members:
         return None
+    members |= _checks_on(members, traced)
     member_nodes = [n for n in traced.gm.graph.nodes if n.name in members]
     if any(n.op == "placeholder" for n in member_nodes):
         return None
@@ -140,6 +162,20 @@ def _branch_block(traced, nodes, cache, add: fx.Node, arg: int, branch: fx.Node,
     return block
 
 
+class _ZeroedInputs(fx.Interpreter):
+    """Runs a graph with the given ``(node name, arg index)`` inputs replaced by zeros."""
+
+    def __init__(self, module: torch.nn.Module, graph: fx.Graph, zeroed: set[tuple[str, int]]):
+        super().__init__(module, garbage_collect_values=False, graph=graph)
+        self.zeroed = zeroed
+
+    def run_node(self, n: fx.Node) -> Any:
+        with self._set_current_node(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            args = tuple(torch.zeros_like(a) if (n.name, i) in self.zeroed else a for i, a in enumerate(args))
+            return getattr(self, n.op)(n.target, args, kwargs)
+
+
 def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.Module] = None) -> Optional[torch.Tensor]:
     """What the branch outputs when its block gate is zero (the inputs of its last consuming
     layers zeroed), reduced to a broadcastable tensor (size 1 on every untracked dim), or None
@@ -148,47 +184,17 @@ def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.M
     ``root``: a module with the traced graph's structure whose layers and attributes to use
     (e.g. trained weights); defaults to the traced module."""
     gm = traced.gm
-    source = root if root is not None else gm
-    modules = dict(source.named_modules())
     members = set(block.nodes)
-    zeroed = {(s.node, s.arg) for s in block.gate_sites}
-    env: dict[str, Any] = {}
-
-    def attr(n: fx.Node) -> Any:
-        obj: Any = source
-        for part in str(n.target).split("."):
-            obj = getattr(obj, part)
-        return obj
-
-    def load(a):
-        if isinstance(a, fx.Node):
-            if a.name in env:
-                return env[a.name]
-            return attr(a) if a.op == "get_attr" and root is not None else traced.values[a.name]
-        if isinstance(a, (list, tuple)):
-            return type(a)(load(x) for x in a)
-        if isinstance(a, dict):
-            return {k: load(v) for k, v in a.items()}
-        return a
-
+    # every node outside the branch keeps its recorded value; the branch runs again (on the
+    # weights of ``root``), with the inputs of its gated layers zeroed
+    recorded = {n: traced.values[n.name] for n in gm.graph.nodes
+                if n.name not in members and n.op not in ("get_attr", "output") and n.name in traced.values}
+    runner = _ZeroedInputs(root if root is not None else gm, gm.graph,
+                           {(s.node, s.arg) for s in block.gate_sites})
     with torch.no_grad():
-        for n in gm.graph.nodes:
-            if n.name not in members:
-                continue
-            hit = [i for i in range(len(n.args)) if (n.name, i) in zeroed]
-            if not hit and not any(a.name in env for a in n.all_input_nodes):
-                continue  # upstream of the gate: unchanged
-            args, kwargs = list(load(n.args)), load(n.kwargs)
-            for i in hit:
-                args[i] = torch.zeros_like(args[i])
-            if n.op == "call_module":
-                env[n.name] = modules[n.target](*args, **kwargs)
-            elif n.op == "call_function":
-                env[n.name] = n.target(*args, **kwargs)
-            elif n.op == "call_method":
-                env[n.name] = getattr(args[0], n.target)(*args[1:], **kwargs)
+        runner.run(initial_env=recorded, enable_io_processing=False)
     branch = next(n for n in gm.graph.nodes if n.name == block.nodes[-1])
-    value = env[branch.name]
+    value = runner.env[branch]
     chan = branch.meta.get("channels")
     keep = chan.dims() if isinstance(chan, Chan) else set()
     reduce_dims = [d for d in range(value.dim()) if d not in keep]
