@@ -8,7 +8,6 @@ dependency graph (networkx) links groups to the layers they touch.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -217,15 +216,20 @@ def analyze_traced(traced: TracedModel) -> Analysis:
 
 
 def _form_groups(traced: TracedModel, store: ElementStore, roots: torch.Tensor):
+    """Units (union-find classes) made of elements of the same spaces form one group; groups
+    are numbered by their smallest element, units within a group by their root."""
     n = store.count
     space_of = torch.tensor(store.space_of, dtype=torch.long)
-    signature: dict[int, set[int]] = defaultdict(set)
-    for e in range(1, n):
-        signature[int(roots[e])].add(int(space_of[e]))
-    by_sig: dict[frozenset, list[int]] = defaultdict(list)
-    for root in sorted(signature):
-        by_sig[frozenset(signature[root])].append(root)
-    ordered = sorted(by_sig.values(), key=lambda rs: rs[0])
+    # (root, space) pairs, sorted by root then space: each unit's sorted space signature
+    pairs = torch.unique(torch.stack([roots[1:], space_of[1:]], 1), dim=0)
+    unit_roots, widths = torch.unique_consecutive(pairs[:, 0], return_counts=True)
+    spaces = pairs[:, 1].tolist()
+    by_sig: dict[tuple[int, ...], list[int]] = {}
+    start = 0
+    for root, width in zip(unit_roots.tolist(), widths.tolist()):
+        by_sig.setdefault(tuple(spaces[start:start + width]), []).append(root)
+        start += width
+    ordered = list(by_sig.values())  # dicts keep insertion order: by first (smallest) root
     group_of_root = torch.full((n,), -1, dtype=torch.long)
     unit_of_root = torch.full((n,), -1, dtype=torch.long)
     for gid, rs in enumerate(ordered):

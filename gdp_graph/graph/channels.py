@@ -82,8 +82,9 @@ def expand_labels(track: Track, shape: Sequence[int]) -> torch.Tensor:
 def infer_tracks(labels: torch.Tensor) -> tuple[list[Track], torch.Tensor]:
     """Recover tracks from a full-shape label tensor.
 
-    Returns the tracks and the elements that survive only as a constant (e.g. one channel
-    picked by an integer index): those can no longer be removed where this tensor is used.
+    A dim is part of the track when some slice along it holds two different elements. Returns
+    the tracks and the elements that survive only as a constant (e.g. one channel picked by an
+    integer index): those can no longer be removed where this tensor is used.
     """
     empty = torch.zeros(0, dtype=torch.long)
     if labels.numel() == 0:
@@ -91,20 +92,15 @@ def infer_tracks(labels: torch.Tensor) -> tuple[list[Track], torch.Tensor]:
     present = labels != NULL
     if not bool(present.any()):
         return [], empty
-    high = torch.where(present, labels, torch.full_like(labels, -1))
-    low = torch.where(present, labels, torch.full_like(labels, torch.iinfo(torch.long).max))
-    varying = []
-    for d in range(labels.dim()):
-        if labels.shape[d] <= 1:
-            continue
-        mx, mn = high.amax(d), low.amin(d)
-        if bool(((mx >= 1) & (mx != mn)).any()):
-            varying.append(d)
+    # labels are >= 0 and NULL is 0, so a plain max ignores nulls wherever an element is
+    # present; a slice varies when a present label differs from its max (int64 amin is far
+    # slower than amax on CPU, so no min is taken)
+    varying = [d for d in range(labels.dim()) if labels.shape[d] > 1
+               and bool(((labels != labels.amax(d, keepdim=True)) & present).any())]
     if not varying:
         return [], torch.unique(labels[present])
     others = [d for d in range(labels.dim()) if d not in varying]
-    projected = high.amax(dim=others) if others else high
-    projected = projected.clamp_min(NULL)
+    projected = labels.amax(dim=others) if others else labels
     return [Track(tuple(varying), projected.contiguous())], empty
 
 

@@ -35,9 +35,46 @@ class SiteRecord:
     labels: torch.Tensor  #: one label per position along ``dim``
 
 
+def connected_roots(parent: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """The smallest element of each element's component, given a forest ``parent`` (every
+    ``parent[x] <= x``) and extra ``edges`` (2 x k) to merge.
+
+    Vectorized hooking and pointer jumping: each round points the larger root of every
+    edge at the smaller one, then compresses every path, so a component's root is always its
+    smallest element (the same answer as a sequential union-find that links larger roots
+    under smaller ones), and the rounds needed grow with the log of the component size.
+    """
+    parent = _compress(parent.clone())
+    if edges.numel() == 0:
+        return parent
+    a, b = edges[0], edges[1]
+    while True:
+        ra, rb = parent[a], parent[b]
+        differ = ra != rb
+        if not bool(differ.any()):
+            return parent
+        a, b, ra, rb = a[differ], b[differ], ra[differ], rb[differ]
+        parent.scatter_reduce_(0, torch.maximum(ra, rb), torch.minimum(ra, rb), reduce="amin")
+        parent = _compress(parent)
+
+
+def _compress(parent: torch.Tensor) -> torch.Tensor:
+    while True:
+        grand = parent[parent]
+        if torch.equal(grand, parent):
+            return parent
+        parent = grand
+
+
 @dataclass
 class ElementStore:
-    parent: list[int] = field(default_factory=lambda: [0])
+    """Elements (numbered from 1; 0 is the null element), a union-find over them and the facts
+    rules record.
+
+    Unions are only recorded (as element pairs) while rules run; the partition is resolved in
+    one vectorized pass when :meth:`roots` is asked for it, which no rule does.
+    """
+
     space_of: list[int] = field(default_factory=lambda: [-1])
     spaces: list[Space] = field(default_factory=list)
     frozen: list[tuple[torch.Tensor, str]] = field(default_factory=list)
@@ -47,55 +84,41 @@ class ElementStore:
     sites: list[SiteRecord] = field(default_factory=list)
     divisors: list[tuple[torch.Tensor, int]] = field(default_factory=list)
     uniform: list[tuple[torch.Tensor, int, str]] = field(default_factory=list)
+    _pending: list[torch.Tensor] = field(default_factory=list, repr=False)
+    _roots: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.long), repr=False)
 
     # -- creation and union -------------------------------------------------------------------
     def new_space(self, size: int, node: str, description: str) -> torch.Tensor:
-        first = len(self.parent)
+        first = len(self.space_of)
         space = Space(len(self.spaces), node, description, first, size)
         self.spaces.append(space)
-        self.parent.extend(range(first, first + size))
         self.space_of.extend([space.id] * size)
         return torch.arange(first, first + size, dtype=torch.long)
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
 
     def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Union ``a[i]`` with ``b[i]`` position by position, skipping nulls (0)."""
         a, b = torch.broadcast_tensors(a, b)
         keep = (a != 0) & (b != 0)
-        pairs = torch.stack([a[keep], b[keep]], 1)
-        if pairs.numel() == 0:
-            return
-        pairs = torch.unique(pairs, dim=0)
-        for x, y in pairs.tolist():
-            rx, ry = self.find(x), self.find(y)
-            if rx != ry:
-                self.parent[max(rx, ry)] = min(rx, ry)
+        if bool(keep.any()):
+            self._pending.append(torch.stack([a[keep], b[keep]]))
 
     def union_all(self, labels: torch.Tensor) -> None:
         """Make every non-null element of ``labels`` one unit."""
         flat = labels.reshape(-1)
-        flat = torch.unique(flat[flat != 0])
+        flat = flat[flat != 0]
         if flat.numel() > 1:
             self.union(flat[:1].expand(flat.numel() - 1), flat[1:])
 
     def union_along(self, labels: torch.Tensor, keep_dim: int) -> torch.Tensor:
-        """Union all elements that share an index along ``keep_dim``; return one label per index."""
-        moved = labels.movedim(keep_dim, 0).reshape(labels.shape[keep_dim], -1)
-        out = torch.zeros(moved.shape[0], dtype=torch.long)
-        for i, row in enumerate(moved):
-            self.union_all(row)
-            present = row[row != 0]
-            if present.numel():
-                out[i] = present[0]
-        return out
+        """Union all elements that share an index along ``keep_dim``; return one label per index
+        (its first non-null element, 0 where it has none)."""
+        rows = labels.movedim(keep_dim, 0).reshape(labels.shape[keep_dim], -1)
+        present = rows != 0
+        if rows.shape[1] == 0:
+            return torch.zeros(rows.shape[0], dtype=torch.long)
+        first = rows.gather(1, present.to(torch.uint8).argmax(1, keepdim=True))
+        self.union(first.expand_as(rows), rows)
+        return first.squeeze(1)
 
     # -- facts ----------------------------------------------------------------------------------
     def freeze(self, labels: torch.Tensor, reason: str) -> None:
@@ -133,11 +156,20 @@ class ElementStore:
     # -- results --------------------------------------------------------------------------------
     @property
     def count(self) -> int:
-        return len(self.parent)
+        return len(self.space_of)
 
     def roots(self) -> torch.Tensor:
-        """Root of every element (index 0 is the null element)."""
-        return torch.tensor([self.find(i) for i in range(self.count)], dtype=torch.long)
+        """Root (smallest element of its unit) of every element; index 0 is the null element."""
+        grown = self.count - self._roots.numel()
+        if grown or self._pending:
+            parent = torch.cat([self._roots, torch.arange(self._roots.numel(), self.count, dtype=torch.long)])
+            edges = torch.cat(self._pending, 1) if self._pending else torch.zeros(2, 0, dtype=torch.long)
+            self._roots = connected_roots(parent, edges)
+            self._pending.clear()
+        return self._roots
+
+    def find(self, x: int) -> int:
+        return int(self.roots()[x])
 
     def space(self, element: int) -> Optional[Space]:
         sid = self.space_of[element]

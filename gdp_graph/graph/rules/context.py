@@ -128,25 +128,38 @@ class RuleContext:
         return c if isinstance(c, Chan) else UNTRACKED
 
     def movement(self, run: Callable[[Callable[[fx.Node], Any]], Any], inputs: Sequence[fx.Node],
-                 kind: Optional[str] = None, overrides: Optional[dict[str, Chan]] = None) -> Any:
+                 kind: Optional[str] = None, overrides: Optional[dict[str, Chan]] = None,
+                 positionwise: Sequence[int] = ()) -> Any:
         """Propagate by running the op on label tensors.
 
         ``run(sub)`` must compute the op with every tensor input node ``n`` replaced by
         ``sub(n)``. Each track of each input is run separately (others null) and the results
         merged; labels that collide at one position are unioned.
+
+        ``positionwise`` names dims (the same in every input and output) that the op maps
+        position to position whatever their size, e.g. every dim but the one a ``cat`` joins.
+        Those no input tracks are run at size 1: labels are constant along them, and a
+        DenseNet's concatenations would otherwise run on every spatial position.
         """
         results: list[Any] = []
         lost: list[torch.Tensor] = []
+        chans = {inp.name: (overrides or {}).get(inp.name) or self.chan(inp) for inp in inputs}
+        tracked = {d for c in chans.values() if isinstance(c, Chan) for d in c.dims()}
+        shrink = set(positionwise) - tracked
+
+        def label_shape(value: torch.Tensor) -> list[int]:
+            return [1 if d in shrink else size for d, size in enumerate(value.shape)]
+
         for inp in inputs:
-            chan = (overrides or {}).get(inp.name) or self.chan(inp)
+            chan = chans[inp.name]
             if not isinstance(chan, Chan):
                 continue
             for track in chan.tracks:
                 def sub(n: fx.Node, _inp=inp, _track=track):
-                    value = self._values[n.name]
+                    shape = label_shape(self._values[n.name])
                     if n is _inp:
-                        return expand_labels(_track, value.shape).contiguous()
-                    return torch.zeros(value.shape, dtype=torch.long)
+                        return expand_labels(_track, shape).contiguous()
+                    return torch.zeros(shape, dtype=torch.long)
                 results.append(run(sub))
         if not results:
             return map_structure(lambda _: UNTRACKED, self.out)

@@ -60,10 +60,13 @@ class ConvRule(OpRule):
             in_blocks = in_labels.view(g, ipg)
             out_blocks = out.view(g, opg)
             depthwise = ipg == 1
-            for j in range(g):
-                if bool((in_blocks[j] == NULL).any()):
-                    ctx.freeze(out_blocks[j], "conv group whose input channels are untracked")
-                ctx.store.union_all(torch.cat([in_blocks[j][in_blocks[j] != NULL], out_blocks[j]]))
+            untracked = (in_blocks == NULL).any(1)
+            if bool(untracked.any()):
+                ctx.freeze(out_blocks[untracked], "conv group whose input channels are untracked")
+            # one conv group is one unit: tie every channel of row j to its first output
+            # channel (nulls are skipped by union), all groups in one call
+            rows = torch.cat([in_blocks, out_blocks], 1)
+            ctx.store.union(out_blocks[:, :1].expand_as(rows), rows)
             ctx.tag(out, "depthwise" if depthwise else "grouped")
             if not depthwise or opg > 1:
                 ctx.tag(out, "unit:conv-group")
@@ -173,10 +176,10 @@ def _tie_norm_groups(ctx, t: Track, num_groups: int, what: str) -> bool:
         ctx.freeze(t.labels, f"{what} channels tied to another dimension")
         return False
     blocks = t.labels.view(num_groups, -1)
-    for block in blocks:
-        if bool((block == NULL).any()):
-            ctx.freeze(block, f"{what} group with untracked channels")
-        ctx.store.union_all(block)
+    untracked = (blocks == NULL).any(1)
+    if bool(untracked.any()):
+        ctx.freeze(blocks[untracked], f"{what} group with untracked channels")
+    ctx.store.union_along(blocks, 0)
     ctx.tag(t.labels, "norm")
     if blocks.shape[1] > 1:
         ctx.tag(t.labels, "unit:norm-group")

@@ -45,7 +45,7 @@ def _tensor_inputs(ctx) -> list[fx.Node]:
     return found
 
 
-def _run_on_labels(ctx, kind=None, overrides=None):
+def _run_on_labels(ctx, kind=None, overrides=None, positionwise=()):
     node = ctx.node
     inputs = _tensor_inputs(ctx)
 
@@ -58,7 +58,15 @@ def _run_on_labels(ctx, kind=None, overrides=None):
             return ctx.module(*args, **kwargs)
         return node.target(*args, **kwargs)
 
-    return ctx.movement(run, inputs, kind, overrides)
+    return ctx.movement(run, inputs, kind, overrides, positionwise)
+
+
+def _all_dims_but(ctx, position: int, ndim: int) -> tuple[int, ...]:
+    """Every dim except the one named by the ``dim`` argument (at ``position``, default 0)."""
+    dim = ctx.value(ctx.arg(position, "dim", 0))
+    if not isinstance(dim, int):
+        return ()
+    return tuple(d for d in range(ndim) if d != dim % ndim)
 
 
 def _new_sizes(rctx, sizes: list, out_dims_offset: int = 0) -> list:
@@ -157,7 +165,9 @@ class CatRule(OpRule):
                     extra.append(Track((dim,), fresh))
             if extra:
                 overrides[inp.name] = Chan(c.tracks + tuple(extra))
-        chan = _run_on_labels(ctx, overrides=overrides)
+        same_rank = isinstance(ctx.out, torch.Tensor) and all(ctx.value(i).dim() == ctx.out.dim() for i in inputs)
+        positionwise = _all_dims_but(ctx, 1, ctx.out.dim()) if same_rank else ()  # not stack
+        chan = _run_on_labels(ctx, overrides=overrides, positionwise=positionwise)
         for inp in inputs:
             c = overrides.get(inp.name) or ctx.chan(inp)
             if isinstance(c, Chan):
