@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from gdp_graph.graph.analysis import Analysis
-from gdp_graph.graph.channels import Chan, expand_labels
+from gdp_graph.graph.channels import Chan
 
 
 @dataclass(frozen=True)
@@ -55,17 +55,24 @@ def model_cost(module: nn.Module, inputs: Sequence[Any]) -> Cost:
     return Cost(count_flops(module, inputs), count_params(module))
 
 
-def _node_flops(gm: fx.GraphModule, node: fx.Node, values: Mapping[str, Any], modules: Mapping[str, nn.Module]) -> float:
-    load = lambda a: fx.node.map_arg(a, lambda n: values[n.name])  # noqa: E731
-    args, kwargs = load(node.args), load(node.kwargs)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        if node.op == "call_module":
-            modules[node.target](*args, **kwargs)
-        elif node.op == "call_function":
-            node.target(*args, **kwargs)
-        elif node.op == "call_method":
-            getattr(args[0], node.target)(*args[1:], **kwargs)
-    return float(counter.get_total_flops())
+class FlopsPerNode(fx.Interpreter):
+    """Runs a traced graph once and stores each node's FLOPs (as FlopCounterMode counts them) in
+    ``node.meta["flops"]``."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op not in ("call_module", "call_function", "call_method"):
+            return super().run_node(n)
+        with FlopCounterMode(display=False) as counter:
+            out = super().run_node(n)
+        n.meta["flops"] = float(counter.get_total_flops())
+        return out
+
+
+def annotate_flops(gm: fx.GraphModule, values: Mapping[str, Any]) -> None:
+    """``node.meta["flops"]`` for every node of ``gm``, on the recorded placeholder ``values``."""
+    inputs = {n: values[n.name] for n in gm.graph.find_nodes(op="placeholder")}
+    with torch.no_grad():
+        FlopsPerNode(gm, garbage_collect_values=True).run(initial_env=inputs, enable_io_processing=False)
 
 
 class CostModel:
@@ -110,10 +117,11 @@ class CostModel:
                 pos_factor.append(torch.full_like(idx, len(factor_term)))
                 factor_term.append(term)
 
+        annotate_flops(gm, values)
         for node in gm.graph.nodes:
             if node.op not in ("call_module", "call_function", "call_method", "get_attr"):
                 continue
-            f = _node_flops(gm, node, values, modules) if node.op != "get_attr" else 0.0
+            f = node.meta.get("flops", 0.0)
             p = 0
             if node.op == "call_module":
                 for prm in modules[node.target].parameters():
