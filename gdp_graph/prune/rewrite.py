@@ -10,6 +10,7 @@ channel count changed are pinned to their original values, so arithmetic such as
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 from typing import Any, Callable, Optional
 
@@ -155,13 +156,6 @@ def _slice_tensor(t: torch.Tensor, chan: Any, keep: torch.Tensor) -> torch.Tenso
     return out.clone()
 
 
-def _get_attr(module: nn.Module, qualname: str) -> torch.Tensor:
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _is_shape_query(node: fx.Node) -> bool:
     return (node.op == "call_method" and node.target == "size") or (
         node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] == "shape")
@@ -232,7 +226,7 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
                 continue
             if node.op == "get_attr" and isinstance(values.get(node.name), torch.Tensor):
                 chan = node.meta.get("channels")
-                sliced = _slice_tensor(_get_attr(source, node.target), chan, keep)
+                sliced = _slice_tensor(operator.attrgetter(node.target)(source), chan, keep)
                 if sliced.shape != values[node.name].shape:
                     _set_attr(root, node.target, sliced)
             for (site_node, arg), (dim, scale) in site_scales.items():
