@@ -68,7 +68,8 @@ class PruningPlan:
                 problems.append(f"group {gid}: every unit removed; keep at least one or remove its block")
             if g.divisor > 1 and len(kept_set) % g.divisor:
                 problems.append(f"group {gid}: {len(kept_set)} kept units is not a multiple of {g.divisor}")
-        for node, group, unit in self.starved_sites(analysis):
+        # starved_sites indexes units, which is only safe once every index is known valid
+        for node, group, unit in ([] if problems else self.starved_sites(analysis)):
             problems.append(f"node '{node}' would receive no input channels (keep a unit of group {group}, e.g. {unit})")
         if problems:
             raise PlanError("invalid pruning plan:\n  " + "\n  ".join(problems))

@@ -1,0 +1,74 @@
+"""``report SPEC PRUNED``: the original model against its pruned version, layer by layer
+(channels, parameters, FLOPs per sample) and in measured latency."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+import torch
+
+from gdp_graph.cli.cmd_analysis import batch_size
+from gdp_graph.cli.common import EXIT_OK, add_model_arguments, add_output_arguments, make_console, print_json
+
+
+def build_report(original: torch.nn.Module, pruned: torch.nn.Module, inputs: tuple, *, latency: bool = True,
+                 rounds: int = 21, repeat: int = 3, threads: int = 1) -> dict[str, Any]:
+    from gdp_graph.graph.cost import model_cost
+    from gdp_graph.report.latency import compare_latency
+    from gdp_graph.report.layers import compare_layers
+    n = batch_size(inputs)
+    before, after = model_cost(original, inputs), model_cost(pruned, inputs)
+    report: dict[str, Any] = {
+        "params_before": before.params, "params_after": after.params,
+        "flops_per_sample_before": before.flops / n, "flops_per_sample_after": after.flops / n,
+        "layers": compare_layers(original, pruned, inputs), "latency": None}
+    if latency:
+        report["latency"] = compare_latency(original, pruned, inputs, rounds=rounds, repeat=repeat, threads=threads).to_dict()
+    return report
+
+
+def print_report(console, report: dict[str, Any], title: str) -> None:
+    from gdp_graph.report.layers import layers_table
+    from gdp_graph.report.tables import before_after_table
+    rows = [("parameters", report["params_before"], report["params_after"], "count"),
+            ("FLOPs per sample", report["flops_per_sample_before"], report["flops_per_sample_after"], "count")]
+    lat = report.get("latency")
+    if lat:
+        rows.append((f"latency, batch {lat['batch']} (ms, median)", lat["baseline"]["median_ms"],
+                     lat["candidate"]["median_ms"], "ms"))
+    console.print(layers_table(report["layers"]))
+    console.print(before_after_table(rows, title=title))
+    if lat:
+        note = (f"latency ratio {lat['ratio']:.3f} (median of per-round ratios; IQR {lat['ratio_q1']:.3f}-"
+                f"{lat['ratio_q3']:.3f}; {lat['baseline']['rounds']} interleaved rounds x {lat['repeat']} forwards, "
+                f"{lat['threads']} thread(s))")
+        console.print(note if lat["significant"] else
+                      f"[yellow]{note}: NOT SIGNIFICANT, the spread exceeds the effect[/yellow]")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gdp_graph.cli.spec import load_spec
+    from gdp_graph.report.outputs import load_pruned
+    original, inputs = load_spec(args.spec, args.input_shape)
+    pruned = load_pruned(args.pruned)
+    report = build_report(original.eval(), pruned, inputs, latency=not args.no_latency, rounds=args.rounds,
+                          repeat=args.repeat, threads=args.threads)
+    report.update(spec=args.spec, pruned=str(args.pruned))
+    if args.json:
+        print_json(report)
+    else:
+        print_report(make_console(args), report, f"{args.spec} vs {args.pruned}")
+    return EXIT_OK
+
+
+def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    p = add("report", "compare the original model with a pruned one: per layer, totals, measured latency")
+    add_model_arguments(p)
+    p.add_argument("pruned", metavar="PRUNED", help="pruned.pt or the folder that 'prune'/'apply' wrote")
+    add_output_arguments(p)
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds")
+    p.add_argument("--repeat", type=int, default=3, help="forwards per model per round")
+    p.add_argument("--threads", type=int, default=1, help="torch threads during the measurement")
+    p.set_defaults(func=cmd_report)
