@@ -23,6 +23,7 @@ from gdp_graph.graph.elements import ElementStore
 from gdp_graph.graph.groups import Block, ChannelGroup, GateSite, Member, OpaqueLeaf
 from gdp_graph.graph.inputs import output_tensors
 from gdp_graph.graph.rules.context import RuleContext, target_name
+from gdp_graph.graph.rules.elementwise import returns_an_input
 from gdp_graph.graph.trace import TracedModel, trace
 from gdp_graph.errors import GdpError
 
@@ -105,7 +106,10 @@ def propagate(traced: TracedModel) -> ElementStore:
             chan = map_structure(lambda _: UNTRACKED, value)
         else:
             rule = rules.lookup(module if module is not None else node.target)
-            if rule is None:
+            same = returns_an_input(ctx) if rule is None else None
+            if same is not None:
+                chan = same  # e.g. stochastic_depth in eval mode: returned its input as is
+            elif rule is None:
                 kind = f"module type {type(module).__name__}" if module is not None else target_name(node)
                 ctx.freeze_inputs(f"no rule for {kind}")
                 chan = map_structure(lambda _: UNTRACKED, value)

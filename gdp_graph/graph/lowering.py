@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _is_item(node: fx.Node, index: int) -> bool:
+    return node.op == "call_function" and node.target is operator.getitem and node.args[1] == index
+
+
 def _lowerable(node: fx.Node, m: nn.MultiheadAttention) -> bool:
     if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
         return False
@@ -25,8 +29,9 @@ def _lowerable(node: fx.Node, m: nn.MultiheadAttention) -> bool:
     bound.update(node.kwargs)
     if bound.get("key_padding_mask") is not None or bound.get("attn_mask") is not None or bound.get("is_causal"):
         return False
-    # only the attention output may be read (the averaged weights are not computed)
-    if not all(u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0 for u in node.users):
+    # only the attention output may be read (the averaged weights are not computed); an unused
+    # weights item is what ``x, _ = attn(x, x, x, need_weights=False)`` leaves behind
+    if not all(_is_item(u, 0) or (_is_item(u, 1) and not u.users) for u in node.users):
         return False
     return all(k in bound for k in ("query", "key", "value"))
 
@@ -72,8 +77,9 @@ def lower_multihead_attention(gm: fx.GraphModule) -> int:
             if not m.batch_first:
                 out = g.call_method("transpose", (out, 0, 1))
         for user in list(node.users):
-            user.replace_all_uses_with(out)
-            g.erase_node(user)
+            if _is_item(user, 0):
+                user.replace_all_uses_with(out)
+            g.erase_node(user)  # the output item, or the unused weights item
         g.erase_node(node)
         count += 1
     if count:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -38,4 +39,25 @@ def export_source(module: fx.GraphModule, folder: str | Path, class_name: str = 
         # containers without a constructor repr are pickled (plain torch modules): expected
         warnings.filterwarnings("ignore", message="Was not able to save the following children")
         module.to_folder(folder, class_name)
+    _import_wrapped_functions(module, folder / "module.py")
     return folder
+
+
+def _import_wrapped_functions(module: fx.GraphModule, source: Path) -> None:
+    """fx writes a call of a function kept by ``torch.fx.wrap`` (torchvision's
+    ``stochastic_depth``) as a ``wrap(...)`` line inside the class, which fails on import, and
+    never imports the function: import it at the top instead."""
+    text = source.read_text()
+    imports = []
+    for node in module.graph.nodes:
+        fn = node.target
+        if node.op != "call_function" or not callable(fn):
+            continue
+        owner, name = getattr(fn, "__module__", None) or "", getattr(fn, "__name__", "")
+        alias = re.sub(r"[^0-9a-zA-Z_]", "_", f"{owner}.{name}")
+        line = f'torch.fx._symbolic_trace.wrap("{alias}")'
+        if line in text:
+            text = "\n".join(x for x in text.split("\n") if x.strip() != line)
+            imports.append(f"from {owner} import {name} as {alias}")
+    if imports:
+        source.write_text("\n".join(dict.fromkeys(imports)) + "\n" + text)

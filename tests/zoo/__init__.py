@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from . import convnext, densenet, inception, misc, mobile, resnets, segmentation, shufflenet, swin, vgg, vit
+from . import convnext, densenet, inception, library_styles, misc, mobile, resnets, segmentation, shufflenet, swin, vgg, vit
 from ._common import Factory, randomize_norms, zoo_factory
 
 _ORDER = [
@@ -38,12 +38,16 @@ _ORDER = [
     "pixelshuffle_sr",
     "grouped_norm",
     "untraceable",
+    "vit_torchvision",
+    "efficientnet_stochastic_depth",
+    "resnet_timm_normact",
 ]
 
 
 def _collect() -> Dict[str, Factory]:
     entries: Dict[str, Factory] = {}
-    for family in (vgg, resnets, mobile, densenet, inception, shufflenet, convnext, vit, swin, segmentation, misc):
+    for family in (vgg, resnets, mobile, densenet, inception, shufflenet, convnext, vit, swin, segmentation, misc,
+                   library_styles):
         for name, factory in family.ENTRIES.items():
             assert name not in entries, f"duplicate zoo name {name!r}"
             entries[name] = factory

@@ -63,3 +63,19 @@ def where_rule(ctx):
 @register_rule(torch.addcmul, "addcmul")
 def addcmul_rule(ctx):
     return ctx.broadcast_merge([ctx.arg(0), ctx.arg(1), ctx.arg(2)], "multiply")
+
+
+def returns_an_input(ctx):
+    """For an op without a rule: the channels of the input it returned as is, or None.
+
+    An op that hands back one of its inputs (the very tensor) changed nothing on the example
+    inputs: torchvision's ``stochastic_depth`` in eval mode, a wrapped ``drop_path``, a logging
+    hook. Channels pass through it; anything else without a rule stays refused.
+    """
+    name = ctx.node.target if isinstance(ctx.node.target, str) else getattr(ctx.node.target, "__name__", "")
+    if not isinstance(ctx.out, torch.Tensor) or name.endswith("_"):
+        return None  # an in-place op returns its (changed) input: not a pass-through
+    tensors = ctx.tensor_args()
+    if len(tensors) != 1 or ctx.value(tensors[0][1]) is not ctx.out:
+        return None
+    return ctx.passthrough(tensors[0][0])
