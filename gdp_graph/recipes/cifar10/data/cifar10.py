@@ -58,6 +58,7 @@ from gdp_graph.recipes.cifar10.data.constants import (
     TRAIN_BATCHES,
     PathLike,
 )
+from gdp_graph.recipes.cifar10.data.dataset import Cifar10Data
 from gdp_graph.recipes.cifar10.data.download import (
     CIFAR10_MD5,
     CIFAR10_URL,
@@ -228,24 +229,6 @@ def _read_from_dir(directory: Path, needs: Sequence[_Need]) -> dict[str, tuple[T
                 )
             got[name] = decode_batch(file.read_bytes(), str(file))
     return got
-
-
-@dataclass(frozen=True)
-class Cifar10Data:
-    """CIFAR-10 in memory: uint8 images ``(N, 3, 32, 32)`` and int64 labels ``(N,)``."""
-
-    train_images: Tensor
-    train_labels: Tensor
-    test_images: Tensor
-    test_labels: Tensor
-    source: Path
-    classes: tuple[str, ...] = CIFAR10_CLASSES
-
-    def __repr__(self) -> str:
-        return (
-            f"Cifar10Data(train={self.train_labels.numel()}, test={self.test_labels.numel()}, "
-            f"source={str(self.source)!r})"
-        )
 
 
 def read_cifar10(

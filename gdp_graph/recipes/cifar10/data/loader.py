@@ -4,22 +4,19 @@
 vectorized random crop (zero padding) and horizontal flip (:func:`crop_and_flip`),
 normalization, and the move to the target device, all driven by a seeded
 :class:`torch.Generator` so a run is reproducible. :func:`cifar10_loaders` builds the usual
-train/test pair from a :class:`~gdp_graph.recipes.cifar10.data.cifar10.Cifar10Data`.
+train/test pair from a :class:`~gdp_graph.recipes.cifar10.data.dataset.Cifar10Data`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from gdp_graph.recipes.cifar10.data.constants import CIFAR10_MEAN, CIFAR10_STD
-
-if TYPE_CHECKING:
-    from gdp_graph.recipes.cifar10.data.cifar10 import Cifar10Data
+from gdp_graph.recipes.cifar10.data.dataset import Cifar10Data
 
 __all__ = ["CifarLoader", "cifar10_loaders", "crop_and_flip"]
 
