@@ -1,0 +1,67 @@
+"""Models written the way torchvision and timm write them keep their heads, residual streams
+and blocks prunable (tests/zoo/library_styles.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gdp_graph as G
+from tests.zoo import ZOO
+
+
+@pytest.fixture(scope="module")
+def analyses():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model, inputs = ZOO[name]()
+            cache[name] = G.analyze(model, inputs)
+        return cache[name]
+
+    return get
+
+
+def test_tuple_unpacked_multihead_attention_is_lowered_to_prunable_heads(analyses):
+    a = analyses("vit_torchvision")
+    heads = [g for g in a.groups if g.unit == "head"]
+    assert len(heads) == 2 and all(g.size == 4 and g.prunable for g in heads)
+    assert not any(n.op == "call_module" and "self_attention" in str(n.target) for n in a.traced.gm.graph.nodes)
+    plan = G.PruningPlan(keep={heads[0].id: (1, 3), heads[1].id: (0,)})
+    result = G.verify(a, plan, G.rewrite(a, plan))
+    assert result.ok and result.max_rel_diff < 1e-5
+
+
+def test_stochastic_depth_passes_channels_in_eval(analyses):
+    a = analyses("efficientnet_stochastic_depth")
+    reasons = " ".join(g.describe_frozen() for g in a.groups)
+    assert "stochastic_depth" not in reasons
+    assert sum(1 for g in a.groups if "residual" in g.couplings and g.prunable) >= 2
+    assert len(a.blocks) == 3 and all(not b.frozen_reasons for b in a.blocks)
+
+
+def test_in_place_op_without_rule_is_not_a_pass_through():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 6), torch.nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            h = h.index_fill_(1, torch.tensor([0]), 0.5)  # returns h itself, changed: no rule
+            return self.b(h)
+
+    a = G.analyze(Net(), torch.randn(3, 4))
+    g = next(g for g in a.groups if "a" in g.modules)
+    assert g.fully_frozen and "no rule for .index_fill_()" in g.describe_frozen()
+
+
+def test_asserted_norm_act_blocks_are_removable(analyses):
+    a = analyses("resnet_timm_normact")
+    assert len(a.blocks) == 4 and all(not b.frozen_reasons for b in a.blocks)
+    assert any(n.target is torch._assert for b in a.blocks for n in a.traced.gm.graph.nodes if n.name in b.nodes)
+    plan = G.PruningPlan(keep={}, removed_blocks=(1, 3))
+    pruned = G.rewrite(a, plan)
+    result = G.verify(a, plan, pruned)
+    assert result.ok and result.max_rel_diff < 1e-5
