@@ -20,6 +20,24 @@ Example::
     checked = spec.check(node, "", rep)
     rep.raise_if_any()
     # CheckError: example.yaml:1:7: size: -1 is out of range; expected an integer >= 0
+
+Why not pydantic (evaluated 2026-12 with pydantic 2.13, strict models, errors mapped back to
+the YAML marks through their ``loc``): a third of the malformed-policy corpus never reaches a
+validator (syntax errors, duplicate keys, tags, recursive aliases, alias bombs: the located
+tree above is needed either way), and on the rest pydantic's messages were less precise, never
+more:
+
+* strict mode refuses ``max_fraction: 5e-1`` ("Input should be a valid number": YAML 1.1 reads
+  a plain ``5e-1`` as text), lax mode accepts the quoted ``"0.5"`` the corpus must refuse; the
+  rule "a plain scalar that reads as a number is one" needs this layer anyway;
+* an unknown key gets "Extra inputs are not permitted", without the ``did you mean`` and the
+  allowed keys;
+* a cross-field check raised in a model validator is located at the section
+  (``regularizer.epsilon``), not at the offending key (``start``, line and column);
+* ``level: block`` in a group rule loses its hint (only valid in block rules), and a boolean
+  for an integer says "valid integer" rather than naming the boolean it got.
+
+So the checker stays; the JSON Schema is exported from the same specs (``Struct.json_schema``).
 """
 
 from gdp_graph.policy.yamlcheck.diagnostics import (
