@@ -37,7 +37,7 @@ more:
 * ``level: block`` in a group rule loses its hint (only valid in block rules), and a boolean
   for an integer says "valid integer" rather than naming the boolean it got.
 
-So the checker stays; the JSON Schema is exported from the same specs (``Struct.json_schema``).
+So the checker stays; the JSON Schema is exported from the same specs (``Spec.json_schema``).
 """
 
 from gdp_graph.policy.yamlcheck.diagnostics import (
