@@ -10,6 +10,7 @@ from __future__ import annotations
 import operator
 from typing import Any, Optional
 
+import networkx as nx
 import torch
 import torch.fx as fx
 
@@ -24,28 +25,19 @@ def _is_add(node: fx.Node) -> bool:
     return (node.op == "call_function" and node.target in _ADDS) or (node.op == "call_method" and node.target in ("add", "add_"))
 
 
-def _ancestors(node: fx.Node, cache: dict[str, set[str]]) -> set[str]:
-    """Names of all nodes ``node`` depends on, itself included (iterative, memoized)."""
-    if node.name in cache:
-        return cache[node.name]
-    stack = [node]
-    order = []
-    seen = set()
-    while stack:
-        n = stack.pop()
-        if n.name in seen or n.name in cache:
-            continue
-        seen.add(n.name)
-        order.append(n)
-        stack.extend(n.all_input_nodes)
-    for n in reversed(order):
-        if n.name in cache:
-            continue
-        acc = {n.name}
-        for inp in n.all_input_nodes:
-            acc |= cache.get(inp.name, {inp.name})
-        cache[n.name] = acc
-    return cache[node.name]
+class _Ancestry:
+    """Which nodes each node depends on (itself included), from a networkx view of the graph."""
+
+    def __init__(self, graph: fx.Graph):
+        self.dag = nx.DiGraph()
+        self.dag.add_nodes_from(n.name for n in graph.nodes)
+        self.dag.add_edges_from((a.name, n.name) for n in graph.nodes for a in n.all_input_nodes)
+        self._cache: dict[str, set[str]] = {}
+
+    def __call__(self, node: fx.Node) -> set[str]:
+        if node.name not in self._cache:
+            self._cache[node.name] = nx.ancestors(self.dag, node.name) | {node.name}
+        return self._cache[node.name]
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -65,7 +57,7 @@ def _common_prefix(names: list[str]) -> str:
 def find_blocks(traced: TracedModel, groups: list[ChannelGroup]) -> list[Block]:
     gm = traced.gm
     nodes = {n.name: n for n in gm.graph.nodes}
-    cache: dict[str, set[str]] = {}
+    ancestors = _Ancestry(gm.graph)
     blocks: list[Block] = []
     for node in gm.graph.nodes:
         if not _is_add(node) or len(node.args) < 2:
@@ -76,7 +68,7 @@ def find_blocks(traced: TracedModel, groups: list[ChannelGroup]) -> list[Block]:
         # one removable branch per add: the longer one when both qualify (the main branch of a
         # downsampling block, not its projection shortcut)
         candidates = [b for arg in (1, 0)
-                      if (b := _branch_block(traced, nodes, cache, node, arg, operands[arg], operands[1 - arg], len(blocks), groups)) is not None]
+                      if (b := _branch_block(traced, nodes, ancestors, node, arg, operands[arg], operands[1 - arg], len(blocks), groups)) is not None]
         if candidates:
             blocks.append(max(candidates, key=lambda b: len(b.nodes)))
     for g in groups:
@@ -87,7 +79,7 @@ def find_blocks(traced: TracedModel, groups: list[ChannelGroup]) -> list[Block]:
     return blocks
 
 
-def _terminal_sites(member_nodes: list[fx.Node], members: set[str], groups: list[ChannelGroup], cache) -> list[GateSite]:
+def _terminal_sites(member_nodes: list[fx.Node], members: set[str], groups: list[ChannelGroup], ancestors: _Ancestry) -> list[GateSite]:
     """Gate sites of the branch's last consuming layers: zeroing their inputs makes the branch
     output depend on nothing but biases."""
     sites: dict[tuple[str, int], GateSite] = {}
@@ -98,7 +90,7 @@ def _terminal_sites(member_nodes: list[fx.Node], members: set[str], groups: list
     consumers = {node for node, _ in sites}
     by_name = {n.name: n for n in member_nodes}
     terminal = {c for c in consumers
-                if not any(c != d and c in _ancestors(by_name[d], cache) for d in consumers)}
+                if not any(c != d and c in ancestors(by_name[d]) for d in consumers)}
     return [s for (node, _), s in sites.items() if node in terminal]
 
 
@@ -123,12 +115,12 @@ def _checks_on(members: set[str], traced: TracedModel) -> set[str]:
     return found
 
 
-def _branch_block(traced, nodes, cache, add: fx.Node, arg: int, branch: fx.Node, other: fx.Node, bid: int,
+def _branch_block(traced, nodes, ancestors: _Ancestry, add: fx.Node, arg: int, branch: fx.Node, other: fx.Node, bid: int,
                   groups: list[ChannelGroup]) -> Optional[Block]:
     if traced.values[branch.name].shape != traced.values[add.name].shape:
         return None
-    outside = _ancestors(other, cache)
-    members = _ancestors(branch, cache) - outside
+    outside = ancestors(other)
+    members = ancestors(branch) - outside
     if not members or branch.name not in members:
         return None
     members |= _checks_on(members, traced)
@@ -145,7 +137,7 @@ def _branch_block(traced, nodes, cache, add: fx.Node, arg: int, branch: fx.Node,
     params = [n for n in member_nodes if n.op in ("call_module", "get_attr")]
     if not params:
         return None
-    sites = _terminal_sites(member_nodes, members, groups, cache)
+    sites = _terminal_sites(member_nodes, members, groups, ancestors)
     if not sites:
         return None
     identity = any(isinstance(a, fx.Node) and a.name == other.name for n in member_nodes for a in n.all_input_nodes)
@@ -189,6 +181,15 @@ def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.M
     # weights of ``root``), with the inputs of its gated layers zeroed
     recorded = {n: traced.values[n.name] for n in gm.graph.nodes
                 if n.name not in members and n.op not in ("get_attr", "output") and n.name in traced.values}
+    if root is None:
+        # on the traced weights, branch nodes upstream of the zeroed layers keep their values
+        # too: only the gated layers and what follows them run again
+        rerun = {s.node for s in block.gate_sites}
+        for n in gm.graph.nodes:
+            if n.name in members and (n.name in rerun or any(a.name in rerun for a in n.all_input_nodes)):
+                rerun.add(n.name)
+        recorded.update({n: traced.values[n.name] for n in gm.graph.nodes
+                         if n.name in members and n.name not in rerun and n.op != "get_attr" and n.name in traced.values})
     runner = _ZeroedInputs(root if root is not None else gm, gm.graph,
                            {(s.node, s.arg) for s in block.gate_sites})
     with torch.no_grad():
