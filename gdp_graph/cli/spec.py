@@ -5,18 +5,15 @@ The factory takes no arguments and returns a model, or a ``(model, example_input
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
-from gdp_graph.errors import GdpError
+
+from gdp_graph.recipes.factory import FactoryError, import_factory
 
 
-class SpecError(GdpError, ValueError):
+class SpecError(FactoryError):
     """The SPEC cannot be resolved to a model (the message says which part is wrong)."""
 
 
@@ -31,40 +28,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _import_factory(spec: str):
-    if ":" not in spec:
-        raise SpecError(f"SPEC {spec!r}: expected 'package.module:factory' or 'path/to/file.py:factory'")
-    location, _, name = spec.rpartition(":")
-    if location.endswith(".py") or "/" in location or "\\" in location:
-        path = Path(location)
-        if not path.is_file():
-            raise SpecError(f"SPEC {spec!r}: file {location} not found")
-        module_name = f"_gdp_spec_{abs(hash(str(path.resolve())))}"
-        loader = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[module_name] = module
-        try:
-            loader.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - the user's file failed to import
-            raise SpecError(f"SPEC {spec!r}: importing {location} failed: {type(exc).__name__}: {exc}") from exc
-    else:
-        if "" not in sys.path and str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))  # like `python -m`: modules next to the caller
-        try:
-            module = importlib.import_module(location)
-        except Exception as exc:  # noqa: BLE001
-            raise SpecError(f"SPEC {spec!r}: cannot import module {location!r}: {type(exc).__name__}: {exc}") from exc
-    factory = getattr(module, name, None)
-    if factory is None:
-        raise SpecError(f"SPEC {spec!r}: {location} has no attribute {name!r}")
-    if not callable(factory):
-        raise SpecError(f"SPEC {spec!r}: {name!r} is not callable")
-    return factory
-
-
-def load_spec(spec: str, input_shape: Optional[str] = None) -> tuple[nn.Module, tuple[Any, ...]]:
-    """Build the model and its example inputs (``input_shape`` overrides the factory's)."""
-    factory = _import_factory(spec)
+def load_spec(spec: str, input_shape: Optional[str] = None, *,
+              require_inputs: bool = True) -> tuple[nn.Module, Optional[tuple[Any, ...]]]:
+    """Build the model and its example inputs (``input_shape`` overrides the factory's; with
+    ``require_inputs=False`` they may be None, for callers that take them from data)."""
+    factory = import_factory(spec)
     try:
         made = factory()
     except Exception as exc:  # noqa: BLE001 - the user's factory raised
@@ -80,6 +48,6 @@ def load_spec(spec: str, input_shape: Optional[str] = None) -> tuple[nn.Module, 
     if input_shape is not None:
         generator = torch.Generator().manual_seed(0)
         inputs = (torch.randn(parse_shape(input_shape), generator=generator),)
-    if inputs is None:
+    if inputs is None and require_inputs:
         raise SpecError(f"SPEC {spec!r}: the factory returned no example inputs; pass --input-shape")
     return model, inputs

@@ -1,0 +1,170 @@
+"""``prune SPEC --task TASK --policy POLICY --out DIR``: the declarative pipeline on your own
+model: gates from the policy, the gated phase, finalize, optional fine-tuning, a report, and
+pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from gdp_graph.cli.common import (EXIT_OK, UsageError, add_model_arguments, make_console, print_json, resolve_device,
+                                  resolve_policy_argument)
+
+EXIT_MISSED = 3  #: --strict: the target was missed or nothing was pruned
+
+
+def _schedule(args: argparse.Namespace, task) -> Any:
+    from gdp_graph.recipes.driver import Schedule
+    base = Schedule()
+
+    def pick(flag: Optional[Any], from_task: Optional[Any], default: Any) -> Any:
+        return flag if flag is not None else from_task if from_task is not None else default
+
+    epochs = pick(args.epochs, task.epochs, base.epochs)
+    if epochs < 1:
+        raise UsageError(f"--epochs must be at least 1 (the gated phase), got {epochs}")
+    return Schedule(epochs=pick(args.epochs, task.epochs, base.epochs),
+                    finetune_epochs=pick(args.finetune_epochs, task.finetune_epochs, base.finetune_epochs),
+                    lr=pick(args.lr, task.lr, base.lr), finetune_lr=pick(args.finetune_lr, task.finetune_lr, base.finetune_lr),
+                    gate_lr=args.gate_lr, optimizer=args.optimizer, weight_decay=args.weight_decay)
+
+
+def _policy(args: argparse.Namespace):
+    from gdp_graph.policy import load_policy, policy_from_dict
+    policy = load_policy(resolve_policy_argument(args.policy))
+    if args.target is None:
+        return policy
+    data = policy.to_dict()
+    data["target"]["fraction"] = args.target
+    return policy_from_dict(data, source=f"{policy.source} with --target {args.target:g}", name=policy.name)
+
+
+def _warnings(result, policy, report: dict[str, Any]) -> list[str]:
+    out = []
+    fr = result.finalize_report
+    if not fr.plan.keep and not fr.plan.removed_blocks:
+        out.append("nothing was pruned: every gate stayed above the threshold (train longer, raise lambda, or "
+                   "check with 'gdp-graph inspect --policy' that the policy gates something)")
+    metric = policy.target.metric
+    kept = report["cost"][f"{metric}_kept"]
+    if abs(kept - policy.target.fraction) > policy.target.tolerance:
+        out.append(f"target missed: kept {kept:.3f} of {metric}, target {policy.target.fraction:g} "
+                   f"± {policy.target.tolerance:g}")
+    return out
+
+
+def _pictures(folder: Path, history: dict[str, Any], tolerance: float) -> tuple[list[str], Optional[str]]:
+    from gdp_graph.report.plots import PlotError, plot_gate_histograms, plot_trajectory
+    try:
+        return [str(plot_gate_histograms(history, folder / "gates.png")),
+                str(plot_trajectory(history, folder / "trajectory.png", tolerance))], None
+    except PlotError as exc:
+        return [], str(exc)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from gdp_graph.cli.spec import load_spec
+    from gdp_graph.recipes.driver import run_prune
+    from gdp_graph.recipes.task import load_task, model_inputs
+    from gdp_graph.report.layers import compare_layers, layers_table
+    from gdp_graph.report.outputs import write_outputs
+    from gdp_graph.report.tables import before_after_table
+    device = resolve_device(args.device)
+    policy = _policy(args)
+    torch.manual_seed(args.seed)
+    model, inputs = load_spec(args.spec, args.input_shape, require_inputs=False)
+    task = load_task(args.task)
+    if inputs is None:  # the model's inputs on the first training batch
+        inputs, _ = model_inputs(task, next(iter(task.train_loader)))
+    schedule = _schedule(args, task)
+    console = make_console(args, stderr=args.json)
+    console.print(f"[bold]{args.spec}[/bold] with task {args.task}; policy {policy.name} ({policy.regularizer.name}, "
+                  f"keep {policy.target.fraction:g} of {policy.target.metric}); {schedule.epochs} gated + "
+                  f"{schedule.finetune_epochs} fine-tuning epochs on {device}")
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console,
+                  disable=args.no_progress) as progress:
+        bars: dict[str, Any] = {}
+
+        def on_progress(phase: str, step: int, total: int, info: dict[str, Any]) -> None:
+            if phase not in bars:
+                bars[phase] = progress.add_task(phase, total=total, status="")
+            status = f"loss {info['loss']:.3f}"
+            if "lambda" in info:
+                eps = f", eps {info['epsilon']:.1e}" if info.get("epsilon") is not None else ""
+                status += (f", lambda {info['lambda']:.3g}{eps}, zero gates {info['zeros']}, "
+                           f"kept {info['kept']:.3f} (target {info['target']:g})")
+            progress.update(bars[phase], completed=step, status=status)
+
+        result = run_prune(model, inputs, task, policy, schedule, device, on_progress=on_progress)
+    fr = result.finalize_report
+    n = max(int(next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim()), 1)), 1)
+    cost = {"flops_per_sample_before": fr.before.flops / n, "flops_per_sample_after": fr.after.flops / n,
+            "params_before": fr.before.params, "params_after": fr.after.params,
+            "flops_kept": fr.after.flops / fr.before.flops if fr.before.flops else 1.0,
+            "params_kept": fr.after.params / fr.before.params if fr.before.params else 1.0}
+    cpu_inputs = tuple(t.cpu() if isinstance(t, torch.Tensor) else t for t in inputs)
+    pruned_cpu = result.pruned.cpu().eval()
+    layers = compare_layers(model.cpu().eval(), pruned_cpu, cpu_inputs)
+    report: dict[str, Any] = {
+        "spec": args.spec, "task": args.task, "policy": policy.name, "regularizer": policy.regularizer.name,
+        "target": policy.target.fraction, "metric": policy.target.metric, "device": str(device),
+        "schedule": asdict(schedule),
+        "task_metric": result.metrics, "cost": cost, "finalize": fr.to_dict(), "gates": result.gates_report,
+        "history": result.history.to_dict(), "layers": layers, "seconds": result.seconds}
+    report["warnings"] = _warnings(result, policy, report)
+    out = Path(args.out)
+    write_outputs(out, pruned_cpu, result.plan, report, cpu_inputs)
+    pictures, why_not = ([], "--no-pictures") if args.no_pictures else _pictures(out, result.history.to_dict(True),
+                                                                                 policy.target.tolerance)
+    report["pictures"], report["seconds"]["total"] = pictures, time.perf_counter() - started
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    if args.json:
+        print_json(report)
+    else:
+        console.print(layers_table(layers))
+        console.print(before_after_table([("parameters", cost["params_before"], cost["params_after"], "count"),
+                                          ("FLOPs per sample", cost["flops_per_sample_before"],
+                                           cost["flops_per_sample_after"], "count")], title="prune: before / after"))
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if v is not None)
+        console.print(f"task metric: {scores or 'no eval_loader'}; finalize: {fr.check}")
+        console.print(f"wrote {out}/pruned.pt, plan.json, report.json"
+                      + (f", {', '.join(Path(p).name for p in pictures)}" if pictures else f" (no pictures: {why_not})"))
+    for line in report["warnings"]:
+        console.print(f"[yellow]warning: {line}[/yellow]")
+    return EXIT_MISSED if args.strict and report["warnings"] else EXIT_OK
+
+
+def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    p = add("prune", "prune your own model: gates from a YAML policy, the gated phase, finalize, optional "
+                     "fine-tuning; writes the pruned model, plan.json, report.json and pictures to --out")
+    add_model_arguments(p)
+    p.add_argument("--task", required=True, metavar="TASK",
+                   help="file.py:factory or package.module:factory returning a gdp_graph.recipes.task.Task "
+                        "(train_loader, loss(output, batch), optional eval_loader and metric)")
+    p.add_argument("--policy", default="default", help="YAML policy file or shipped policy name")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--target", type=float, help="override the policy's target fraction to keep")
+    p.add_argument("--epochs", type=int, help="epochs of the gated phase (default: the task's, else 3)")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after finalize (default: the task's, else 0)")
+    p.add_argument("--lr", type=float, help="weight learning rate in the gated phase (default: the task's, else 0.01)")
+    p.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: the task's, else 0.001)")
+    p.add_argument("--gate-lr", type=float, help="gate learning rate (default: the gates' own)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="weight optimizer (sgd with momentum 0.9, or AdamW)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the weight optimizer")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--seed", type=int, default=0, help="torch seed")
+    p.add_argument("--strict", action="store_true", help=f"exit {EXIT_MISSED} when the target is missed or nothing is pruned")
+    p.add_argument("--no-pictures", action="store_true", help="do not draw gates.png and trajectory.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print report.json's content instead of tables")
+    p.add_argument("--width", type=int, default=None, help="table width in columns")
+    p.set_defaults(func=cmd_prune)

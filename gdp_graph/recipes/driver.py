@@ -1,0 +1,224 @@
+"""The generic GDP driver behind ``gdp-graph prune``: any model, any TASK (see
+:mod:`gdp_graph.recipes.task`), a policy, and a schedule.
+
+gated phase (task loss + ``gated.penalty()``; ``gated.step()`` anneals epsilon, steers lambda and
+fixes the gates at the policy's ``fix_at``) -> ``finalize`` (the exact smaller model) ->
+optional fine-tuning -> figures. A :class:`History` records lambda, epsilon, the kept fraction
+and the free gates' values along the way, for the pictures.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from gdp_graph.recipes.task import Task, TaskError, batch_length, model_inputs, move_to
+
+__all__ = ["Schedule", "History", "PruneResult", "evaluate", "train_epochs", "run_prune", "free_gate_values"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Epochs and learning rates of the phases (flags and the task's defaults fill it)."""
+
+    epochs: int = 3
+    finetune_epochs: int = 0
+    lr: float = 0.01
+    finetune_lr: float = 0.001
+    gate_lr: Optional[float] = None  #: None: the gates' own default (``GatedModel.gate_optimizer``)
+    optimizer: str = "sgd"  #: sgd (momentum 0.9) or adam
+    weight_decay: float = 0.0
+    snapshots_per_epoch: int = 4  #: gate-value snapshots per epoch for the pictures
+
+
+@dataclass
+class History:
+    """The gated phase, sampled ``snapshots_per_epoch`` times per epoch."""
+
+    step: list[int] = field(default_factory=list)
+    lam: list[float] = field(default_factory=list)
+    epsilon: list[Optional[float]] = field(default_factory=list)
+    hard_fraction: list[float] = field(default_factory=list)
+    soft_fraction: list[float] = field(default_factory=list)
+    zero_gates: list[int] = field(default_factory=list)
+    gates: list[list[float]] = field(default_factory=list)  #: free unit gate values per snapshot
+    target: float = 1.0
+    metric: str = "flops"
+
+    def record(self, gated: Any) -> None:
+        report = gated.report()
+        values = free_gate_values(gated)
+        self.step.append(int(report["step"]))
+        self.lam.append(float(report["lambda"]))
+        self.epsilon.append(report.get("epsilon"))
+        self.hard_fraction.append(float(report["hard_fraction"]))
+        self.soft_fraction.append(float(report["soft_fraction"]))
+        self.zero_gates.append(int((values == 0).sum()))
+        self.gates.append([round(float(v), 6) for v in values])
+        self.target, self.metric = float(report["target"]), str(report["metric"])
+
+    def to_dict(self, with_gates: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not with_gates:
+            data.pop("gates")
+        return data
+
+
+@dataclass
+class PruneResult:
+    pruned: nn.Module
+    plan: Any
+    finalize_report: Any
+    history: History
+    metrics: dict[str, Optional[float]]
+    gates_report: dict[str, Any]
+    seconds: dict[str, float]
+
+
+def free_gate_values(gated: Any) -> torch.Tensor:
+    """The gates of every unit that may be removed (frozen units excluded), on the CPU."""
+    parts = []
+    with torch.no_grad():
+        for gid, gates in gated.group_gates().items():
+            frozen = gated.analysis.groups[gid].frozen_units.to(gates.device)
+            parts.append(gates.detach()[~frozen].float().cpu())
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _forward(model: nn.Module, task: Task, batch: Any) -> Any:
+    args, kwargs = model_inputs(task, batch)
+    return model(*args, **kwargs)
+
+
+def evaluate(model: nn.Module, task: Task, device: torch.device) -> Optional[float]:
+    """The task's metric averaged over ``eval_loader`` weighted by batch size (the mean loss
+    without a metric); None without an evaluation loader."""
+    if task.eval_loader is None:
+        return None
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in task.eval_loader:
+                batch = move_to(batch, device)
+                output = _forward(model, task, batch)
+                value = task.metric(output, batch) if task.metric is not None else task.loss(output, batch)
+                n = max(batch_length(batch), 1)
+                total += float(value) * n
+                count += n
+    finally:
+        model.train(was)
+    return total / count if count else None
+
+
+def steps_per_epoch(task: Task) -> int:
+    try:
+        n = len(task.train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise TaskError(f"TASK {task.name}: train_loader has no len(); the gated phase needs the number of "
+                        "steps per epoch to schedule epsilon and lambda") from None
+    if n <= 0:
+        raise TaskError(f"TASK {task.name}: train_loader is empty")
+    return n
+
+
+def make_optimizer(params: Sequence[nn.Parameter], schedule: Schedule, lr: float) -> torch.optim.Optimizer:
+    if schedule.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=schedule.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=schedule.weight_decay)
+
+
+def train_epochs(model: nn.Module, task: Task, device: torch.device, epochs: int, optimizer: torch.optim.Optimizer,
+                 *, extra_loss: Optional[Callable[[], torch.Tensor]] = None,
+                 after_step: Optional[Callable[[int, float], None]] = None,
+                 extra_optimizers: Sequence[torch.optim.Optimizer] = ()) -> float:
+    """Train ``epochs`` epochs with a cosine learning rate; returns the last epoch's mean loss.
+    ``after_step(step, loss)`` runs after every optimizer step (the gates' ``step`` goes there)."""
+    n = steps_per_epoch(task)
+    lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * n))
+    model.train()
+    step, mean = 0, math.nan
+    for _ in range(epochs):
+        total, batches = 0.0, 0
+        for batch in task.train_loader:
+            batch = move_to(batch, device)
+            loss = task.loss(_forward(model, task, batch), batch)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                raise TaskError(f"TASK {task.name}: loss(output, batch) must return a scalar tensor, "
+                                f"got {type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
+            total_loss = loss + extra_loss() if extra_loss is not None else loss
+            for opt in (optimizer, *extra_optimizers):
+                opt.zero_grad(set_to_none=True)
+            total_loss.backward()
+            for opt in (optimizer, *extra_optimizers):
+                opt.step()
+            lr_schedule.step()
+            step += 1
+            total += float(loss.detach())
+            batches += 1
+            if after_step is not None:
+                after_step(step, float(loss.detach()))
+        mean = total / max(batches, 1)
+    return mean
+
+
+def run_prune(model: nn.Module, example_inputs: Sequence[Any], task: Task, policy: Any, schedule: Schedule,
+              device: torch.device, *, on_progress: Optional[Callable[[str, int, int, dict], None]] = None) -> PruneResult:
+    """The whole pipeline on ``model`` (left untouched: gates go on a traced copy)."""
+    from gdp_graph.gates.attach import attach
+    from gdp_graph.gates.finalize import finalize
+    seconds: dict[str, float] = {}
+    model = copy.deepcopy(model).to(device)
+    inputs = tuple(move_to(tuple(example_inputs), device))
+    n = steps_per_epoch(task)
+    metrics: dict[str, Optional[float]] = {"original": evaluate(model, task, device)}
+    total = schedule.epochs * n
+    gated = attach(model, policy, example_inputs=inputs, total_steps=total, steps_per_epoch=n)
+    gated.to(device).train()
+    gate_ids = {id(p) for p in gated.gate_parameters()}
+    weights = [p for p in gated.parameters() if id(p) not in gate_ids and p.requires_grad]
+    optimizer = make_optimizer(weights, schedule, schedule.lr)
+    gate_opt = gated.gate_optimizer(schedule.gate_lr) if schedule.gate_lr is not None else gated.gate_optimizer()
+    history = History()
+    history.record(gated)
+    every = max(1, n // max(1, schedule.snapshots_per_epoch))
+
+    def after_gated_step(step: int, loss: float) -> None:
+        gated.step()
+        if step % every == 0 or step == total:
+            history.record(gated)
+        if on_progress is not None:
+            on_progress("gated", step, total, {"loss": loss, "lambda": history.lam[-1], "epsilon": history.epsilon[-1],
+                                               "kept": history.hard_fraction[-1], "target": history.target,
+                                               "zeros": history.zero_gates[-1]})
+
+    started = time.perf_counter()
+    if schedule.epochs > 0:
+        train_epochs(gated, task, device, schedule.epochs, optimizer, extra_loss=gated.penalty,
+                     after_step=after_gated_step, extra_optimizers=(gate_opt,))
+    seconds["gated"] = time.perf_counter() - started
+    metrics["gated"] = evaluate(gated, task, device)
+    pruned, report = finalize(gated)
+    metrics["finalized"] = evaluate(pruned, task, device)
+    started = time.perf_counter()
+    if schedule.finetune_epochs > 0:
+        ft_total = schedule.finetune_epochs * n
+
+        def after_finetune_step(step: int, loss: float) -> None:
+            if on_progress is not None:
+                on_progress("fine-tune", step, ft_total, {"loss": loss})
+
+        params = [p for p in pruned.parameters() if p.requires_grad]
+        train_epochs(pruned, task, device, schedule.finetune_epochs, make_optimizer(params, schedule, schedule.finetune_lr),
+                     after_step=after_finetune_step)
+        metrics["fine_tuned"] = evaluate(pruned, task, device)
+    seconds["finetune"] = time.perf_counter() - started
+    pruned.eval()
+    return PruneResult(pruned, report.plan, report, history, metrics, gated.report(), seconds)

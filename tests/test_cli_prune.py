@@ -1,0 +1,97 @@
+"""``gdp-graph prune`` end to end on a small model with a synthetic-data task file, as a user
+runs it; the TASK contract's errors; the pictures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = "tests/fixtures/synthetic_task.py:model"
+TASK = "tests/fixtures/synthetic_task.py"
+
+
+def gdp_graph(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gdp_graph.cli.main", *argv], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prune") / "run"
+    done = gdp_graph("prune", SPEC, "--task", f"{TASK}:task", "--policy", "default", "--target", "0.5",
+                     "--finetune-epochs", "1", "--out", str(out), "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    return out, json.loads(done.stdout)
+
+
+def test_prune_writes_model_plan_report(pruned_run):
+    out, report = pruned_run
+    assert {"pruned.pt", "plan.json", "report.json", "example_inputs.pt"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "report.json").read_text())["cost"] == report["cost"]
+    cost = report["cost"]
+    assert cost["flops_per_sample_after"] < cost["flops_per_sample_before"]
+    assert abs(cost["flops_kept"] - 0.5) <= 0.05, cost  # the budget was steered to the target
+    assert report["finalize"]["equal"] is True
+    metrics = report["task_metric"]
+    assert metrics["gated"] == pytest.approx(metrics["finalized"])  # finalize is exact
+    assert metrics["fine_tuned"] is not None and report["warnings"] == []
+    history = report["history"]
+    assert len(history["step"]) > 2 and history["zero_gates"][-1] > 0
+
+
+def test_pruned_model_loads_and_its_plan_applies(pruned_run, tmp_path):
+    import torch
+    from gdp_graph.report.outputs import load_pruned
+    out, report = pruned_run
+    pruned = load_pruned(out)
+    assert sum(p.numel() for p in pruned.parameters()) == report["cost"]["params_after"]
+    assert pruned(torch.randn(5, 3, 8, 8)).shape == (5, 2)
+    done = gdp_graph("apply", SPEC, str(out / "plan.json"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["params_after"] == report["cost"]["params_after"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the 'plot' extra is not installed")
+def test_prune_draws_the_pictures(pruned_run):
+    out, report = pruned_run
+    assert sorted(Path(p).name for p in report["pictures"]) == ["gates.png", "trajectory.png"]
+    for name in ("gates.png", "trajectory.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_strict_exits_3_when_nothing_is_pruned(tmp_path):
+    done = gdp_graph("prune", SPEC, "--task", f"{TASK}:task", "--epochs", "1", "--target", "1.0",
+                     "--out", str(tmp_path / "o"), "--strict", "--no-progress", "--no-pictures", "--width", "200")
+    assert done.returncode == 3, done.stderr
+    assert "nothing was pruned" in done.stdout
+
+
+def test_task_as_a_dict_is_accepted(tmp_path):
+    done = gdp_graph("prune", SPEC, "--task", f"{TASK}:task_as_dict", "--epochs", "1", "--out", str(tmp_path / "o"),
+                     "--no-progress", "--no-pictures", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["task_metric"] == {"original": None, "gated": None, "finalized": None}
+
+
+@pytest.mark.parametrize("task, fragment", [
+    (f"{TASK}:task_without_len", "train_loader has no len()"),
+    (f"{TASK}:missing", "has no attribute 'missing'"),
+    ("tests/fixtures/cli_models.py:small_cnn", "the factory returned tuple"),
+])
+def test_task_contract_errors_are_one_line_exit_2(tmp_path, task, fragment):
+    done = gdp_graph("prune", SPEC, "--task", task, "--out", str(tmp_path / "o"), "--no-progress")
+    assert done.returncode == 2, done.stderr
+    assert fragment in done.stderr and done.stderr.count("\n") == 1 and "TASK" in done.stderr
+
+
+def test_zero_epochs_is_refused(tmp_path):
+    done = gdp_graph("prune", SPEC, "--task", f"{TASK}:task", "--epochs", "0", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "--epochs must be at least 1" in done.stderr
