@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from rich_argparse import ArgumentDefaultsRichHelpFormatter
 
 from gdp_graph import __version__
-from gdp_graph.cli import cmd_analysis, cmd_apply, cmd_export, cmd_prune, cmd_report
+from gdp_graph.cli import cmd_analysis, cmd_apply, cmd_explain, cmd_export, cmd_prune, cmd_report
 from gdp_graph.cli.common import EXIT_USAGE, UsageError, one_line
 from gdp_graph.errors import GdpError
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=formatter)
 
     cmd_analysis.register(add)
+    cmd_explain.register(add)
     cmd_prune.register(add)
     cmd_apply.register(add)
     cmd_export.register(add)
