@@ -135,6 +135,21 @@ class _Recorder(fx.Interpreter):
         return out
 
 
+def _run_eagerly(model: nn.Module, work: nn.Module, bound: BoundInputs) -> Any:
+    try:
+        with torch.no_grad():
+            return bound.call(work)
+    except Exception as exc:  # noqa: BLE001
+        raise TraceError(f"{type(model).__name__} does not run on example inputs of shape {bound.describe()}: {_first_line(exc)}") from exc
+
+
+def _record(gm: fx.GraphModule, bound: BoundInputs) -> _Recorder:
+    recorder = _Recorder(gm)
+    with torch.no_grad():
+        recorder.run(*bound.positional)
+    return recorder
+
+
 def trace(model: nn.Module, example_inputs: Any) -> TracedModel:
     """Trace a deep copy of ``model`` in eval mode and run it on ``example_inputs``.
 
@@ -148,18 +163,25 @@ def trace(model: nn.Module, example_inputs: Any) -> TracedModel:
     except InputError as exc:
         raise TraceError(str(exc)) from None
     work = copy.deepcopy(model).eval()
-    try:
-        with torch.no_grad():
-            eager_output = bound.call(work)
-    except Exception as exc:  # noqa: BLE001
-        raise TraceError(f"{type(model).__name__} does not run on example inputs of shape {bound.describe()}: {_first_line(exc)}") from exc
+    # The eager forward only runs where it is needed (a forward costs as much as the rest of
+    # the analysis): lazy modules materialize on it, a dict output needs its class, and a
+    # failure is first checked against the plain model so the error says what is wrong.
+    eager_output = None
+    if any(isinstance(m, nn.modules.lazy.LazyModuleMixin) for m in work.modules()):
+        eager_output = _run_eagerly(model, work, bound)
     fixed = {k: v for k, v in bound.fixed.items() if is_flag(v)}
-    gm, opaque = symbolic_trace_with_fallback(work, fixed=fixed)
-    lower_multihead_attention(gm)
-    _restore_output_class(gm, eager_output)
-    gm.eval()
-    recorder = _Recorder(gm)
-    with torch.no_grad():
-        recorder.run(*bound.positional)
+    try:
+        gm, opaque = symbolic_trace_with_fallback(work, fixed=fixed)
+        lower_multihead_attention(gm)
+        gm.eval()
+        recorder = _record(gm, bound)
+    except TraceError:
+        _run_eagerly(model, work, bound)
+        raise
+    if isinstance(recorder.values.get(next(reversed(gm.graph.nodes)).name), dict):
+        count = len(gm.graph.nodes)
+        _restore_output_class(gm, eager_output if eager_output is not None else _run_eagerly(model, work, bound))
+        if len(gm.graph.nodes) != count:
+            recorder = _record(gm, bound)
     return TracedModel(gm=gm, example_inputs=bound.positional, values=recorder.values, opaque=opaque,
                        inputs=bound, front_end="fx", front_end_reason="torch.fx symbolic tracing succeeded")

@@ -1,0 +1,141 @@
+"""Analysis speed: gdp-graph ``analyze`` against Torch-Pruning's dependency graph.
+
+Both sides run in one process on the same model and inputs (1 x 3 x 224 x 224, one thread),
+alternating which goes first each round; the JSON in ``benchmarks/results/`` keeps every run,
+the medians, the spread (min, max), the ratio and the machine.
+
+    pip install torch-pruning==1.6.1 --no-deps      # benchmark-only, never a runtime dependency
+    python benchmarks/analysis_speed.py [--repeats 3] [--models resnet50,densenet121] [--out FILE]
+
+Torch-Pruning's side is ``DependencyGraph().build_dependency(model, x)`` and listing every
+group (``get_all_groups``), the same work ``analyze`` does (groups, couplings, blocks).
+``--gdp PATH`` times the gdp-graph found at PATH (e.g. a checkout of an older commit), to put
+old and new figures side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _timed(fn: Callable[[], Any], limit_s: int) -> Optional[float]:
+    """Seconds ``fn`` took, or None when it ran past ``limit_s`` (SIGALRM interrupts it)."""
+
+    def expire(signum, frame):
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(limit_s)
+    start = time.perf_counter()
+    try:
+        fn()
+        return time.perf_counter() - start
+    except TimeoutError:
+        return None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _summary(runs: list[Optional[float]]) -> dict[str, Any]:
+    done = [r for r in runs if r is not None]
+    if not done or len(done) < len(runs):
+        return {"runs": runs, "median_s": None, "min_s": None, "max_s": None}
+    return {"runs": [round(r, 4) for r in done], "median_s": round(statistics.median(done), 4),
+            "min_s": round(min(done), 4), "max_s": round(max(done), 4)}
+
+
+def _peer_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch-pruning")
+
+
+def machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--models", default="", help="comma-separated names (default: all)")
+    p.add_argument("--limit", type=int, default=240, help="seconds before a Torch-Pruning run is abandoned")
+    p.add_argument("--gdp", default=str(ROOT), help="where to import gdp_graph from")
+    p.add_argument("--no-peer", action="store_true", help="time gdp-graph only")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "analysis_speed.json"))
+    args = p.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, args.gdp)
+    import torch
+
+    import gdp_graph as G
+    from benchmarks.models import BENCH
+
+    torch.set_num_threads(1)
+    peer = None
+    if not args.no_peer:
+        import torch_pruning as tp
+        peer = tp
+
+    def theirs(model, inputs) -> None:
+        graph = peer.DependencyGraph().build_dependency(model, example_inputs=inputs[0])
+        list(graph.get_all_groups())
+
+    names = [n for n in args.models.split(",") if n] or list(BENCH)
+    results: dict[str, Any] = {}
+    for name in names:
+        model, inputs = BENCH[name]()
+        analysis = G.analyze(model, inputs)  # warm-up, and the sizes for the table
+        record: dict[str, Any] = {"groups": len(analysis.groups), "blocks": len(analysis.blocks),
+                                  "elements": analysis.store.count - 1, "nodes": len(analysis.traced.gm.graph.nodes)}
+        ours: list[Optional[float]] = []
+        peer_runs: list[Optional[float]] = []
+        peer_alive = peer is not None
+        if peer_alive:
+            peer_alive = _timed(lambda: theirs(model, inputs), args.limit) is not None  # warm-up
+            peer_runs = [] if peer_alive else [None]
+        for r in range(args.repeats):
+            order = ["ours", "theirs"] if r % 2 == 0 else ["theirs", "ours"]
+            for side in order:
+                if side == "ours":
+                    ours.append(_timed(lambda: G.analyze(model, inputs), 3600))
+                elif peer_alive:
+                    took = _timed(lambda: theirs(model, inputs), args.limit)
+                    peer_runs.append(took)
+                    peer_alive = took is not None
+        record["gdp_graph"] = _summary(ours)
+        if peer is not None:
+            record["torch_pruning"] = _summary(peer_runs)
+            a, b = record["gdp_graph"]["median_s"], record["torch_pruning"]["median_s"]
+            record["ours_over_theirs"] = round(a / b, 3) if a and b else None
+        results[name] = record
+        print(f"{name}: {json.dumps(record)}", flush=True)
+
+    report = {"benchmark": "analysis_speed", "input": [1, 3, 224, 224], "repeats": args.repeats,
+              "gdp_graph_from": args.gdp, "machine": machine(),
+              "torch_pruning": _peer_version() if peer is not None else None, "models": results}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
