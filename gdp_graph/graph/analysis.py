@@ -20,6 +20,7 @@ from gdp_graph.graph import rules
 from gdp_graph.graph.blocks import find_blocks
 from gdp_graph.graph.channels import UNTRACKED, Chan, Track, flatten_chans, map_structure
 from gdp_graph.graph.elements import ElementStore
+from gdp_graph.graph.frontend_export import CONSTANT_BUFFER
 from gdp_graph.graph.groups import Block, ChannelGroup, GateSite, Member, OpaqueLeaf
 from gdp_graph.graph.inputs import output_tensors
 from gdp_graph.graph.rules.context import RuleContext, target_name
@@ -61,8 +62,8 @@ class Analysis:
 def _param_chan(ctx_store: ElementStore, node: fx.Node, value: torch.Tensor, seen: dict[str, Chan]) -> Chan:
     """A parameter or buffer used directly in forward: each dim of size > 1 is a new space
     (the same one each time the attribute is read)."""
-    if not torch.is_floating_point(value):
-        return UNTRACKED
+    if not torch.is_floating_point(value) or node.meta.get(CONSTANT_BUFFER):
+        return UNTRACKED  # integer tables, non-persistent buffers (rotary inv_freq): constants
     if node.target in seen:
         return seen[node.target]
     tracks = []
@@ -204,9 +205,12 @@ def _freeze_partial_slices(joint: list[Track], store: ElementStore) -> None:
                 store.freeze(row, "channels sharing a reshaped slice with untracked channels")
 
 
-def analyze(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor) -> Analysis:
-    """Trace ``model`` (a copy) and find its channel groups and removable blocks."""
-    traced = trace(model, example_inputs)
+def analyze(model: nn.Module, example_inputs: Any, *, front_end: str = "auto") -> Analysis:
+    """Trace ``model`` (a copy) and find its channel groups and removable blocks.
+
+    ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs.
+    ``front_end``: ``"auto"`` (torch.fx, else torch.export), ``"fx"`` or ``"export"``."""
+    traced = trace(model, example_inputs, front_end=front_end)
     return analyze_traced(traced)
 
 

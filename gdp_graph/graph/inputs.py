@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.utils._pytree as pytree
@@ -30,8 +30,9 @@ class BoundInputs:
 
     args: tuple[Any, ...]  #: as the user gave them (positional part)
     kwargs: dict[str, Any]  #: as the user gave them (keyword part)
-    positional: tuple[Any, ...]  #: every parameter up to the last given one, in order
+    positional: Optional[tuple[Any, ...]]  #: every parameter up to the last given one, in order
     fixed: dict[str, Any]  #: parameters fixed while tracing: defaults of those not given, flags
+    variadic: tuple[str, ...] = ()  #: ``*args``/``**kwargs`` parameters given values (fx cannot)
 
     def call(self, fn: Callable[..., Any]) -> Any:
         """Call ``fn`` (the user's model, or a module keeping its signature) on the inputs."""
@@ -64,14 +65,14 @@ def bind_inputs(forward: Callable[..., Any], example_inputs: Any) -> BoundInputs
     args, kwargs = split_inputs(example_inputs)
     signature = inspect.signature(forward)
     params = list(signature.parameters.values())
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
-        if kwargs:  # fx gives *args/**kwargs one placeholder each; positional inputs only
-            raise InputError(f"{_name(forward)} takes *args/**kwargs: give its example inputs as a tuple")
-        return BoundInputs(args, kwargs, args, {})
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise InputError(f"example inputs do not fit {_name(forward)}{signature}: {exc}") from None
+    variadic = [p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and bound.arguments.get(p.name)]
+    if variadic:  # fx gives *args/**kwargs one placeholder each: only torch.export takes them
+        return BoundInputs(args, kwargs, None, {}, tuple(variadic))
+    params = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     given = [i for i, p in enumerate(params) if p.name in bound.arguments]
     last = max(given, default=-1)
     positional = []

@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from gdp_graph.graph.frontend_export import export_graph
 from gdp_graph.graph.groups import OpaqueLeaf
 from gdp_graph.graph.inputs import BoundInputs, InputError, bind_inputs, is_flag
 from gdp_graph.graph.lowering import lower_multihead_attention
@@ -118,6 +119,25 @@ def _restore_output_class(gm: fx.GraphModule, eager_output: Any) -> None:
     gm.recompile()
 
 
+def _trace_exported(model: nn.Module, bound: BoundInputs, reason: str) -> TracedModel:
+    """The ``torch.export`` front end on a fresh private copy (fx may have left marks on its)."""
+    work = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad():
+            gm, flat = export_graph(work, bound)
+        gm.eval()
+        recorder = _Recorder(gm)
+        with torch.no_grad():
+            recorder.run(*flat)
+    except TraceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - both front ends failed: say why for each
+        raise TraceError(f"cannot trace {type(model).__name__}: {reason}; torch.export failed too: "
+                         f"{_first_line(exc)}") from exc
+    return TracedModel(gm=gm, example_inputs=flat, values=recorder.values, inputs=bound,
+                       front_end="export", front_end_reason=reason)
+
+
 class _Recorder(fx.Interpreter):
     """Runs the graph once and keeps every node's value (ShapeProp keeps only metadata; rules
     need the integers that shape arithmetic produced)."""
@@ -150,12 +170,22 @@ def _record(gm: fx.GraphModule, bound: BoundInputs) -> _Recorder:
     return recorder
 
 
-def trace(model: nn.Module, example_inputs: Any) -> TracedModel:
+FRONT_ENDS = ("auto", "fx", "export")
+
+
+def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto") -> TracedModel:
     """Trace a deep copy of ``model`` in eval mode and run it on ``example_inputs``.
 
     The user's model is never modified. Example inputs are a tensor, a tuple of positional
     inputs, or a dict of keyword inputs (:mod:`gdp_graph.graph.inputs`).
+
+    ``front_end``: ``"fx"`` (symbolic tracing, opaque leaves where it fails), ``"export"``
+    (``torch.export``, an ATen graph: :mod:`gdp_graph.graph.frontend_export`), or ``"auto"``:
+    fx first, export where fx fails or leaves a submodule opaque. The traced model says which
+    front end was used and why (``front_end``, ``front_end_reason``).
     """
+    if front_end not in FRONT_ENDS:
+        raise TraceError(f"front_end must be one of {', '.join(FRONT_ENDS)}, got {front_end!r}")
     if not isinstance(model, nn.Module):
         raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
     try:
@@ -170,14 +200,29 @@ def trace(model: nn.Module, example_inputs: Any) -> TracedModel:
     if any(isinstance(m, nn.modules.lazy.LazyModuleMixin) for m in work.modules()):
         eager_output = _run_eagerly(model, work, bound)
     fixed = {k: v for k, v in bound.fixed.items() if is_flag(v)}
+    if front_end == "export":
+        return _trace_exported(model, bound, "requested (front_end='export')")
+    if bound.variadic:
+        reason = f"inputs given to {', '.join('*' + v for v in bound.variadic)}, which torch.fx cannot trace"
+        if front_end == "fx":
+            raise TraceError(f"{type(model).__name__}: {reason}")
+        return _trace_exported(model, bound, reason)
     try:
         gm, opaque = symbolic_trace_with_fallback(work, fixed=fixed)
         lower_multihead_attention(gm)
         gm.eval()
         recorder = _record(gm, bound)
-    except TraceError:
+    except TraceError as exc:
         _run_eagerly(model, work, bound)
-        raise
+        if front_end == "fx":
+            raise
+        return _trace_exported(model, bound, f"torch.fx could not trace it ({exc})")
+    if opaque and front_end == "auto":
+        reason = f"torch.fx left {len(opaque)} submodule(s) opaque ({opaque[0].module}: {opaque[0].reason})"
+        try:
+            return _trace_exported(model, bound, reason)
+        except TraceError:
+            pass  # keep the fx graph with its opaque leaves, reported as such
     if isinstance(recorder.values.get(next(reversed(gm.graph.nodes)).name), dict):
         count = len(gm.graph.nodes)
         _restore_output_class(gm, eager_output if eager_output is not None else _run_eagerly(model, work, bound))

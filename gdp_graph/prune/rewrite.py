@@ -194,6 +194,7 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
     removed = {analysis.blocks[b].add_node: analysis.blocks[b] for b in plan.removed_blocks}
     dead = {n for b in removed.values() for n in b.nodes}
     graph = fx.Graph()
+    graph._codegen = copy.deepcopy(gm.graph._codegen)  # torch.export graphs: the output structure
     env: dict[str, Any] = {}
     shape_source: dict[str, fx.Node] = {}
     const_count = 0
@@ -265,6 +266,9 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
         except Exception as exc:  # noqa: BLE001 - re-raised with the node named
             raise RewriteError(f"cannot rewrite node '{node.name}' ({node.format_node()}): {type(exc).__name__}: {exc}") from exc
     pruned = fx.GraphModule(root, graph, f"Pruned{type(gm).__name__}")
+    for spec in ("_in_spec", "_out_spec"):  # read by the generated code of an exported graph
+        if hasattr(gm, spec):
+            setattr(pruned, spec, getattr(gm, spec))
     pruned.graph.eliminate_dead_code()
     pruned.graph.lint()
     pruned.recompile()

@@ -218,8 +218,13 @@ class RuleContext:
                     continue
                 aligned.append(t.shifted(offset))
         for t in aligned:
-            if untracked_dims.intersection(t.dims):
+            hit = untracked_dims.intersection(t.dims)
+            if hit and t.single():
                 self.freeze(t.labels, "channels combined with an untracked dimension of another operand")
+            for d in sorted(hit) if not t.single() else ():
+                # a joint (heads, head_dim) track times rotary cos/sin varying along head_dim:
+                # fine while units are whole heads, i.e. head_dim keeps its size
+                self.store.require_uniform(t.labels, t.dims.index(d), f"an untracked operand at {self.where}")
         merged = merge_tracks(aligned, self.store, kind)
         return merged
 

@@ -1,0 +1,93 @@
+"""The second front end: capture a model with ``torch.export`` (non-strict) when torch.fx
+symbolic tracing cannot.
+
+``torch.export`` runs the real forward under fake tensors, so Python control flow, ``*args``
+plumbing and library code that fx refuses (Hugging Face transformers 5 removed its own fx
+tracer) are captured; the result is a graph of ATen ops, analysed with the ATen rules of the same
+registry (:mod:`gdp_graph.graph.rules.aten`). Parameters are read by ``get_attr`` nodes under
+their original qualified names (``model.layers.0.self_attn.q_proj.weight``), so policies match
+the same module names as with fx; every op node also carries ``nn_module_stack``, from which
+:func:`module_of` names the module it was called in.
+
+Shapes are captured static: the graph (and a pruned GraphModule made from it) runs on inputs of
+the example's shapes. The model's output structure (a ``ModelOutput``, a dict) is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch import nn
+from torch.fx._pytree import tree_flatten_spec
+
+from gdp_graph.graph.inputs import BoundInputs
+
+CONSTANT_BUFFER = "gdp_constant_buffer"  #: node.meta key: a non-persistent buffer (not channels)
+
+
+def export_graph(work: nn.Module, bound: BoundInputs) -> tuple[fx.GraphModule, tuple[Any, ...]]:
+    """Capture ``work`` (already a private eval-mode copy) on the example inputs.
+
+    Returns a GraphModule that takes the flattened inputs positionally (one per placeholder) and
+    returns the model's own output structure, and those flattened inputs.
+    """
+    program = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False)
+    exported = program.module()
+    # a plain GraphModule (the exported one refuses .eval()/.train(), which every stage calls)
+    gm = fx.GraphModule(exported, exported.graph, type(work).__name__)
+    for spec in ("_in_spec", "_out_spec"):
+        if hasattr(exported, spec):
+            setattr(gm, spec, getattr(exported, spec))
+    codegen = gm.graph._codegen
+    info = getattr(codegen, "pytree_info", None)
+    if info is None:
+        return gm, tuple(bound.args)
+    flat = tuple(tree_flatten_spec((tuple(bound.args), dict(bound.kwargs)), info.in_spec))
+    # positional inputs, one per placeholder: the rest of the pipeline calls gm(*inputs)
+    positional_spec = pytree.tree_structure((flat, {}))
+    codegen.pytree_info = info._replace(in_spec=positional_spec)
+    gm._in_spec = positional_spec
+    _drop_guard_calls(gm)
+    _mark_constant_buffers(gm, work)
+    gm.recompile()
+    return gm, flat
+
+
+def _drop_guard_calls(gm: fx.GraphModule) -> None:
+    """``torch.export`` inserts a call of its input-guard module; the inputs are positional and
+    fixed here, so the check has nothing left to guard."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and str(node.target) == "_guards_fn" and not node.users:
+            gm.graph.erase_node(node)
+    if hasattr(gm, "_guards_fn"):
+        delattr(gm, "_guards_fn")
+
+
+def _mark_constant_buffers(gm: fx.GraphModule, work: nn.Module) -> None:
+    """Non-persistent buffers (rotary ``inv_freq``, cached masks) are constants of the model,
+    not channels: they are marked so the analysis does not give them channel spaces, which would
+    tie every head's rotary dims together."""
+    constant: set[str] = set()
+    for prefix, module in work.named_modules():
+        for name in getattr(module, "_non_persistent_buffers_set", ()):
+            constant.add(f"{prefix}.{name}" if prefix else name)
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and str(node.target) in constant:
+            node.meta[CONSTANT_BUFFER] = True
+
+
+def module_of(node: fx.Node) -> Optional[str]:
+    """The qualified name of the innermost module an exported node was called in."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path, _ = list(stack.values())[-1]
+    return str(path) or None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
