@@ -8,8 +8,8 @@ Generic: nothing here knows what document it checks. The pieces, one per module:
 * :mod:`.tree` -- :func:`parse_yaml` and :func:`from_python` build located :class:`Node` trees,
   reporting duplicate keys (which PyYAML silently accepts), unsupported tags and recursive
   aliases;
-* :mod:`.specs` -- the declarative schema language (:class:`Struct`, :class:`Int`,
-  :class:`Enum`, ...) that checks a tree into Python values, reporting types, ranges, enums and
+* :mod:`.specs` and :mod:`.structures` -- the declarative schema language (:class:`Struct`,
+  :class:`Int`, :class:`Enum`, ...) that checks a tree into Python values, reporting types, ranges, enums and
   unknown keys, and exports a JSON Schema.
 
 Example::
@@ -50,22 +50,8 @@ from gdp_graph.policy.yamlcheck.diagnostics import (
     join_path,
     where,
 )
-from gdp_graph.policy.yamlcheck.specs import (
-    INVALID,
-    MISSING,
-    Bool,
-    Checked,
-    Enum,
-    Field,
-    Int,
-    Number,
-    OneOrMany,
-    Seq,
-    Spec,
-    Str,
-    Struct,
-    Variant,
-)
+from gdp_graph.policy.yamlcheck.specs import INVALID, MISSING, Bool, Enum, Int, Number, Spec, Str
+from gdp_graph.policy.yamlcheck.structures import Checked, Field, OneOrMany, Seq, Struct, Variant
 from gdp_graph.policy.yamlcheck.tree import Entry, Node, describe_node, from_python, parse_yaml
 
 __all__ = [
