@@ -1,0 +1,89 @@
+"""A PyTorch Lightning callback (``pip install 'gdp-graph[lightning]'``)::
+
+    class Classifier(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = my_net()                      # the attribute the callback gates
+        def training_step(self, batch, _):
+            x, y = batch
+            return F.cross_entropy(self.model(x), y)   # no penalty here: the callback adds it
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    gdp = GdpCallback(policy="default", example_inputs=torch.randn(2, 3, 32, 32))
+    pl.Trainer(max_epochs=5, callbacks=[gdp]).fit(Classifier(), loader)
+    pruned = gdp.pruned                                # the exact smaller model
+
+In ``setup`` the callback replaces ``pl_module.<attribute>`` by the gated model (before
+``configure_optimizers``, so your optimizer holds the gated model's weights), with the gated
+phase lasting ``trainer.estimated_stepping_batches``. At the end of ``fit`` it finalizes and,
+with ``replace=True``, puts the pruned model back in the attribute.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+try:
+    import pytorch_lightning as pl
+except ImportError:  # pragma: no cover - the optional extra
+    try:
+        import lightning.pytorch as pl
+    except ImportError:
+        raise ImportError("GdpCallback needs PyTorch Lightning: pip install 'gdp-graph[lightning]'") from None
+
+from gdp_graph.gates.attach import PolicyLike, attach
+from gdp_graph.integrations.driver import GateDriver
+
+__all__ = ["GdpCallback"]
+
+
+class GdpCallback(pl.Callback):
+    def __init__(self, policy: PolicyLike = None, *, example_inputs: Any, attribute: str = "model",
+                 gate_lr: Optional[float] = None, replace: bool = True, log: bool = True):
+        self.policy = policy
+        self.example_inputs = example_inputs
+        self.attribute = attribute
+        self.gate_lr = gate_lr
+        self.replace = replace
+        self.log = log
+        self.driver: Optional[GateDriver] = None
+
+    @property
+    def pruned(self):
+        return self.driver.pruned if self.driver is not None else None
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage != "fit" or self.driver is not None:
+            return
+        if "16" in str(trainer.precision) and "bf16" not in str(trainer.precision):
+            raise ValueError("GdpCallback: float16 mixed precision scales the loss but not the penalty added by the "
+                             "callback; use precision='bf16-mixed' or 32")
+        model = getattr(pl_module, self.attribute, None)
+        if model is None:
+            raise AttributeError(f"GdpCallback: the LightningModule has no attribute {self.attribute!r} holding the model")
+        steps = int(trainer.estimated_stepping_batches)
+        epochs = max(1, int(trainer.max_epochs or 1))
+        gated = attach(model, self.policy, example_inputs=self.example_inputs, total_steps=steps,
+                       steps_per_epoch=max(1, steps // epochs))
+        setattr(pl_module, self.attribute, gated)
+        self.driver = GateDriver(gated, self.gate_lr)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.driver.start()
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.driver.after_backward()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.driver.before_optimizer_step()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.driver.after_optimizer_step(trainer.global_step)
+        if self.log:
+            pl_module.log_dict(self.driver.metrics(), on_step=True, prog_bar=False)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        pruned = self.driver.finalize()
+        if self.replace:
+            setattr(pl_module, self.attribute, pruned)
