@@ -93,11 +93,12 @@ def _reference_tracks(labels: torch.Tensor):
     return varying
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(16))
 def test_infer_tracks_matches_its_definition(seed):
     g = torch.Generator().manual_seed(seed)
     shape = [int(s) for s in torch.randint(1, 5, (3,), generator=g)]
-    base = torch.randint(0, 6, shape, generator=g)
+    # with and without nulls (two code paths), as int64 and as the int32 labels ops run on
+    base = torch.randint(seed % 2, 6, shape, generator=g, dtype=torch.long if seed % 4 < 2 else torch.int32)
     # make some dims constant so that tracks of every form occur
     for d in range(3):
         if bool(torch.rand(1, generator=g) < 0.5):
@@ -106,12 +107,13 @@ def test_infer_tracks_matches_its_definition(seed):
     varying = _reference_tracks(base)
     if not varying:
         assert tracks == [] and constant.tolist() == sorted(set(base[base != 0].tolist()))
+        assert constant.dtype == torch.long
         return
     (track,) = tracks
-    assert list(track.dims) == varying
+    assert list(track.dims) == varying and track.labels.dtype == torch.long
     others = [d for d in range(3) if d not in varying]
     expected = base.amax(dim=others) if others else base
-    assert torch.equal(track.labels, expected)
+    assert torch.equal(track.labels, expected.long())
 
 
 def _structure(analysis):

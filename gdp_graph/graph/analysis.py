@@ -159,15 +159,11 @@ def _unit_dims(track: Track, roots: torch.Tensor) -> list[int]:
     present = track.labels != 0
     found = []
     for k in range(len(track.dims)):
-        moved = classes.movedim(k, 0).reshape(classes.shape[k], -1)
+        rows = classes.movedim(k, 0).reshape(classes.shape[k], -1)
         mask = present.movedim(k, 0).reshape(classes.shape[k], -1)
-        ok = True
-        for row, m in zip(moved, mask):
-            vals = row[m]
-            if vals.numel() and not bool((vals == vals[0]).all()):
-                ok = False
-                break
-        if ok:
+        # each row's first present class; a row with another class present is not one unit
+        first = rows.gather(1, mask.to(torch.uint8).argmax(1, keepdim=True))
+        if not bool(((rows != first) & mask).any()):
             found.append(k)
     return found
 

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 
 NULL = 0
+#: dtype of the full-shape label tensors data-movement ops run on (element ids stay far below 2**31)
+LABEL_DTYPE = torch.int32
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def expand_labels(track: Track, shape: Sequence[int]) -> torch.Tensor:
 
 
 def infer_tracks(labels: torch.Tensor) -> tuple[list[Track], torch.Tensor]:
-    """Recover tracks from a full-shape label tensor.
+    """Recover tracks from a full-shape label tensor (any integer dtype; results are int64).
 
     A dim is part of the track when some slice along it holds two different elements. Returns
     the tracks and the elements that survive only as a constant (e.g. one channel picked by an
@@ -90,18 +92,28 @@ def infer_tracks(labels: torch.Tensor) -> tuple[list[Track], torch.Tensor]:
     if labels.numel() == 0:
         return [], empty
     present = labels != NULL
-    if not bool(present.any()):
+    complete = bool(present.all())
+    if not complete and not bool(present.any()):
         return [], empty
-    # labels are >= 0 and NULL is 0, so a plain max ignores nulls wherever an element is
-    # present; a slice varies when a present label differs from its max (int64 amin is far
-    # slower than amax on CPU, so no min is taken)
-    varying = [d for d in range(labels.dim()) if labels.shape[d] > 1
-               and bool(((labels != labels.amax(d, keepdim=True)) & present).any())]
+    dims = [d for d in range(labels.dim()) if labels.shape[d] > 1]
+    if complete:
+        # no nulls: a dim varies when the tensor differs from its first slice along it
+        varying = [d for d in dims if bool((labels != labels.narrow(d, 0, 1)).any())]
+    else:
+        # labels are >= 0 and NULL is 0, so a plain max ignores nulls wherever an element is
+        # present; a slice varies when a present label differs from its max (int64 amin is
+        # far slower than amax on CPU, so no min is taken)
+        varying = [d for d in dims if bool(((labels != labels.amax(d, keepdim=True)) & present).any())]
     if not varying:
-        return [], torch.unique(labels[present])
+        return [], torch.unique(labels[present]).long()
     others = [d for d in range(labels.dim()) if d not in varying]
-    projected = labels.amax(dim=others) if others else labels
-    return [Track(tuple(varying), projected.contiguous())], empty
+    if not others:
+        projected = labels
+    elif complete:  # constant along the others: any slice will do
+        projected = labels[tuple(0 if d in others else slice(None) for d in range(labels.dim()))]
+    else:
+        projected = labels.amax(dim=others)
+    return [Track(tuple(varying), projected.to(torch.long).contiguous())], empty
 
 
 def tracks_to_labels(tracks: Sequence[Track], shape: Sequence[int]) -> list[torch.Tensor]:

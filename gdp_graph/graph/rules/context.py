@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from gdp_graph.graph.channels import NULL, UNTRACKED, Chan, Track, expand_labels, infer_tracks, map_structure
+from gdp_graph.graph.channels import LABEL_DTYPE, NULL, UNTRACKED, Chan, Track, expand_labels, infer_tracks, map_structure
 from gdp_graph.graph.elements import ElementStore
 from gdp_graph.graph.groups import Member
 
@@ -156,10 +156,14 @@ class RuleContext:
                 continue
             for track in chan.tracks:
                 def sub(n: fx.Node, _inp=inp, _track=track):
-                    shape = label_shape(self._values[n.name])
+                    value = self._values[n.name]
+                    shape = label_shape(value)
+                    # labels run as int32 (half the memory traffic of int64); integer inputs
+                    # (indices) keep their int64, which an index needs
+                    dtype = torch.long if not (value.is_floating_point() or value.is_complex()) else LABEL_DTYPE
                     if n is _inp:
-                        return expand_labels(_track, shape).contiguous()
-                    return torch.zeros(shape, dtype=torch.long)
+                        return expand_labels(_track, shape).to(dtype).contiguous()
+                    return torch.zeros(shape, dtype=dtype)
                 results.append(run(sub))
         if not results:
             return map_structure(lambda _: UNTRACKED, self.out)

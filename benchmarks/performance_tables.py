@@ -1,0 +1,76 @@
+"""Markdown tables for the README's "Performance" section, from the JSON in ``benchmarks/results/``.
+
+    python benchmarks/performance_tables.py [--before benchmarks/results/analysis_speed_before.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(path: Path) -> Optional[dict[str, Any]]:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _s(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def _spread(side: dict[str, Any]) -> str:
+    if side.get("median_s") is None:
+        return "no result"
+    return f"{side['median_s']:.2f} ({side['min_s']:.2f}–{side['max_s']:.2f})"
+
+
+def analysis_table(after: dict[str, Any], before: Optional[dict[str, Any]]) -> str:
+    m = after["machine"]
+    lines = [f"Analysis (trace + groups + blocks), seconds, median (min–max) of {after['repeats']}, "
+             f"{after['input'][0]}x3x224x224, {m['threads']} thread, torch {m['torch']}, "
+             f"Torch-Pruning {after['torch_pruning']}, {m['date'][:10]}:", "",
+             "| model | elements | gdp-graph before | gdp-graph now | Torch-Pruning | now / Torch-Pruning |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in after["models"].items():
+        old = before["models"].get(name, {}).get("gdp_graph", {}) if before else {}
+        peer = r.get("torch_pruning", {})
+        ratio = r.get("ours_over_theirs")
+        lines.append(f"| {name} | {r['elements']:,} | {_spread(old) if old else '—'} | {_spread(r['gdp_graph'])} "
+                     f"| {_spread(peer) if peer else '—'} | {_s(ratio)} |")
+    return "\n".join(lines)
+
+
+def latency_table(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"Latency of the rewritten model against the eager original, batch {result['input'][0]}, "
+             f"{m['threads']} thread, median of {result['rounds']} alternating rounds "
+             "(speed-up = original time / rewritten time; per FLOPs = speed-up / FLOPs ratio):", "",
+             "| model | plan | FLOPs ratio | speed-up | per FLOPs | original ms | rewritten ms (min–max) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, r in result["models"].items():
+        for label, row in r["plans"].items():
+            rw = row["rewritten"]
+            lines.append(f"| {name} | {label} | {row['flops_speedup']:.2f} | {row['speedup']:.3f} | "
+                         f"{row['speedup_per_flops']:.2f} | {row['original']['median_ms']:.1f} | "
+                         f"{rw['median_ms']:.1f} ({rw['min_ms']:.1f}–{rw['max_ms']:.1f}) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--after", default=str(RESULTS / "analysis_speed.json"))
+    p.add_argument("--before", default=str(RESULTS / "analysis_speed_before.json"))
+    p.add_argument("--latency", nargs="*", default=sorted(str(f) for f in RESULTS.glob("latency_pruned_*.json")))
+    args = p.parse_args()
+    after = _load(Path(args.after))
+    if after:
+        print(analysis_table(after, _load(Path(args.before))), end="\n\n")
+    for path in args.latency:
+        print(latency_table(json.loads(Path(path).read_text())), end="\n\n")
+
+
+if __name__ == "__main__":
+    main()
