@@ -155,3 +155,87 @@ def test_zero_initialized_head_is_not_verified():
     pruned = G.rewrite(analysis, plan, check=False)
     result = G.verify(analysis, plan, pruned)
     assert not result.ok and result.inconclusive
+
+
+# -- the torch.export front end -------------------------------------------------------------------
+class ShapeChecked(nn.Module):
+    """fx cannot trace this forward (a Python branch on a shape); torch.export can."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x, **options):
+        if x.shape[1] != 3:
+            raise ValueError("expected RGB")
+        h = torch.relu(self.bn(self.conv(x)))
+        h = h + self.dw(h)
+        return {"logits": self.head(h.mean((2, 3))), "features": h}
+
+
+def test_auto_falls_back_to_export_and_says_why():
+    model = ShapeChecked().eval()
+    with torch.no_grad():
+        model.bn.running_mean.normal_()
+        model.bn.running_var.uniform_(0.5, 1.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 8, 8)
+    analysis = G.analyze(model, x)
+    assert analysis.traced.front_end == "export"
+    assert "torch.fx could not trace it" in analysis.traced.front_end_reason
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # never mutated
+    # the parameters keep their module names, so policies match as with fx
+    group = next(g for g in analysis.groups if "conv" in g.modules)
+    assert {"conv", "bn", "dw"} <= set(group.modules)
+    assert group.fully_frozen  # the features reach the output
+    with pytest.raises(G.TraceError, match="cannot trace ShapeChecked.forward"):
+        G.analyze(model, x, front_end="fx")
+
+
+def test_export_front_end_prunes_what_fx_prunes():
+    from tests.zoo import ZOO
+
+    for name in ("resnet_basic", "mobilenetv2", "vit_mha"):
+        model, inputs = ZOO[name]()
+        fx_analysis = G.analyze(model, inputs, front_end="fx")
+        exported = G.analyze(model, inputs, front_end="export")
+        assert exported.traced.front_end == "export"
+        assert len(exported.prunable_groups()) == len(fx_analysis.prunable_groups()), name
+        assert len(exported.blocks) == len(fx_analysis.blocks), name
+        plan = G.random_plan(exported, 0.4, seed=1, block_ratio=0.5)
+        result = G.verify(exported, plan, G.rewrite(exported, plan))
+        assert result.ok and result.max_rel_diff < 1e-5, (name, result)
+
+
+def test_keyword_inputs_into_var_keyword_use_export():
+    model = ShapeChecked().eval()
+    analysis = G.analyze(model, {"x": torch.randn(2, 3, 8, 8), "scale": torch.ones(1)})
+    assert analysis.traced.front_end == "export" and "**options" in analysis.traced.front_end_reason
+
+
+def test_unknown_front_end_is_refused():
+    with pytest.raises(G.TraceError, match="front_end must be one of"):
+        G.analyze(Tagger(), _ids(), front_end="onnx")
+
+
+def test_in_place_method_with_unused_result_survives_the_rewrite():
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.a(x)
+            scores = x @ x.transpose(0, 1)
+            scores.masked_fill_(scores > 0.5, -1.0)  # result unused: only the side effect counts
+            return self.b(torch.relu(h)) + scores.sum(1, keepdim=True)
+
+    analysis = G.analyze(Masked(), torch.randn(5, 4))
+    group = next(g for g in analysis.groups if "a" in g.modules)
+    plan = G.PruningPlan(keep={group.id: (0, 2, 3)})
+    pruned = G.rewrite(analysis, plan)
+    assert any(n.target == "masked_fill_" for n in pruned.graph.nodes)
+    assert G.verify(analysis, plan, pruned).ok

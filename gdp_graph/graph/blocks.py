@@ -18,7 +18,7 @@ from gdp_graph.graph.channels import Chan
 from gdp_graph.graph.groups import Block, ChannelGroup, GateSite
 from gdp_graph.graph.trace import TracedModel
 
-_ADDS = (operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor)  # aten: torch.export graphs
+_ADDS = (operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)  # aten: torch.export
 
 
 def _is_add(node: fx.Node) -> bool:

@@ -32,7 +32,7 @@ class BoundInputs:
     kwargs: dict[str, Any]  #: as the user gave them (keyword part)
     positional: Optional[tuple[Any, ...]]  #: every parameter up to the last given one, in order
     fixed: dict[str, Any]  #: parameters fixed while tracing: defaults of those not given, flags
-    variadic: tuple[str, ...] = ()  #: ``*args``/``**kwargs`` parameters given values (fx cannot)
+    variadic: tuple[str, ...] = ()  #: ``*args``/``**kwargs`` given values, as spelled (fx cannot)
 
     def call(self, fn: Callable[..., Any]) -> Any:
         """Call ``fn`` (the user's model, or a module keeping its signature) on the inputs."""
@@ -69,7 +69,8 @@ def bind_inputs(forward: Callable[..., Any], example_inputs: Any) -> BoundInputs
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise InputError(f"example inputs do not fit {_name(forward)}{signature}: {exc}") from None
-    variadic = [p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and bound.arguments.get(p.name)]
+    variadic = [("*" if p.kind == p.VAR_POSITIONAL else "**") + p.name for p in params
+                if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and bound.arguments.get(p.name)]
     if variadic:  # fx gives *args/**kwargs one placeholder each: only torch.export takes them
         return BoundInputs(args, kwargs, None, {}, tuple(variadic))
     params = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]

@@ -203,7 +203,7 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto") -> Tra
     if front_end == "export":
         return _trace_exported(model, bound, "requested (front_end='export')")
     if bound.variadic:
-        reason = f"inputs given to {', '.join('*' + v for v in bound.variadic)}, which torch.fx cannot trace"
+        reason = f"inputs given to {', '.join(bound.variadic)}, which torch.fx cannot trace"
         if front_end == "fx":
             raise TraceError(f"{type(model).__name__}: {reason}")
         return _trace_exported(model, bound, reason)

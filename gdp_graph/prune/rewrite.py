@@ -194,7 +194,7 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
     removed = {analysis.blocks[b].add_node: analysis.blocks[b] for b in plan.removed_blocks}
     dead = {n for b in removed.values() for n in b.nodes}
     graph = fx.Graph()
-    graph._codegen = copy.deepcopy(gm.graph._codegen)  # torch.export graphs: the output structure
+    graph._codegen = copy.copy(gm.graph._codegen)  # torch.export graphs: the output structure
     env: dict[str, Any] = {}
     shape_source: dict[str, fx.Node] = {}
     const_count = 0
@@ -269,7 +269,7 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
     for spec in ("_in_spec", "_out_spec"):  # read by the generated code of an exported graph
         if hasattr(gm, spec):
             setattr(pruned, spec, getattr(gm, spec))
-    pruned.graph.eliminate_dead_code()
+    pruned.graph.eliminate_dead_code(is_impure_node=_has_side_effect)
     pruned.graph.lint()
     pruned.recompile()
     pruned.delete_all_unused_submodules()
@@ -282,6 +282,16 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
             warnings.warn(f"the pruned model differs from the gated reference: {pruned.gdp_verify}",
                           VerifyWarning, stacklevel=2)
     return pruned
+
+
+def _has_side_effect(node: fx.Node) -> bool:
+    """fx keeps impure functions, but not in-place methods: ``mask.masked_fill_(...)`` whose
+    result is unused changes ``mask`` (GPT-2's causal mask) and must stay."""
+    if node.is_impure():
+        return True
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return node.op in ("call_method", "call_function") and isinstance(name, str) \
+        and name.endswith("_") and not name.endswith("__")
 
 
 def _pinned_query(node: fx.Node, analysis: Analysis, keep: torch.Tensor, values: dict, shape_source: dict) -> Any:

@@ -32,9 +32,9 @@ register_rule(*overloads("relu", "gelu", "silu", "sigmoid", "tanh", "exp", "log"
                          "abs", "cos", "sin", "erf", "clone", "contiguous", "alias", "detach", "to",
                          "_to_copy", "dropout", "clamp", "hardtanh", "hardswish", "hardsigmoid", "mish",
                          "leaky_relu", "elu", "square", "reciprocal", "type_as", "lift_fresh_copy",
-                         "relu_", "silu_", "gelu_"))(elementwise.unary_rule)
-register_rule(*overloads("add", "sub", "rsub"))(elementwise.add_rule)
-register_rule(*overloads("mul", "div", "pow", "maximum", "minimum"))(elementwise.multiply_rule)
+                         "relu_", "silu_", "gelu_", "hardswish_", "hardsigmoid_", "hardtanh_", "sigmoid_", "tanh_"))(elementwise.unary_rule)
+register_rule(*overloads("add", "sub", "rsub", "add_", "sub_"))(elementwise.add_rule)
+register_rule(*overloads("mul", "div", "pow", "maximum", "minimum", "mul_", "div_"))(elementwise.multiply_rule)
 register_rule(*overloads("where"))(elementwise.where_rule)
 
 
@@ -140,27 +140,95 @@ def addmm_rule(ctx):
 
 
 @register_rule(*overloads("conv1d", "conv2d", "conv3d"))
-def functional_conv_rule(ctx):
-    """conv(x, weight, bias, ...) with groups == 1: input channels consumed with the weight's
-    dim 1, output channels are the weight's dim 0. Grouped convolutions are refused."""
-    x, w, bias = ctx.arg(0), ctx.arg(1), ctx.arg(2, "bias")
-    groups = ctx.value(ctx.arg(6, "groups", 1))
-    xc, wc = ctx.chan(x), ctx.chan(w)
-    if groups != 1:
-        ctx.freeze_inputs("a grouped functional convolution")
-        return Chan()
-    w_out = wc.on(0) if isinstance(wc, Chan) else None
-    w_in = wc.on(1) if isinstance(wc, Chan) else None
-    ndim = ctx.out.dim()
-    if isinstance(xc, Chan):
+class FunctionalConvRule(OpRule):
+    """conv(x, weight, bias, stride, padding, dilation, groups). groups == 1: input channels
+    are consumed with the weight's dim 1, output channels are the weight's dim 0. Grouped and
+    depthwise: one conv group (its input and output channels) is one unit, and ``groups``
+    becomes the number of kept groups."""
+
+    def propagate(self, ctx):
+        x, w, bias = ctx.arg(0), ctx.arg(1), ctx.arg(2, "bias")
+        groups = ctx.value(ctx.arg(6, "groups", 1))
+        xc, wc = ctx.chan(x), ctx.chan(w)
+        xc = xc if isinstance(xc, Chan) else Chan()
+        w_out = wc.on(0) if isinstance(wc, Chan) else None
         for t in xc.tracks:
-            if t.dims == (1,) and w_in is not None and w_in.single():
-                ctx.union(t.labels, w_in.labels)
-                ctx.consume(0, 1, t.labels, ndim)
-            else:
+            if t.dims != (1,):
                 ctx.freeze(t.labels, "convolution over channels tied to another dimension")
-    if w_out is None or not w_out.single():
-        return Chan()
-    if bias is not None and isinstance(ctx.chan(bias), Chan) and (b := ctx.chan(bias).on(0)) is not None:
-        ctx.union(b.labels, w_out.labels)
-    return Chan((Track((1,), w_out.labels),))
+        if w_out is None or not w_out.single():
+            ctx.freeze_inputs("a convolution whose weight is not a parameter")
+            return Chan()
+        ndim = ctx.out.dim()
+        x_in = xc.on(1)
+        if groups == 1:
+            w_in = wc.on(1)
+            if x_in is not None and x_in.single() and w_in is not None and w_in.single():
+                ctx.union(x_in.labels, w_in.labels)
+                ctx.consume(0, 1, x_in.labels, ndim)
+            elif x_in is not None:
+                ctx.freeze(x_in.labels, "convolution input without a tracked weight")
+        else:
+            out_blocks = w_out.labels.view(groups, -1)
+            n_in = ctx.value(x).shape[1]
+            in_labels = x_in.labels if x_in is not None and x_in.single() else torch.zeros(n_in, dtype=torch.long)
+            in_blocks = in_labels.view(groups, -1)
+            untracked = (in_blocks == 0).any(1)
+            if bool(untracked.any()):
+                ctx.freeze(out_blocks[untracked], "conv group whose input channels are untracked")
+            rows = torch.cat([in_blocks, out_blocks], 1)
+            ctx.store.union(out_blocks[:, :1].expand_as(rows), rows)
+            ctx.tag(w_out.labels, "depthwise" if in_blocks.shape[1] == 1 else "grouped")
+            if in_blocks.shape[1] > 1 or out_blocks.shape[1] > 1:
+                ctx.tag(w_out.labels, "unit:conv-group")
+        if bias is not None and isinstance(ctx.chan(bias), Chan) and (b := ctx.chan(bias).on(0)) is not None:
+            ctx.union(b.labels, w_out.labels)
+        return Chan((Track((1,), w_out.labels),))
+
+    def rewrite_args(self, rctx):
+        groups = rctx.args[6] if len(rctx.args) > 6 else rctx.kwargs.get("groups", 1)
+        if groups == 1 or 1 not in rctx.out_changed_dims():
+            return None
+        kept = int(rctx.out_keep(1).view(groups, -1).any(1).sum())
+        args = list(rctx.args)
+        if len(args) > 6:
+            args[6] = kept
+            return tuple(args), rctx.kwargs
+        return tuple(args), {**rctx.kwargs, "groups": kept}
+
+
+@register_rule(*overloads("batch_norm", "instance_norm"))
+def aten_batch_norm_rule(ctx):
+    """batch_norm(x, weight, bias, running_mean, running_var, ...): per-channel along dim 1."""
+    x = ctx.passthrough(0)
+    t = x.on(1)
+    if t is not None and t.single():
+        layers._tie_params(ctx, t.labels, (1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var"))
+        ctx.tag(t.labels, "norm")
+    return x
+
+
+register_rule(*overloads("group_norm"))(layers.FunctionalGroupNormRule)
+register_rule(torch.ops.aten.pad.default)(reduce.PadRule)
+register_rule(*overloads("pixel_shuffle"))(layers.PixelShuffleRule)
+register_rule(*overloads("avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
+                         "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+                         "upsample_nearest1d", "upsample_nearest2d", "upsample_bilinear2d",
+                         "upsample_bicubic2d"))(reduce._spatial_rule)
+
+
+@register_rule(*overloads("unflatten"))
+class UnflattenRule(OpRule):
+    """unflatten(x, dim, sizes): the sizes of tracked dims become their kept counts."""
+
+    def propagate(self, ctx):
+        return shape._run_on_labels(ctx)
+
+    def rewrite_args(self, rctx):
+        changed = rctx.out_changed_dims()
+        if not changed:
+            return None
+        x, dim, sizes = rctx.args[:3]
+        dim %= rctx.in_ndim(0)
+        new_shape = rctx.new_out_shape()
+        new = [new_shape[dim + i] if dim + i in changed and s != -1 else s for i, s in enumerate(sizes)]
+        return (x, dim, type(sizes)(new)), rctx.kwargs

@@ -1,0 +1,113 @@
+"""Hugging Face transformers 5 models on tiny configs (random init, no downloads): analysed
+through the torch.export front end, heads / MLP channels / layers pruned, verified, and the
+pruned model still returns the model's own output class."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import gdp_graph as G
+from gdp_graph.graph.cost import count_params
+
+T = pytest.importorskip("transformers")
+# torch's own pytree specs warn when an exported module is deep-copied (torch 2.13)
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+
+
+def _ids(vocab: int = 64, shape=(2, 7)) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(0))
+
+
+def llama():
+    cfg = T.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return T.LlamaForCausalLM(cfg), {"input_ids": _ids(), "use_cache": False}
+
+
+def gpt2():
+    cfg = T.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                       bos_token_id=0, eos_token_id=0)
+    return T.GPT2LMHeadModel(cfg), {"input_ids": _ids(), "use_cache": False}
+
+
+def bert():
+    cfg = T.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=48, max_position_embeddings=32, num_labels=3)
+    return T.BertForSequenceClassification(cfg), {"input_ids": _ids(), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+
+
+def vit():
+    cfg = T.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=48, num_labels=5)
+    return T.ViTForImageClassification(cfg), {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))}
+
+
+MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert, "vit": vit}
+#: (heads per layer as units, MLP width) of each tiny config; Llama's head unit is a key/value
+#: head with its query heads (GQA: 4 query heads over 2 key/value heads)
+EXPECTED = {"llama": (2, 48), "gpt2": (4, 128), "bert": (4, 48), "vit": (4, 48)}
+
+
+@pytest.fixture(scope="module")
+def analyses():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            torch.manual_seed(0)
+            model, inputs = MODELS[name]()
+            model.eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cache[name] = (model, inputs, G.analyze(model, inputs))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_heads_mlp_and_layers_are_found(analyses, name):
+    model, _, a = analyses(name)
+    assert a.traced.front_end == "export" and "torch.fx" in a.traced.front_end_reason
+    heads, width = EXPECTED[name]
+    head_groups = [g for g in a.groups if g.unit == "head"]
+    assert len(head_groups) == 2 and all(g.size == heads and g.prunable and g.exact for g in head_groups)
+    mlp = [g for g in a.groups if g.size == width and g.prunable and g.exact and g.unit == "channel"]
+    assert len(mlp) == 2, [(g.id, g.size, g.modules) for g in a.groups]
+    assert len(a.blocks) >= 3 and all(not b.frozen_reasons for b in a.blocks)
+    # the residual stream goes through LayerNorm / RMSNorm: found, but inexact unless allowed
+    stream = max(a.groups, key=lambda g: len(g.modules))
+    assert "residual" in stream.couplings and not stream.exact
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_head_mlp_block_plans_are_exact(analyses, name, seed):
+    model, inputs, a = analyses(name)
+    plan = G.random_plan(a, 0.5, seed=seed, block_ratio=0.5)
+    assert plan.removed_blocks and any(a.groups[g].unit == "head" for g in plan.keep)
+    pruned = G.rewrite(a, plan)
+    result = G.verify(a, plan, pruned)
+    assert result.ok and result.max_rel_diff < 1e-5, result
+    assert count_params(pruned) < count_params(model)
+    with torch.no_grad():
+        out = pruned(*a.traced.example_inputs)
+    assert type(out) is type(model(**inputs))  # CausalLMOutputWithPast, SequenceClassifierOutput, ...
+
+
+def test_llama_gqa_head_unit_removes_query_and_key_value_rows_together(analyses):
+    model, _, a = analyses("llama")
+    g = next(g for g in a.groups if g.unit == "head" and "model.layers.0.self_attn.q_proj" in g.modules)
+    pruned = G.rewrite(a, G.PruningPlan(keep={g.id: (1,)}))
+    params = dict(pruned.named_parameters())
+    head_dim = 32 // 4
+    assert params["model.layers.0.self_attn.q_proj.weight"].shape == (2 * head_dim, 32)  # 2 query heads
+    assert params["model.layers.0.self_attn.k_proj.weight"].shape == (head_dim, 32)  # their kv head
+    assert params["model.layers.0.self_attn.v_proj.weight"].shape == (head_dim, 32)
+    assert params["model.layers.0.self_attn.o_proj.weight"].shape == (32, 2 * head_dim)
+    # the kept rows are the second key/value head's query heads 2 and 3
+    q = model.model.layers[0].self_attn.q_proj.weight.detach()
+    assert torch.equal(params["model.layers.0.self_attn.q_proj.weight"], q[2 * head_dim:])
