@@ -92,6 +92,11 @@ def test_task_contract_errors_are_one_line_exit_2(tmp_path, task, fragment):
     assert fragment in done.stderr and done.stderr.count("\n") == 1 and "TASK" in done.stderr
 
 
+def test_target_out_of_range_is_refused_by_name(tmp_path):
+    done = gdp_graph("prune", SPEC, "--task", f"{TASK}:task", "--target", "1.5", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "--target 1.5" in done.stderr and ":0:0:" not in done.stderr
+
+
 def test_zero_epochs_is_refused(tmp_path):
     done = gdp_graph("prune", SPEC, "--task", f"{TASK}:task", "--epochs", "0", "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and "--epochs must be at least 1" in done.stderr

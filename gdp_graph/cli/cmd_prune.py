@@ -40,6 +40,8 @@ def _policy(args: argparse.Namespace):
     policy = load_policy(resolve_policy_argument(args.policy))
     if args.target is None:
         return policy
+    if not 0 < args.target <= 1:
+        raise UsageError(f"--target {args.target:g}: the fraction of {policy.target.metric} to keep must be in (0, 1]")
     data = policy.to_dict()
     data["target"]["fraction"] = args.target
     return policy_from_dict(data, source=f"{policy.source} with --target {args.target:g}", name=policy.name)
