@@ -239,3 +239,37 @@ def test_in_place_method_with_unused_result_survives_the_rewrite():
     pruned = G.rewrite(analysis, plan)
     assert any(n.target == "masked_fill_" for n in pruned.graph.nodes)
     assert G.verify(analysis, plan, pruned).ok
+
+
+# -- a rewrite that keeps the user's class ---------------------------------------------------------
+def test_cnn_keeps_its_class_sizes_and_hooks():
+    from tests.zoo import ZOO
+
+    model, inputs = ZOO["mobilenetv2"]()
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    analysis = G.analyze(model, inputs)
+    seen.clear()
+    plan = G.random_plan(analysis, 0.5, seed=0)
+    pruned = G.rewrite(analysis, plan, keep_class=True)
+    assert type(pruned) is type(model) and pruned.gdp_verify.ok
+    for m in pruned.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.shape[0] == m.out_channels and m.weight.shape[1] * m.groups == m.in_channels
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean.shape == (m.num_features,)
+    with torch.no_grad():
+        pruned(*inputs)
+    assert seen  # the user's hook on the root came along
+    assert all(p.shape == q.shape for p, q in zip(model.parameters(), ZOO["mobilenetv2"]()[0].parameters()))
+
+
+def test_class_that_fixes_its_width_falls_back_with_the_reason():
+    from tests.zoo import ZOO
+
+    model, inputs = ZOO["vit_torchvision"]()
+    analysis = G.analyze(model, inputs)
+    heads = next(g for g in analysis.groups if g.unit == "head")
+    with pytest.warns(UserWarning, match="the class's forward fails on the pruned sizes"):
+        pruned = G.rewrite(analysis, G.PruningPlan(keep={heads.id: (0, 1)}), keep_class=True)
+    assert isinstance(pruned, torch.fx.GraphModule) and pruned.gdp_verify.ok

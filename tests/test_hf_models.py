@@ -111,3 +111,62 @@ def test_llama_gqa_head_unit_removes_query_and_key_value_rows_together(analyses)
     # the kept rows are the second key/value head's query heads 2 and 3
     q = model.model.layers[0].self_attn.q_proj.weight.detach()
     assert torch.equal(params["model.layers.0.self_attn.q_proj.weight"], q[2 * head_dim:])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_pruned_model_keeps_its_class(analyses, name):
+    model, inputs, a = analyses(name)
+    plan = G.random_plan(a, 0.5, seed=0)  # heads and MLP channels, no blocks
+    pruned = G.rewrite(a, plan, keep_class=True)
+    assert type(pruned) is type(model) and pruned is not model
+    assert pruned.gdp_verify.ok and pruned.gdp_verify.max_rel_diff < 1e-5, pruned.gdp_verify
+    assert count_params(pruned) < count_params(model)
+    with torch.no_grad():
+        out = pruned(**inputs)
+    assert type(out) is type(model(**inputs))
+    first_linear = next(m for m in pruned.modules() if isinstance(m, torch.nn.Linear))
+    assert first_linear.weight.shape == (first_linear.out_features, first_linear.in_features)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_pruned_decoder_generates_the_same_tokens_with_and_without_cache(analyses, name):
+    model, inputs, a = analyses(name)
+    pruned = G.rewrite(a, G.random_plan(a, 0.5, seed=1), keep_class=True)
+    assert type(pruned) is type(model)
+    with torch.no_grad():
+        cached = pruned.generate(inputs["input_ids"], max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=0)
+        uncached = pruned.generate(inputs["input_ids"], max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=0)
+    assert cached.shape == (2, 12) and torch.equal(cached, uncached)
+
+
+def test_uniform_llama_round_trips_through_save_pretrained(analyses, tmp_path):
+    model, inputs, a = analyses("llama")
+    pruned = G.rewrite(a, G.random_plan(a, 0.5, seed=0), keep_class=True)
+    assert pruned.config.num_attention_heads == 2 and pruned.config.num_key_value_heads == 1
+    assert pruned.config.intermediate_size == 24 and pruned.config.head_dim == 8
+    pruned.save_pretrained(tmp_path)
+    reloaded = T.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**inputs).logits, pruned(**inputs).logits, atol=1e-6)
+    assert model.config.num_attention_heads == 4  # the user's model and config are untouched
+
+
+def test_non_uniform_config_saves_whole(analyses, tmp_path):
+    from gdp_graph.prune.export import load, save
+
+    model, inputs, a = analyses("gpt2")  # GPT-2's config derives head_dim from n_head: not expressible
+    pruned = G.rewrite(a, G.random_plan(a, 0.5, seed=0), keep_class=True)
+    assert pruned.config.n_head == 4
+    save(pruned, tmp_path / "pruned.pt")
+    reloaded = load(tmp_path / "pruned.pt").eval()
+    assert type(reloaded) is type(model)
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, pruned(**inputs).logits)
+
+
+def test_removed_layers_fall_back_to_the_graph_module_and_say_why(analyses):
+    model, inputs, a = analyses("bert")
+    plan = G.random_plan(a, 0.3, seed=0, block_ratio=0.5)
+    with pytest.warns(UserWarning, match="returning a GraphModule, not BertForSequenceClassification: the plan removes blocks"):
+        pruned = G.rewrite(a, plan, keep_class=True)
+    assert isinstance(pruned, torch.fx.GraphModule) and "removes blocks" in pruned.gdp_kept_class_reason

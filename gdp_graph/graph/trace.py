@@ -64,6 +64,9 @@ class TracedModel:
     inputs: Optional[BoundInputs] = None  #: the example inputs as the user gave them
     front_end: str = "fx"  #: "fx" (symbolic tracing) or "export" (torch.export, ATen graph)
     front_end_reason: str = ""  #: why that front end was used
+    #: the private eval-mode copy of the user's model that was traced (its class and code, for
+    #: a rewrite that keeps the class); never the user's own object
+    module: Optional[nn.Module] = None
 
     def node(self, name: str) -> fx.Node:
         for n in self.gm.graph.nodes:
@@ -134,7 +137,7 @@ def _trace_exported(model: nn.Module, bound: BoundInputs, reason: str) -> Traced
     except Exception as exc:  # noqa: BLE001 - both front ends failed: say why for each
         raise TraceError(f"cannot trace {type(model).__name__}: {reason}; torch.export failed too: "
                          f"{_first_line(exc)}") from exc
-    return TracedModel(gm=gm, example_inputs=flat, values=recorder.values, inputs=bound,
+    return TracedModel(gm=gm, example_inputs=flat, values=recorder.values, inputs=bound, module=work,
                        front_end="export", front_end_reason=reason)
 
 
@@ -228,5 +231,5 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto") -> Tra
         _restore_output_class(gm, eager_output if eager_output is not None else _run_eagerly(model, work, bound))
         if len(gm.graph.nodes) != count:
             recorder = _record(gm, bound)
-    return TracedModel(gm=gm, example_inputs=bound.positional, values=recorder.values, opaque=opaque,
+    return TracedModel(gm=gm, example_inputs=bound.positional, values=recorder.values, opaque=opaque, module=work,
                        inputs=bound, front_end="fx", front_end_reason="torch.fx symbolic tracing succeeded")

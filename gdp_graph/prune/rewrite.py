@@ -34,6 +34,10 @@ class VerifyWarning(UserWarning):
     """``rewrite(check=True)`` found that the pruned model differs from the gated reference."""
 
 
+class KeepClassWarning(UserWarning):
+    """``rewrite(..., keep_class=True)`` had to return the GraphModule (the message says why)."""
+
+
 class RewriteContext:
     """What a rule's rewrite hook sees: the original node, its new args, and keep masks."""
 
@@ -166,7 +170,7 @@ SiteScales = dict[tuple[str, int], tuple[int, torch.Tensor]]
 
 def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Module] = None,
             site_scales: Optional[SiteScales] = None, check: bool = True,
-            tolerance: float = 1e-4) -> fx.GraphModule:
+            tolerance: float = 1e-4, keep_class: bool = False) -> nn.Module:
     """Apply ``plan`` and return the pruned module (the analysed model is left untouched).
 
     Args:
@@ -182,6 +186,10 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
             decide. Skipped for inexact plans (the difference is then the point; call
             ``verify`` to see it) and with ``weights``/``site_scales`` (finalize checks against
             the gated model itself); ``pruned.gdp_verify`` is then None.
+        keep_class: return a copy of the model's own class with the plan applied
+            (:mod:`gdp_graph.prune.keep_class`: a Hugging Face model keeps its config,
+            ``generate`` and ``save_pretrained``) when its real forward verifies; otherwise the
+            GraphModule, with a warning saying why (``pruned.gdp_kept_class_reason``).
     """
     plan.validate(analysis)
     keep = plan.element_keep(analysis)
@@ -281,6 +289,24 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
         if not pruned.gdp_verify.ok:
             warnings.warn(f"the pruned model differs from the gated reference: {pruned.gdp_verify}",
                           VerifyWarning, stacklevel=2)
+    if keep_class and weights is None and not site_scales:
+        return _keep_class_or_say_why(analysis, plan, pruned, tolerance)
+    return pruned
+
+
+def _keep_class_or_say_why(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphModule, tolerance: float) -> nn.Module:
+    from gdp_graph.prune.keep_class import keep_class  # builds on verify, like check above
+
+    kept = keep_class(analysis, plan, pruned, tolerance)
+    if kept.model is not None:
+        kept.model.gdp_verify = kept.verify
+        return kept.model
+    pruned.gdp_kept_class_reason = kept.reason
+    hooked = [name or type(m).__name__ for name, m in (analysis.traced.module or nn.Module()).named_modules()
+              if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks]
+    dropped = f"; hooks on {', '.join(hooked)} are not in the GraphModule" if hooked else ""
+    warnings.warn(f"returning a GraphModule, not {type(analysis.traced.module).__name__}: {kept.reason}{dropped}",
+                  KeepClassWarning, stacklevel=3)
     return pruned
 
 
