@@ -170,3 +170,17 @@ def test_removed_layers_fall_back_to_the_graph_module_and_say_why(analyses):
     with pytest.warns(UserWarning, match="returning a GraphModule, not BertForSequenceClassification: the plan removes blocks"):
         pruned = G.rewrite(a, plan, keep_class=True)
     assert isinstance(pruned, torch.fx.GraphModule) and "removes blocks" in pruned.gdp_kept_class_reason
+
+
+def test_meta_device_analysis_gives_a_plan_for_the_real_model(analyses):
+    model, inputs, real = analyses("llama")
+    with torch.device("meta"):
+        meta_model = T.LlamaForCausalLM(model.config)
+        meta_ids = torch.zeros_like(inputs["input_ids"], device="meta")
+    meta = G.analyze(meta_model, {"input_ids": meta_ids, "use_cache": False})
+    assert meta.traced.front_end == "export"
+    assert [(g.size, g.unit, g.prunable, g.modules) for g in meta.groups] == \
+        [(g.size, g.unit, g.prunable, g.modules) for g in real.groups]
+    plan = G.random_plan(meta, 0.5, seed=2)
+    pruned = G.rewrite(real, plan, keep_class=True)
+    assert type(pruned) is type(model) and pruned.gdp_verify.ok

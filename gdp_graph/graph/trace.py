@@ -166,6 +166,11 @@ def _run_eagerly(model: nn.Module, work: nn.Module, bound: BoundInputs) -> Any:
         raise TraceError(f"{type(model).__name__} does not run on example inputs of shape {bound.describe()}: {_first_line(exc)}") from exc
 
 
+def _on_meta(module: nn.Module) -> bool:
+    """A model created on the meta device (shapes only, no weights): analysed, never run."""
+    return any(p.is_meta for p in module.parameters())
+
+
 def _record(gm: fx.GraphModule, bound: BoundInputs) -> _Recorder:
     recorder = _Recorder(gm)
     with torch.no_grad():
@@ -216,7 +221,8 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto") -> Tra
         gm.eval()
         recorder = _record(gm, bound)
     except TraceError as exc:
-        _run_eagerly(model, work, bound)
+        if not _on_meta(work):  # a meta model cannot run eagerly (``.item()``): nothing to learn
+            _run_eagerly(model, work, bound)
         if front_end == "fx":
             raise
         return _trace_exported(model, bound, f"torch.fx could not trace it ({exc})")
