@@ -71,11 +71,11 @@ def _pictures(folder: Path, history: dict[str, Any], tolerance: float) -> tuple[
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from gdp_graph.cli.spec import load_spec
     from gdp_graph.recipes.driver import run_prune
     from gdp_graph.recipes.task import load_task, model_inputs
     from gdp_graph.report.layers import compare_layers, layers_table
+    from gdp_graph.report.live import GateProgress
     from gdp_graph.report.outputs import write_outputs
     from gdp_graph.report.tables import before_after_table
     device = resolve_device(args.device)
@@ -91,22 +91,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                   f"keep {policy.target.fraction:g} of {policy.target.metric}); {schedule.epochs} gated + "
                   f"{schedule.finetune_epochs} fine-tuning epochs on {device}")
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console,
-                  disable=args.no_progress) as progress:
-        bars: dict[str, Any] = {}
-
-        def on_progress(phase: str, step: int, total: int, info: dict[str, Any]) -> None:
-            if phase not in bars:
-                bars[phase] = progress.add_task(phase, total=total, status="")
-            status = f"loss {info['loss']:.3f}"
-            if "lambda" in info:
-                eps = f", eps {info['epsilon']:.1e}" if info.get("epsilon") is not None else ""
-                status += (f", lambda {info['lambda']:.3g}{eps}, zero gates {info['zeros']}, "
-                           f"kept {info['kept']:.3f} (target {info['target']:g})")
-            progress.update(bars[phase], completed=step, status=status)
-
-        result = run_prune(model, inputs, task, policy, schedule, device, on_progress=on_progress)
+    with GateProgress(console=console, disable=args.no_progress) as progress:
+        result = run_prune(model, inputs, task, policy, schedule, device, on_progress=progress.update_phase)
     fr = result.finalize_report
     n = max(int(next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim()), 1)), 1)
     cost = {"flops_per_sample_before": fr.before.flops / n, "flops_per_sample_after": fr.after.flops / n,

@@ -20,7 +20,7 @@ from torch import nn
 
 from gdp_graph.recipes.task import Task, TaskError, batch_length, model_inputs, move_to
 
-__all__ = ["Schedule", "History", "PruneResult", "evaluate", "train_epochs", "run_prune", "free_gate_values"]
+__all__ = ["Schedule", "History", "PruneResult", "evaluate", "train_epochs", "run_prune", "free_gate_values", "group_gate_values"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,16 @@ def free_gate_values(gated: Any) -> torch.Tensor:
             frozen = gated.analysis.groups[gid].frozen_units.to(gates.device)
             parts.append(gates.detach()[~frozen].float().cpu())
     return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def group_gate_values(gated: Any) -> dict[int, torch.Tensor]:
+    """{group id: its free units' gate values} on the CPU, for the live view."""
+    out = {}
+    with torch.no_grad():
+        for gid, gates in gated.group_gates().items():
+            frozen = gated.analysis.groups[gid].frozen_units.to(gates.device)
+            out[gid] = gates.detach()[~frozen].float().cpu()
+    return out
 
 
 def _forward(model: nn.Module, task: Task, batch: Any) -> Any:
@@ -192,12 +202,16 @@ def run_prune(model: nn.Module, example_inputs: Sequence[Any], task: Task, polic
 
     def after_gated_step(step: int, loss: float) -> None:
         gated.step()
-        if step % every == 0 or step == total:
+        snapshot = step % every == 0 or step == total
+        if snapshot:
             history.record(gated)
         if on_progress is not None:
-            on_progress("gated", step, total, {"loss": loss, "lambda": history.lam[-1], "epsilon": history.epsilon[-1],
-                                               "kept": history.hard_fraction[-1], "target": history.target,
-                                               "zeros": history.zero_gates[-1]})
+            info = {"loss": loss, "lambda": history.lam[-1], "epsilon": history.epsilon[-1],
+                    "kept": history.hard_fraction[-1], "soft": history.soft_fraction[-1], "target": history.target,
+                    "zeros": history.zero_gates[-1]}
+            if snapshot or step == 1:
+                info["groups"] = group_gate_values(gated)
+            on_progress("gated", step, total, info)
 
     started = time.perf_counter()
     if schedule.epochs > 0:
