@@ -41,7 +41,9 @@ def test_prune_writes_model_plan_report(pruned_run):
     assert report["finalize"]["equal"] is True
     metrics = report["task_metric"]
     assert metrics["gated"] == pytest.approx(metrics["finalized"])  # finalize is exact
-    assert metrics["fine_tuned"] is not None and report["warnings"] == []
+    assert metrics["fine_tuned"] is not None
+    missed = abs(cost["flops_kept"] - 0.5) > 0.02  # the default policy's tolerance
+    assert any(w.startswith("target missed") for w in report["warnings"]) == missed, report["warnings"]
     history = report["history"]
     assert len(history["step"]) > 2 and history["zero_gates"][-1] > 0
 
