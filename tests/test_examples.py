@@ -68,3 +68,11 @@ def test_readme_quick_start_runs(tmp_path):
         argv = [a.replace("runs/", f"{tmp_path}/") for a in shlex.split(command)[1:]]
         done = gdp_graph(*argv, "--no-progress") if argv[0] == "prune" else gdp_graph(*argv)
         assert done.returncode == 0, (command, done.stderr)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="the 'hf' extra is not installed")
+def test_hf_decoder_example():
+    done = run([sys.executable, "examples/hf_decoder.py", "--steps", "30"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept = float(re.search(r"FLOPs kept ([0-9.]+)", done.stdout).group(1))
+    assert kept < 0.9 and "equal" in done.stdout and "output CausalLMOutputWithPast" in done.stdout
