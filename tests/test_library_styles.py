@@ -65,3 +65,19 @@ def test_asserted_norm_act_blocks_are_removable(analyses):
     pruned = G.rewrite(a, plan)
     result = G.verify(a, plan, pruned)
     assert result.ok and result.max_rel_diff < 1e-5
+
+
+def test_hf4_style_decoder_prunes_gqa_heads_through_computed_view_shapes(analyses):
+    a = analyses("decoder_hf4_style")
+    assert a.traced.front_end == "fx"
+    heads = [g for g in a.groups if g.unit == "head"]
+    # a key/value head with its two query heads is one unit; rotate_half slices by x.shape[-1] // 2
+    assert [g.size for g in heads] == [2, 2] and all(g.prunable and g.exact for g in heads)
+    assert not any("inv_freq" in m for g in a.groups for m in g.modules)  # a constant, not channels
+    plan = G.PruningPlan(keep={heads[0].id: (1,), heads[1].id: (0,)})
+    pruned = G.rewrite(a, plan)
+    assert pruned.gdp_verify.ok and pruned.gdp_verify.max_rel_diff < 1e-5
+    kept = G.rewrite(a, plan, keep_class=True)
+    assert type(kept).__name__ == "HandWrittenDecoder" and kept.gdp_verify.ok
+    attn = kept.layers[0].self_attn
+    assert (attn.num_heads, attn.num_key_value_heads) == (2, 1) and attn.q_proj.out_features == 16

@@ -12,7 +12,7 @@ EXPECTED_NAMES = {
     "vgg", "resnet_basic", "resnet_bottleneck", "resnet_cifar_optiona", "resnext", "mobilenetv2", "mobilenetv3",
     "efficientnet", "densenet", "inception", "shufflenetv2", "convnext", "vit", "vit_manual_attn", "vit_mha",
     "swin", "unet", "deeplab_aspp", "embedding_lm", "pixelshuffle_sr", "grouped_norm", "untraceable",
-    "vit_torchvision", "efficientnet_stochastic_depth", "resnet_timm_normact",
+    "vit_torchvision", "efficientnet_stochastic_depth", "resnet_timm_normact", "decoder_hf4_style",
 }
 
 EXPECTED_OUTPUT_SHAPES = {

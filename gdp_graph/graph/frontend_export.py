@@ -51,7 +51,7 @@ def export_graph(work: nn.Module, bound: BoundInputs) -> tuple[fx.GraphModule, t
     codegen.pytree_info = info._replace(in_spec=positional_spec)
     gm._in_spec = positional_spec
     _drop_guard_calls(gm)
-    _mark_constant_buffers(gm, work)
+    mark_constant_buffers(gm, work)
     gm.recompile()
     return gm, flat
 
@@ -66,7 +66,7 @@ def _drop_guard_calls(gm: fx.GraphModule) -> None:
         delattr(gm, "_guards_fn")
 
 
-def _mark_constant_buffers(gm: fx.GraphModule, work: nn.Module) -> None:
+def mark_constant_buffers(gm: fx.GraphModule, work: nn.Module) -> None:
     """Non-persistent buffers (rotary ``inv_freq``, cached masks) are constants of the model,
     not channels: they are marked so the analysis does not give them channel spaces, which would
     tie every head's rotary dims together."""

@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from gdp_graph.graph.frontend_export import export_graph
+from gdp_graph.graph.frontend_export import export_graph, mark_constant_buffers
 from gdp_graph.graph.groups import OpaqueLeaf
 from gdp_graph.graph.inputs import BoundInputs, InputError, bind_inputs, is_flag
 from gdp_graph.graph.lowering import lower_multihead_attention
@@ -218,6 +218,7 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto") -> Tra
     try:
         gm, opaque = symbolic_trace_with_fallback(work, fixed=fixed)
         lower_multihead_attention(gm)
+        mark_constant_buffers(gm, work)
         gm.eval()
         recorder = _record(gm, bound)
     except TraceError as exc:

@@ -61,6 +61,14 @@ class RewriteContext:
         a = self.node.args[i]
         return self._values[a.name] if isinstance(a, fx.Node) else a
 
+    def for_node(self, node: fx.Node) -> "RewriteContext":
+        """The context of another node of the original graph (e.g. the view a shape feeds)."""
+        return RewriteContext(node, node.args, node.kwargs, self._analysis, self._keep)
+
+    def in_value_of(self, node: fx.Node) -> Any:
+        """The value any node of the original graph had on the example inputs."""
+        return self._values[node.name]
+
     def in_ndim(self, i: int) -> int:
         return self.in_value(i).dim()
 

@@ -41,6 +41,7 @@ _ORDER = [
     "vit_torchvision",
     "efficientnet_stochastic_depth",
     "resnet_timm_normact",
+    "decoder_hf4_style",
 ]
 
 

@@ -248,3 +248,118 @@ ENTRIES = {
     "efficientnet_stochastic_depth": zoo_factory(EfficientNet, images(32)),
     "resnet_timm_normact": zoo_factory(NormActResNet, images(16)),
 }
+
+
+# -- a decoder written in the Hugging Face transformers 4.x style (fx-traceable) ------------------
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor, seq_len: int):
+        t = torch.arange(seq_len, dtype=self.inv_freq.dtype)
+        freqs = torch.outer(t, self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos()[None, None], emb.sin()[None, None]
+
+
+class DecoderAttention(nn.Module):
+    """Grouped-query attention; heads split with ``x.view(x.size()[:-1] + (h, d))``."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int):
+        super().__init__()
+        self.num_heads, self.num_key_value_heads = heads, kv_heads
+        self.head_dim = hidden // heads
+        self.num_key_value_groups = heads // kv_heads
+        self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(heads * self.head_dim, hidden, bias=False)
+        self.rotary_emb = RotaryEmbedding(self.head_dim)
+
+    def _shape(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        return x.view(x.size()[:-1] + (heads, self.head_dim)).transpose(1, 2)
+
+    def _repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
+        batch, kv_heads, slen, head_dim = x.shape
+        x = x[:, :, None, :, :].expand(batch, kv_heads, self.num_key_value_groups, slen, head_dim)
+        return x.reshape(batch, kv_heads * self.num_key_value_groups, slen, head_dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        q = self._shape(self.q_proj(hidden_states), self.num_heads)
+        k = self._shape(self.k_proj(hidden_states), self.num_key_value_heads)
+        v = self._shape(self.v_proj(hidden_states), self.num_key_value_heads)
+        cos, sin = self.rotary_emb(v, hidden_states.shape[1])
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k, v = self._repeat_kv(k), self._repeat_kv(v)
+        scores = torch.matmul(q, k.transpose(2, 3)) / (self.head_dim ** 0.5)
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        out = out.transpose(1, 2).contiguous()
+        out = out.view(out.size()[:-2] + (self.num_heads * self.head_dim,))
+        return self.o_proj(out)
+
+
+class DecoderMLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, intermediate: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(hidden)
+        self.self_attn = DecoderAttention(hidden, heads, kv_heads)
+        self.post_attention_layernorm = RMSNorm(hidden)
+        self.mlp = DecoderMLP(hidden, intermediate)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states))
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class HandWrittenDecoder(nn.Module):
+    def __init__(self, vocab: int = 50, hidden: int = 32, heads: int = 4, kv_heads: int = 2,
+                 intermediate: int = 48, layers: int = 2):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, hidden)
+        self.layers = nn.ModuleList(DecoderLayer(hidden, heads, kv_heads, intermediate) for _ in range(layers))
+        self.norm = RMSNorm(hidden)
+        self.lm_head = nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            h = layer(h)
+        return self.lm_head(self.norm(h))
+
+
+def _decoder_ids():
+    return (torch.randint(0, 50, (2, 7)),)
+
+
+ENTRIES["decoder_hf4_style"] = zoo_factory(HandWrittenDecoder, _decoder_ids)

@@ -55,6 +55,8 @@ class RuleContext:
             return type(a)(self.value(x) for x in a)
         if isinstance(a, dict):
             return {k: self.value(v) for k, v in a.items()}
+        if isinstance(a, slice):  # x[..., : x.shape[-1] // 2]: bounds computed from shapes
+            return slice(self.value(a.start), self.value(a.stop), self.value(a.step))
         return a
 
     def chan(self, a: Any) -> Any:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdp_graph.graph.rules.registry import register_rule
+from gdp_graph.graph.rules.registry import OpRule, register_rule
 
 _UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -40,11 +40,42 @@ def unary_rule(ctx):
     return ctx.passthrough(0)
 
 
-@register_rule(operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub,
-               "add", "add_", "sub", "sub_")
 def add_rule(ctx):
     """Residual adds: channels at the same position are one channel."""
     return ctx.broadcast_merge([ctx.arg(0), ctx.arg(1, "other")], "residual")
+
+
+@register_rule(operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub,
+               "add", "add_", "sub", "sub_")
+class AddRule(OpRule):
+    """Adds tie channels (:func:`add_rule`). ``+`` on tuples builds shapes: in
+    ``x.view(x.size()[:-1] + (heads, head_dim))`` the literal part holds channel counts, which
+    become the kept counts of the view they shape."""
+
+    def propagate(self, ctx):
+        return add_rule(ctx)
+
+    def rewrite_args(self, rctx):
+        value = rctx.original_value()
+        if not isinstance(value, tuple) or len(rctx.args) != 2:
+            return None
+        views = [u for u in rctx.node.users if u.op == "call_method" and u.target in ("view", "reshape")
+                 and len(u.args) == 2 and u.args[1] is rctx.node]
+        if len(views) != 1:
+            return None
+        view = rctx.for_node(views[0])
+        changed, new_shape = view.out_changed_dims(), view.new_out_shape()
+        if not changed:
+            return None
+        left, right = rctx.args
+        if isinstance(right, tuple):  # size()[:k] + (literal, ...)
+            offset = len(value) - len(right)
+            right = tuple(new_shape[offset + i] if offset + i in changed and s != -1 else s for i, s in enumerate(right))
+        elif isinstance(left, tuple):  # (literal, ...) + size()[k:]
+            left = tuple(new_shape[i] if i in changed and s != -1 else s for i, s in enumerate(left))
+        else:
+            return None
+        return (left, right), rctx.kwargs
 
 
 @register_rule(operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul,

@@ -27,6 +27,8 @@ def _substitute(value: Any, sub, ctx) -> Any:
         return type(value)(_substitute(v, sub, ctx) for v in value)
     if isinstance(value, dict):
         return {k: _substitute(v, sub, ctx) for k, v in value.items()}
+    if isinstance(value, slice):
+        return ctx.value(value)
     return value
 
 
@@ -100,6 +102,8 @@ class ViewRule(OpRule):
         if node.op == "call_function" and node.target in (torch.reshape,):
             shape = args[1]
             return (args[0], tuple(_new_sizes(rctx, list(shape)))), rctx.kwargs
+        if len(args) == 2 and isinstance(args[1], fx.Node):
+            return None  # a computed shape: patched where it is built (AddRule on tuples)
         if len(args) == 2 and isinstance(args[1], (list, tuple)):
             return (args[0], type(args[1])(_new_sizes(rctx, list(args[1])))), rctx.kwargs
         if "size" in rctx.kwargs or "shape" in rctx.kwargs:
@@ -271,7 +275,10 @@ class GetItemRule(OpRule):
         index = rctx.args[1]
         parts = list(index) if isinstance(index, tuple) else [index]
         new_parts = list(parts)
-        for (dim, part), pos in zip(_index_dims(parts, value.dim()), _index_positions(parts, value.dim())):
+        # bounds as they were on the example inputs (they may be computed from shapes)
+        original = fx.node.map_arg(rctx.node.args[1], lambda n: rctx.in_value_of(n))
+        concrete = list(original) if isinstance(original, tuple) else [original]
+        for (dim, part), pos in zip(_index_dims(concrete, value.dim()), _index_positions(concrete, value.dim())):
             if dim in changed and isinstance(part, slice):
                 keep = rctx.in_keep(0, dim)
                 start, stop, _ = part.indices(value.shape[dim])
