@@ -93,3 +93,21 @@ def test_entry_point_runs_without_numpy_warning():
     done = gdp_graph("--version")
     assert done.returncode == 0 and "gdp-graph" in done.stdout
     assert "NumPy" not in done.stderr
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["check", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert stop.value.code == 0
+    assert "seed of the random plan (default: 0)" in out
+    assert "(default: 0.3)" in out and "(default: 0.5)" in out  # --ratio and --blocks
+    assert "(default: None)" not in out and "(default: False)" not in out
+    for command in ("inspect", "explain", "check", "prune", "apply", "export", "report", "train"):
+        assert command in main_help(capsys)
+
+
+def main_help(capsys) -> str:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    return capsys.readouterr().out

@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from rich_argparse import ArgumentDefaultsRichHelpFormatter
+from rich_argparse import RichHelpFormatter
 
 from gdp_graph import __version__
 from gdp_graph.cli import cmd_analysis, cmd_apply, cmd_explain, cmd_export, cmd_prune, cmd_report
@@ -32,8 +32,21 @@ def _cmd_train(args) -> int:
     return run_pipeline(args)
 
 
+class HelpFormatter(RichHelpFormatter):
+    """Rich help that shows each option's default, except where there is none to show (flags,
+    options without a default) or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or "default" in text \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    formatter = ArgumentDefaultsRichHelpFormatter
+    formatter = HelpFormatter
     parser = argparse.ArgumentParser(prog="gdp-graph", description=__doc__.splitlines()[0], formatter_class=formatter)
     parser.add_argument("--version", action="version", version=f"gdp-graph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
