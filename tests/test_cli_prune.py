@@ -99,6 +99,14 @@ def test_target_out_of_range_is_refused_by_name(tmp_path):
     assert done.returncode == 2 and "--target 1.5" in done.stderr and ":0:0:" not in done.stderr
 
 
+def test_inputs_come_from_the_first_batch_when_the_factory_gives_none(tmp_path):
+    done = gdp_graph("prune", "tests/fixtures/cli_models.py:model_only", "--task", f"{TASK}:task", "--epochs", "1",
+                     "--out", str(tmp_path / "o"), "--json", "--no-progress", "--no-pictures")
+    assert done.returncode == 0, done.stderr
+    import torch
+    assert torch.load(tmp_path / "o" / "example_inputs.pt", weights_only=True)[0].shape == (32, 3, 8, 8)
+
+
 def test_zero_epochs_is_refused(tmp_path):
     done = gdp_graph("prune", SPEC, "--task", f"{TASK}:task", "--epochs", "0", "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and "--epochs must be at least 1" in done.stderr

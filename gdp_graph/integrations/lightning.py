@@ -59,6 +59,10 @@ class GdpCallback(pl.Callback):
         if "16" in str(trainer.precision) and "bf16" not in str(trainer.precision):
             raise ValueError("GdpCallback: float16 mixed precision scales the loss but not the penalty added by the "
                              "callback; use precision='bf16-mixed' or 32")
+        if trainer.world_size > 1:
+            # the penalty's separate backward would reach DDP's gradient hooks outside a forward
+            raise ValueError("GdpCallback supports single-process training; for DDP add gated.penalty() to the "
+                             "loss in training_step and call gated.step() yourself (see gdp_graph.attach)")
         model = getattr(pl_module, self.attribute, None)
         if model is None:
             raise AttributeError(f"GdpCallback: the LightningModule has no attribute {self.attribute!r} holding the model")
