@@ -39,6 +39,9 @@ def test_prune_writes_model_plan_report(pruned_run):
     assert cost["flops_per_sample_after"] < cost["flops_per_sample_before"]
     assert abs(cost["flops_kept"] - 0.5) <= 0.05, cost  # the budget was steered to the target
     assert report["finalize"]["equal"] is True
+    # every FLOPs figure is per sample (the example batch has 4 samples)
+    assert report["finalize"]["flops_per_sample_after"] == pytest.approx(cost["flops_per_sample_after"])
+    assert "flops_after" not in report["finalize"]
     metrics = report["task_metric"]
     assert metrics["gated"] == pytest.approx(metrics["finalized"])  # finalize is exact
     assert metrics["fine_tuned"] is not None

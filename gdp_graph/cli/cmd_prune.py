@@ -47,6 +47,15 @@ def _policy(args: argparse.Namespace):
     return policy_from_dict(data, source=f"{policy.source} with --target {args.target:g}", name=policy.name)
 
 
+def _per_sample(finalize_report: dict[str, Any], batch: int) -> dict[str, Any]:
+    """Finalize's figures with FLOPs per sample (it counts them on the example batch)."""
+    out = dict(finalize_report)
+    for key in ("flops_before", "flops_after"):
+        if key in out:
+            out[key.replace("flops_", "flops_per_sample_")] = out.pop(key) / batch
+    return out
+
+
 def _warnings(result, policy, report: dict[str, Any]) -> list[str]:
     out = []
     fr = result.finalize_report
@@ -106,7 +115,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "spec": args.spec, "task": args.task, "policy": policy.name, "regularizer": policy.regularizer.name,
         "target": policy.target.fraction, "metric": policy.target.metric, "device": str(device),
         "schedule": asdict(schedule),
-        "task_metric": result.metrics, "cost": cost, "finalize": fr.to_dict(), "gates": result.gates_report,
+        "task_metric": result.metrics, "cost": cost, "finalize": _per_sample(fr.to_dict(), n), "gates": result.gates_report,
         "history": result.history.to_dict(), "layers": layers, "seconds": result.seconds}
     report["warnings"] = _warnings(result, policy, report)
     out = Path(args.out)
