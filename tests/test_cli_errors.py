@@ -75,6 +75,7 @@ def test_debug_shows_the_traceback(monkeypatch, capsys):
     (["train", "--policy", "cifar_resnett"], "no such file or shipped policy"),
     (["inspect", "tests.fixtures.cli_models:small_cnn", "--policy", "vitt"], "did you mean 'vit'"),
     (["train", "--pretrain-only"], "--save-pretrained"),
+    (["train", "--target", "1.5"], "target.fraction: 1.5 is out of range"),
     (["check", "tests.fixtures.cli_models:small_cnn", "--blocks", "2"], "--blocks"),
 ])
 def test_frictions_are_one_line_exit_2(capsys, argv, fragment):

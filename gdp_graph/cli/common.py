@@ -7,6 +7,7 @@ import argparse
 import difflib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -94,6 +95,8 @@ def resolve_policy_argument(text: str, flag: str = "--policy") -> str:
 
 def one_line(exc: BaseException) -> str:
     """The exception's message on one line (multi-line policy reports joined by ' | ')."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # positions are 0:0 where a message comes from no file position (a dict, a flag override):
+    # the message names the key path instead, so the zeros say nothing
+    lines = [re.sub(r":0:0:", ":", line.strip()) for line in str(exc).splitlines() if line.strip()]
     text = " | ".join(lines[:4]) + (f" | … ({len(lines) - 4} more)" if len(lines) > 4 else "")
     return text or type(exc).__name__
