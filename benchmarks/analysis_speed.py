@@ -54,6 +54,13 @@ def _summary(runs: list[Optional[float]]) -> dict[str, Any]:
             "min_s": round(min(done), 4), "max_s": round(max(done), 4)}
 
 
+def _commit(path: str) -> str:
+    import subprocess
+
+    done = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 def _peer_version() -> str:
     from importlib.metadata import version
 
@@ -129,7 +136,7 @@ def main() -> None:
         print(f"{name}: {json.dumps(record)}", flush=True)
 
     report = {"benchmark": "analysis_speed", "input": [1, 3, 224, 224], "repeats": args.repeats,
-              "gdp_graph_from": args.gdp, "machine": machine(),
+              "gdp_graph_from": args.gdp, "gdp_graph_commit": _commit(args.gdp), "machine": machine(),
               "torch_pruning": _peer_version() if peer is not None else None, "models": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
