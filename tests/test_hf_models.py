@@ -184,3 +184,20 @@ def test_meta_device_analysis_gives_a_plan_for_the_real_model(analyses):
     plan = G.random_plan(meta, 0.5, seed=2)
     pruned = G.rewrite(real, plan, keep_class=True)
     assert type(pruned) is type(model) and pruned.gdp_verify.ok
+
+
+def test_shipped_vit_policy_selects_heads_and_mlp_by_the_real_module_types(analyses):
+    model, inputs, a = analyses("vit")
+    assert {"Linear", "ViTEmbeddings"} <= {t for g in a.groups for t in g.module_types}  # not "Module"
+    gated = G.attach(model, policy="vit", example_inputs=inputs, total_steps=10)
+    assert len(gated.gate_parameters()) == 4  # 2 head groups + 2 MLP groups
+    out = gated(**inputs)
+    (out.logits.square().mean() + gated.penalty()).backward()
+    assert all(p.grad is not None for p in gated.gate_parameters())
+
+
+def test_rotary_embedding_is_not_a_residual_coupling(analyses):
+    _, _, a = analyses("llama")
+    heads = [g for g in a.groups if g.unit == "head"]
+    assert heads and all("residual" not in g.couplings for g in heads)
+    assert "residual" in max(a.groups, key=lambda g: len(g.modules)).couplings

@@ -255,6 +255,8 @@ def _form_groups(traced: TracedModel, store: ElementStore, roots: torch.Tensor):
 
 def _attach_facts(traced, store, groups, group_of, unit_of) -> None:
     modules = dict(traced.gm.named_modules())
+    if traced.module is not None:  # the model's own classes (torch.export keeps plain Modules)
+        modules.update({k: v for k, v in traced.module.named_modules() if k})
     nodes = {nd.name: nd for nd in traced.gm.graph.nodes}
     for labels, reason in store.frozen:
         for gid in torch.unique(group_of[labels]).tolist():

@@ -277,9 +277,17 @@ def merge_tracks(tracks: Sequence[Track], store: ElementStore, kind: Optional[st
             store.union(combined, f)
             if kind:
                 both = (combined != NULL) & (f != NULL)
+                if kind == "residual":  # q * cos + rotate_half(q) * sin adds q to itself: no residual
+                    both &= _space_ids(store, combined) != _space_ids(store, f)
                 store.tag(combined[both], kind)
             combined = torch.where(combined == NULL, f, combined)
         inferred, _ = infer_tracks(combined)
         for t in inferred:
             out.append(Track(tuple(order[d] for d in t.dims), t.labels))
     return Chan(tuple(out))
+
+
+def _space_ids(store: ElementStore, labels: torch.Tensor) -> torch.Tensor:
+    """The space (the layer output or parameter that created it) of every element in ``labels``."""
+    firsts = torch.tensor([sp.first for sp in store.spaces], dtype=torch.long)
+    return torch.searchsorted(firsts, labels, right=True) - 1
