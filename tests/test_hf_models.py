@@ -201,3 +201,16 @@ def test_rotary_embedding_is_not_a_residual_coupling(analyses):
     heads = [g for g in a.groups if g.unit == "head"]
     assert heads and all("residual" not in g.couplings for g in heads)
     assert "residual" in max(a.groups, key=lambda g: len(g.modules)).couplings
+
+
+def test_cli_takes_keyword_inputs_and_names_the_front_end(capsys):
+    import json
+
+    from gdp_graph.cli.main import main
+
+    assert main(["inspect", "tests.fixtures.hf_models:tiny_llama", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["front_end"]["name"] == "export" and "torch.fx" in data["front_end"]["reason"]
+    assert main(["check", "tests.fixtures.hf_models:tiny_llama", "--ratio", "0.5", "--blocks", "0.5", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True and data["params_after"] < data["params_before"]

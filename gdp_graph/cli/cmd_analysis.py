@@ -24,7 +24,9 @@ def analyze_spec(args: argparse.Namespace):
     from gdp_graph.cli.spec import load_spec
     from gdp_graph.graph.analysis import analyze
     model, inputs = load_spec(args.spec, args.input_shape)
-    return model, inputs, analyze(model, inputs)
+    analysis = analyze(model, inputs)
+    # the traced graph's own positional inputs (keyword inputs of a factory are bound to them)
+    return model, analysis.traced.example_inputs, analysis
 
 
 def _policy_columns(analysis, policy_arg: Optional[str]):
@@ -63,6 +65,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             "blocks": [{"block": b.id, "name": b.name, "modules": b.modules, "prunable": b.prunable,
                         "identity_shortcut": b.shortcut_is_identity, "frozen": b.frozen_reasons} for b in analysis.blocks],
             "opaque": [{"module": o.module, "reason": o.reason} for o in analysis.opaque],
+            "front_end": {"name": analysis.traced.front_end, "reason": analysis.traced.front_end_reason},
             "flops_per_sample": cost.total.flops / per_sample, "params": cost.total.params,
             "policy": {"groups": group_col, "blocks": block_col, "report": notes} if args.policy else None,
             "drawing": drawn,

@@ -1,6 +1,7 @@
 """Load a model from a SPEC: ``package.module:factory`` or ``path/to/file.py:factory``.
 
-The factory takes no arguments and returns a model, or a ``(model, example_inputs)`` pair.
+The factory takes no arguments and returns a model, or a ``(model, example_inputs)`` pair; the
+example inputs are a tensor, a tuple of positional inputs or a dict of keyword inputs.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def load_spec(spec: str, input_shape: Optional[str] = None, *,
     inputs: Optional[tuple] = None
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):
         model, given = made
-        inputs = (given,) if isinstance(given, torch.Tensor) else tuple(given)
+        # a dict is keyword inputs (model(**inputs)), kept as is for analyze
+        inputs = (given,) if isinstance(given, torch.Tensor) else given if isinstance(given, dict) else tuple(given)
     else:
         model = made
     if not isinstance(model, nn.Module):

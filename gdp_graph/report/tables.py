@@ -97,6 +97,8 @@ def print_inspect(console: Console, analysis: Analysis, shares: Mapping[int, flo
     console.print(f"[bold]{title}[/bold]: {len(analysis.groups)} channel groups, {prunable} prunable, "
                   f"{len(analysis.blocks)} removable blocks, {len(analysis.opaque)} opaque leaves; "
                   f"{total_params:,} params, {total_flops / 1e6:,.2f} MFLOPs per sample")
+    if analysis.traced.front_end != "fx":  # say when the graph is not the fx trace, and why
+        console.print(f"front end: {analysis.traced.front_end} ({analysis.traced.front_end_reason})")
     console.print(groups_table(analysis, shares, group_policy))
     if analysis.blocks:
         console.print(blocks_table(analysis, block_policy))
