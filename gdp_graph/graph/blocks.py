@@ -115,6 +115,26 @@ def _checks_on(members: set[str], traced: TracedModel) -> set[str]:
     return found
 
 
+def _without_shared_side_inputs(members: set[str], outside: set[str], traced: TracedModel) -> set[str]:
+    """The branch without side computations it shares with later code: a rotary table or an
+    attention mask built from constants or token ids, first used by the first decoder layer's
+    attention and then by every other layer. The branch proper is what its floating-point input
+    flows through, plus what only it uses (its weights)."""
+    order = [n for n in traced.gm.graph.nodes if n.name in members]
+    fed: set[str] = set()
+    for n in order:
+        for a in n.all_input_nodes:
+            value = traced.values.get(a.name)
+            if a.name in fed or (a.name in outside and isinstance(value, torch.Tensor) and value.is_floating_point()):
+                fed.add(n.name)
+                break
+    kept = set(fed)
+    for n in reversed(order):
+        if n.name not in kept and n.users and all(u.name in kept for u in n.users):
+            kept.add(n.name)
+    return kept
+
+
 def _branch_block(traced, nodes, ancestors: _Ancestry, add: fx.Node, arg: int, branch: fx.Node, other: fx.Node, bid: int,
                   groups: list[ChannelGroup]) -> Optional[Block]:
     if traced.values[branch.name].shape != traced.values[add.name].shape:
@@ -122,6 +142,9 @@ def _branch_block(traced, nodes, ancestors: _Ancestry, add: fx.Node, arg: int, b
     outside = ancestors(other)
     members = ancestors(branch) - outside
     if not members or branch.name not in members:
+        return None
+    members = _without_shared_side_inputs(members, outside, traced)
+    if branch.name not in members:
         return None
     members |= _checks_on(members, traced)
     member_nodes = [n for n in traced.gm.graph.nodes if n.name in members]
