@@ -144,9 +144,8 @@ def test_gdp_needs_a_training_length_to_step() -> None:
     with pytest.raises(GateError, match="total_steps"):
         gated.step()  # ... but it cannot anneal without the training length
     epoch_policy = gdp_policy(epsilon={"start": 0.1, "end": 1.0e-4, "step": "epoch"})
-    gated = attach(TinyRes(), epoch_policy, example_inputs=torch.randn(2, 3, 8, 8), total_steps=20)
     with pytest.raises(GateError, match="steps_per_epoch"):
-        gated.end_epoch()
+        attach(TinyRes(), epoch_policy, example_inputs=torch.randn(2, 3, 8, 8), total_steps=20)
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -173,12 +172,13 @@ def test_gates_reach_exact_zero_on_a_known_answer() -> None:
     y = x[:, :4].sum(1, keepdim=True)
     steps = 200
     gated = attach(Denoise(), gdp_policy(), example_inputs=x[:2], total_steps=steps, init_gate=0.5)
-    opt = torch.optim.SGD(gated.parameters(), lr=0.1)
+    opt = gated.gate_optimizer(0.02)
     for _ in range(steps):
-        opt.zero_grad()
-        loss = F.mse_loss(gated(x), y) + gated.penalty()
-        loss.backward()
-        opt.step()
+        if not bool(gated.fixed):  # only the gates learn here; once fixed nothing does
+            opt.zero_grad()
+            loss = F.mse_loss(gated(x), y) + gated.penalty()
+            loss.backward()
+            opt.step()
         gated.step()
     gates = gated.group_gates()[0].detach()
     assert gates.dtype == torch.float32
@@ -186,8 +186,10 @@ def test_gates_reach_exact_zero_on_a_known_answer() -> None:
     assert bool((gates[:4] > 0.99).all())
     assert gated.epsilon == 1e-4 and int(gated.bank.step) == steps
     report = gated.report()
-    assert report["zero"] == 0.5 and report["near_one"] == 0.5 and report["latched"] == 4
-    # latched: the optimizer can no longer move them
+    assert report["zero"] == 0.5 and report["near_one"] == 0.5 and report["dead"] == 4 and report["fixed"]
+    assert gated.fix_report["step"] == 120  # fix_at 0.6 of 200 steps
+    # fixed: the optimizer can no longer move them, and a dead gate stays 0 whatever its theta
+    assert all(not p.requires_grad for p in gated.gate_parameters())
     with torch.no_grad():
         gated.bank.group_theta["0"].fill_(3.0)
     assert gated.group_gates()[0][4:].tolist() == [0.0] * 4
@@ -259,16 +261,17 @@ def test_autocast_bf16_forward_backward() -> None:
 
 
 def test_step_anneals_epsilon_and_counts_epochs() -> None:
-    policy = gdp_policy(epsilon={"start": 0.1, "end": 1.0e-4, "step": "epoch"})
-    gated = attach(TinyRes(), policy, example_inputs=torch.randn(2, 3, 8, 8), total_steps=12, steps_per_epoch=4)
+    policy = gdp_policy(epsilon={"start": 0.1, "end": 1.0e-4, "step": "epoch"}, fix_at=0.75)
+    gated = attach(TinyRes(), policy, example_inputs=torch.randn(2, 3, 8, 8), total_steps=16, steps_per_epoch=4)
     schedule = gated.epsilon_schedule
-    assert schedule.total_steps == 3
-    for step in range(1, 13):
+    assert schedule.total_steps == 3 and gated.fix_step == 3  # epsilon ends at fix_at of 4 epochs
+    for step in range(1, 17):
         gated.step()
-        assert gated.epsilon == schedule.value(step // 4)
-    assert int(gated.bank.epoch) == 3 and gated.epsilon == 1e-4
+        assert gated.epsilon == schedule.value(min(step // 4, 3))
+        assert bool(gated.fixed) == (step >= 12)
+    assert int(gated.bank.epoch) == 4 and gated.epsilon == 1e-4
     gated.step(global_step=40)  # the training loop's global step count is accepted as is
-    assert int(gated.bank.step) == 40 and int(gated.bank.epoch) == 4
+    assert int(gated.bank.step) == 40 and int(gated.bank.epoch) == 5
 
 
 def test_user_model_is_never_mutated() -> None:
@@ -301,24 +304,3 @@ def test_report_is_flat_and_complete() -> None:
     assert not any(isinstance(v, (dict, list)) for v in report.values())
     assert math.isclose(report["zero"] + report["near_zero"] + report["middle"] + report["near_one"], 1.0)
     assert report["hard_fraction"] == 1.0 and 0 < report["soft_fraction"] < 1.0
-
-
-def test_gate_param_groups_price_units_by_cost():
-    """Per-gate learning rates are inversely proportional to the unit's cost share, so one
-    lambda prices channels and whole blocks alike."""
-    from gdp_graph.gates.attach import attach
-    from tests.zoo import ZOO
-
-    model, inputs = ZOO["resnet_basic"]()
-    gated = attach(model, policy="cifar_resnet", example_inputs=inputs, total_steps=10)
-    groups = gated.gate_param_groups(0.5)
-    assert len(groups) == len(gated.gate_parameters())
-    unit = gated.cost_model.unit_costs()
-    total = gated.cost_model.total.flops
-    for (key, param), g in zip(gated.bank.group_theta.items(), groups):
-        assert g["params"][0] is param and g["momentum"] == 0.0 and g["weight_decay"] == 0.0
-        assert g["lr"] == pytest.approx(0.5 * total / unit[int(key)].flops)
-    block_lrs = [g["lr"] for g in groups[len(gated.bank.group_theta):]]
-    channel_lrs = [g["lr"] for g in groups[:len(gated.bank.group_theta)]]
-    # a whole block costs more than a typical channel (a residual-stream channel can cost more)
-    assert block_lrs and max(block_lrs) < sorted(channel_lrs)[len(channel_lrs) // 2]

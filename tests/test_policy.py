@@ -452,10 +452,10 @@ def test_vit_policy_gates_heads_and_mlp_only() -> None:
     assert reason[("group", 0)].startswith("level: none by rules[2] 'residual-stream'")
 
 
-def test_cifar_policy_gates_channels_and_blocks() -> None:
+def test_cifar_policy_gates_channels_not_blocks() -> None:
     groups, blocks = resnet()
     res = resolve(load_policy("cifar_resnet"), groups, blocks)
-    assert res.gated_groups() == [0, 1, 2] and res.gated_blocks() == [0, 1]
+    assert res.gated_groups() == [0, 1, 2] and res.gated_blocks() == []  # block gates are opt-in
     assert res.group_settings[0].max_fraction == 0.5
     assert res.group_settings[1].max_fraction == 0.9
 

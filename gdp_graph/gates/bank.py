@@ -19,7 +19,7 @@ their gate is the constant 1, without gradient. Gates in ``dead`` are exactly 0.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +58,7 @@ class GateBank(nn.Module):
 
     Parameters: ``group_theta[str(gid)]`` (shape ``(units,)``), ``block_theta[str(bid)]``
     (a scalar). Buffers: ``epsilon``, ``step`` and ``epoch`` (counters driven by
-    :class:`GatedModel`), ``dead`` (gates latched at exactly 0). Sites are added with
+    :class:`GatedModel`), ``dead`` (gates set to exactly 0 for good, see :meth:`kill`). Sites are added with
     :meth:`add_site`; :meth:`forward` returns one multiplier per site, shaped to broadcast.
     """
 
@@ -89,8 +89,6 @@ class GateBank(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         self.register_buffer("dead", torch.zeros(self.one_position, dtype=torch.bool))
-        # sign of theta at the last latch: a step that carries theta across 0 lands on 0
-        self.register_buffer("sign", torch.ones(self.one_position))
         self.theta_max = theta0  # theta never grows past its start: g -> 1 needs no more
         self.sites: list[SiteSpec] = []
 
@@ -136,9 +134,10 @@ class GateBank(nn.Module):
         return sq / (sq + self.epsilon.to(sq.dtype).clamp_min(torch.finfo(sq.dtype).tiny))
 
     def _theta(self) -> Tensor:
-        parts = [p for p in self.group_theta.values()]
+        # by id, not in ParameterDict order (which sorts keys as strings: '10' before '2')
+        parts = [self.group_theta[str(g)] for g in self.group_ids]
         if len(self.block_theta):
-            parts.append(torch.stack(list(self.block_theta.values())))
+            parts.append(torch.stack([self.block_theta[str(b)] for b in self.block_ids]))
         if not parts:
             return self.one.new_zeros(0)
         return torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -184,28 +183,55 @@ class GateBank(nn.Module):
     # -- schedule hooks -------------------------------------------------------------------------
     @torch.no_grad()
     def set_epsilon(self, value: float) -> None:
+        """Set epsilon; gates sitting at their :meth:`floor` stay there (at gate 0.0099) instead
+        of opening as epsilon shrinks below their ``theta^2``."""
         if not (math.isfinite(value) and value > 0):
             raise GateError(f"epsilon must be finite and > 0, got {value!r}")
+        old_floor = self.floor()
         self.epsilon.fill_(value)
+        if self.kind == "smoothed_l0" and value < old_floor ** 2 * 100:
+            theta = self._theta().detach()
+            at_floor = (theta <= old_floor * (1 + 1e-6)) & (theta > 0)
+            if bool(at_floor.any()):
+                self._write_theta(torch.where(at_floor, torch.full_like(theta, self.floor()), theta))
+
+    def keep_floor(self) -> float:
+        """The ``theta`` below which a protected gate is not let go: its gate stays >= 0.9."""
+        if self.kind == "clamped":
+            return 0.9
+        return 3.0 * math.sqrt(float(self.epsilon))  # theta^2 / (theta^2 + eps) = 9 / 10
+
+    def floor(self) -> float:
+        """The smallest ``theta`` of a live gate: ``0.1 * sqrt(epsilon)`` (a gate of 0.0099) for
+        smoothed-L0 gates, where the gate still has a gradient and can come back; 0 for clamped
+        gates (whose gradient passes at 0)."""
+        return 0.0 if self.kind == "clamped" else 0.1 * math.sqrt(float(self.epsilon))
 
     @torch.no_grad()
-    def latch_zeros(self, threshold: float = 0.0) -> int:
-        """Latch every gate at or below ``threshold`` now (the policy's hard-count threshold:
-        exactly what finalize removes), and every gate whose last step carried ``theta`` across
-        0 (a proximal step would have stopped at 0), at exactly 0 for good, so neither momentum
-        nor the steep smoothed-L0 slope near 0 at small epsilon can revive it; returns how
-        many gates are latched in total."""
-        with torch.no_grad():
-            # beyond theta0 a gate is saturated (g -> 1 as epsilon anneals); letting the task
-            # gradient push it further only lengthens the way back to 0
-            for p in list(self.group_theta.values()) + list(self.block_theta.values()):
-                p.clamp_(max=self.theta_max)
-        theta = self._theta().detach()
-        raw = self._raw(theta)
-        crossed = torch.sign(theta) * self.sign < 0  # the step jumped over 0: a proximal step stops at 0
-        self.dead |= ((raw <= threshold) | crossed) & ~self.frozen
-        self.sign.copy_(torch.where(theta == 0, self.sign, torch.sign(theta)))
-        return int(self.dead.sum())
+    def project(self, protected: Optional[Tensor] = None) -> None:
+        """Put every ``theta`` back into its domain after an optimizer step:
+        ``[floor(), theta_max]`` (beyond its start a gate is saturated; the gate function is
+        symmetric, so the sign carries nothing, and a step cannot throw a gate across 0), dead
+        gates at exactly 0, and ``protected`` positions (a flat bool mask: units a group's limits
+        force to stay) at least at :meth:`keep_floor`."""
+        theta = self._theta().detach().clamp(self.floor(), self.theta_max)
+        if protected is not None:
+            theta = torch.where(protected.to(theta.device), theta.clamp_min(self.keep_floor()), theta)
+        theta = torch.where(self.dead, torch.zeros_like(theta), theta)
+        self._write_theta(theta)
+
+    @torch.no_grad()
+    def kill(self, positions: Tensor) -> None:
+        """Set the gates at ``positions`` (a flat bool mask) to exactly 0 for good."""
+        self.dead |= positions.to(self.dead.device) & ~self.frozen
+        self._write_theta(torch.where(self.dead, torch.zeros_like(self._theta()), self._theta()).detach())
+
+    def _write_theta(self, flat: Tensor) -> None:
+        for g in self.group_ids:
+            p = self.group_theta[str(g)]
+            p.copy_(flat[self._offset[g]: self._offset[g] + p.numel()])
+        for b in self.block_ids:
+            self.block_theta[str(b)].copy_(flat[self._block_pos[b]])
 
     def extra_repr(self) -> str:
         return (f"kind={self.kind}, groups={len(self.group_ids)} ({self.num_units} units), "

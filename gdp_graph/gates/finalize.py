@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -35,6 +35,7 @@ from gdp_graph.policy import Resolution
 from gdp_graph.prune.rewrite import SiteScales, rewrite
 from gdp_graph.prune.verify import VerifyResult, compare_outputs
 from gdp_graph.errors import GdpError
+from gdp_graph.gates import selection
 from gdp_graph.gates.bank import GateBank
 from gdp_graph.gates.model import GatedModel
 
@@ -50,50 +51,12 @@ class FinalizeError(GdpError, RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-def _inside_removed_blocks(analysis: Analysis, gid: int, removed: frozenset[int]) -> bool:
-    nodes = {n for b in removed for n in analysis.blocks[b].nodes}
-    members = {m.node for m in analysis.groups[gid].members}
-    return bool(members) and members <= nodes
-
-
 def plan_from_gates(analysis: Analysis, bank: GateBank, resolution: Resolution, threshold: float) -> PruningPlan:
-    """The plan that removes what the gates switched off.
-
-    In every gated group the units with ``gate <= threshold`` are candidates; as many are
-    removed as the group's settings allow (:func:`gdp_graph.policy.max_removable` with every
-    non-candidate unit counted as kept), those with the smallest gates first, so a unit kept
-    only because of a limit is one with the largest gate among the candidates. Gated blocks
-    with ``gate <= threshold`` are removed; groups that lie entirely inside a removed block are
-    left alone (they disappear with it).
-    """
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+    """The plan that removes what ``bank``'s gates switched off (see
+    :func:`gdp_graph.gates.selection.plan_from_gates`)."""
     with torch.no_grad():
         groups, blocks = bank.split(bank.flat())
-    removed_blocks = frozenset(b for b, g in blocks.items() if float(g) <= threshold)
-    keep: dict[int, tuple[int, ...]] = {}
-    inexact = False
-    for gid, gates in groups.items():
-        group = analysis.groups[gid]
-        if _inside_removed_blocks(analysis, gid, removed_blocks):
-            continue
-        gates = gates.detach().double().cpu()
-        candidate = (gates <= threshold) & ~group.frozen_units
-        n_cand = int(candidate.sum())
-        if n_cand == 0:
-            continue
-        settings = resolution.group_settings[gid]
-        limit = settings.max_removable(group.size, frozen=group.size - n_cand, divisor=group.divisor)
-        if limit == group.size:  # a group cannot vanish outside a removed block
-            limit = replace(settings, min_channels=max(1, settings.min_channels)).max_removable(
-                group.size, frozen=group.size - n_cand, divisor=group.divisor)
-        if limit <= 0:
-            continue
-        order = sorted(torch.nonzero(candidate).flatten().tolist(), key=lambda u: (float(gates[u]), u))
-        removed = set(order[:limit])
-        keep[gid] = tuple(u for u in range(group.size) if u not in removed)
-        inexact = inexact or not group.exact
-    return PruningPlan(keep=keep, removed_blocks=removed_blocks, allow_inexact=inexact)
+    return selection.plan_from_gates(analysis, groups, blocks, resolution, threshold)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +240,7 @@ def _forced_units(gated: GatedModel, plan: PruningPlan, threshold: float) -> dic
         groups, _ = gated.bank.split(gated.bank.flat())
     out = {}
     for gid, gates in groups.items():
-        if _inside_removed_blocks(analysis, gid, plan.removed_blocks):
+        if selection.inside_removed_blocks(analysis, gid, plan.removed_blocks):
             continue
         g = analysis.groups[gid]
         kept = torch.zeros(g.size, dtype=torch.bool)

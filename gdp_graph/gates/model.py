@@ -20,16 +20,20 @@ import torch
 from torch import Tensor, nn
 
 from gdp_graph.gates.bank import GateBank, GateError
-from gdp_graph.gates.budget import BudgetController, hard_fraction, soft_fraction
+from gdp_graph.gates.budget import BudgetController, soft_fraction
 from gdp_graph.gates.regularizers import make_regularizer
 from gdp_graph.gates.schedule import EpsilonRamp
+from gdp_graph.gates.selection import group_limit, plan_for_budget, plan_fraction, plan_from_gates
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import CostModel
 from gdp_graph.graph.inject import collect_sites, insert_site_multipliers
 from gdp_graph.policy import Resolution
 from gdp_graph.vocabulary import DEFAULT_T
 
-__all__ = ["GatedModel", "GateError", "polarization_stats"]
+__all__ = ["DEFAULT_GATE_LR", "GatedModel", "GateError", "polarization_stats"]
+
+#: the gates' learning rate (Adam, see :meth:`GatedModel.gate_optimizer`)
+DEFAULT_GATE_LR = 0.02
 
 
 def polarization_stats(values: Tensor) -> dict[str, float]:
@@ -49,20 +53,32 @@ class GatedModel(nn.Module):
     get gates, and the regularizer / target / schedules of its policy)::
 
         gated = GatedModel(analysis, resolution, total_steps=epochs * len(loader))
+        gate_opt = gated.gate_optimizer()               # Adam on theta, DEFAULT_GATE_LR
         loss = task_loss(gated(x), y) + gated.penalty()
-        loss.backward(); optimizer.step(); gated.step()
-        pruned = gated.finalize()
+        loss.backward(); optimizer.step(); gate_opt.step(); gated.step()
+        pruned, report = finalize(gated)
+
+    The gated phase (``total_steps`` iterations) has two parts. Until ``fix_at * total_steps``
+    (policy ``regularizer.fix_at``) the gates train: epsilon anneals from its start to its end,
+    lambda is steered so that the soft cost approaches the target, and after every step
+    :meth:`step` projects ``theta`` into its domain (no gate jumps across 0: the gate function is
+    symmetric and ``theta`` is clamped to ``[0, theta_max]``; the units a group's limits force
+    to stay keep a gate >= 0.9). At ``fix_at`` the gates are *fixed* (:meth:`fix_gates`): with a
+    steered lambda the lowest gates are cut until the cost is as close to the target as unit
+    sizes allow (``gates.selection.plan_for_budget``; with a constant lambda, gates <= 0.5 are
+    cut), the cut gates become exactly 0, every gate stops training, and the penalty is 0.
+    The rest of the phase trains the weights with the gates fixed, so the gated model is the
+    finalized model.
 
     Args:
-        total_steps: training iterations the epsilon schedule spans (needed by ``gdp`` with an
-            iteration schedule); with an epoch schedule, ``total_steps // steps_per_epoch``
-            epochs.
+        total_steps: training iterations of the gated phase; with an epoch schedule
+            (``step: epoch``), ``total_steps // steps_per_epoch`` epochs.
         steps_per_epoch: lets :meth:`step` notice epoch ends (else call :meth:`end_epoch`).
         init_gate: the value every smoothed-L0 gate starts at.
 
     ``state_dict()`` holds the model's weights, every ``theta``, epsilon, the step/epoch
-    counters, the latched zeros and (as extra state) lambda and the controller: loading it into
-    a fresh model built the same way resumes exactly.
+    counters, the dead gates, whether the gates are fixed and (as extra state) lambda and the
+    controller: loading it into a fresh model built the same way resumes exactly.
     """
 
     def __init__(self, analysis: Analysis, resolution: Resolution, *, total_steps: Optional[int] = None,
@@ -78,21 +94,25 @@ class GatedModel(nn.Module):
         self.steps_per_epoch = _positive_or_none(steps_per_epoch, "steps_per_epoch")
         total_steps = _positive_or_none(total_steps, "total_steps")
         kind = "smoothed_l0" if reg.name == "gdp" else "clamped"
+        self.schedule_per = reg.epsilon.step if reg.epsilon is not None else "iteration"
+        self.phase_length = self._phase_length(total_steps)
+        self.fix_step = None if self.phase_length is None else max(1, round(reg.fix_at * self.phase_length))
         self.epsilon_schedule: Optional[EpsilonRamp] = None
-        self.epsilon_per = "iteration"
-        self._schedule_problem: Optional[str] = None
         if kind == "smoothed_l0":
-            self._init_epsilon_schedule(total_steps)
+            if reg.epsilon is None:
+                raise GateError("the gdp regularizer needs an epsilon schedule (regularizer.epsilon)")
+            if self.fix_step is not None:
+                self.epsilon_schedule = EpsilonRamp(reg.epsilon, self.fix_step)
         groups = {gid: analysis.groups[gid].frozen_units.clone() for gid in resolution.gated_groups()}
         blocks = resolution.gated_blocks()
-        cfg = reg.epsilon if kind == "smoothed_l0" else None
-        eps0 = cfg.start if cfg is not None else 1.0
+        eps0 = reg.epsilon.start if kind == "smoothed_l0" else 1.0
         bank = GateBank(groups, blocks, kind=kind, epsilon=eps0, init_gate=init_gate)
         bank.to(_device_of(analysis.traced.gm))
         for site in collect_sites(analysis, sorted(groups), blocks):
             bank.add_site(site)
         self.module = insert_site_multipliers(analysis, bank, bank.sites, "gdp_gates")
         self._bank_name = next(n for n, m in self.module.named_children() if m is bank)
+        self.register_buffer("fixed", torch.zeros((), dtype=torch.bool))
         self.cost_model = CostModel(analysis)
         self.regularizer = make_regularizer(reg.name, self.cost_model, metric=self.metric,
                                             t=reg.t if reg.t is not None else DEFAULT_T)
@@ -104,28 +124,19 @@ class GatedModel(nn.Module):
             self.controller = BudgetController(policy.target.fraction, metric=self.metric, lambda_init=reg.lambda_,
                                                tolerance=policy.target.tolerance, gain=ctrl.gain,
                                                lambda_min=ctrl.min, lambda_max=ctrl.max)
+        self.fix_report: dict[str, Any] = {}
         self.train()
 
-    def _init_epsilon_schedule(self, total_steps: Optional[int]) -> None:
-        """The epsilon schedule of the policy over the training length; without a length the
-        gates still work (at epsilon start) and :meth:`step` says what is missing."""
-        cfg = self.policy.regularizer.epsilon
-        if cfg is None:
-            raise GateError("the gdp regularizer needs an epsilon schedule (regularizer.epsilon)")
-        self.epsilon_per = cfg.step
-        length = total_steps
-        if cfg.step == "epoch":
-            length = None if total_steps is None or self.steps_per_epoch is None \
-                else max(1, total_steps // self.steps_per_epoch)
-            self._schedule_problem = ("regularizer.epsilon.step is 'epoch': pass total_steps= and steps_per_epoch= "
-                                      "to attach() so that the schedule knows how many epochs training lasts")
-        else:
-            self._schedule_problem = (f"the gdp regularizer anneals epsilon from {cfg.start:g} to {cfg.end:g} over "
-                                      "training: pass total_steps= (training iterations) to attach() so that the "
-                                      "schedule knows its length")
-        if length is not None:
-            self.epsilon_schedule = EpsilonRamp(cfg, length)
-            self._schedule_problem = None
+    def _phase_length(self, total_steps: Optional[int]) -> Optional[int]:
+        """The gated phase in the unit the schedules step in (iterations or epochs)."""
+        if total_steps is None:
+            return None
+        if self.schedule_per == "epoch":
+            if self.steps_per_epoch is None:
+                raise GateError("regularizer.epsilon.step is 'epoch': pass steps_per_epoch= to attach() so that the "
+                                "schedule knows how many epochs training lasts")
+            return max(1, total_steps // self.steps_per_epoch)
+        return total_steps
 
     # -- the model ------------------------------------------------------------------------------
     @property
@@ -148,6 +159,16 @@ class GatedModel(nn.Module):
         """The gates' ``theta`` (e.g. for an optimizer group without weight decay)."""
         return list(self.bank.parameters())
 
+    def gate_optimizer(self, lr: float = DEFAULT_GATE_LR) -> torch.optim.Optimizer:
+        """The gates' optimizer, by the one convention of this library: Adam on every ``theta``
+        with one learning rate, no weight decay. Adam moves each ``theta`` by about ``lr`` per
+        step whatever the scale of its gradient, so a gate (``theta`` starts near 1) needs at
+        least ``1 / lr`` steps to reach 0 and cannot be thrown across it by one noisy step;
+        whether it goes down is decided by the sign of ``dTask/dg + lambda * dCost/dg``, i.e.
+        by the price ``lambda`` of each unit's cost (the cost weighting lives in the ``gdp``
+        regularizer, not in per-gate learning rates)."""
+        return torch.optim.Adam(self.gate_parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+
     # -- training -------------------------------------------------------------------------------
     @property
     def lam(self) -> float:
@@ -158,61 +179,54 @@ class GatedModel(nn.Module):
     def epsilon(self) -> float:
         return float(self.bank.epsilon)
 
-    def gate_param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Optimizer parameter groups for the gates, one per gate vector, with the learning
-        rate divided by the share of the target metric one of its units costs.
-
-        With plain SGD (no momentum, no weight decay, as here) a gate then moves by
-        ``lr * (lambda + dL/dg / c) * dg/dtheta``: a unit is removed when its task gradient per
-        unit of cost is below the price ``lambda`` that the budget controller sets, whatever
-        the unit's size (a channel, a head, a whole block)."""
-        metric_index = 0 if self.metric == "flops" else 1
-        total = self.cost_model.total.metric(self.metric) or 1.0
-        if self.bank.kind != "smoothed_l0":
-            # clamped gates move one for one with theta; the smoothed L0 starts with
-            # dg/dtheta = 2*theta*eps/(theta^2+eps)^2 ~ 0.02 (g0 = 0.99, theta0 = 1): the same
-            # lr must not move clamped gates 50x faster
-            lr *= 0.02
-        unit = self.cost_model.unit_costs()
-        base = self.cost_model.gate_vector({}, torch.float64)
-        full = float(self.cost_model.evaluate(base)[metric_index])
-        groups = []
-
-        def group(param: nn.Parameter, share: float) -> dict[str, Any]:
-            scale = 1.0 / share if share > 0 else 1.0
-            return {"params": [param], "lr": lr * scale, "momentum": 0.0, "weight_decay": 0.0,
-                    "nesterov": False, "dampening": 0.0}
-
-        for key, param in self.bank.group_theta.items():
-            groups.append(group(param, unit[int(key)].metric(self.metric) / total))
-        for key, param in self.bank.block_theta.items():
-            zero = {int(key): torch.zeros((), dtype=torch.float64)}
-            groups.append(group(param, (full - float(self.cost_model.evaluate(base, zero)[metric_index])) / total))
-        return groups
-
     def penalty(self) -> Tensor:
-        """``lambda * regularizer(gates)``: add it to the task loss (outside autocast is fine)."""
+        """``lambda * regularizer(gates)``: add it to the task loss (0 once the gates are fixed)."""
         groups, blocks = self.bank.split(self.bank.flat())
+        if bool(self.fixed):
+            return self.bank.one.new_zeros(())
         return self.lam * self.regularizer(groups, blocks)
 
-    def fractions(self) -> tuple[float, float]:
-        """(hard, soft) remaining fraction of the target metric: gates ``<= threshold`` removed,
-        and the cost written from the gates as they are."""
+    def current_plan(self, threshold: float = 0.5):
+        """The plan that removes the gates ``<= threshold`` within every group's limits."""
         with torch.no_grad():
             groups, blocks = self.bank.split(self.bank.flat())
-        hard = hard_fraction(self.cost_model, groups, blocks, threshold=self.threshold, metric=self.metric)
+        return plan_from_gates(self.analysis, groups, blocks, self.resolution, threshold)
+
+    def fractions(self) -> tuple[float, float]:
+        """(hard, soft) remaining fraction of the target metric: the plan removing the gates
+        ``<= 0.5`` within the limits (before the gates are fixed; the dead gates after), and the
+        cost written from the gates as they are."""
+        threshold = self.threshold if bool(self.fixed) else 0.5
+        hard = plan_fraction(self.cost_model, self.current_plan(threshold), self.metric)
+        with torch.no_grad():
+            groups, blocks = self.bank.split(self.bank.flat())
         return hard, soft_fraction(self.cost_model, groups, blocks, metric=self.metric)
+
+    def protected(self) -> Tensor:
+        """Flat mask of the units each group's limits force to stay (its largest gates)."""
+        bank = self.bank
+        mask = torch.zeros(bank.one_position, dtype=torch.bool)
+        theta = bank._theta().detach().cpu()
+        for gid in bank.group_ids:
+            group = self.analysis.groups[gid]
+            free = (~group.frozen_units).nonzero().flatten()
+            stay = len(free) - group_limit(self.analysis, self.resolution, gid, len(free))
+            if stay <= 0:
+                continue
+            offset = bank._offset[gid]
+            order = free[torch.argsort(theta[offset + free], descending=True, stable=True)]
+            mask[offset + order[:stay]] = True
+        return mask.to(bank.dead.device)
 
     def step(self, global_step: Optional[int] = None) -> None:
         """Call after every optimizer step: counts the iteration (or sets it to ``global_step``),
-        latches gates that reached exactly 0, anneals epsilon and updates the lambda controller
-        where they move per iteration, and runs :meth:`end_epoch` at epoch ends when
+        moves the schedules that step per iteration, projects ``theta`` (see the class
+        docstring), fixes the gates at ``fix_at``, and runs :meth:`end_epoch` at epoch ends when
         ``steps_per_epoch`` is known."""
         bank = self.bank
         with torch.no_grad():
             bank.step.fill_(int(global_step) if global_step is not None else int(bank.step) + 1)
         count = int(bank.step)
-        bank.latch_zeros(self.threshold)
         self._advance("iteration", count)
         if self.steps_per_epoch is not None and count % self.steps_per_epoch == 0:
             self.end_epoch()
@@ -223,24 +237,67 @@ class GatedModel(nn.Module):
         bank = self.bank
         with torch.no_grad():
             bank.epoch.add_(1)
-        bank.latch_zeros(self.threshold)
         self._advance("epoch", int(bank.epoch))
 
     def _advance(self, unit: str, count: int) -> None:
-        if self.bank.kind == "smoothed_l0" and self.epsilon_per == unit:
+        """Epsilon, projection, lambda and the fixing of the gates, in that order: a gate is
+        projected for the epsilon it will be used with, and cut with it."""
+        if bool(self.fixed):
+            return
+        scheduled = unit == self.schedule_per
+        if self.bank.kind == "smoothed_l0" and scheduled:
             if self.epsilon_schedule is None:
-                raise GateError(self._schedule_problem or "no epsilon schedule")
+                raise GateError("the gdp regularizer anneals epsilon over the gated phase: pass total_steps= "
+                                "(training iterations) to attach() so that the schedule knows its length")
             self.bank.set_epsilon(self.epsilon_schedule.value(count))
+        if unit == "iteration" or scheduled:
+            self.bank.project(self.protected())
         if self.controller is not None and self.controller_per == unit:
-            hard, soft = self.fractions()
-            self.controller.update(count, hard, soft)
+            _, soft = self.fractions()
+            self.controller.update(count, soft, soft)
+        if scheduled and self.fix_step is not None and count >= self.fix_step:
+            self.fix_gates()
 
-    # -- reporting and finalizing ---------------------------------------------------------------
+    def fix_gates(self) -> dict[str, Any]:
+        """End the gates' training now (done by :meth:`step` at ``fix_at``): cut the gates to the
+        budget (steered lambda) or at 0.5 (constant lambda), set the cut ones to exactly 0, stop
+        every gate's gradient; returns what was done (also kept in :attr:`fix_report`)."""
+        bank = self.bank
+        hard_before, soft_before = self.fractions()
+        if self.controller is not None:
+            with torch.no_grad():
+                _, blocks = bank.split(bank.flat())
+                # ranked by theta, not by the gate: at a tiny epsilon every surviving gate is 1.0
+                theta, _ = bank.split(torch.cat([bank._theta().detach().abs(), bank.one]))
+            gone = frozenset(b for b, g in blocks.items() if float(g) <= 0.5)
+            plan, _ = plan_for_budget(self.analysis, self.cost_model, self.resolution, theta,
+                                      self.policy.target.fraction, metric=self.metric, removed_blocks=gone)
+        else:
+            plan = self.current_plan(0.5)
+        cut = torch.zeros(bank.one_position, dtype=torch.bool)
+        for gid, keep in plan.keep.items():
+            offset = bank._offset[gid]
+            removed = sorted(set(range(self.analysis.groups[gid].size)) - set(keep))
+            cut[[offset + u for u in removed]] = True
+        for bid in plan.removed_blocks:
+            cut[bank._block_pos[bid]] = True
+        bank.kill(cut)
+        for p in self.gate_parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        with torch.no_grad():
+            self.fixed.fill_(True)
+        hard, soft = self.fractions()
+        self.fix_report = {"step": int(bank.step), "hard_before": hard_before, "soft_before": soft_before,
+                           "fraction": hard, "cut_units": int(cut.sum())}
+        return self.fix_report
+
+    # -- reporting ------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
         """Polarization and budget state, flat: gate fractions ``zero`` / ``near_zero`` (0, 0.01)
         / ``middle`` [0.01, 0.99) / ``near_one`` over free unit gates (and ``block_*`` over block
         gates), ``hard_fraction``, ``soft_fraction``, ``target``, ``metric``, ``lambda``,
-        ``epsilon``, ``step``, ``epoch``, ``latched``."""
+        ``epsilon``, ``step``, ``epoch``, ``dead``, ``fixed``."""
         bank = self.bank
         with torch.no_grad():
             flat = bank.flat()
@@ -257,7 +314,7 @@ class GatedModel(nn.Module):
                    threshold=self.threshold, regularizer=self.policy.regularizer.name)
         out["lambda"] = self.lam
         out.update(epsilon=self.epsilon if self.bank.kind == "smoothed_l0" else None, step=int(bank.step),
-                   epoch=int(bank.epoch), latched=int(bank.dead.sum()))
+                   epoch=int(bank.epoch), dead=int(bank.dead.sum()), fixed=bool(self.fixed))
         return out
 
     # -- checkpointing --------------------------------------------------------------------------
@@ -275,6 +332,12 @@ class GatedModel(nn.Module):
                             f"(checkpoint {'has none' if ctrl is None else 'has one'})")
         if ctrl is not None:
             self.controller.load_state_dict(ctrl)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if bool(self.fixed):  # a resumed run with fixed gates keeps them fixed
+            for p in self.gate_parameters():
+                p.requires_grad_(False)
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -101,7 +101,8 @@ class _PolicyBuilder:
         controller = self.controller(sub, lam)
         return Regularizer(name=reg_name, lambda_=lam, lambda_controller=controller,
                            epsilon=epsilon, t=t,
-                           threshold=values.get("threshold", Regularizer.threshold))
+                           threshold=values.get("threshold", Regularizer.threshold),
+                           fix_at=values.get("fix_at", Regularizer.fix_at))
 
     def only_for(self, sub: Checked, key: str, reg_name: str, wanted: str) -> None:
         if key in sub.entries and reg_name != wanted:

@@ -93,6 +93,7 @@ class Regularizer:
     epsilon: Optional[EpsilonSchedule] = field(default_factory=EpsilonSchedule)
     t: Optional[float] = None
     threshold: float = 1.0e-6
+    fix_at: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,11 @@ REGULARIZER_SPEC = Struct("regularizer", {
     "threshold": Field(Number(minimum=0, maximum=1, exclusive_minimum=True,
                               exclusive_maximum=True),
                        "A gate below this counts as zero (hard count).", Regularizer.threshold),
+    "fix_at": Field(Number(minimum=0, maximum=1, exclusive_minimum=True),
+                    "Fraction of the gated phase at which the gates are fixed: epsilon has reached "
+                    "its end, the units are cut to the budget (lowest gates first, limits kept), "
+                    "and the rest of the phase trains the weights with the gates fixed.",
+                    Regularizer.fix_at),
 }, doc="The sparsity regularizer on the gates.", nullable=True)
 
 DEFAULTS_SPEC = Struct("defaults", {

@@ -18,15 +18,16 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 
+from gdp_graph.gates.model import DEFAULT_GATE_LR
 from gdp_graph.vocabulary import REGULARIZERS
 
 PRESETS: dict[str, dict[str, Any]] = {
     # a few minutes on 2 CPU cores: a subset of CIFAR-10, ResNet-20
     "short": dict(depth=20, train_subset=5000, test_subset=1000, pretrain_epochs=3, gdp_epochs=6,
-                  finetune_epochs=1, batch_size=128, lr=0.1, gdp_lr=0.02, finetune_lr=0.01, gate_lr=0.5),
+                  finetune_epochs=1, batch_size=128, lr=0.1, gdp_lr=0.02, finetune_lr=0.01, gate_lr=DEFAULT_GATE_LR),
     # the paper-style recipe: full data, ResNet-56 (hours on a GPU)
     "full": dict(depth=56, train_subset=None, test_subset=None, pretrain_epochs=160, gdp_epochs=120,
-                 finetune_epochs=40, batch_size=128, lr=0.1, gdp_lr=0.01, finetune_lr=0.01, gate_lr=0.5),
+                 finetune_epochs=40, batch_size=128, lr=0.1, gdp_lr=0.01, finetune_lr=0.01, gate_lr=DEFAULT_GATE_LR),
 }
 
 
@@ -44,7 +45,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", type=int)
     for name in ("lr", "gdp-lr", "finetune-lr"):
         p.add_argument(f"--{name}", type=float)
-    p.add_argument("--gate-lr", type=float, help="gate learning rate per unit of cost share (default 0.5)")
+    p.add_argument("--gate-lr", type=float, help=f"the gates' Adam learning rate (default {DEFAULT_GATE_LR})")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--autocast", action="store_true", help="bfloat16 autocast in training")
     p.add_argument("--seed", type=int, default=0)
@@ -113,7 +114,7 @@ def run_pipeline(args) -> int:
                               "regularizer": policy.regularizer.name, "target": policy.target.fraction,
                               "metric": policy.target.metric}
 
-    def epochs(net, n, lr, phase, extra_loss=None, on_step=None, optimizer=None):
+    def epochs(net, n, lr, phase, extra_loss=None, on_step=None, optimizer=None, trajectory=None):
         if n <= 0:
             return
         opt = optimizer if optimizer is not None else make_optimizer(net, lr)
@@ -125,8 +126,15 @@ def run_pipeline(args) -> int:
                                     autocast=args.autocast, scheduler=sched, progress=True, start_step=step,
                                     description=f"{phase} {epoch + 1}/{n}")
             step = stats["global_step"]
-            console.print(f"  {phase} epoch {epoch + 1}/{n}: loss {stats['loss']:.3f} (task {stats['task_loss']:.3f}), "
-                          f"train acc {stats['accuracy']:.3f}, {stats['seconds']:.0f}s")
+            line = (f"  {phase} epoch {epoch + 1}/{n}: loss {stats['loss']:.3f} (task {stats['task_loss']:.3f}), "
+                    f"train acc {stats['accuracy']:.3f}, {stats['seconds']:.0f}s")
+            if trajectory is not None:
+                g = net.report()
+                trajectory.append({"epoch": epoch + 1, "train_acc": stats["accuracy"], **{
+                    k: g[k] for k in ("lambda", "epsilon", "hard_fraction", "soft_fraction", "zero", "middle", "fixed")}})
+                line += (f"; lambda {g['lambda']:.3g}, kept {g['hard_fraction']:.3f} (soft {g['soft_fraction']:.3f}), "
+                         f"zero {g['zero']:.2f}" + (", gates fixed" if g["fixed"] else ""))
+            console.print(line)
 
     phase_start = time.perf_counter()
     if args.checkpoint:
@@ -148,8 +156,9 @@ def run_pipeline(args) -> int:
                    steps_per_epoch=len(train))
     gated.to(device)
     # gated.step() also closes each epoch: attach() was told the epoch length
+    report["trajectory"] = []
     epochs(gated, s["gdp_epochs"], s["gdp_lr"], "gdp", extra_loss=gated.penalty, on_step=lambda step: gated.step(),
-           optimizer=GateOptimizer(gated, s["gdp_lr"], s["gate_lr"]))
+           optimizer=GateOptimizer(gated, s["gdp_lr"], s["gate_lr"]), trajectory=report["trajectory"])
     report["gdp_seconds"] = time.perf_counter() - phase_start
     report["acc_gated"] = evaluate(gated, test, device=device)["accuracy"]
     report["gates"] = gated.report()
@@ -185,18 +194,15 @@ def run_pipeline(args) -> int:
 
 
 class GateOptimizer:
-    """SGD with momentum for the weights; plain SGD for the gates, one learning rate per gate
-    vector scaled by the inverse of its unit's cost share (``GatedModel.gate_param_groups``),
-    so the budget controller's lambda acts as a price per unit of cost. No momentum for the
-    gates (it would carry them through 0; a step across 0 lands on 0 and latches) and no
-    weight decay (the regularizer is their decay)."""
+    """SGD with momentum for the weights (the cosine schedule drives them) and the gates' own
+    optimizer (``GatedModel.gate_optimizer``: Adam, one learning rate for every gate)."""
 
     def __init__(self, gated, lr: float, gate_lr: float):
         gates = gated.gate_parameters()
         ids = {id(p) for p in gates}
         weights = [p for p in gated.parameters() if id(p) not in ids and p.requires_grad]
         self.weights = torch.optim.SGD(weights, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-        self.gates = torch.optim.SGD(gated.gate_param_groups(gate_lr), lr=gate_lr) if gates else None
+        self.gates = gated.gate_optimizer(gate_lr) if gates else None
         self.param_groups = self.weights.param_groups  # the cosine schedule drives the weights
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -1,0 +1,279 @@
+"""GDP against the baselines on CIFAR-10 at equal FLOPs, on the same graph and schedule.
+
+    python benchmarks/cifar_methods.py run --data ../shared/data/cifar10/cifar-10-python.tar.gz \
+        [--methods gdp polarization l1 magnitude] [--targets 0.5 0.35] [--seeds 0 1 2] [--quick]
+    python benchmarks/cifar_methods.py table [--results benchmarks/results/cifar_methods.json]
+
+Protocol (CPU): ResNet-20; the first 10,000 CIFAR-10 training images train (images 10,000 to
+11,999 are a held-out split, reported as ``acc_val``; nothing here is selected on the test
+set); the full 10,000-image test set. One pretrained checkpoint shared by every run (trained
+once by ``pretrain`` and cached under ``runs/``, not committed). After pretraining every method
+gets the same ``--sparse-epochs + --finetune-epochs`` epochs with the same SGD (momentum 0.9,
+Nesterov, weight decay 5e-4, batch 128, augmentation), a cosine schedule from ``--lr`` over the
+first part and from ``--finetune-lr`` over the second:
+
+``gdp``          smoothed-L0 gates, FLOPs-priced ``gdp`` regularizer, lambda steered to the
+                 target, gates fixed at ``fix_at`` and cut to the budget (the library default).
+``polarization`` Zhuang et al. 2020 on the same gates: ``t = 1.2``, the network-wide mean,
+                 gates clamped to [0, 1]; lambda steered by the same controller and the same
+                 cut to the budget (NOT the published bisection over lambda, which needs a
+                 training run per probe).
+``l1``           network slimming on the gates: L1, then a global threshold (the lowest gates
+                 cut until the budget is met).
+``magnitude``    one shot: each unit scored by the L2 norm of its input columns in every layer
+                 that consumes it (each group's scores over their mean), the lowest cut to the
+                 budget from the pretrained weights, then all epochs fine-tune.
+
+FLOPs are measured with FlopCounterMode on the finalized, physically smaller model. Each run
+appends one record (with its per-epoch trajectory) to the results JSON; ``table`` prints the
+mean +- std per method and target as the README's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_RESULTS = Path(__file__).with_name("results") / "cifar_methods.json"
+DEFAULT_CHECKPOINT = Path("runs/pretrained_r20_10k_e15.pt")
+METHODS = ("gdp", "polarization", "l1", "magnitude")
+
+
+def _loaders(data_path: str, train: int, val: int, seed: int):
+    from gdp_graph.recipes.cifar10.data.cifar10 import cifar10_loaders, load_cifar10
+    from gdp_graph.recipes.cifar10.data.dataset import Cifar10Data
+
+    full = load_cifar10(data_path, train_subset=train + val, test_subset=None)
+    train_data = Cifar10Data(full.train_images[:train], full.train_labels[:train], full.test_images,
+                             full.test_labels, full.source)
+    val_data = Cifar10Data(full.train_images[train:], full.train_labels[train:], full.train_images[train:],
+                           full.train_labels[train:], full.source)
+    train_loader, test_loader = cifar10_loaders(train_data, batch_size=128, seed=seed)
+    _, val_loader = cifar10_loaders(val_data, batch_size=128, seed=seed)
+    return train_loader, val_loader, test_loader
+
+
+def _epochs(net, loader, n: int, lr: float, *, optimizer=None, extra_loss=None, on_step=None, on_epoch=None) -> None:
+    from gdp_graph.recipes.cifar10.training import cosine_schedule, make_optimizer, train_one_epoch
+
+    if n <= 0:
+        return
+    opt = optimizer if optimizer is not None else make_optimizer(net, lr)
+    sched = cosine_schedule(opt.weights if hasattr(opt, "weights") else opt, n * len(loader))
+    step = 0
+    for epoch in range(n):
+        loader.set_epoch(epoch)
+        stats = train_one_epoch(net, loader, opt, device="cpu", extra_loss=extra_loss, on_step=on_step,
+                                scheduler=sched, start_step=step)
+        step = stats["global_step"]
+        if on_epoch is not None:
+            on_epoch(epoch, stats)
+
+
+def _policy(method: str, target: float):
+    from gdp_graph.policy import load_policy, policy_from_dict
+
+    data = load_policy("cifar_resnet").to_dict()
+    data["target"]["fraction"] = target
+    reg = data["regularizer"]
+    reg["name"] = "l1" if method == "l1" else method
+    if method != "gdp":
+        reg.pop("epsilon", None)
+    return policy_from_dict(data, source=f"cifar_resnet for {method}", name="cifar_resnet")
+
+
+def magnitude_scores(analysis) -> dict[int, torch.Tensor]:
+    """Per unit of every group: the squared L2 norm of its input columns in every plain conv /
+    linear layer that consumes it (where the group's gates would sit)."""
+    gm = analysis.traced.gm
+    nodes = {n.name: n for n in gm.graph.nodes}
+    scores = {}
+    for g in analysis.groups:
+        s = torch.zeros(g.size, dtype=torch.float64)
+        for site in g.gate_sites:
+            node = nodes[site.node]
+            if node.op != "call_module":
+                continue
+            layer = gm.get_submodule(str(node.target))
+            w = getattr(layer, "weight", None)
+            if w is None or getattr(layer, "groups", 1) != 1 or w.dim() < 2:
+                continue
+            col = w.detach().double().transpose(0, 1).reshape(w.shape[1], -1).pow(2).sum(1)
+            index = site.unit_index.reshape(-1)
+            keep = index >= 0
+            s.index_add_(0, index[keep], col[: index.numel()][keep])
+        scores[g.id] = s
+    return scores
+
+
+def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
+    import gdp_graph as G
+    from gdp_graph.gates.attach import attach
+    from gdp_graph.gates.finalize import finalize
+    from gdp_graph.gates.selection import plan_for_budget
+    from gdp_graph.graph.cost import CostModel, model_cost
+    from gdp_graph.policy import resolve
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+    from gdp_graph.recipes.cifar10.pipeline import GateOptimizer
+    from gdp_graph.recipes.cifar10.training import evaluate
+
+    torch.manual_seed(seed)
+    train, val, test = _loaders(args.data, args.train_subset, args.val_subset, seed)
+    model = cifar_resnet(20)
+    model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+    x1 = torch.randn(1, 3, 32, 32)
+    before = model_cost(model, (x1,))
+    record: dict[str, Any] = {"method": method, "target": target, "seed": seed, "trajectory": []}
+    started = time.perf_counter()
+    policy = _policy(method if method != "magnitude" else "gdp", target)
+    if method == "magnitude":
+        analysis = G.analyze(model, x1)
+        resolution = resolve(policy, analysis.groups, analysis.blocks)
+        scores = {gid: s for gid, s in magnitude_scores(analysis).items() if gid in resolution.gated_groups()}
+        plan, _ = plan_for_budget(analysis, CostModel(analysis), resolution, scores, target, normalize=True)
+        pruned = G.rewrite(analysis, plan)
+        record["acc_gated"] = record["acc_finalized"] = evaluate(pruned, test, device="cpu")["accuracy"]
+        net = pruned
+        _epochs(net, train, args.sparse_epochs, args.lr,
+                on_epoch=lambda e, st: record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"]}))
+    else:
+        gated = attach(model, policy=policy, example_inputs=torch.randn(2, 3, 32, 32),
+                       total_steps=args.sparse_epochs * len(train), steps_per_epoch=len(train))
+
+        def log(e: int, st: dict) -> None:
+            g = gated.report()
+            record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"], **{
+                k: g[k] for k in ("lambda", "epsilon", "hard_fraction", "soft_fraction", "zero", "middle", "fixed")}})
+            print(f"  {method} t={target} s={seed} epoch {e + 1}: acc {st['accuracy']:.3f} lambda {g['lambda']:.3g} "
+                  f"kept {g['hard_fraction']:.3f} soft {g['soft_fraction']:.3f} zero {g['zero']:.2f}", flush=True)
+
+        _epochs(gated, train, args.sparse_epochs, args.lr, optimizer=GateOptimizer(gated, args.lr, args.gate_lr),
+                extra_loss=gated.penalty, on_step=lambda s: gated.step(), on_epoch=log)
+        record["acc_gated"] = evaluate(gated, test, device="cpu")["accuracy"]
+        record["fix"] = gated.fix_report
+        pruned, report = finalize(gated)
+        record["acc_finalized"] = evaluate(pruned, test, device="cpu")["accuracy"]
+        record["finalize_max_rel_diff"] = report.check.max_rel_diff
+        net = pruned
+    _epochs(net, train, args.finetune_epochs, args.finetune_lr)
+    after = model_cost(net, (x1,))
+    record.update(acc_finetuned=evaluate(net, test, device="cpu")["accuracy"],
+                  acc_val=evaluate(net, val, device="cpu")["accuracy"],
+                  flops_kept=after.flops / before.flops, params_kept=after.params / before.params,
+                  seconds=time.perf_counter() - started)
+    return record
+
+
+def pretrain(args) -> None:
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+    from gdp_graph.recipes.cifar10.training import evaluate
+
+    torch.manual_seed(0)
+    train, _, test = _loaders(args.data, args.train_subset, args.val_subset, 0)
+    model = cifar_resnet(20)
+    _epochs(model, train, args.pretrain_epochs, 0.1)
+    Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), args.checkpoint)
+    print(f"pretrained accuracy {evaluate(model, test, device='cpu')['accuracy']:.4f} -> {args.checkpoint}")
+
+
+def _machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {"runs": []}
+
+
+def cmd_run(args) -> None:
+    if args.quick:
+        args.sparse_epochs, args.finetune_epochs, args.train_subset, args.val_subset = 1, 1, 1000, 500
+        args.pretrain_epochs = 1
+        if args.checkpoint == str(DEFAULT_CHECKPOINT):
+            args.checkpoint = "runs/pretrained_quick.pt"
+    if not Path(args.checkpoint).exists():
+        pretrain(args)
+    path = Path(args.results)
+    for target in args.targets:
+        for seed in args.seeds:
+            for method in args.methods:
+                record = run_one(args, method, target, seed)
+                record.update(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                              machine=_machine(), quick=args.quick, checkpoint=str(args.checkpoint),
+                              settings={k: getattr(args, k) for k in ("sparse_epochs", "finetune_epochs", "lr",
+                                                                      "finetune_lr", "gate_lr", "train_subset",
+                                                                      "val_subset")})
+                print(json.dumps({k: v for k, v in record.items() if k not in ("trajectory", "machine")}), flush=True)
+                results = _load(path)
+                results["runs"].append(record)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(results: dict[str, Any], include_quick: bool = False) -> str:
+    """The markdown table: one row per (target, method), mean ± std over seeds."""
+    runs = [r for r in results["runs"] if include_quick or not r.get("quick")]
+    lines = ["| target | method | seeds | acc after cut | acc fine-tuned | FLOPs kept | params kept | acc held-out |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    keys = sorted({(r["target"], r["method"]) for r in runs}, key=lambda k: (-k[0], METHODS.index(k[1])))
+    for target, method in keys:
+        rs = [r for r in runs if r["target"] == target and r["method"] == method]
+        lines.append(f"| {target:g} | {method} | {len(rs)} | {_mean_std([r['acc_finalized'] for r in rs])} | "
+                     f"{_mean_std([r['acc_finetuned'] for r in rs])} | {_mean_std([r['flops_kept'] for r in rs])} | "
+                     f"{_mean_std([r['params_kept'] for r in rs])} | {_mean_std([r['acc_val'] for r in rs])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--data", required=True)
+    r.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    r.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.35])
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    r.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    r.add_argument("--pretrain-epochs", type=int, default=15)
+    r.add_argument("--sparse-epochs", type=int, default=6)
+    r.add_argument("--finetune-epochs", type=int, default=2)
+    r.add_argument("--lr", type=float, default=0.02)
+    r.add_argument("--finetune-lr", type=float, default=0.01)
+    r.add_argument("--gate-lr", type=float, default=None)
+    r.add_argument("--train-subset", type=int, default=10000)
+    r.add_argument("--val-subset", type=int, default=2000)
+    r.add_argument("--results", default=str(DEFAULT_RESULTS))
+    r.add_argument("--quick", action="store_true", help="smoke run: 1k images, 1 + 1 epochs (marked quick)")
+    t = sub.add_parser("table")
+    t.add_argument("--results", default=str(DEFAULT_RESULTS))
+    t.add_argument("--include-quick", action="store_true")
+    args = p.parse_args()
+    if args.command == "run":
+        from gdp_graph.gates.model import DEFAULT_GATE_LR
+        args.gate_lr = DEFAULT_GATE_LR if args.gate_lr is None else args.gate_lr
+        cmd_run(args)
+    else:
+        print(table(_load(Path(args.results)), args.include_quick))
+
+
+if __name__ == "__main__":
+    main()
