@@ -25,8 +25,12 @@ def _train(capsys, data, out, *extra):
 
 def test_train_pipeline_runs_and_finalized_equals_gated(tmp_path, capsys):
     synth = Synthetic(tmp_path)
-    report = _train(capsys, synth.archive, tmp_path / "run", "--gate-lr", "0.5")
+    report = _train(capsys, synth.archive, tmp_path / "run")
     assert report["acc_gated"] == report["acc_finalized"]
+    assert report["in_band"] and abs(report["kept"] - 0.5) <= 0.01  # FlopCounterMode on the pruned model
+    assert report["finalize"]["removed_units"] > 0 and report["fix"]["cut_units"] == report["finalize"]["removed_units"]
+    assert [t["epoch"] for t in report["trajectory"]] == [1, 2] and report["trajectory"][-1]["fixed"]
+    assert 0 <= report["acc_unpruned_same_epochs"] <= 1
     assert report["finalize"]["max_rel_diff"] <= 1e-4
     assert report["flops_after"] <= report["flops_before"]
     assert 0 <= report["acc_finetuned"] <= 1
@@ -56,3 +60,14 @@ def test_short_schedule_on_real_cifar10(tmp_path, capsys):
     report = _train(capsys, REAL, tmp_path / "run", "--train-subset", "2000", "--test-subset", "500")
     assert report["acc_gated"] == report["acc_finalized"]
     assert report["acc_pretrained"] > 0.15  # better than chance after one epoch on 2000 images
+
+
+def test_a_missed_budget_is_said_loudly_and_exits_3(tmp_path, capsys):
+    """The policy's limits (residual streams keep half) make 5% of the FLOPs unreachable."""
+    synth = Synthetic(tmp_path)
+    code = main(["train", "--data", str(synth.archive), "--depth", "8", "--batch-size", "16", "--pretrain-epochs", "1",
+                 "--gdp-epochs", "1", "--finetune-epochs", "0", "--device", "cpu", "--latency-rounds", "1",
+                 "--no-compare-unpruned", "--target", "0.05"])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert "BUDGET MISSED" in captured.out and "target 0.05" in captured.out

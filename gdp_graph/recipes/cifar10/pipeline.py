@@ -21,13 +21,20 @@ from rich.console import Console
 from gdp_graph.gates.model import DEFAULT_GATE_LR
 from gdp_graph.vocabulary import REGULARIZERS
 
+#: the finalized model's measured fraction must be within this of the target
+BUDGET_BAND = 0.01
+#: exit status of a run whose finalized model missed the budget band (1 means "outputs differ")
+EXIT_BUDGET_MISSED = 3
+
 PRESETS: dict[str, dict[str, Any]] = {
     # a few minutes on 2 CPU cores: a subset of CIFAR-10, ResNet-20
     "short": dict(depth=20, train_subset=5000, test_subset=1000, pretrain_epochs=3, gdp_epochs=6,
-                  finetune_epochs=1, batch_size=128, lr=0.1, gdp_lr=0.02, finetune_lr=0.01, gate_lr=DEFAULT_GATE_LR),
+                  finetune_epochs=1, batch_size=128, lr=0.1, gdp_lr=0.02, finetune_lr=0.01, gate_lr=DEFAULT_GATE_LR,
+                  compare_unpruned=True),
     # the paper-style recipe: full data, ResNet-56 (hours on a GPU)
     "full": dict(depth=56, train_subset=None, test_subset=None, pretrain_epochs=160, gdp_epochs=120,
-                 finetune_epochs=40, batch_size=128, lr=0.1, gdp_lr=0.01, finetune_lr=0.01, gate_lr=DEFAULT_GATE_LR),
+                 finetune_epochs=40, batch_size=128, lr=0.1, gdp_lr=0.01, finetune_lr=0.01, gate_lr=DEFAULT_GATE_LR,
+                 compare_unpruned=False),
 }
 
 
@@ -46,6 +53,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     for name in ("lr", "gdp-lr", "finetune-lr"):
         p.add_argument(f"--{name}", type=float)
     p.add_argument("--gate-lr", type=float, help=f"the gates' Adam learning rate (default {DEFAULT_GATE_LR})")
+    p.add_argument("--compare-unpruned", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train the unpruned model for the same total epochs (default: on in the short preset)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--autocast", action="store_true", help="bfloat16 autocast in training")
     p.add_argument("--seed", type=int, default=0)
@@ -146,6 +155,7 @@ def run_pipeline(args) -> int:
             torch.save(model.state_dict(), args.save_pretrained)
     report["pretrain_seconds"] = time.perf_counter() - phase_start
     report["acc_pretrained"] = evaluate(model, test, device=device)["accuracy"]
+    pretrained_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     console.print(f"pretrained accuracy {report['acc_pretrained']:.4f}")
     if args.pretrain_only:
         return 0
@@ -162,6 +172,7 @@ def run_pipeline(args) -> int:
     report["gdp_seconds"] = time.perf_counter() - phase_start
     report["acc_gated"] = evaluate(gated, test, device=device)["accuracy"]
     report["gates"] = gated.report()
+    report["fix"] = gated.fix_report
     pruned, finalized = finalize(gated)
     report["finalize"] = finalized.to_dict()
     report["acc_finalized"] = evaluate(pruned, test, device=device)["accuracy"]
@@ -169,6 +180,14 @@ def run_pipeline(args) -> int:
     if s["finetune_epochs"] > 0:
         epochs(pruned, s["finetune_epochs"], s["finetune_lr"], "finetune")
         report["acc_finetuned"] = evaluate(pruned, test, device=device)["accuracy"]
+    if s["compare_unpruned"] and not args.checkpoint:
+        # the same total epochs without pruning: the pretrained weights, trained on with the
+        # gated phase's and the fine-tuning's learning rates
+        unpruned = cifar_resnet(s["depth"]).to(device)
+        unpruned.load_state_dict(pretrained_state)
+        epochs(unpruned, s["gdp_epochs"], s["gdp_lr"], "unpruned")
+        epochs(unpruned, s["finetune_epochs"], s["finetune_lr"], "unpruned")
+        report["acc_unpruned_same_epochs"] = evaluate(unpruned, test, device=device)["accuracy"]
 
     cpu_inputs = example.detach().cpu()
     original_cpu = cifar_resnet(s["depth"])
@@ -180,6 +199,9 @@ def run_pipeline(args) -> int:
     report.update(flops_before=before.flops, flops_after=after.flops, params_before=before.params,
                   params_after=after.params, latency_before_s=lat_before, latency_after_s=lat_after,
                   wall_seconds=time.perf_counter() - started)
+    kept = after.metric(policy.target.metric) / before.metric(policy.target.metric)
+    report["kept"] = kept
+    report["in_band"] = abs(kept - policy.target.fraction) <= BUDGET_BAND
     _print_report(console, report)
     if args.out:
         out = Path(args.out)
@@ -190,6 +212,10 @@ def run_pipeline(args) -> int:
         console.print(f"wrote {out / 'pruned.pt'} and {out / 'report.json'}")
     if args.json:
         print(json.dumps(report, indent=1, default=str))
+    if not report["in_band"]:
+        console.print(f"[bold red]BUDGET MISSED: the finalized model keeps {kept:.4f} of its {policy.target.metric} "
+                      f"(FlopCounterMode), target {policy.target.fraction:g} ± {BUDGET_BAND}[/]")
+        return EXIT_BUDGET_MISSED
     return 0
 
 
@@ -226,9 +252,11 @@ def _print_report(console: Console, r: dict[str, Any]) -> None:
         ("CPU latency, batch 64 (ms)", 1e3 * r["latency_before_s"], 1e3 * r["latency_after_s"], "value"),
     ], title="GDP on CIFAR-10: before / after"))
     acc = Table(title="Top-1 accuracy on the test set", header_style="bold")
-    for col in ("pretrained", "gated", "finalized", "fine-tuned"):
+    cols = {"pretrained": "acc_pretrained", "gated": "acc_gated", "finalized": "acc_finalized",
+            "fine-tuned": "acc_finetuned", "unpruned, same epochs": "acc_unpruned_same_epochs"}
+    for col in cols:
         acc.add_column(col, justify="right")
-    acc.add_row(*(f"{r[k]:.4f}" if k in r else "-" for k in ("acc_pretrained", "acc_gated", "acc_finalized", "acc_finetuned")))
+    acc.add_row(*(f"{r[k]:.4f}" if k in r else "-" for k in cols.values()))
     console.print(acc)
     gates = r.get("gates", {})
     if gates:
