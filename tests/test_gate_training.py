@@ -140,3 +140,25 @@ def test_gates_train_by_adam_with_one_learning_rate() -> None:
     opt.step()
     moved = (gated.bank._theta().detach() - before).abs()
     assert float(moved.max()) <= 0.02 * 1.001 and float(moved.max()) > 0.01  # ~lr, whatever the gradient
+
+
+def test_training_gates_and_the_gated_reference_are_one_graph_pass() -> None:
+    """Gates killed where a plan removes units reproduce verify's gated reference of that plan."""
+    from gdp_graph.prune.verify import gated_reference
+
+    torch.manual_seed(0)
+    gated = attach(cifar_resnet(20).eval(), gdp(), example_inputs=X, total_steps=10)
+    with torch.no_grad():
+        for p in gated.gate_parameters():
+            p.uniform_(0.0, 1.0)
+    for _ in range(5):
+        gated.step()
+    plan = gated.current_plan(gated.threshold)
+    assert plan.keep
+    with torch.no_grad():  # the kept gates open fully: the reference multiplies them by 1
+        gated.bank.set_epsilon(1e-30)
+    reference = gated_reference(gated.analysis, plan).eval()
+    gated.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(gated(x), reference(x), rtol=1e-5, atol=1e-5)
