@@ -113,3 +113,21 @@ def test_inputs_come_from_the_first_batch_when_the_factory_gives_none(tmp_path):
 def test_zero_epochs_is_refused(tmp_path):
     done = gdp_graph("prune", SPEC, "--task", f"{TASK}:task", "--epochs", "0", "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and "--epochs must be at least 1" in done.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="the 'hf' extra is not installed")
+def test_prune_and_report_a_hugging_face_decoder_with_keyword_batches(tmp_path):
+    out = tmp_path / "hf"
+    done = gdp_graph("prune", "tests/fixtures/hf_models.py:tiny_llama", "--task", "tests/fixtures/hf_task.py:task",
+                     "--optimizer", "adam", "--out", str(out), "--json", "--no-progress", "--no-pictures")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["finalize"]["equal"] and report["cost"]["params_after"] < report["cost"]["params_before"]
+    assert report["task_metric"]["gated"] == pytest.approx(report["task_metric"]["finalized"])
+    done = gdp_graph("report", "tests/fixtures/hf_models.py:tiny_llama", str(out), "--json", "--no-latency")
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(done.stdout)
+    assert data["params_after"] == report["cost"]["params_after"]
+    assert data["flops_per_sample_after"] == pytest.approx(report["cost"]["flops_per_sample_after"])
+    # the export front end runs no submodules: per-layer FLOPs are unknown, not zero
+    assert all(row["after"] is None or row["after"]["flops"] is None for row in data["layers"])

@@ -82,7 +82,7 @@ def _pictures(folder: Path, history: dict[str, Any], tolerance: float) -> tuple[
 def cmd_prune(args: argparse.Namespace) -> int:
     from gdp_graph.cli.spec import load_spec
     from gdp_graph.recipes.driver import run_prune
-    from gdp_graph.recipes.task import load_task, model_inputs
+    from gdp_graph.recipes.task import batch_length, load_task, model_inputs, move_to
     from gdp_graph.report.layers import compare_layers, layers_table
     from gdp_graph.report.live import GateProgress
     from gdp_graph.report.outputs import write_outputs
@@ -93,7 +93,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     model, inputs = load_spec(args.spec, args.input_shape, require_inputs=False)
     task = load_task(args.task)
     if inputs is None:  # the model's inputs on the first training batch
-        inputs, _ = model_inputs(task, next(iter(task.train_loader)))
+        args_, kwargs_ = model_inputs(task, next(iter(task.train_loader)))
+        inputs = kwargs_ or args_
     schedule = _schedule(args, task)
     console = make_console(args, stderr=args.json)
     console.print(f"[bold]{args.spec}[/bold] with task {args.task}; policy {policy.name} ({policy.regularizer.name}, "
@@ -103,12 +104,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     with GateProgress(console=console, disable=args.no_progress) as progress:
         result = run_prune(model, inputs, task, policy, schedule, device, on_progress=progress.update_phase)
     fr = result.finalize_report
-    n = max(int(next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim()), 1)), 1)
+    n = max(batch_length(inputs), 1)
     cost = {"flops_per_sample_before": fr.before.flops / n, "flops_per_sample_after": fr.after.flops / n,
             "params_before": fr.before.params, "params_after": fr.after.params,
             "flops_kept": fr.after.flops / fr.before.flops if fr.before.flops else 1.0,
             "params_kept": fr.after.params / fr.before.params if fr.before.params else 1.0}
-    cpu_inputs = tuple(t.cpu() if isinstance(t, torch.Tensor) else t for t in inputs)
+    cpu_inputs = move_to(inputs, torch.device("cpu"))
     pruned_cpu = result.pruned.cpu().eval()
     layers = compare_layers(model.cpu().eval(), pruned_cpu, cpu_inputs)
     report: dict[str, Any] = {

@@ -8,20 +8,18 @@ from typing import Any, Callable
 
 import torch
 
-from gdp_graph.cli.cmd_analysis import batch_size
 from gdp_graph.cli.common import EXIT_OK, add_model_arguments, add_output_arguments, make_console, print_json
 
 
-def build_report(original: torch.nn.Module, pruned: torch.nn.Module, inputs: tuple, *, latency: bool = True,
+def build_report(original: torch.nn.Module, pruned: torch.nn.Module, inputs: Any, *, latency: bool = True,
                  rounds: int = 21, repeat: int = 3, threads: int = 1) -> dict[str, Any]:
-    from gdp_graph.graph.cost import model_cost
+    """Totals, per-layer rows and (optionally) latency; ``inputs`` positional (a tuple) or keyword (a dict)."""
     from gdp_graph.report.latency import compare_latency
-    from gdp_graph.report.layers import compare_layers
-    n = batch_size(inputs)
-    before, after = model_cost(original, inputs), model_cost(pruned, inputs)
+    from gdp_graph.report.layers import compare_layers, total_figures
+    (flops_before, params_before), (flops_after, params_after) = total_figures(original, inputs), total_figures(pruned, inputs)
     report: dict[str, Any] = {
-        "params_before": before.params, "params_after": after.params,
-        "flops_per_sample_before": before.flops / n, "flops_per_sample_after": after.flops / n,
+        "params_before": params_before, "params_after": params_after,
+        "flops_per_sample_before": flops_before, "flops_per_sample_after": flops_after,
         "layers": compare_layers(original, pruned, inputs), "latency": None}
     if latency:
         report["latency"] = compare_latency(original, pruned, inputs, rounds=rounds, repeat=repeat, threads=threads).to_dict()

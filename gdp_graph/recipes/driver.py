@@ -179,14 +179,15 @@ def train_epochs(model: nn.Module, task: Task, device: torch.device, epochs: int
     return mean
 
 
-def run_prune(model: nn.Module, example_inputs: Sequence[Any], task: Task, policy: Any, schedule: Schedule,
+def run_prune(model: nn.Module, example_inputs: Any, task: Task, policy: Any, schedule: Schedule,
               device: torch.device, *, on_progress: Optional[Callable[[str, int, int, dict], None]] = None) -> PruneResult:
     """The whole pipeline on ``model`` (left untouched: gates go on a traced copy)."""
     from gdp_graph.gates.attach import attach
     from gdp_graph.gates.finalize import finalize
     seconds: dict[str, float] = {}
     model = copy.deepcopy(model).to(device)
-    inputs = tuple(move_to(tuple(example_inputs), device))
+    # positional inputs (a tuple) or keyword inputs (a dict, as Hugging Face models take)
+    inputs = move_to(example_inputs if isinstance(example_inputs, dict) else tuple(example_inputs), device)
     n = steps_per_epoch(task)
     metrics: dict[str, Optional[float]] = {"original": evaluate(model, task, device)}
     total = schedule.epochs * n

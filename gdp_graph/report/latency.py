@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -87,6 +87,9 @@ def time_models(models: Sequence[nn.Module], inputs: Sequence[Any], *, rounds: i
     """
     if rounds < 1 or repeat < 1:
         raise ValueError(f"rounds and repeat must be >= 1, got {rounds} and {repeat}")
+    def call(model: nn.Module) -> Any:  # keyword inputs (a dict) for Hugging Face-style models
+        return model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
+
     states = [m.training for m in models]
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -98,13 +101,13 @@ def time_models(models: Sequence[nn.Module], inputs: Sequence[Any], *, rounds: i
         with torch.inference_mode():
             for _ in range(warmup):
                 for m in models:
-                    m(*inputs)
+                    call(m)
             order = list(range(len(models)))
             for r in range(rounds):
                 for i in (order if r % 2 == 0 else order[::-1]):
                     start = time.perf_counter()
                     for _ in range(repeat):
-                        models[i](*inputs)
+                        call(models[i])
                     times[i].append((time.perf_counter() - start) / repeat)
     finally:
         torch.set_num_threads(previous_threads)
@@ -126,6 +129,7 @@ def compare_latency(baseline: nn.Module, candidate: nn.Module, inputs: Sequence[
     base, cand = time_models([baseline, candidate], inputs, rounds=rounds, warmup=warmup, repeat=repeat, threads=threads)
     ratios = [c / b for b, c in zip(base.samples, cand.samples) if b > 0]
     q1, median, q3 = _quartiles(ratios)
-    first = next((v for v in inputs if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+    values = inputs.values() if isinstance(inputs, Mapping) else inputs
+    first = next((v for v in values if isinstance(v, torch.Tensor) and v.dim() > 0), None)
     return LatencyComparison(base, cand, median, q1, q3, threads, repeat,
                              int(first.shape[0]) if first is not None else 1)

@@ -7,7 +7,7 @@ by name; a layer missing from the pruned model was removed with its block.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from rich.table import Table
@@ -21,7 +21,7 @@ class LayerFigures:
     channels_in: Optional[int]
     channels_out: Optional[int]
     params: int
-    flops: float  #: per sample
+    flops: Optional[float]  #: per sample; None where the model runs no submodules (see layer_figures)
 
 
 def _channels(module: nn.Module) -> tuple[Optional[int], Optional[int]]:
@@ -38,34 +38,58 @@ def _channels(module: nn.Module) -> tuple[Optional[int], Optional[int]]:
     return None, None
 
 
-def _batch(inputs: Sequence[Any]) -> int:
-    first = next((v for v in inputs if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+Inputs = Union[Sequence[Any], Mapping[str, Any]]
+
+
+def call_model(model: nn.Module, inputs: Inputs) -> Any:
+    """``model(**inputs)`` for keyword inputs (a dict, as Hugging Face models take), else ``model(*inputs)``."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
+
+
+def batch_of(inputs: Inputs) -> int:
+    """The example batch's size: the leading dim of the first tensor input."""
+    values = inputs.values() if isinstance(inputs, Mapping) else inputs
+    first = next((v for v in values if isinstance(v, torch.Tensor) and v.dim() > 0), None)
     return int(first.shape[0]) if first is not None else 1
 
 
-def layer_figures(model: nn.Module, inputs: Sequence[Any]) -> dict[str, LayerFigures]:
-    """Figures of every leaf module that holds parameters, keyed by qualified name."""
+def _count(model: nn.Module, inputs: Inputs) -> FlopCounterMode:
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*inputs)
+            call_model(model, inputs)
     finally:
         model.train(was_training)
-    by_module = counter.get_flop_counts()
+    return counter
+
+
+def total_figures(model: nn.Module, inputs: Inputs) -> tuple[float, int]:
+    """(FLOPs per sample, parameters) of the whole model (shared parameters once)."""
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return float(_count(model, inputs).get_total_flops()) / batch_of(inputs), params
+
+
+def layer_figures(model: nn.Module, inputs: Inputs) -> dict[str, LayerFigures]:
+    """Figures of every leaf module that holds parameters, keyed by qualified name."""
+    by_module = _count(model, inputs).get_flop_counts()
     flops = {key.partition(".")[2]: sum(counts.values()) for key, counts in by_module.items() if "." in key}
-    n = _batch(inputs)
+    # a graph that calls ops on parameters directly (the torch.export front end) runs no
+    # submodule, so FLOPs cannot be attributed to layers: say so rather than print zeros
+    attributed = bool(flops)
+    n = batch_of(inputs)
     out = {}
     for name, module in model.named_modules():
         params = sum(p.numel() for p in module.parameters(recurse=False))
         if not name or next(module.children(), None) is not None or not params:
             continue
         cin, cout = _channels(module)
-        out[name] = LayerFigures(type(module).__name__, cin, cout, params, float(flops.get(name, 0)) / n)
+        out[name] = LayerFigures(type(module).__name__, cin, cout, params,
+                                 float(flops.get(name, 0)) / n if attributed else None)
     return out
 
 
-def compare_layers(original: nn.Module, pruned: nn.Module, inputs: Sequence[Any]) -> list[dict[str, Any]]:
+def compare_layers(original: nn.Module, pruned: nn.Module, inputs: Inputs) -> list[dict[str, Any]]:
     """One row per layer of ``original``: its figures before and after (None when removed)."""
     before, after = layer_figures(original, inputs), layer_figures(pruned, inputs)
     return [{"layer": name, "before": asdict(b), "after": asdict(after[name]) if name in after else None}
@@ -87,9 +111,12 @@ def layers_table(rows: Sequence[dict[str, Any]], *, changed_only: bool = True) -
         b, a = row["before"], row["after"]
         if changed_only and a is not None and a == b:
             continue
-        kept = "removed" if a is None else (f"{a['flops'] / b['flops']:.2f}" if b["flops"] else
+        def flops(f: Optional[dict]) -> str:
+            return "0" if f is None else "n/a" if f["flops"] is None else f"{f['flops']:,.0f}"
+
+        by_flops = a is not None and b["flops"] and a["flops"] is not None
+        kept = "removed" if a is None else (f"{a['flops'] / b['flops']:.2f}" if by_flops else
                                             f"{a['params'] / b['params']:.2f}")
         table.add_row(row["layer"], b["kind"], pair("channels_in", b, a), pair("channels_out", b, a),
-                      pair("params", b, a), f"{b['flops']:,.0f} → {a['flops']:,.0f}" if a else f"{b['flops']:,.0f} → 0",
-                      kept, style="dim" if a is None else None)
+                      pair("params", b, a), f"{flops(b)} → {flops(a)}", kept, style="dim" if a is None else None)
     return table
