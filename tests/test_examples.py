@@ -35,6 +35,7 @@ def test_own_model_example_is_at_most_30_lines_and_prunes(tmp_path):
     assert abs(report["cost"]["flops_kept"] - 0.5) <= 0.05 and report["finalize"]["equal"]
 
 
+@pytest.mark.slow  # the callback itself is tested in test_integrations.py
 @pytest.mark.skipif(importlib.util.find_spec("pytorch_lightning") is None, reason="the 'lightning' extra is not installed")
 def test_lightning_example(tmp_path):
     done = run([sys.executable, "examples/lightning_gdp.py", "--epochs", "2", "--out", str(tmp_path / "l")])
@@ -43,6 +44,7 @@ def test_lightning_example(tmp_path):
     assert kept < 0.9 and "equal" in done.stdout and (tmp_path / "l" / "pruned.pt").is_file()
 
 
+@pytest.mark.slow  # reads the real archive
 @pytest.mark.skipif(not CIFAR.is_file(), reason="the CIFAR-10 archive is not in ../shared/data/cifar10")
 def test_cifar_example_task_file(tmp_path):
     done = gdp_graph("prune", "examples/cifar_resnet.py:model", "--task", "examples/cifar_resnet.py:task",
@@ -70,6 +72,7 @@ def test_readme_quick_start_runs(tmp_path):
         assert done.returncode == 0, (command, done.stderr)
 
 
+@pytest.mark.slow  # a Hugging Face model through the CLI is tested in test_cli_prune.py
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="the 'hf' extra is not installed")
 def test_hf_decoder_example():
     done = run([sys.executable, "examples/hf_decoder.py", "--steps", "30"])
