@@ -38,6 +38,8 @@ def test_train_pipeline_runs_and_finalized_equals_gated(tmp_path, capsys):
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["regularizer"] == "gdp" and saved["target"] == 0.5
+    from gdp_graph.prune.plan import PruningPlan  # --out keeps its promise: the plan is written too
+    assert PruningPlan.load(tmp_path / "run" / "plan.json").keep
 
 
 @pytest.mark.parametrize("regularizer", ["polarization", "l1"])

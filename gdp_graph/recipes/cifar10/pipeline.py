@@ -208,8 +208,9 @@ def run_pipeline(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         from gdp_graph.prune.export import save
         save(pruned_cpu, out / "pruned.pt")
+        finalized.plan.save(out / "plan.json")  # re-apply with `gdp-graph apply`
         (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
-        console.print(f"wrote {out / 'pruned.pt'} and {out / 'report.json'}")
+        console.print(f"wrote {out / 'pruned.pt'}, {out / 'plan.json'} and {out / 'report.json'}")
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     if not report["in_band"]:
