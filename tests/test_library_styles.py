@@ -81,3 +81,10 @@ def test_hf4_style_decoder_prunes_gqa_heads_through_computed_view_shapes(analyse
     assert type(kept).__name__ == "HandWrittenDecoder" and kept.gdp_verify.ok
     attn = kept.layers[0].self_attn
     assert (attn.num_heads, attn.num_key_value_heads) == (2, 1) and attn.q_proj.out_features == 16
+
+
+@pytest.mark.parametrize("name, count", [("vit", 4), ("swin", 6), ("resnet_basic", 6), ("vit_torchvision", 4),
+                                         ("decoder_hf4_style", 4), ("efficientnet_stochastic_depth", 3)])
+def test_removable_block_counts(analyses, name, count):
+    """Side values (shapes, rotary tables, masks) shared between branches never hide a block."""
+    assert len(analyses(name).blocks) == count

@@ -123,6 +123,10 @@ def _without_shared_side_inputs(members: set[str], outside: set[str], traced: Tr
     order = [n for n in traced.gm.graph.nodes if n.name in members]
     fed: set[str] = set()
     for n in order:
+        value = traced.values.get(n.name)
+        if not (isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list)) and value
+                                                     and all(isinstance(v, torch.Tensor) for v in value))):
+            continue  # sizes read off the data (x.shape[0]) are side values, shared or not
         for a in n.all_input_nodes:
             value = traced.values.get(a.name)
             if a.name in fed or (a.name in outside and isinstance(value, torch.Tensor) and value.is_floating_point()):

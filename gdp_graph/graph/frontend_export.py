@@ -9,12 +9,14 @@ their original qualified names (``model.layers.0.self_attn.q_proj.weight``), so 
 the same module names as with fx; every op node also carries ``nn_module_stack``, from which
 :func:`module_of` names the module it was called in.
 
-Shapes are captured static: the graph (and a pruned GraphModule made from it) runs on inputs of
-the example's shapes. The model's output structure (a ``ModelOutput``, a dict) is kept.
+The batch size is captured symbolic where the model allows it (``Dim.AUTO``); other sizes (the
+sequence length, the image size) are those of the example inputs. The model's output structure
+(a ``ModelOutput``, a dict) is kept.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
 import torch
@@ -34,8 +36,11 @@ def export_graph(work: nn.Module, bound: BoundInputs) -> tuple[fx.GraphModule, t
     Returns a GraphModule that takes the flattened inputs positionally (one per placeholder) and
     returns the model's own output structure, and those flattened inputs.
     """
-    program = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False)
-    exported = program.module()
+    try:  # the batch size symbolic where the model allows, so the graph is not tied to it
+        exported = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False,
+                                       dynamic_shapes=_dynamic_batch(work, bound)).module()
+    except Exception:  # noqa: BLE001 - some models only export at the example's sizes
+        exported = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False).module()
     # a plain GraphModule (the exported one refuses .eval()/.train(), which every stage calls)
     gm = fx.GraphModule(exported, exported.graph, type(work).__name__)
     for spec in ("_in_spec", "_out_spec"):
@@ -54,6 +59,17 @@ def export_graph(work: nn.Module, bound: BoundInputs) -> tuple[fx.GraphModule, t
     mark_constant_buffers(gm, work)
     gm.recompile()
     return gm, flat
+
+
+def _dynamic_batch(work: nn.Module, bound: BoundInputs) -> dict[str, Any]:
+    """``Dim.AUTO`` on dim 0 of every tensor input, keyed by forward's parameter names: export
+    keeps it symbolic unless the program fixes it. (Every dim symbolic costs minutes of symbolic
+    reasoning on window-attention models; the batch is what a pruned graph must not fix.)"""
+    def spec(value: Any) -> Any:
+        return {0: torch.export.Dim.AUTO} if isinstance(value, torch.Tensor) and value.dim() else None
+
+    arguments = inspect.signature(work.forward).bind(*bound.args, **bound.kwargs).arguments
+    return {name: pytree.tree_map(spec, value) for name, value in arguments.items()}
 
 
 def _drop_guard_calls(gm: fx.GraphModule) -> None:
