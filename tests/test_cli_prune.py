@@ -131,3 +131,27 @@ def test_prune_and_report_a_hugging_face_decoder_with_keyword_batches(tmp_path):
     assert data["flops_per_sample_after"] == pytest.approx(report["cost"]["flops_per_sample_after"])
     # the export front end runs no submodules: per-layer FLOPs are unknown, not zero
     assert all(row["after"] is None or row["after"]["flops"] is None for row in data["layers"])
+
+
+def _schedule_policy(tmp_path, body: str) -> Path:
+    path = tmp_path / "scheduled.yaml"
+    path.write_text("version: 1\ntarget: {metric: flops, fraction: 0.5}\n" + body)
+    return path
+
+
+def test_policy_schedule_section_sets_the_phases_and_flags_override_it(tmp_path):
+    policy = _schedule_policy(tmp_path, "schedule:\n  epochs: 2\n  finetune_epochs: 1\n  optimizer: adam\n  lr: 0.002\n")
+    done = gdp_graph("prune", SPEC, "--task", f"{TASK}:task", "--policy", str(policy), "--target", "0.6", "--lr", "0.003",
+                     "--out", str(tmp_path / "o"), "--json", "--no-progress", "--no-pictures")
+    assert done.returncode == 0, done.stderr
+    schedule = json.loads(done.stdout)["schedule"]
+    # the policy beats the task's defaults (epochs 4, lr 0.05), the flag beats the policy; the
+    # schedule survives the --target override (which rebuilds the policy from its dict)
+    assert (schedule["epochs"], schedule["finetune_epochs"], schedule["optimizer"], schedule["lr"]) == (2, 1, "adam", 0.003)
+
+
+def test_policy_schedule_errors_name_file_line_col(tmp_path):
+    policy = _schedule_policy(tmp_path, "schedule:\n  epochs: 0\n  optimiser: adam\n")
+    done = gdp_graph("prune", SPEC, "--task", f"{TASK}:task", "--policy", str(policy), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"{policy}:4:11: schedule.epochs" in done.stderr and "did you mean 'optimizer'" in done.stderr

@@ -19,20 +19,24 @@ from gdp_graph.cli.common import (EXIT_OK, UsageError, add_model_arguments, make
 EXIT_MISSED = 3  #: --strict: the target was missed or nothing was pruned
 
 
-def _schedule(args: argparse.Namespace, task) -> Any:
+def _schedule(args: argparse.Namespace, task, policy) -> Any:
+    """Each setting from the first that gives it: the flag, the policy's ``schedule`` section,
+    the TASK's default, the built-in default."""
     from gdp_graph.recipes.driver import Schedule
-    base = Schedule()
+    base, planned = Schedule(), policy.schedule
 
-    def pick(flag: Optional[Any], from_task: Optional[Any], default: Any) -> Any:
-        return flag if flag is not None else from_task if from_task is not None else default
+    def pick(key: str, from_task: Optional[Any] = None) -> Any:
+        for value in (getattr(args, key), getattr(planned, key), from_task):
+            if value is not None:
+                return value
+        return getattr(base, key)
 
-    epochs = pick(args.epochs, task.epochs, base.epochs)
+    epochs = pick("epochs", task.epochs)
     if epochs < 1:
         raise UsageError(f"--epochs must be at least 1 (the gated phase), got {epochs}")
-    return Schedule(epochs=pick(args.epochs, task.epochs, base.epochs),
-                    finetune_epochs=pick(args.finetune_epochs, task.finetune_epochs, base.finetune_epochs),
-                    lr=pick(args.lr, task.lr, base.lr), finetune_lr=pick(args.finetune_lr, task.finetune_lr, base.finetune_lr),
-                    gate_lr=args.gate_lr, optimizer=args.optimizer, weight_decay=args.weight_decay)
+    return Schedule(epochs=epochs, finetune_epochs=pick("finetune_epochs", task.finetune_epochs),
+                    lr=pick("lr", task.lr), finetune_lr=pick("finetune_lr", task.finetune_lr),
+                    gate_lr=pick("gate_lr"), optimizer=pick("optimizer"), weight_decay=pick("weight_decay"))
 
 
 def _policy(args: argparse.Namespace):
@@ -95,7 +99,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if inputs is None:  # the model's inputs on the first training batch
         args_, kwargs_ = model_inputs(task, next(iter(task.train_loader)))
         inputs = kwargs_ or args_
-    schedule = _schedule(args, task)
+    schedule = _schedule(args, task, policy)
     console = make_console(args, stderr=args.json)
     console.print(f"[bold]{args.spec}[/bold] with task {args.task}; policy {policy.name} ({policy.regularizer.name}, "
                   f"keep {policy.target.fraction:g} of {policy.target.metric}); {schedule.epochs} gated + "
@@ -151,13 +155,15 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--policy", default="default", help="YAML policy file or shipped policy name")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--target", type=float, help="override the policy's target fraction to keep")
-    p.add_argument("--epochs", type=int, help="epochs of the gated phase (default: the task's, else 3)")
-    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after finalize (default: the task's, else 0)")
-    p.add_argument("--lr", type=float, help="weight learning rate in the gated phase (default: the task's, else 0.01)")
-    p.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: the task's, else 0.001)")
-    p.add_argument("--gate-lr", type=float, help="gate learning rate (default: the gates' own)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="weight optimizer (sgd with momentum 0.9, or AdamW)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the weight optimizer")
+    p.add_argument("--epochs", type=int, help="epochs of the gated phase (default: the policy's schedule, the task's, else 3)")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after finalize (default: the policy's schedule, the task's, else 0)")
+    p.add_argument("--lr", type=float, help="weight learning rate in the gated phase (default: the policy's schedule, the task's, else 0.01)")
+    p.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: the policy's schedule, the task's, else 0.001)")
+    p.add_argument("--gate-lr", type=float, help="gate learning rate (default: the policy's schedule, else the gates' own)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), help="weight optimizer: sgd (momentum 0.9) or adam (AdamW) "
+                                                                "(default: the policy's schedule, else sgd)")
+    p.add_argument("--weight-decay", type=float, help="weight decay of the weight optimizer (default: the policy's "
+                                                      "schedule, else 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
     p.add_argument("--seed", type=int, default=0, help="torch seed")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_MISSED} when the target is missed or nothing is pruned")

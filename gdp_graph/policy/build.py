@@ -24,6 +24,7 @@ from gdp_graph.policy.schema import (
     LambdaController,
     Regularizer,
     Target,
+    TrainingSchedule,
 )
 from gdp_graph.policy.yamlcheck import INVALID, Checked, Location, Node, Reporter, format_value
 
@@ -67,12 +68,16 @@ class _PolicyBuilder:
         self.contradictions([c for _, c in valid], rules)
         return Policy(version=values.get("version", 1), target=self.target(),
                       regularizer=self.regularizer(), defaults=self.defaults(),
-                      rules=tuple(rules), description=values.get("description", ""),
+                      rules=tuple(rules), schedule=self.schedule(), description=values.get("description", ""),
                       name=name, source=source, locations=self.locations)
 
     def target(self) -> Target:
         sub = self.section("target")
         return Target(**sub.values) if sub else Target()
+
+    def schedule(self) -> TrainingSchedule:
+        sub = self.section("schedule")
+        return TrainingSchedule(**sub.values) if sub else TrainingSchedule()
 
     def defaults(self) -> Defaults:
         sub = self.section("defaults")

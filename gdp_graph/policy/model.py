@@ -15,6 +15,7 @@ from gdp_graph.policy.schema import (
     Defaults,
     Regularizer,
     Target,
+    TrainingSchedule,
 )
 from gdp_graph.policy.yamlcheck import Location
 
@@ -86,6 +87,7 @@ class Policy:
     regularizer: Regularizer = field(default_factory=Regularizer)
     defaults: Defaults = field(default_factory=Defaults)
     rules: tuple[Rule, ...] = ()
+    schedule: TrainingSchedule = field(default_factory=TrainingSchedule)
     description: str = ""
     name: str = field(default="default", compare=False)
     source: str = field(default="<default>", compare=False)
@@ -124,6 +126,9 @@ class Policy:
             out["description"] = self.description
         out.update(target=_fields_dict(self.target), regularizer=regularizer,
                    defaults=_fields_dict(self.defaults), rules=[_rule_dict(r) for r in self.rules])
+        schedule = {k: v for k, v in _fields_dict(self.schedule).items() if v is not None}
+        if schedule:
+            out["schedule"] = schedule
         return out
 
 

@@ -108,6 +108,22 @@ class Defaults:
     allow_inexact: bool = False
 
 
+@dataclass(frozen=True)
+class TrainingSchedule:
+    """Epochs and learning rates of ``gdp-graph prune`` (its flags override them; a key left
+    unset falls back to the TASK's default, then to the built-in one)."""
+
+    epochs: Optional[int] = None
+    finetune_epochs: Optional[int] = None
+    lr: Optional[float] = None
+    finetune_lr: Optional[float] = None
+    gate_lr: Optional[float] = None
+    optimizer: Optional[str] = None
+    weight_decay: Optional[float] = None
+
+
+OPTIMIZERS = ("sgd", "adam")
+
 # --------------------------------------------------------------------------------------------
 # The policy format
 # --------------------------------------------------------------------------------------------
@@ -228,6 +244,16 @@ BLOCK_RULE_SPEC = Struct("block rule", {
                    "branch; none: no block gate."),
 }, doc="Overrides the block level of the removable blocks it matches.")
 
+SCHEDULE_SPEC = Struct("schedule", {
+    "epochs": Field(Int(minimum=1), "Epochs of the gated phase."),
+    "finetune_epochs": Field(Int(minimum=0), "Epochs of fine-tuning after finalize (0: none)."),
+    "lr": Field(Number(minimum=0, exclusive_minimum=True), "Weight learning rate in the gated phase."),
+    "finetune_lr": Field(Number(minimum=0, exclusive_minimum=True), "Learning rate of fine-tuning."),
+    "gate_lr": Field(Number(minimum=0, exclusive_minimum=True), "Learning rate of the gates' Adam."),
+    "optimizer": Field(Enum(OPTIMIZERS), "sgd: SGD with momentum 0.9; adam: AdamW (the weights)."),
+    "weight_decay": Field(Number(minimum=0), "Weight decay of the weight optimizer."),
+}, doc="Training schedule of 'gdp-graph prune' (its flags override these keys).", nullable=True)
+
 RULE_SPEC = Variant("rule", {"match": ("group", GROUP_RULE_SPEC),
                              "blocks": ("block", BLOCK_RULE_SPEC)})
 
@@ -241,6 +267,7 @@ POLICY_SPEC = Struct("policy", {
     "defaults": Field(DEFAULTS_SPEC, "Settings that no rule overrides."),
     "rules": Field(Seq(RULE_SPEC, nullable=True), "Ordered rules; a later rule overrides an "
                    "earlier one for the keys it sets."),
+    "schedule": Field(SCHEDULE_SPEC, "Training schedule of 'gdp-graph prune'."),
 }, doc="A gdp-graph pruning policy (GDP: gates with differentiable polarization). Cross-field "
        "constraints (epsilon start > end, keys specific to one regularizer, contradictory rules) "
        "are checked by gdp-graph itself.", required=("version",))
