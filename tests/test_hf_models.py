@@ -220,3 +220,17 @@ def test_cli_takes_keyword_inputs_and_names_the_front_end(capsys):
     assert main(["check", "tests.fixtures.hf_models:tiny_llama", "--ratio", "0.5", "--blocks", "0.5", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is True and data["params_after"] < data["params_before"]
+
+
+@pytest.mark.slow  # a subprocess importing transformers
+def test_keep_class_example_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "examples/hf_llama_prune.py", "--out", str(tmp_path / "p")], cwd=root,
+                          capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LlamaForCausalLM:" in done.stdout and "equal" in done.stdout and "KV cache: True" in done.stdout
+    assert (tmp_path / "p" / "config.json").exists()
