@@ -273,3 +273,16 @@ def test_class_that_fixes_its_width_falls_back_with_the_reason():
     with pytest.warns(UserWarning, match="the class's forward fails on the pruned sizes"):
         pruned = G.rewrite(analysis, G.PruningPlan(keep={heads.id: (0, 1)}), keep_class=True)
     assert isinstance(pruned, torch.fx.GraphModule) and pruned.gdp_verify.ok
+
+
+def test_dropped_hooks_are_named():
+    from tests.zoo import ZOO
+
+    model, inputs = ZOO["resnet_basic"]()
+    model.register_forward_hook(lambda m, i, o: None)
+    model.layer1.register_forward_pre_hook(lambda m, i: None)
+    model.conv1.register_forward_hook(lambda m, i, o: None)  # a leaf: kept in the GraphModule
+    analysis = G.analyze(model, inputs)
+    with pytest.warns(UserWarning, match=r"hooks on the root ResNet, layer1 are not in the pruned GraphModule"):
+        pruned = G.rewrite(analysis, G.random_plan(analysis, 0.3, seed=0))
+    assert pruned.get_submodule("conv1")._forward_hooks

@@ -35,7 +35,8 @@ class VerifyWarning(UserWarning):
 
 
 class KeepClassWarning(UserWarning):
-    """``rewrite(..., keep_class=True)`` had to return the GraphModule (the message says why)."""
+    """The GraphModule rewrite lost something of the user's class: ``keep_class=True`` had to
+    return the GraphModule (the message says why), or hooks of the user's modules are dropped."""
 
 
 class RewriteContext:
@@ -299,7 +300,25 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
                           VerifyWarning, stacklevel=2)
     if keep_class and weights is None and not site_scales:
         return _keep_class_or_say_why(analysis, plan, pruned, tolerance)
+    dropped = _dropped_hooks(analysis, pruned)
+    if dropped:
+        warnings.warn(f"hooks on {', '.join(dropped)} are not in the pruned GraphModule "
+                      f"(rewrite(..., keep_class=True) keeps them)", KeepClassWarning, stacklevel=2)
     return pruned
+
+
+def _dropped_hooks(analysis: Analysis, pruned: nn.Module) -> list[str]:
+    """Modules of the user's model with forward/backward hooks that the GraphModule lacks (the
+    root and containers, which fx traces through; every module with torch.export)."""
+    kept = dict(pruned.named_modules())
+    found = []
+    for name, m in (analysis.traced.module or nn.Module()).named_modules():
+        if not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks):
+            continue
+        twin = kept.get(name) if name else None
+        if twin is None or not (twin._forward_hooks or twin._forward_pre_hooks or twin._backward_hooks):
+            found.append(name or f"the root {type(m).__name__}")
+    return found
 
 
 def _keep_class_or_say_why(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphModule, tolerance: float) -> nn.Module:
@@ -310,8 +329,7 @@ def _keep_class_or_say_why(analysis: Analysis, plan: PruningPlan, pruned: fx.Gra
         kept.model.gdp_verify = kept.verify
         return kept.model
     pruned.gdp_kept_class_reason = kept.reason
-    hooked = [name or type(m).__name__ for name, m in (analysis.traced.module or nn.Module()).named_modules()
-              if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks]
+    hooked = _dropped_hooks(analysis, pruned)
     dropped = f"; hooks on {', '.join(hooked)} are not in the GraphModule" if hooked else ""
     warnings.warn(f"returning a GraphModule, not {type(analysis.traced.module).__name__}: {kept.reason}{dropped}",
                   KeepClassWarning, stacklevel=3)
