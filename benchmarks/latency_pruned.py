@@ -75,7 +75,7 @@ def compare(original: nn.Module, rewritten: nn.Module, inputs: tuple, rounds: in
     out: dict[str, Any] = {}
     for name, runs in times.items():
         out[name] = {"median_ms": round(1e3 * statistics.median(runs), 3), "min_ms": round(1e3 * min(runs), 3),
-                     "max_ms": round(1e3 * max(runs), 3)}
+                     "max_ms": round(1e3 * max(runs), 3), "runs_ms": [round(1e3 * t, 2) for t in runs]}
     out["speedup"] = round(statistics.median(times["original"]) / statistics.median(times["rewritten"]), 4)
     # the same from each round's adjacent pair, robust to load that drifts between rounds
     out["speedup_paired"] = round(statistics.median(a / b for a, b in zip(times["original"], times["rewritten"])), 4)

@@ -60,17 +60,47 @@ def latency_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def latency_compact(result: dict[str, Any]) -> str:
+    """One row per model: each plan as FLOPs ratio / measured speed-up (speed-up per FLOPs)."""
+    plans = list(next(iter(result["models"].values()))["plans"])
+    lines = [f"Rewritten vs eager, batch {result['input'][0]}, one thread; each cell: FLOPs ratio / measured "
+             "speed-up (speed-up ÷ FLOPs ratio):", "",
+             "| model | " + " | ".join(plans) + " |", "|---|" + "---:|" * len(plans)]
+    for name, r in result["models"].items():
+        cells = []
+        for label in plans:
+            row = r["plans"][label]
+            cells.append(f"{row['flops_speedup']:.2f} / {row['speedup_paired']:.2f} ({row['speedup_per_flops']:.2f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def attach_table(result: dict[str, Any]) -> str:
+    lines = [f"attach and finalize against analyze, seconds, median of {result['repeats']}:", "",
+             "| model | analyze | attach | finalize | attach / analyze | finalize / analyze |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in result["models"].items():
+        lines.append(f"| {name} | {r['analyze']['median_s']:.2f} | {r['attach']['median_s']:.2f} | "
+                     f"{r['finalize']['median_s']:.2f} | {r['attach_over_analyze']:.2f} | {r['finalize_over_analyze']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--after", default=str(RESULTS / "analysis_speed.json"))
     p.add_argument("--before", default=str(RESULTS / "analysis_speed_before.json"))
     p.add_argument("--latency", nargs="*", default=sorted(str(f) for f in RESULTS.glob("latency_pruned_*.json")))
+    p.add_argument("--compact", action="store_true", help="one latency row per model")
     args = p.parse_args()
     after = _load(Path(args.after))
     if after:
         print(analysis_table(after, _load(Path(args.before))), end="\n\n")
     for path in args.latency:
-        print(latency_table(json.loads(Path(path).read_text())), end="\n\n")
+        table = latency_compact if args.compact else latency_table
+        print(table(json.loads(Path(path).read_text())), end="\n\n")
+    attach = _load(RESULTS / "attach_speed.json")
+    if attach:
+        print(attach_table(attach))
 
 
 if __name__ == "__main__":
