@@ -290,4 +290,4 @@ def merge_tracks(tracks: Sequence[Track], store: ElementStore, kind: Optional[st
 def _space_ids(store: ElementStore, labels: torch.Tensor) -> torch.Tensor:
     """The space (the layer output or parameter that created it) of every element in ``labels``."""
     firsts = torch.tensor([sp.first for sp in store.spaces], dtype=torch.long)
-    return torch.searchsorted(firsts, labels, right=True) - 1
+    return torch.searchsorted(firsts, labels.contiguous(), right=True) - 1
