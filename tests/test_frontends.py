@@ -286,3 +286,16 @@ def test_dropped_hooks_are_named():
     with pytest.warns(UserWarning, match=r"hooks on the root ResNet, layer1 are not in the pruned GraphModule"):
         pruned = G.rewrite(analysis, G.random_plan(analysis, 0.3, seed=0))
     assert pruned.get_submodule("conv1")._forward_hooks
+
+
+def test_export_source_refuses_an_exported_graph_clearly(tmp_path):
+    from gdp_graph.prune.export import export_source, load, save
+
+    model = ShapeChecked().eval()
+    analysis = G.analyze(model, torch.randn(2, 3, 8, 8))
+    pruned = G.rewrite(analysis, G.PruningPlan(keep={}))
+    with pytest.raises(TypeError, match="cannot write a graph captured by torch.export"):
+        export_source(pruned, tmp_path / "pkg")
+    save(pruned, tmp_path / "pruned.pt")  # the documented route: the whole module
+    out = load(tmp_path / "pruned.pt")(*analysis.traced.example_inputs)
+    assert set(out) == {"logits", "features"}

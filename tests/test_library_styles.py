@@ -88,3 +88,38 @@ def test_hf4_style_decoder_prunes_gqa_heads_through_computed_view_shapes(analyse
 def test_removable_block_counts(analyses, name, count):
     """Side values (shapes, rotary tables, masks) shared between branches never hide a block."""
     assert len(analyses(name).blocks) == count
+
+
+def test_gpt2_conv1d_and_in_place_causal_mask(analyses):
+    a = analyses("gpt2_hf4_style")  # its masked buffer slice needs torch.export
+    assert a.traced.front_end == "export" and "opaque" in a.traced.front_end_reason
+    heads = [g for g in a.groups if g.unit == "head"]
+    mlp = [g for g in a.groups if g.size == 128]
+    assert len(heads) == 2 and len(mlp) == 2 and all(g.prunable and g.exact for g in heads + mlp)
+    pruned = G.rewrite(a, G.random_plan(a, 0.5, seed=0))
+    assert sum("masked_fill_" in str(n.target) for n in pruned.graph.nodes) == 2  # side effects: kept
+    assert pruned.gdp_verify.ok and pruned.gdp_verify.max_rel_diff < 1e-5
+    pruned = G.rewrite(a, G.random_plan(a, 0.5, seed=1, block_ratio=0.5))
+    assert pruned.gdp_verify.ok and pruned.gdp_verify.max_rel_diff < 1e-5
+
+
+def test_conv1d_addmm_under_fx():
+    from tests.zoo.library_styles import Conv1D
+
+    class MLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc, self.c_proj = Conv1D(24, 8), Conv1D(8, 24)
+
+        def forward(self, x):
+            return self.c_proj(torch.nn.functional.gelu(self.c_fc(x)))
+
+    a = G.analyze(MLP(), torch.randn(2, 5, 8), front_end="fx")
+    hidden = next(g for g in a.groups if g.size == 24)
+    assert hidden.prunable and hidden.exact and {"c_fc", "c_proj"} <= set(hidden.modules)
+    plan = G.PruningPlan(keep={hidden.id: tuple(range(0, 24, 3))})
+    pruned = G.rewrite(a, plan)
+    assert pruned.c_fc.weight.shape == (8, 8) and pruned.c_proj.weight.shape == (8, 8)
+    assert pruned.gdp_verify.ok
+    kept = G.rewrite(a, plan, keep_class=True)
+    assert (kept.c_fc.nf, kept.c_proj.nx) == (8, 8) and kept.gdp_verify.ok

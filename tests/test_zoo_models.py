@@ -13,6 +13,7 @@ EXPECTED_NAMES = {
     "efficientnet", "densenet", "inception", "shufflenetv2", "convnext", "vit", "vit_manual_attn", "vit_mha",
     "swin", "unet", "deeplab_aspp", "embedding_lm", "pixelshuffle_sr", "grouped_norm", "untraceable",
     "vit_torchvision", "efficientnet_stochastic_depth", "resnet_timm_normact", "decoder_hf4_style",
+    "gpt2_hf4_style",
 }
 
 EXPECTED_OUTPUT_SHAPES = {
@@ -31,8 +32,8 @@ def _run(model: nn.Module, inputs) -> torch.Tensor:
 
 def test_zoo_names():
     assert set(ZOO) == EXPECTED_NAMES
-    assert set(ZOO_TRACEABLE) == EXPECTED_NAMES - {"untraceable"}
-    assert UNTRACEABLE == {"untraceable"}
+    assert set(ZOO_TRACEABLE) == EXPECTED_NAMES - {"untraceable", "gpt2_hf4_style"}
+    assert UNTRACEABLE == {"untraceable", "gpt2_hf4_style"}
 
 
 @pytest.mark.parametrize("name", list(ZOO))

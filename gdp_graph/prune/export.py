@@ -34,6 +34,9 @@ def export_source(module: fx.GraphModule, folder: str | Path, class_name: str = 
     ``class_name`` without gdp_graph installed. Returns the folder."""
     if not isinstance(module, fx.GraphModule):
         raise TypeError(f"export_source needs the fx.GraphModule that rewrite() returns, got {type(module).__name__}")
+    if hasattr(module, "_out_spec"):  # fx's to_folder drops the pytree specs its code reads
+        raise TypeError("export_source cannot write a graph captured by torch.export (its output structure "
+                        "would be lost): save() it whole, or rewrite(..., keep_class=True) and save the model")
     folder = Path(folder)
     with warnings.catch_warnings():
         # containers without a constructor repr are pickled (plain torch modules): expected

@@ -363,3 +363,84 @@ def _decoder_ids():
 
 
 ENTRIES["decoder_hf4_style"] = zoo_factory(HandWrittenDecoder, _decoder_ids)
+
+
+# -- GPT-2 in the transformers 4.x style: Conv1D (addmm), in-place causal mask, merged heads -----
+class Conv1D(nn.Module):
+    """A linear layer with transposed weights: ``x @ W + b`` through ``torch.addmm``."""
+
+    def __init__(self, nf: int, nx: int):
+        super().__init__()
+        self.nf, self.nx = nf, nx
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.2)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size_out = x.size()[:-1] + (self.nf,)
+        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return x.view(size_out)
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self, embed_dim: int, num_heads: int, max_positions: int = 16):
+        super().__init__()
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = embed_dim // num_heads
+        self.split_size = embed_dim
+        self.c_attn = Conv1D(3 * embed_dim, embed_dim)
+        self.c_proj = Conv1D(embed_dim, embed_dim)
+        self.register_buffer("bias", torch.tril(torch.ones(max_positions, max_positions, dtype=torch.bool))
+                             .view(1, 1, max_positions, max_positions), persistent=False)
+
+    def _split_heads(self, tensor: torch.Tensor) -> torch.Tensor:
+        new_shape = tensor.size()[:-1] + (self.num_heads, self.head_dim)
+        return tensor.view(new_shape).permute(0, 2, 1, 3)
+
+    def _merge_heads(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.permute(0, 2, 1, 3).contiguous()
+        new_shape = tensor.size()[:-2] + (self.num_heads * self.head_dim,)
+        return tensor.view(new_shape)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        query, key, value = self.c_attn(hidden_states).split(self.split_size, dim=2)
+        query, key, value = self._split_heads(query), self._split_heads(key), self._split_heads(value)
+        attn_weights = torch.matmul(query, key.transpose(-1, -2)) / (value.size(-1) ** 0.5)
+        query_length, key_length = query.size(-2), key.size(-2)
+        causal_mask = self.bias[:, :, key_length - query_length:key_length, :key_length]
+        mask_value = torch.full([], torch.finfo(attn_weights.dtype).min, dtype=attn_weights.dtype)
+        attn_weights.masked_fill_(~causal_mask, mask_value)  # in place: the result is not used
+        attn_output = torch.matmul(nn.functional.softmax(attn_weights, dim=-1), value)
+        return self.c_proj(self._merge_heads(attn_output))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, embed_dim: int, num_heads: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(embed_dim)
+        self.attn = GPT2Attention(embed_dim, num_heads)
+        self.ln_2 = nn.LayerNorm(embed_dim)
+        self.mlp_fc = Conv1D(4 * embed_dim, embed_dim)
+        self.mlp_proj = Conv1D(embed_dim, 4 * embed_dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states))
+        return hidden_states + self.mlp_proj(F.gelu(self.mlp_fc(self.ln_2(hidden_states)), approximate="tanh"))
+
+
+class GPT2Style(nn.Module):
+    def __init__(self, vocab: int = 50, embed_dim: int = 32, num_heads: int = 4, layers: int = 2):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, embed_dim), nn.Embedding(16, embed_dim)
+        self.h = nn.ModuleList(GPT2Block(embed_dim, num_heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(embed_dim)
+        self.lm_head = nn.Linear(embed_dim, vocab, bias=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        position_ids = torch.arange(input_ids.size(-1)).unsqueeze(0)
+        h = self.wte(input_ids) + self.wpe(position_ids)
+        for block in self.h:
+            h = block(h)
+        return self.lm_head(self.ln_f(h))
+
+
+ENTRIES["gpt2_hf4_style"] = zoo_factory(GPT2Style, _decoder_ids)

@@ -38,7 +38,7 @@ register_rule(*overloads("mul", "div", "pow", "maximum", "minimum", "mul_", "div
 register_rule(*overloads("where"))(elementwise.where_rule)
 
 
-@register_rule(*overloads("masked_fill"))
+@register_rule(*overloads("masked_fill", "masked_fill_"))
 def masked_fill_rule(ctx):
     """masked_fill(x, mask, value): x's channels stay where they are; the mask broadcasts."""
     return ctx.broadcast_merge([ctx.arg(0), ctx.arg(1)], "multiply")
@@ -115,7 +115,7 @@ def embedding_rule(ctx):
     return Chan((Track((ctx.out.dim() - 1,), track.labels),))
 
 
-@register_rule(*overloads("addmm"))
+@register_rule(*overloads("addmm"), torch.addmm)  # torch.addmm: GPT-2's Conv1D traced by fx
 def addmm_rule(ctx):
     """addmm(bias, x, w) = bias + x @ w (GPT-2's Conv1D): x's channels are consumed with w's
     dim 0, the output's channels are w's dim 1 (and the bias's)."""
