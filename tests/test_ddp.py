@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 WORLD = 2
 STEPS = 4
-POLICY = {"version": 1, "defaults": {"block_level": "block"},
+POLICY = {"version": 1, "defaults": {"block_level": "block"}, "target": {"fraction": 0.05},
           "regularizer": {"name": "gdp", "lambda": 0.05,
                           "lambda_controller": {"kind": "proportional", "gain": 0.5, "min": 0.0, "max": 1.0},
                           "epsilon": {"start": 0.1, "end": 1.0e-4}}}
@@ -55,6 +55,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         with torch.no_grad():  # something to prune: some gates already at 0, block 0 off
             for theta in gated.bank.group_theta.values():
                 theta[::3] = 0.0
+            gated.bank.block_theta["0"].zero_()
         ddp = DistributedDataParallel(gated)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
         gen = torch.Generator().manual_seed(100 + rank)  # different data per rank
@@ -67,8 +68,7 @@ def _worker(rank: int, store: str, out: str) -> None:
             opt.step()
             gated.step()
             losses.append(loss.item())
-        with torch.no_grad():
-            gated.bank.block_theta["0"].zero_()
+        assert bool(gated.fixed)  # fix_at 0.6 of 4 steps: the gates were cut and fixed
         pruned, report = finalize(gated)
         torch.save({"gates": {k: v.detach() for k, v in gated.group_gates().items()},
                     "blocks": {k: v.detach() for k, v in gated.block_gates().items()},

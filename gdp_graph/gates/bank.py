@@ -89,6 +89,8 @@ class GateBank(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         self.register_buffer("dead", torch.zeros(self.one_position, dtype=torch.bool))
+        self.register_buffer("is_fixed", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("fixed_values", torch.ones(self.one_position))
         self.theta_max = theta0  # theta never grows past its start: g -> 1 needs no more
         self.sites: list[SiteSpec] = []
 
@@ -143,10 +145,22 @@ class GateBank(nn.Module):
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def flat(self) -> Tensor:
-        """Every gate value (group units by group id, then blocks by id), then a constant 1."""
-        g = self._raw(self._theta())
-        g = torch.where(self.frozen | self.dead, self.frozen.to(g.dtype), g)
+        """Every gate value (group units by group id, then blocks by id), then a constant 1.
+        Once :meth:`fix` ran, the values fixed then (``theta`` stays in the graph with a zero
+        factor, so DistributedDataParallel still sees every parameter used)."""
+        theta = self._theta()
+        if bool(self.is_fixed):
+            g = self.fixed_values.to(theta.dtype) + 0.0 * theta
+        else:
+            g = self._raw(theta)
+            g = torch.where(self.frozen | self.dead, self.frozen.to(g.dtype), g)
         return torch.cat([g, self.one.to(g.dtype)])
+
+    @torch.no_grad()
+    def fix(self) -> None:
+        """From now on every gate keeps its current value, whatever happens to ``theta``."""
+        self.fixed_values.copy_(self.flat()[: self.one_position].detach().float())
+        self.is_fixed.fill_(True)
 
     def forward(self) -> tuple[Tensor, ...]:
         """One multiplier per site, in :attr:`sites` order, shaped to broadcast against the

@@ -66,7 +66,7 @@ class GatedModel(nn.Module):
     to stay keep a gate >= 0.9). At ``fix_at`` the gates are *fixed* (:meth:`fix_gates`): with a
     steered lambda the lowest gates are cut until the cost is as close to the target as unit
     sizes allow (``gates.selection.plan_for_budget``; with a constant lambda, gates <= 0.5 are
-    cut), the cut gates become exactly 0, every gate stops training, and the penalty is 0.
+    cut), the cut gates become exactly 0, the gates keep their values whatever the optimizer does to ``theta``, and the penalty is 0.
     The rest of the phase trains the weights with the gates fixed, so the gated model is the
     finalized model.
 
@@ -112,7 +112,6 @@ class GatedModel(nn.Module):
             bank.add_site(site)
         self.module = insert_site_multipliers(analysis, bank, bank.sites, "gdp_gates")
         self._bank_name = next(n for n, m in self.module.named_children() if m is bank)
-        self.register_buffer("fixed", torch.zeros((), dtype=torch.bool))
         self.cost_model = CostModel(analysis)
         self.regularizer = make_regularizer(reg.name, self.cost_model, metric=self.metric,
                                             t=reg.t if reg.t is not None else DEFAULT_T)
@@ -139,6 +138,11 @@ class GatedModel(nn.Module):
         return total_steps
 
     # -- the model ------------------------------------------------------------------------------
+    @property
+    def fixed(self) -> Tensor:
+        """True once the gates are fixed (see :meth:`fix_gates`)."""
+        return self.bank.is_fixed
+
     @property
     def bank(self) -> GateBank:
         """The gate parameters (a submodule of :attr:`module`)."""
@@ -260,8 +264,8 @@ class GatedModel(nn.Module):
 
     def fix_gates(self) -> dict[str, Any]:
         """End the gates' training now (done by :meth:`step` at ``fix_at``): cut the gates to the
-        budget (steered lambda) or at 0.5 (constant lambda), set the cut ones to exactly 0, stop
-        every gate's gradient; returns what was done (also kept in :attr:`fix_report`)."""
+        budget (steered lambda) or at 0.5 (constant lambda), set the cut ones to exactly 0 and fix
+        every gate's value; returns what was done (also kept in :attr:`fix_report`)."""
         bank = self.bank
         hard_before, soft_before = self.fractions()
         if self.controller is not None:
@@ -282,11 +286,7 @@ class GatedModel(nn.Module):
         for bid in plan.removed_blocks:
             cut[bank._block_pos[bid]] = True
         bank.kill(cut)
-        for p in self.gate_parameters():
-            p.requires_grad_(False)
-            p.grad = None
-        with torch.no_grad():
-            self.fixed.fill_(True)
+        bank.fix()
         hard, soft = self.fractions()
         self.fix_report = {"step": int(bank.step), "hard_before": hard_before, "soft_before": soft_before,
                            "fraction": hard, "cut_units": int(cut.sum())}
@@ -332,12 +332,6 @@ class GatedModel(nn.Module):
                             f"(checkpoint {'has none' if ctrl is None else 'has one'})")
         if ctrl is not None:
             self.controller.load_state_dict(ctrl)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if bool(self.fixed):  # a resumed run with fixed gates keeps them fixed
-            for p in self.gate_parameters():
-                p.requires_grad_(False)
 
 
 def _device_of(module: nn.Module) -> torch.device:
