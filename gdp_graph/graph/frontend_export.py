@@ -16,8 +16,11 @@ sequence length, the image size) are those of the example inputs. The model's ou
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Optional
+import io
+import logging
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.fx as fx
@@ -36,11 +39,12 @@ def export_graph(work: nn.Module, bound: BoundInputs) -> tuple[fx.GraphModule, t
     Returns a GraphModule that takes the flattened inputs positionally (one per placeholder) and
     returns the model's own output structure, and those flattened inputs.
     """
-    try:  # the batch size symbolic where the model allows, so the graph is not tied to it
-        exported = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False,
-                                       dynamic_shapes=_dynamic_batch(work, bound)).module()
-    except Exception:  # noqa: BLE001 - some models only export at the example's sizes
-        exported = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False).module()
+    with _quiet_torch_logs():
+        try:  # the batch size symbolic where the model allows, so the graph is not tied to it
+            exported = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False,
+                                           dynamic_shapes=_dynamic_batch(work, bound)).module()
+        except Exception:  # noqa: BLE001 - some models only export at the example's sizes
+            exported = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False).module()
     # a plain GraphModule (the exported one refuses .eval()/.train(), which every stage calls)
     gm = fx.GraphModule(exported, exported.graph, type(work).__name__)
     for spec in ("_in_spec", "_out_spec"):
@@ -59,6 +63,22 @@ def export_graph(work: nn.Module, bound: BoundInputs) -> tuple[fx.GraphModule, t
     mark_constant_buffers(gm, work)
     gm.recompile()
     return gm, flat
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """torch.export logs warnings and whole graphs when it gives up or specializes a size; a
+    failed attempt is reported once, in the analysis's own words (``front_end_reason``)."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("torch")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # the graph dump of a data-dependent guard
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _dynamic_batch(work: nn.Module, bound: BoundInputs) -> dict[str, Any]:
