@@ -299,3 +299,21 @@ def test_export_source_refuses_an_exported_graph_clearly(tmp_path):
     save(pruned, tmp_path / "pruned.pt")  # the documented route: the whole module
     out = load(tmp_path / "pruned.pt")(*analysis.traced.example_inputs)
     assert set(out) == {"logits", "features"}
+
+
+def test_export_frozen_reasons_name_the_module():
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.special.i0(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.odd, self.b = nn.Linear(4, 6), Odd(), nn.Linear(6, 2)
+
+        def forward(self, x, **options):
+            return self.b(self.odd(self.a(x)))
+
+    analysis = G.analyze(Net(), {"x": torch.randn(3, 4), "flag": torch.ones(1)})
+    group = next(g for g in analysis.groups if "a" in g.modules)
+    assert "no rule for special_i0.default at node 'special_i0' (special_i0.default) in odd" in group.describe_frozen()

@@ -37,7 +37,9 @@ class RuleContext:
     # -- arguments ------------------------------------------------------------------------------
     @property
     def where(self) -> str:
-        return f"node '{self.node.name}' ({target_name(self.node)})"
+        stack = self.node.meta.get("nn_module_stack")  # torch.export: the module it was called in
+        inside = f" in {list(stack.values())[-1][0]}" if stack and list(stack.values())[-1][0] else ""
+        return f"node '{self.node.name}' ({target_name(self.node)}){inside}"
 
     def arg(self, index: int, name: Optional[str] = None, default: Any = None) -> Any:
         """A raw argument (fx Node or literal) by position or keyword."""
