@@ -185,9 +185,10 @@ class GatedModel(nn.Module):
 
     def penalty(self) -> Tensor:
         """``lambda * regularizer(gates)``: add it to the task loss (0 once the gates are fixed)."""
-        groups, blocks = self.bank.split(self.bank.flat())
-        if bool(self.fixed):
-            return self.bank.one.new_zeros(())
+        flat = self.bank.flat()
+        if bool(self.fixed):  # 0, still connected to theta (a caller may backward() it)
+            return 0.0 * flat.sum()
+        groups, blocks = self.bank.split(flat)
         return self.lam * self.regularizer(groups, blocks)
 
     def current_plan(self, threshold: float = 0.5):
