@@ -1,10 +1,11 @@
 """The few-line user story::
 
     gated = gdp_graph.attach(model, policy="cifar_resnet", example_inputs=x, total_steps=steps)
+    gate_opt = gated.gate_optimizer()         # Adam on the gates; the weights keep the user's optimizer
     for x, y in loader:                       # the user's own loop, optimizer, autocast, DDP
         loss = F.cross_entropy(gated(x), y) + gated.penalty()   # lambda * regularizer(gates)
-        loss.backward(); optimizer.step(); optimizer.zero_grad()
-        gated.step()                          # anneal epsilon, steer lambda to the budget
+        loss.backward(); optimizer.step(); gate_opt.step(); optimizer.zero_grad(); gate_opt.zero_grad()
+        gated.step()                          # anneal epsilon, project, steer lambda, fix at fix_at
     pruned, report = gdp_graph.finalize(gated)   # the exact smaller nn.Module
 
 ``model`` itself is never modified: :func:`attach` traces a deep copy.
