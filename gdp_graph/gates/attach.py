@@ -43,13 +43,14 @@ def as_policy(policy: PolicyLike) -> Policy:
 
 
 def attach(model: nn.Module, policy: PolicyLike = None, *,
-           example_inputs: Union[torch.Tensor, Sequence[Any]], total_steps: Optional[int] = None,
+           example_inputs: Union[torch.Tensor, Sequence[Any], Mapping[str, Any]], total_steps: Optional[int] = None,
            steps_per_epoch: Optional[int] = None, init_gate: float = 0.99) -> GatedModel:
     """Analyse ``model`` (a traced copy; ``model`` is left untouched) and return it with gates.
 
     Args:
         policy: what to gate and how to train the gates (see :func:`as_policy`).
-        example_inputs: a tensor or tuple of positional inputs the model runs on.
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs
+            (``model(**inputs)``; the gated model is then called the same way).
         total_steps: training iterations the gates will be trained for (the ``gdp``
             regularizer anneals epsilon over them).
         steps_per_epoch: iterations per epoch, for schedules that step per epoch.
