@@ -234,3 +234,12 @@ def test_keep_class_example_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "LlamaForCausalLM:" in done.stdout and "equal" in done.stdout and "KV cache: True" in done.stdout
     assert (tmp_path / "p" / "config.json").exists()
+
+
+def test_verify_calls_a_kept_class_with_keyword_inputs(analyses):
+    model, inputs, a = analyses("llama")
+    plan = G.random_plan(a, 0.5, seed=0)
+    pruned = G.rewrite(a, plan, keep_class=True)
+    assert type(pruned) is type(model)
+    result = G.verify(a, plan, pruned)  # flattened export inputs would land on the wrong parameters
+    assert result.ok and result.max_rel_diff < 1e-5

@@ -80,7 +80,9 @@ def compare_outputs(reference: Any, candidate: Any, tolerance: float) -> VerifyR
 def verify(analysis: Analysis, plan: PruningPlan, pruned: nn.Module,
            inputs: Optional[Sequence[Any]] = None, tolerance: float = 1e-4) -> VerifyResult:
     """Compare ``pruned`` with the gated reference on ``inputs`` (default: the example inputs),
-    in eval mode and float precision as given."""
+    in eval mode and float precision as given. A model of the user's own class
+    (``rewrite(..., keep_class=True)``) is called as the user calls it (keyword inputs)."""
+    own_class = inputs is None and analysis.traced.inputs is not None and not isinstance(pruned, fx.GraphModule)
     inputs = tuple(inputs) if inputs is not None else analysis.traced.example_inputs
     reference = gated_reference(analysis, plan).eval()
     was_training = pruned.training
@@ -88,7 +90,7 @@ def verify(analysis: Analysis, plan: PruningPlan, pruned: nn.Module,
     try:
         with torch.no_grad():
             expected = reference(*inputs)
-            actual = pruned(*inputs)
+            actual = analysis.traced.inputs.call(pruned) if own_class else pruned(*inputs)
     finally:
         pruned.train(was_training)
     return compare_outputs(expected, actual, tolerance)
