@@ -135,8 +135,12 @@ def _trace_exported(model: nn.Module, bound: BoundInputs, reason: str) -> Traced
     except TraceError:
         raise
     except Exception as exc:  # noqa: BLE001 - both front ends failed: say why for each
+        hint = ""
+        if "in output, which is not a known type" in str(exc):  # e.g. a KV cache object
+            hint = " (the output holds an object that is not tensors: ask the model for tensors only, " \
+                   "e.g. use_cache=False in the example inputs of a Hugging Face decoder)"
         raise TraceError(f"cannot trace {type(model).__name__}: {reason}; torch.export failed too: "
-                         f"{_first_line(exc)}") from exc
+                         f"{_first_line(exc)}{hint}") from exc
     return TracedModel(gm=gm, example_inputs=flat, values=recorder.values, inputs=bound, module=work,
                        front_end="export", front_end_reason=reason)
 
