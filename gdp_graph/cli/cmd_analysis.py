@@ -20,10 +20,13 @@ def batch_size(inputs: tuple) -> int:
     return 1
 
 
-def analyze_spec(args: argparse.Namespace):
+def analyze_spec(args: argparse.Namespace, *, realistic: bool = False):
     from gdp_graph.cli.spec import load_spec
     from gdp_graph.graph.analysis import analyze
+    from gdp_graph.prune.weights import realistic_weights
     model, inputs = load_spec(args.spec, args.input_shape)
+    if realistic:  # a copy: the factory's model is left as it is
+        model = realistic_weights(model, inputs, seed=args.seed)
     analysis = analyze(model, inputs)
     # the traced graph's own positional inputs (keyword inputs of a factory are bound to them)
     return model, analysis.traced.example_inputs, analysis
@@ -89,7 +92,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(f"--ratio must be in [0, 1), got {args.ratio}")
     if not 0 <= args.blocks <= 1:
         raise UsageError(f"--blocks must be in [0, 1], got {args.blocks}")
-    _, inputs, analysis = analyze_spec(args)
+    _, inputs, analysis = analyze_spec(args, realistic=args.realistic_weights)
     if not analysis.prunable_groups():
         raise UsageError(f"{args.spec}: no prunable channel group (every group is frozen; run 'gdp-graph inspect' to see why)")
     plan = random_plan(analysis, args.ratio, seed=args.seed, block_ratio=args.blocks)
@@ -97,6 +100,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", VerifyWarning)  # the verdict is the exit code and the report
         pruned = rewrite(analysis, plan, tolerance=args.tolerance)
     result = pruned.gdp_verify or verify(analysis, plan, pruned, tolerance=args.tolerance)
+    if result.inconclusive:  # neither "equal" nor "different": the check cannot tell
+        hint = "" if args.realistic_weights else " (drop --no-realistic-weights, or give the model real weights)"
+        raise UsageError(f"{args.spec}: cannot verify: {result.inconclusive}{hint}")
     # the traced graph is the same computation; FlopCounterMode sees inside fused modules there
     before, after = model_cost(analysis.traced.gm, inputs), model_cost(pruned, inputs)
     n = batch_size(inputs)
@@ -111,6 +117,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         "flops_per_sample_before": before.flops / n, "flops_per_sample_after": after.flops / n,
         "max_abs_diff": result.max_abs_diff, "max_rel_diff": result.max_rel_diff,
         "tolerance": args.tolerance, "ok": result.ok, "plan_file": args.save_plan,
+        "realistic_weights": args.realistic_weights, "inconclusive": result.inconclusive,
     }
     if args.save_plan:
         plan.save(args.save_plan)
@@ -139,4 +146,8 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
                    help="fraction of removable residual blocks to remove as well (0 removes none)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="allowed max |diff| relative to the output scale")
     p.add_argument("--save-plan", metavar="FILE", help="write the random plan as JSON (re-apply it with 'gdp-graph apply')")
+    p.add_argument("--realistic-weights", action=argparse.BooleanOptionalAction, default=True,
+                   help="first redraw degenerate weights of a copy of the model (constant tensors: zero biases, "
+                        "1e-6 layer scales, zero-initialised heads) and calibrate BatchNorm statistics, so that "
+                        "equal outputs mean something (gdp_graph.prune.weights)")
     p.set_defaults(func=cmd_check)
