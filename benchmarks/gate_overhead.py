@@ -1,24 +1,36 @@
-"""Training-step overhead of the gates: a gated CIFAR ResNet against the plain one.
+"""Training-step overhead of the gates: a gated model against the plain one (a CIFAR ResNet, or
+a ViT on CIFAR-sized images with its head and MLP gates).
 
 Both models are trained side by side in one process on the same batches, their steps
 interleaved (plain, gated, plain, gated, ...) so that machine noise hits both alike; the
 script prints the median step time of each and the median of the per-repetition ratios.
 
-    python benchmarks/gate_overhead.py                     # ResNet-56, batch 128, CPU
+    python benchmarks/gate_overhead.py --threads 1                 # ResNet-56, batch 128, CPU
+    python benchmarks/gate_overhead.py --model vit --threads 1     # ViT (embed 192, depth 6), batch 64
     python benchmarks/gate_overhead.py --depth 20 --reps 5 --autocast
+
+``--out FILE.json`` appends the figures with the machine, torch version and date.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from gdp_graph.gates.attach import attach
-from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the ViT is the zoo's (tests/zoo)
+
+from gdp_graph.gates.attach import attach  # noqa: E402
+from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet  # noqa: E402
+from tests.zoo.vit import VisionTransformer  # noqa: E402
 
 
 def _step(model, opt, x, y, penalty, autocast: bool) -> float:
@@ -35,21 +47,30 @@ def _step(model, opt, x, y, penalty, autocast: bool) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--depth", type=int, default=56)
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--model", choices=("resnet", "vit"), default="resnet")
+    p.add_argument("--depth", type=int, default=None, help="ResNet depth (56) or ViT depth (6)")
+    p.add_argument("--batch", type=int, default=None, help="128 for the ResNet, 64 for the ViT")
     p.add_argument("--reps", type=int, default=9, help="timed steps per model")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--policy", default="cifar_resnet")
+    p.add_argument("--policy", default=None, help="default: cifar_resnet or vit")
+    p.add_argument("--out", type=Path, default=None, help="append the result to this JSON file")
     p.add_argument("--autocast", action="store_true", help="bf16 autocast")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    plain = cifar_resnet(args.depth).train()
-    x = torch.randn(args.batch, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch,))
-    gated = attach(plain, policy=args.policy, example_inputs=x[:2], total_steps=1000)
+    vit = args.model == "vit"
+    depth = args.depth or (6 if vit else 56)
+    batch = args.batch or (64 if vit else 128)
+    if vit:
+        plain, name = VisionTransformer(embed_dim=192, depth=depth, num_heads=3).train(), f"ViT (embed 192, depth {depth}, 3 heads)"
+    else:
+        plain, name = cifar_resnet(depth).train(), f"ResNet-{depth}"
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    policy = args.policy or ("vit" if vit else "cifar_resnet")
+    gated = attach(plain, policy=policy, example_inputs=x[:2], total_steps=1000)
     gated.train()
     opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (plain, gated)]
     penalties = [None, gated.penalty]
@@ -64,7 +85,7 @@ def main() -> None:
     ratios = [g / u for u, g in zip(*times)]
     machinery = _machinery_ms(gated)
     report = gated.bank.extra_repr()
-    print(f"ResNet-{args.depth}, batch {args.batch}, {torch.get_num_threads()} threads, "
+    print(f"{name}, batch {batch}, {torch.get_num_threads()} threads, "
           f"{'bf16 autocast' if args.autocast else 'fp32'}; gates: {report}")
     print(f"plain step  median {statistics.median(times[0]) * 1e3:8.1f} ms")
     print(f"gated step  median {statistics.median(times[1]) * 1e3:8.1f} ms (penalty and gated.step() included)")
@@ -72,6 +93,16 @@ def main() -> None:
           f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} interleaved pairs)")
     print(f"gate machinery alone {machinery:.1f} ms per step (bank forward+backward, penalty, gated.step()) = "
           f"{100 * machinery / 1e3 / statistics.median(times[0]):.2f}% of the plain step")
+    if args.out is not None:
+        rows = json.loads(args.out.read_text()) if args.out.exists() else []
+        rows.append({"model": name, "batch": batch, "threads": torch.get_num_threads(),
+                     "precision": "bf16 autocast" if args.autocast else "fp32", "policy": policy,
+                     "plain_ms": 1e3 * statistics.median(times[0]), "gated_ms": 1e3 * statistics.median(times[1]),
+                     "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                     "pairs": len(ratios), "machinery_ms": machinery, "machine": platform.processor() or platform.machine(),
+                     "cpus": torch.get_num_threads(), "torch": torch.__version__,
+                     "date": datetime.date.today().isoformat(), "note": "shared 2-core machine, other jobs running"})
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def _machinery_ms(gated, reps: int = 50) -> float:
