@@ -8,6 +8,7 @@ last norm, say): the block is removable when that constant is the same at every 
 from __future__ import annotations
 
 import operator
+import os
 from typing import Any, Optional
 
 import networkx as nx
@@ -41,15 +42,11 @@ class _Ancestry:
 
 
 def _common_prefix(names: list[str]) -> str:
+    """The qualified name of the deepest module holding all ``names`` (a strict container)."""
     if not names:
         return ""
-    parts = [n.split(".") for n in names]
-    prefix = []
-    for items in zip(*parts):
-        if len(set(items)) != 1:
-            break
-        prefix.append(items[0])
-    if len(prefix) == len(parts[0]) and len(names) > 1:
+    prefix = os.path.commonprefix([n.split(".") for n in names])
+    if len(names) > 1 and len(prefix) == len(names[0].split(".")):
         prefix = prefix[:-1]
     return ".".join(prefix)
 

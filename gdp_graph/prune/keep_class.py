@@ -18,6 +18,7 @@ GraphModule.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -121,13 +122,7 @@ def _owner_of(modules: list[str]) -> Optional[str]:
     group's projections)."""
     if not modules:
         return None
-    parts = [m.split(".") for m in modules]
-    prefix = []
-    for items in zip(*parts):
-        if len(set(items)) != 1:
-            break
-        prefix.append(items[0])
-    return ".".join(prefix)
+    return ".".join(os.path.commonprefix([m.split(".") for m in modules]))
 
 
 def _scale_head_counts(model: nn.Module, analysis: Analysis, plan: PruningPlan) -> None:

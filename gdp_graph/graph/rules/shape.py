@@ -83,16 +83,21 @@ def _new_sizes(rctx, sizes: list, out_dims_offset: int = 0) -> list:
     return out
 
 
+def _propagate_moved(ctx):
+    """Channels of an op that moves positions: the op run on labels, reorders tagged."""
+    chan = _run_on_labels(ctx)
+    x = ctx.chan(ctx.arg(0))
+    if isinstance(x, Chan) and isinstance(chan, Chan):
+        _tag_reorder(ctx, x, chan)
+    return chan
+
+
 class ViewRule(OpRule):
     """view/reshape/expand: sizes of tracked dims become the new channel counts; -1 and
     untracked (batch, spatial) sizes are kept so the model stays shape-polymorphic."""
 
     def propagate(self, ctx):
-        chan = _run_on_labels(ctx)
-        x = ctx.chan(ctx.arg(0))
-        if isinstance(x, Chan) and isinstance(chan, Chan):
-            _tag_reorder(ctx, x, chan)
-        return chan
+        return _propagate_moved(ctx)
 
     def rewrite_args(self, rctx):
         if not rctx.out_changed_dims():
@@ -141,11 +146,7 @@ class PermuteRule(OpRule):
     """Ops that move or repeat positions without taking a channel count as an argument."""
 
     def propagate(self, ctx):
-        chan = _run_on_labels(ctx)
-        x = ctx.chan(ctx.arg(0))
-        if isinstance(x, Chan) and isinstance(chan, Chan):
-            _tag_reorder(ctx, x, chan)
-        return chan
+        return _propagate_moved(ctx)
 
 
 @register_rule(torch.cat, torch.concat, torch.concatenate, torch.stack)
