@@ -8,13 +8,13 @@ import difflib
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from rich.console import Console
 
+from gdp_graph.report.console import terminal_console
 from gdp_graph.errors import GdpError
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE = 0, 1, 2
@@ -38,11 +38,7 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
 
 def make_console(args: argparse.Namespace, *, stderr: bool = False) -> Console:
     """A console that does not wrap tables at 80 columns when stdout is a pipe or a file."""
-    width = getattr(args, "width", None)
-    stream = sys.stderr if stderr else sys.stdout
-    if width is None and not stream.isatty():
-        width = 200
-    return Console(width=width, stderr=stderr)
+    return terminal_console(getattr(args, "width", None), stderr=stderr)
 
 
 def print_json(data: Any) -> None:

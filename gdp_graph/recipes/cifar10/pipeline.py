@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from rich.console import Console
 
 from gdp_graph.gates.model import DEFAULT_GATE_LR
+from gdp_graph.report.console import terminal_console
 from gdp_graph.vocabulary import REGULARIZERS
 
 #: the finalized model's measured fraction must be within this of the target
@@ -104,10 +104,9 @@ def run_pipeline(args) -> int:
     from gdp_graph.recipes.cifar10.data.cifar10 import cifar10_loaders, load_cifar10
     from gdp_graph.report.latency import measure_latency
     from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
-    from gdp_graph.report.tables import before_after_table
     from gdp_graph.recipes.cifar10.training import cosine_schedule, evaluate, make_optimizer, train_one_epoch
 
-    console = Console(stderr=args.json)
+    console = terminal_console(stderr=args.json)
     s = _settings(args)
     device = _device(args.device)
     torch.manual_seed(args.seed)
