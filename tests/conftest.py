@@ -14,3 +14,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def zoo_analysis():
+    """``zoo_analysis(name)`` -> ``(model, inputs, analysis)`` of a zoo model, analysed once."""
+    import gdp_graph as G
+    from tests.zoo import ZOO
+
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            model, inputs = ZOO[name]()
+            cache[name] = (model, inputs, G.analyze(model, inputs))
+        return cache[name]
+
+    return get

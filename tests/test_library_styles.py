@@ -7,20 +7,11 @@ import pytest
 import torch
 
 import gdp_graph as G
-from tests.zoo import ZOO
 
 
-@pytest.fixture(scope="module")
-def analyses():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            model, inputs = ZOO[name]()
-            cache[name] = G.analyze(model, inputs)
-        return cache[name]
-
-    return get
+@pytest.fixture
+def analyses(zoo_analysis):
+    return lambda name: zoo_analysis(name)[2]
 
 
 def test_tuple_unpacked_multihead_attention_is_lowered_to_prunable_heads(analyses):

@@ -18,17 +18,9 @@ RATIOS = (0.2, 0.5)
 SEEDS = (0, 1)
 
 
-@pytest.fixture(scope="module")
-def analyses():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            model, inputs = ZOO[name]()
-            cache[name] = (model, inputs, G.analyze(model, inputs))
-        return cache[name]
-
-    return get
+@pytest.fixture
+def analyses(zoo_analysis):
+    return zoo_analysis
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
