@@ -144,11 +144,15 @@ class FunctionalConvRule(OpRule):
     """conv(x, weight, bias, stride, padding, dilation, groups). groups == 1: input channels
     are consumed with the weight's dim 1, output channels are the weight's dim 0. Grouped and
     depthwise: one conv group (its input and output channels) is one unit, and ``groups``
-    becomes the number of kept groups."""
+    becomes the number of kept groups. ``groups_arg``: the position of ``groups`` (8 in
+    ``aten.convolution``, see :mod:`.aten_extra`)."""
+
+    def __init__(self, groups_arg: int = 6):
+        self.groups_arg = groups_arg
 
     def propagate(self, ctx):
         x, w, bias = ctx.arg(0), ctx.arg(1), ctx.arg(2, "bias")
-        groups = ctx.value(ctx.arg(6, "groups", 1))
+        groups = ctx.value(ctx.arg(self.groups_arg, "groups", 1))
         xc, wc = ctx.chan(x), ctx.chan(w)
         xc = xc if isinstance(xc, Chan) else Chan()
         w_out = wc.on(0) if isinstance(wc, Chan) else None
@@ -185,13 +189,14 @@ class FunctionalConvRule(OpRule):
         return Chan((Track((1,), w_out.labels),))
 
     def rewrite_args(self, rctx):
-        groups = rctx.args[6] if len(rctx.args) > 6 else rctx.kwargs.get("groups", 1)
+        g = self.groups_arg
+        groups = rctx.args[g] if len(rctx.args) > g else rctx.kwargs.get("groups", 1)
         if groups == 1 or 1 not in rctx.out_changed_dims():
             return None
         kept = int(rctx.out_keep(1).view(groups, -1).any(1).sum())
         args = list(rctx.args)
-        if len(args) > 6:
-            args[6] = kept
+        if len(args) > g:
+            args[g] = kept
             return tuple(args), rctx.kwargs
         return tuple(args), {**rctx.kwargs, "groups": kept}
 
