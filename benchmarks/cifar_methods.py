@@ -1,7 +1,7 @@
 """GDP against the baselines on CIFAR-10 at equal FLOPs, on the same graph and schedule.
 
     python benchmarks/cifar_methods.py run --data ../shared/data/cifar10/cifar-10-python.tar.gz \
-        [--methods gdp polarization l1 magnitude] [--targets 0.5 0.35] [--seeds 0 1 2] [--quick]
+        [--methods gdp polarization l1 magnitude tp_group_l1 tp_bn_scale] [--targets 0.5 0.35] [--seeds 0 1 2] [--quick]
     python benchmarks/cifar_methods.py table [--results benchmarks/results/cifar_methods.json]
 
 Protocol (CPU): ResNet-20; the first 10,000 CIFAR-10 training images train (images 10,000 to
@@ -23,6 +23,11 @@ first part and from ``--finetune-lr`` over the second:
 ``magnitude``    one shot: each unit scored by the L2 norm of its input columns in every layer
                  that consumes it (each group's scores over their mean), the lowest cut to the
                  budget from the pretrained weights, then all epochs fine-tune.
+``tp_group_l1``  Torch-Pruning (the ``bench`` extra), one shot like ``magnitude``: its published
+                 CIFAR ResNet-56 recipe (global channel ranking, 400 progressive steps until the
+                 FLOPs target, classifier kept) with its group L1 importance; see tp_baseline.py.
+``tp_bn_scale``  the same with its BN-scale importance and BNScalePruner (no sparse-learning
+                 phase: one shot).
 
 FLOPs are measured with FlopCounterMode on the finalized, physically smaller model. Each run
 appends one record (with its per-epoch trajectory) to the results JSON; ``table`` prints the
@@ -46,7 +51,7 @@ import torch
 
 DEFAULT_RESULTS = Path(__file__).with_name("results") / "cifar_methods.json"
 DEFAULT_CHECKPOINT = Path("runs/pretrained_r20_10k_e15.pt")
-METHODS = ("gdp", "polarization", "l1", "magnitude")
+METHODS = ("gdp", "polarization", "l1", "magnitude", "tp_group_l1", "tp_bn_scale")
 
 
 def _loaders(data_path: str, train: int, val: int, seed: int):
@@ -135,8 +140,18 @@ def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
     before = model_cost(model, (x1,))
     record: dict[str, Any] = {"method": method, "target": target, "seed": seed, "trajectory": []}
     started = time.perf_counter()
-    policy = _policy(method if method != "magnitude" else "gdp", target)
-    if method == "magnitude":
+    policy = _policy(method if method in ("gdp", "polarization", "l1") else "gdp", target)
+    if method in ("tp_group_l1", "tp_bn_scale"):  # one shot, like magnitude
+        try:
+            from benchmarks import tp_baseline
+        except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+            import tp_baseline
+        record["torch_pruning"] = tp_baseline.torch_pruning_version()  # a clear ImportError without the extra
+        net = tp_baseline.prune_with_torch_pruning(model, x1, target, method.removeprefix("tp_"))
+        record["acc_gated"] = record["acc_finalized"] = evaluate(net, test, device="cpu")["accuracy"]
+        _epochs(net, train, args.sparse_epochs, args.lr,
+                on_epoch=lambda e, st: record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"]}))
+    elif method == "magnitude":
         analysis = G.analyze(model, x1)
         resolution = resolve(policy, analysis.groups, analysis.blocks)
         scores = {gid: s for gid, s in magnitude_scores(analysis).items() if gid in resolution.gated_groups()}
