@@ -85,7 +85,11 @@ def _epochs(net, loader, n: int, lr: float, *, optimizer=None, extra_loss=None, 
             on_epoch(epoch, stats)
 
 
-def _policy(method: str, target: float):
+def _policy(method: str, target: float, overrides: tuple[str, ...] = ()):
+    """The shipped ``cifar_resnet`` policy for ``method`` at ``target``; ``overrides`` are
+    ``dotted.key=yaml-value`` settings applied on top (``--gdp-set``, recorded with the run)."""
+    import yaml
+
     from gdp_graph.policy import load_policy, policy_from_dict
 
     data = load_policy("cifar_resnet").to_dict()
@@ -94,6 +98,13 @@ def _policy(method: str, target: float):
     reg["name"] = "l1" if method == "l1" else method
     if method != "gdp":
         reg.pop("epsilon", None)
+    for item in overrides:
+        path, _, value = item.partition("=")
+        *parents, leaf = path.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = yaml.safe_load(value)
     return policy_from_dict(data, source=f"cifar_resnet for {method}", name="cifar_resnet")
 
 
@@ -140,7 +151,8 @@ def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
     before = model_cost(model, (x1,))
     record: dict[str, Any] = {"method": method, "target": target, "seed": seed, "trajectory": []}
     started = time.perf_counter()
-    policy = _policy(method if method in ("gdp", "polarization", "l1") else "gdp", target)
+    policy = _policy(method if method in ("gdp", "polarization", "l1") else "gdp", target,
+                     tuple(args.gdp_set) if method == "gdp" else ())
     if method in ("tp_group_l1", "tp_bn_scale"):  # one shot, like magnitude
         try:
             from benchmarks import tp_baseline
@@ -229,7 +241,7 @@ def cmd_run(args) -> None:
                               machine=_machine(), quick=args.quick, checkpoint=str(args.checkpoint),
                               settings={k: getattr(args, k) for k in ("sparse_epochs", "finetune_epochs", "lr",
                                                                       "finetune_lr", "gate_lr", "train_subset",
-                                                                      "val_subset")})
+                                                                      "val_subset", "gdp_set")})
                 print(json.dumps({k: v for k, v in record.items() if k not in ("trajectory", "machine")}), flush=True)
                 results = _load(path)
                 results["runs"].append(record)
@@ -276,6 +288,8 @@ def main() -> None:
     r.add_argument("--gate-lr", type=float, default=None)
     r.add_argument("--train-subset", type=int, default=10000)
     r.add_argument("--val-subset", type=int, default=2000)
+    r.add_argument("--gdp-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a policy key for the gdp method only, e.g. regularizer.fix_at=0.3 (repeatable)")
     r.add_argument("--results", default=str(DEFAULT_RESULTS))
     r.add_argument("--quick", action="store_true", help="smoke run: 1k images, 1 + 1 epochs (marked quick)")
     t = sub.add_parser("table")
