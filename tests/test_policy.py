@@ -223,7 +223,7 @@ def test_dict_errors_name_the_key_path() -> None:
     assert str(info.value).splitlines() == [  # no positions: in the order of the dict
         "<dict>:0:0: defaults.min_channels: expected an integer >= 0, got a boolean (true)",
         "<dict>:0:0: unknown key 'levle' in defaults (did you mean 'level'? allowed: level, "
-        "block_level, min_channels, round_to, max_fraction, allow_inexact)",
+        "block_level, min_channels, round_to, max_fraction, allow_inexact, uniform)",
     ]
 
 

@@ -8,8 +8,9 @@ group and block) and ordered ``rules`` that override the defaults for what they 
 Rule semantics
 --------------
 * A *group rule* has ``match:`` and may set ``level`` (``channel`` | ``none``),
-  ``min_channels``, ``round_to``, ``max_fraction``, ``allow_inexact``. A *block rule* has
-  ``blocks:`` and may set ``level`` (``block`` | ``none``). Both may have a ``name``.
+  ``min_channels``, ``round_to``, ``max_fraction``, ``allow_inexact``, ``uniform``. A *block
+  rule* has ``blocks:`` and may set ``level`` (``block`` | ``inner`` | ``none``). Both may
+  have a ``name``.
 * Rules apply in file order; a later rule overrides an earlier one for the keys it sets, and
   leaves the other keys alone.
 * Several keys in a selector are ANDed; a list value is ORed.
@@ -30,6 +31,12 @@ A group gets gates when it is prunable, exact (or ``allow_inexact``), at ``level
 :func:`max_removable` allows removing at least one unit; a block when it is prunable and at
 ``level: block``. :meth:`Resolution.ungated` gives the first failing condition, in that order.
 
+A block at ``level: inner`` gets no gate: it is removed when every group inside it loses all
+its units, which needs every such group gated with no frozen unit
+(:attr:`Resolution.inner_blocks`; otherwise its reason says which group keeps it). Groups with
+``uniform: true`` keep one unit count per set (:attr:`Resolution.uniform_sets`). Both are
+defined in :mod:`gdp_graph.policy.structure`.
+
 Errors and contradictions
 -------------------------
 Loading collects every problem and raises one :class:`PolicyError` whose lines each start with
@@ -47,6 +54,9 @@ an integer; an unquoted ``1e-4`` is read as a number), ranges and enums, these a
   ``lambda`` outside ``[min, max]`` or equal to 0;
 * an empty selector, a rule that sets nothing, a rule with both or neither of match/blocks.
 
+One error needs the model and is raised by :func:`resolve`, located at the rule: a
+``uniform: true`` set whose gated groups have different sizes.
+
 ``min_channels``, ``round_to`` and ``max_fraction`` never contradict each other: every one is
 honoured (see :func:`max_removable`); a group left with nothing removable is reported by
 :meth:`Resolution.ungated`.
@@ -56,7 +66,8 @@ Modules
 This module loads policies and gathers the public names. The format is declared in
 :mod:`gdp_graph.policy.schema` (checked by the generic :mod:`gdp_graph.policy.yamlcheck`), the
 data model is :mod:`gdp_graph.policy.model`, the cross-field checks :mod:`gdp_graph.policy.build`,
-and matching and resolution :mod:`gdp_graph.policy.resolve`.
+matching and resolution :mod:`gdp_graph.policy.resolve`, and what ties groups and blocks
+together (uniform sets, inner blocks) :mod:`gdp_graph.policy.structure`.
 """
 
 from __future__ import annotations
@@ -85,8 +96,8 @@ from gdp_graph.policy.schema import (
     Target,
     json_schema,
 )
-from gdp_graph.policy.yamlcheck import CheckError, Diagnostic, Location, Node, Reporter, from_python, parse_yaml
-from gdp_graph.errors import GdpError
+from gdp_graph.policy.yamlcheck import Diagnostic, Location, Node, Reporter, from_python, parse_yaml
+from gdp_graph.policy.errors import PolicyError
 
 __all__ = [
     "BlockSettings", "Defaults", "Diagnostic", "EpsilonSchedule", "GroupSettings",
@@ -95,14 +106,6 @@ __all__ = [
     "load_policy", "max_removable", "policy_from_dict", "resolve",
 ]
 
-
-
-class PolicyError(CheckError, GdpError):
-    """A policy failed to load or validate.
-
-    The message holds every problem found in the source, one per line, sorted by position, each
-    starting with ``file:line:col:``. The individual problems are in :attr:`diagnostics`.
-    """
 
 
 def _reporter() -> Reporter:

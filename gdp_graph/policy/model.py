@@ -19,7 +19,7 @@ from gdp_graph.policy.schema import (
 )
 from gdp_graph.policy.yamlcheck import Location
 
-GROUP_KEYS = ("level", "min_channels", "round_to", "max_fraction", "allow_inexact")
+GROUP_KEYS = ("level", "min_channels", "round_to", "max_fraction", "allow_inexact", "uniform")
 GROUP_SELECTOR_KEYS = tuple(GROUP_SELECTOR_SPEC.fields)  #: module, regex, type, coupling, unit
 BLOCK_SELECTOR_KEYS = tuple(BLOCK_SELECTOR_SPEC.fields)  #: name, regex, module
 SELECTOR_KEY = {"group": "match", "block": "blocks"}  #: rule target -> key of its selector
@@ -63,6 +63,7 @@ class Rule:
     round_to: Optional[int] = None
     max_fraction: Optional[float] = None
     allow_inexact: Optional[bool] = None
+    uniform: Optional[bool] = None
     name: Optional[str] = None
     location: Location = field(default=Location("<dict>"), compare=False)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 from gdp_graph.policy.model import GROUP_KEYS, Policy, Rule, Selector
+from gdp_graph.policy.structure import inner_block_problem, inner_groups, uniform_sets
 
 if TYPE_CHECKING:  # pragma: no cover
     from gdp_graph.graph.groups import Block, ChannelGroup
@@ -121,6 +122,7 @@ class GroupSettings:
     max_fraction: float
     allow_inexact: bool
     rules: tuple[int, ...] = ()
+    uniform: bool = False  #: keeps the unit count of its uniform set (see :mod:`.structure`)
 
     def max_removable(self, size: int, *, frozen: int = 0, divisor: int = 1) -> int:
         return max_removable(self, size, frozen=frozen, divisor=divisor)
@@ -146,6 +148,10 @@ class Resolution:
     warnings: list[str]
     removable: Mapping[int, int]  #: per group: max_removable honouring frozen units, divisor
     reasons: Mapping[tuple[str, int], str]
+    #: gated groups that keep one unit count, each a sorted tuple of ids (see :mod:`.structure`)
+    uniform_sets: tuple[tuple[int, ...], ...] = ()
+    #: blocks at level ``inner`` that can go: block id -> its inner groups (all gated)
+    inner_blocks: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
     def gated_groups(self) -> list[int]:
         return [g for g in self.group_settings if ("group", g) not in self.reasons]
@@ -166,6 +172,7 @@ class Resolution:
         for rule, (gids, bids) in zip(self.policy.rules, self.rule_matches):
             what = f"{len(gids)} group(s)" if rule.target == "group" else f"{len(bids)} block(s)"
             lines.append(f"  {rule.label} {rule.selector.describe()} -> {what}")
+        lines += [f"  uniform set: groups {list(s)}" for s in self.uniform_sets]
         lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  ungated {k} {i}: {r}" for k, i, r in self.ungated()]
         return "\n".join(lines)
@@ -177,14 +184,20 @@ def resolve(policy: Policy, groups: Iterable["ChannelGroup"],
 
     Each :data:`Resolution.warnings` entry (a rule that matches nothing or has no effect) is
     also issued as a :class:`PolicyWarning` located at the rule's file and line.
+
+    Raises:
+        PolicyError: ``uniform: true`` ties gated groups of different sizes (located at the
+            rule that set it; see :mod:`gdp_graph.policy.structure`).
     """
     groups, blocks = list(groups), list(blocks)
     matches = {r.index: matched_ids(r, groups if r.target == "group" else blocks)
                for r in policy.rules}
     effective: set[int] = set()
     reasons: dict[tuple[str, int], str] = {}
-    gsettings, removable = _resolve_groups(policy, groups, matches, effective, reasons)
-    bsettings = _resolve_blocks(policy, blocks, matches, effective, reasons)
+    gsettings, removable, sources = _resolve_groups(policy, groups, matches, effective, reasons)
+    gated = [g for g in groups if ("group", g.id) not in reasons]
+    sets = uniform_sets(policy, gated, {g: s.uniform for g, s in gsettings.items()}, sources)
+    bsettings, inner = _resolve_blocks(policy, blocks, groups, matches, effective, reasons)
     rule_matches = tuple((tuple(sorted(matches[r.index])), ()) if r.target == "group"
                          else ((), tuple(sorted(matches[r.index]))) for r in policy.rules)
     found = _rule_warnings(policy, matches, effective)
@@ -193,7 +206,8 @@ def resolve(policy: Policy, groups: Iterable["ChannelGroup"],
                                max(rule.location.line, 1))
     return Resolution(policy=policy, group_settings=gsettings, block_settings=bsettings,
                       rule_matches=rule_matches, warnings=[m for _, m in found],
-                      removable=removable, reasons=reasons)
+                      removable=removable, reasons=reasons, uniform_sets=sets,
+                      inner_blocks=inner)
 
 
 _Matches = Mapping[int, frozenset[int]]  #: rule index -> ids of the groups/blocks it matches
@@ -213,13 +227,17 @@ def _settle(base: dict[str, Any], rules: Iterable[Rule], item_id: int, matches: 
 
 def _resolve_groups(policy: Policy, groups: Sequence["ChannelGroup"], matches: _Matches,
                     effective: set[int], reasons: dict[tuple[str, int], str]
-                    ) -> tuple[dict[int, GroupSettings], dict[int, int]]:
+                    ) -> tuple[dict[int, GroupSettings], dict[int, int], dict[int, Optional[int]]]:
+    """Settings, removable counts, and which rule set each group's ``uniform`` (None: the
+    defaults)."""
     base = {k: getattr(policy.defaults, k) for k in GROUP_KEYS}
     settings: dict[int, GroupSettings] = {}
     removable: dict[int, int] = {}
+    sources: dict[int, Optional[int]] = {}
     for g in groups:
         values, setters, applied = _settle(base, policy.group_rules, g.id, matches)
         effective.update(setters.values())
+        sources[g.id] = setters.get("uniform")
         s = settings[g.id] = GroupSettings(rules=applied, **values)
         frozen = _frozen_count(g)
         removable[g.id] = max_removable(s, g.size, frozen=frozen,
@@ -227,22 +245,43 @@ def _resolve_groups(policy: Policy, groups: Sequence["ChannelGroup"], matches: _
         reason = _group_reason(policy, g, s, setters, removable[g.id], frozen)
         if reason:
             reasons[("group", g.id)] = reason
-    return settings, removable
+    return settings, removable, sources
 
 
-def _resolve_blocks(policy: Policy, blocks: Sequence["Block"], matches: _Matches,
-                    effective: set[int], reasons: dict[tuple[str, int], str]
-                    ) -> dict[int, BlockSettings]:
+def _resolve_blocks(policy: Policy, blocks: Sequence["Block"], groups: Sequence["ChannelGroup"],
+                    matches: _Matches, effective: set[int], reasons: dict[tuple[str, int], str]
+                    ) -> tuple[dict[int, BlockSettings], dict[int, tuple[int, ...]]]:
+    """Block settings, and the inner groups of every block at level ``inner`` that can go.
+    Needs the groups' reasons already in ``reasons`` (an ungated inner group keeps its block)."""
     settings: dict[int, BlockSettings] = {}
+    inner: dict[int, tuple[int, ...]] = {}
+    by_id = {g.id: g for g in groups}
+    group_reasons = {i: r for (kind, i), r in reasons.items() if kind == "group"}
     for b in blocks:
         values, setters, applied = _settle({"level": policy.defaults.block_level},
                                            policy.block_rules, b.id, matches)
         effective.update(setters.values())
         s = settings[b.id] = BlockSettings(level=values["level"], rules=applied)
         reason = _block_reason(policy, b, s, setters)
+        if reason is None and s.level == "inner":
+            ids = inner_groups(groups, b)
+            problem = inner_block_problem(ids, by_id, group_reasons)
+            by = _level_by(policy, setters)
+            if problem is None:
+                inner[b.id] = ids
+                # no gate of its own: it is listed as ungated, with what removes it
+                reason = f"no block gate: removed when its inner groups {list(ids)} lose every unit ({by})"
+            else:
+                reason = f"never removed: {by}, but {problem}"
         if reason:
             reasons[("block", b.id)] = reason
-    return settings
+    return settings, inner
+
+
+def _level_by(policy: Policy, setters: Mapping[str, int]) -> str:
+    if "level" not in setters:
+        return f"block_level {policy.defaults.block_level}"
+    return f"level inner by {_where_set(policy, setters['level'], '')}"
 
 
 def _frozen_count(group: "ChannelGroup") -> int:

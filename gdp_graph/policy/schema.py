@@ -35,7 +35,7 @@ from gdp_graph.policy.yamlcheck import Bool, Enum, Field, Int, Number, OneOrMany
 VERSION = 1
 CONTROLLERS = ("proportional", "constant")
 GROUP_LEVELS = ("channel", "none")
-BLOCK_LEVELS = ("block", "none")
+BLOCK_LEVELS = ("block", "inner", "none")
 UNITS = ("channel", "head", "norm-group", "conv-group", "channel-block")
 COUPLINGS = ("residual", "concat", "split", "depthwise", "grouped", "attention", "multiply",
              "flatten", "shuffle", "norm")
@@ -106,6 +106,7 @@ class Defaults:
     round_to: int = 1
     max_fraction: float = 0.9
     allow_inexact: bool = False
+    uniform: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,10 @@ OPTIMIZERS = ("sgd", "adam")
 _LEVEL_DOC = "channel: gate the group's units; none: no gates (the group is kept whole)."
 _BLOCK_HINT = "'block' is only valid in block rules (rules with 'blocks:')"
 _CHANNEL_HINT = "'channel' is only valid for groups (defaults.level or rules with 'match:')"
+_INNER_HINT = "'inner' is only valid for blocks (defaults.block_level or rules with 'blocks:')"
+_BLOCK_LEVEL_DOC = ("block: one gate on the whole branch (counted in the budget); inner: no "
+                    "block gate, the block is removed when every channel group inside it loses "
+                    "all its units; none: the block is never removed whole.")
 
 MIN_CHANNELS = Field(Int(minimum=0), "Units (channels, heads, ...) always kept in a group.",
                      Defaults.min_channels)
@@ -140,9 +145,13 @@ MAX_FRACTION = Field(Number(minimum=0, maximum=1), "Largest fraction of a group'
                      "may be removed.", Defaults.max_fraction)
 ALLOW_INEXACT = Field(Bool(), "Also gate groups whose removal is inexact (LayerNorm, softmax or "
                       "a mean over the channels).", Defaults.allow_inexact)
-#: The group limits that both ``defaults`` and group rules set.
+UNIFORM = Field(Bool(), "The gated groups that take this setting from the same rule (or from "
+                "defaults) and have the same unit kind keep the same number of units (each "
+                "chooses which by its own gates or scores); they must all have one size.",
+                Defaults.uniform)
+#: The group settings that both ``defaults`` and group rules set.
 GROUP_LIMITS = {"min_channels": MIN_CHANNELS, "round_to": ROUND_TO,
-                "max_fraction": MAX_FRACTION, "allow_inexact": ALLOW_INEXACT}
+                "max_fraction": MAX_FRACTION, "allow_inexact": ALLOW_INEXACT, "uniform": UNIFORM}
 #: The same in a rule, documented without a default: a key a rule leaves out is not changed.
 _RULE_LIMITS = {key: Field(f.spec, f.doc) for key, f in GROUP_LIMITS.items()}
 
@@ -201,11 +210,11 @@ REGULARIZER_SPEC = Struct("regularizer", {
 }, doc="The sparsity regularizer on the gates.", nullable=True)
 
 DEFAULTS_SPEC = Struct("defaults", {
-    "level": Field(Enum(GROUP_LEVELS, {"block": _BLOCK_HINT + "; use block_level for blocks"}),
+    "level": Field(Enum(GROUP_LEVELS, {"block": _BLOCK_HINT + "; use block_level for blocks",
+                                       "inner": _INNER_HINT}),
                    "Groups: " + _LEVEL_DOC, Defaults.level),
     "block_level": Field(Enum(BLOCK_LEVELS, {"channel": _CHANNEL_HINT}), "Removable residual "
-                         "blocks: block gates the whole branch; none: no block gate.",
-                         Defaults.block_level),
+                         "blocks: " + _BLOCK_LEVEL_DOC, Defaults.block_level),
     **GROUP_LIMITS,
 }, doc="Settings of every group and block that no rule overrides.", nullable=True)
 
@@ -233,15 +242,14 @@ RULE_NAME = Field(Str(), "Optional label shown by inspect and in messages.")
 GROUP_RULE_SPEC = Struct("group rule", {
     "match": Field(GROUP_SELECTOR_SPEC, "Which channel groups the rule applies to."),
     "name": RULE_NAME,
-    "level": Field(Enum(GROUP_LEVELS, {"block": _BLOCK_HINT}), _LEVEL_DOC),
+    "level": Field(Enum(GROUP_LEVELS, {"block": _BLOCK_HINT, "inner": _INNER_HINT}), _LEVEL_DOC),
     **_RULE_LIMITS,
 }, doc="Overrides settings of the channel groups it matches.")
 
 BLOCK_RULE_SPEC = Struct("block rule", {
     "blocks": Field(BLOCK_SELECTOR_SPEC, "Which removable blocks the rule applies to."),
     "name": RULE_NAME,
-    "level": Field(Enum(BLOCK_LEVELS, {"channel": _CHANNEL_HINT}), "block: gate the whole "
-                   "branch; none: no block gate."),
+    "level": Field(Enum(BLOCK_LEVELS, {"channel": _CHANNEL_HINT}), _BLOCK_LEVEL_DOC),
 }, doc="Overrides the block level of the removable blocks it matches.")
 
 SCHEDULE_SPEC = Struct("schedule", {
