@@ -208,11 +208,20 @@ class GatedModel(nn.Module):
         return hard, soft_fraction(self.cost_model, groups, blocks, metric=self.metric)
 
     def protected(self) -> Tensor:
-        """Flat mask of the units each group's limits force to stay (its largest gates)."""
+        """Flat mask of the units each group's limits force to stay (its largest gates).
+
+        The inner groups of blocks at ``block_level: inner`` are not protected: their block goes
+        when all their gates do, so every one of them must be free to reach 0. While the block
+        stays their limits still hold in every plan; at ``fix_at`` the cut to the budget decides
+        (``plan_for_budget`` ranks the block after its inner units and either removes it whole
+        or cuts its groups within their limits)."""
         bank = self.bank
         mask = torch.zeros(bank.one_position, dtype=torch.bool)
         theta = bank._theta().detach().cpu()
+        may_vanish = {gid for inner in self.resolution.inner_blocks.values() for gid in inner}
         for gid in bank.group_ids:
+            if gid in may_vanish:
+                continue
             group = self.analysis.groups[gid]
             free = (~group.frozen_units).nonzero().flatten()
             stay = len(free) - group_limit(self.analysis, self.resolution, gid, len(free))

@@ -4,13 +4,21 @@ finalize applies), or the lowest-scored units until a cost budget is met
 
 Both honour every group's limits (``min_channels``, ``max_fraction``, ``round_to`` and the
 units the analysis froze; :func:`gdp_graph.policy.max_removable`), so the count a plan removes
-is the count the rewritten model loses.
+is the count the rewritten model loses, and both apply the structure a policy adds
+(:mod:`gdp_graph.policy.structure`):
+
+* a block at ``block_level: inner`` (``Resolution.inner_blocks``) has no gate; it is removed,
+  its constant term kept, when its inner groups lose every unit. A group never vanishes while
+  its block stays, so until then the groups follow their normal limits.
+* the groups of a uniform set (``Resolution.uniform_sets``) keep the same number of units; each
+  chooses which by its own gates or scores. The common count honours every member's limits.
+  A member inside a removed block leaves the set (it is gone whole).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -20,13 +28,20 @@ from gdp_graph.graph.cost import CostModel
 from gdp_graph.policy import Resolution
 from gdp_graph.prune.plan import PruningPlan
 
-__all__ = ["group_limit", "inside_removed_blocks", "plan_fraction", "plan_for_budget", "plan_from_gates"]
+__all__ = ["common_removal", "group_limit", "inside_removed_blocks", "plan_fraction", "plan_for_budget",
+           "plan_from_gates"]
 
 
 def inside_removed_blocks(analysis: Analysis, gid: int, removed: frozenset[int]) -> bool:
-    nodes = {n for b in removed for n in analysis.blocks[b].nodes}
-    members = {m.node for m in analysis.groups[gid].members}
-    return bool(members) and members <= nodes
+    return gid in _groups_inside(analysis, removed)
+
+
+def _groups_inside(analysis: Analysis, blocks: Iterable[int]) -> set[int]:
+    """Ids of the groups whose every member lies in one of ``blocks`` (they vanish with them)."""
+    nodes = {n for b in blocks for n in analysis.blocks[b].nodes}
+    if not nodes:
+        return set()
+    return {g.id for g in analysis.groups if g.members and {m.node for m in g.members} <= nodes}
 
 
 def group_limit(analysis: Analysis, resolution: Resolution, gid: int, candidates: int) -> int:
@@ -41,6 +56,39 @@ def group_limit(analysis: Analysis, resolution: Resolution, gid: int, candidates
     return max(limit, 0)
 
 
+def common_removal(analysis: Analysis, resolution: Resolution, wanted: Mapping[int, tuple[int, int]]) -> int:
+    """The largest count that every group ``gid`` of ``wanted`` (``gid -> (count it would
+    remove, its candidate units)``) may remove: at most each one's count, and honouring each
+    one's limits (``round_to`` may differ between members, so the smallest count alone is not
+    always allowed). With one group: its count rounded to what its limits allow."""
+    count = min((w for w, _ in wanted.values()), default=0)
+    # a count is allowed when the limits let exactly that many of that many candidates go
+    while count > 0 and not all(count <= free and group_limit(analysis, resolution, gid, count) == count
+                                for gid, (_, free) in wanted.items()):
+        count -= 1
+    return count
+
+
+def _live_sets(analysis: Analysis, resolution: Resolution, present: Iterable[int],
+               removed_blocks: frozenset[int]) -> list[tuple[int, ...]]:
+    """The uniform sets restricted to the groups a plan deals with (``present``: those with
+    gates or scores) that survive ``removed_blocks``; sets left with one member drop out."""
+    present, gone = set(present), _groups_inside(analysis, removed_blocks)
+    live = [tuple(g for g in members if g in present and g not in gone) for members in resolution.uniform_sets]
+    return [members for members in live if len(members) > 1]
+
+
+def _emptied_blocks(analysis: Analysis, resolution: Resolution, group_gates: Mapping[int, Tensor],
+                    threshold: float) -> set[int]:
+    """Blocks at level ``inner`` whose inner groups have every free gate ``<= threshold``."""
+    out = set()
+    for bid, inner in resolution.inner_blocks.items():
+        if all(gid in group_gates and bool((group_gates[gid].detach().double().cpu()[~analysis.groups[gid].frozen_units]
+                                            <= threshold).all()) for gid in inner):
+            out.add(bid)
+    return out
+
+
 def plan_from_gates(analysis: Analysis, group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor],
                     resolution: Resolution, threshold: float) -> PruningPlan:
     """The plan that removes what the gates switched off.
@@ -48,28 +96,37 @@ def plan_from_gates(analysis: Analysis, group_gates: Mapping[int, Tensor], block
     In every gated group the units with ``gate <= threshold`` are candidates; as many are
     removed as the group's limits allow, those with the smallest gates first, so a unit kept
     only because of a limit is one with the largest gate among the candidates. Gated blocks
-    with ``gate <= threshold`` are removed; groups that lie entirely inside a removed block are
-    left alone (they disappear with it).
+    with ``gate <= threshold`` are removed, and so are blocks at level ``inner`` whose inner
+    groups have every gate ``<= threshold``; groups that lie entirely inside a removed block
+    are left alone (they disappear with it). A uniform set removes from each member the
+    smallest count any member removes (its kept count is the largest any member needs).
     """
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
-    removed_blocks = frozenset(b for b, g in block_gates.items() if float(g) <= threshold)
-    keep: dict[int, tuple[int, ...]] = {}
-    inexact = False
+    removed_blocks = frozenset({b for b, g in block_gates.items() if float(g) <= threshold}
+                               | _emptied_blocks(analysis, resolution, group_gates, threshold))
+    gone = _groups_inside(analysis, removed_blocks)
+    ranked: dict[int, list[int]] = {}  # each group's candidates, smallest gate first
+    count: dict[int, int] = {}
     for gid, gates in group_gates.items():
-        group = analysis.groups[gid]
-        if inside_removed_blocks(analysis, gid, removed_blocks):
+        if gid in gone:
             continue
         gates = gates.detach().double().cpu()
-        candidate = (gates <= threshold) & ~group.frozen_units
-        n_cand = int(candidate.sum())
-        limit = group_limit(analysis, resolution, gid, n_cand) if n_cand else 0
-        if limit <= 0:
-            continue
-        order = sorted(torch.nonzero(candidate).flatten().tolist(), key=lambda u: (float(gates[u]), u))
-        removed = set(order[:limit])
-        keep[gid] = tuple(u for u in range(group.size) if u not in removed)
-        inexact = inexact or not group.exact
+        candidate = (gates <= threshold) & ~analysis.groups[gid].frozen_units
+        ranked[gid] = sorted(torch.nonzero(candidate).flatten().tolist(), key=lambda u: (float(gates[u]), u))
+        count[gid] = group_limit(analysis, resolution, gid, len(ranked[gid])) if ranked[gid] else 0
+    for members in _live_sets(analysis, resolution, count, removed_blocks):
+        common = common_removal(analysis, resolution, {g: (count[g], len(ranked[g])) for g in members})
+        count.update(dict.fromkeys(members, common))
+    return _plan(analysis, {gid: ranked[gid][:n] for gid, n in count.items() if n > 0}, removed_blocks)
+
+
+def _plan(analysis: Analysis, removed: Mapping[int, list[int]], removed_blocks: frozenset[int]) -> PruningPlan:
+    keep = {}
+    for gid, units in removed.items():
+        units = set(units)
+        keep[gid] = tuple(u for u in range(analysis.groups[gid].size) if u not in units)
+    inexact = any(not analysis.groups[g].exact for g in keep)
     return PruningPlan(keep=keep, removed_blocks=removed_blocks, allow_inexact=inexact)
 
 
@@ -90,56 +147,34 @@ def plan_for_budget(analysis: Analysis, cost_model: CostModel, resolution: Resol
     Units are taken in ascending score over the whole network (``normalize``: each group's
     scores divided by their mean first, so groups of different scale compete fairly), skipping
     a unit once its group reached its limit; the cut is the prefix of that order whose fraction
-    is closest to ``target`` (found by bisection, the fraction falls with every unit). Groups
-    inside ``removed_blocks`` (removed in any case) are left out. Returns the plan and its
-    fraction.
+    is closest to ``target`` (found by bisection, the fraction falls with every step). Two more
+    kinds of step share the ranking:
+
+    * a uniform set is cut in *slices*: the k-th removes the k-th lowest unit of every member,
+      scored by the mean of those members' scores (a slice is as unimportant as its average
+      unit, whatever the set's size); there are as many slices as the common limit allows;
+    * a block at level ``inner`` whose inner groups all have scores is one step scored by the
+      largest score among its inner units, so it comes after every one of them (a tie goes to
+      the units); taking it removes the block and its inner groups. Until then the groups'
+      own limits bound what goes.
+
+    Groups inside ``removed_blocks`` (removed in any case) are left out. Returns the plan and
+    its fraction.
     """
-    entries = []
-    scores = {gid: s for gid, s in scores.items() if not inside_removed_blocks(analysis, gid, removed_blocks)}
-    for gid, s in scores.items():
-        group = analysis.groups[gid]
-        s = s.detach().double().cpu().reshape(-1)
-        if normalize:
-            free = s[~group.frozen_units]
-            s = s / (free.abs().mean() if free.numel() and float(free.abs().mean()) > 0 else 1.0)
-        for u in torch.nonzero(~group.frozen_units).flatten().tolist():
-            entries.append((float(s[u]), gid, u))
-    entries.sort()
-    limits = {gid: group_limit(analysis, resolution, gid, int((~analysis.groups[gid].frozen_units).sum()))
-              for gid in scores}
-    order: list[tuple[int, int]] = []
-    taken: dict[int, int] = {}
-    for _, gid, u in entries:
-        if taken.get(gid, 0) < limits[gid]:
-            taken[gid] = taken.get(gid, 0) + 1
-            order.append((gid, u))
-
-    def plan_of(k: int) -> PruningPlan:
-        removed: dict[int, set[int]] = {}
-        for gid, u in order[:k]:
-            removed.setdefault(gid, set()).add(u)
-        keep = {}
-        for gid, units in removed.items():
-            group = analysis.groups[gid]
-            units = _round(resolution, analysis, gid, units, [u for g, u in order if g == gid])
-            if units:
-                keep[gid] = tuple(u for u in range(group.size) if u not in units)
-        inexact = any(not analysis.groups[g].exact for g in keep)
-        return PruningPlan(keep=keep, removed_blocks=removed_blocks, allow_inexact=inexact)
-
-    lo, hi = 0, len(order)  # fraction(lo) >= target side; find the first k with fraction <= target
-    if plan_fraction(cost_model, plan_of(hi), metric) > target:
-        plan = plan_of(hi)
+    ranking = _Ranking(analysis, resolution, scores, normalize, removed_blocks)
+    lo, hi = 0, len(ranking.order)  # fraction(lo) >= target side; find the first k with fraction <= target
+    if plan_fraction(cost_model, ranking.plan(hi), metric) > target:
+        plan = ranking.plan(hi)
         return plan, plan_fraction(cost_model, plan, metric)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if plan_fraction(cost_model, plan_of(mid), metric) > target:
+        if plan_fraction(cost_model, ranking.plan(mid), metric) > target:
             lo = mid
         else:
             hi = mid
     best: Optional[tuple[float, PruningPlan, float]] = None
     for k in (lo, hi):
-        plan = plan_of(k)
+        plan = ranking.plan(k)
         f = plan_fraction(cost_model, plan, metric)
         if best is None or abs(f - target) < best[0]:
             best = (abs(f - target), plan, f)
@@ -147,10 +182,79 @@ def plan_for_budget(analysis: Analysis, cost_model: CostModel, resolution: Resol
     return best[1], best[2]
 
 
-def _round(resolution: Resolution, analysis: Analysis, gid: int, units: set[int], ranked: list[int]) -> set[int]:
-    """``units`` trimmed (the highest-ranked first back) so that the kept count honours
-    ``round_to`` and the group's divisor."""
-    group = analysis.groups[gid]
-    while units and group_limit(analysis, resolution, gid, len(units)) < len(units):
-        units = units - {max(units, key=ranked.index)}
-    return units
+class _Ranking:
+    """The order in which :func:`plan_for_budget` takes its steps, and the plan of a prefix.
+    A step is ``("unit", gid, u)``, ``("slice", set index)`` or ``("block", bid)``."""
+
+    def __init__(self, analysis: Analysis, resolution: Resolution, scores: Mapping[int, Tensor], normalize: bool,
+                 removed_blocks: frozenset[int]):
+        self.analysis, self.resolution, self.removed_blocks = analysis, resolution, removed_blocks
+        gone = _groups_inside(analysis, removed_blocks)
+        self.scores = {gid: _prepared(analysis, gid, s, normalize) for gid, s in scores.items() if gid not in gone}
+        # every group's free units, lowest score first (ties by index)
+        self.ranked = {gid: sorted(torch.nonzero(~analysis.groups[gid].frozen_units).flatten().tolist(),
+                                   key=lambda u, s=s: (float(s[u]), u)) for gid, s in self.scores.items()}
+        limits = {gid: group_limit(analysis, resolution, gid, len(units)) for gid, units in self.ranked.items()}
+        self.sets = _live_sets(analysis, resolution, self.scores, removed_blocks)
+        in_set = {g for members in self.sets for g in members}
+        entries: list[tuple[tuple[float, int, int, int], tuple[int | str, ...]]] = []
+        for gid, units in self.ranked.items():
+            if gid not in in_set:
+                entries += [((float(self.scores[gid][u]), 0, gid, u), ("unit", gid, u)) for u in units]
+        for j, members in enumerate(self.sets):
+            slices = common_removal(analysis, resolution, {g: (limits[g], len(self.ranked[g])) for g in members})
+            for k in range(slices):
+                mean = sum(float(self.scores[g][self.ranked[g][k]]) for g in members) / len(members)
+                entries.append(((mean, 0, members[0], k), ("slice", j)))
+        for bid, inner in resolution.inner_blocks.items():
+            if bid not in removed_blocks and all(g in self.scores and self.ranked[g] for g in inner):
+                top = max(float(self.scores[g][self.ranked[g][-1]]) for g in inner)
+                entries.append(((top, 1, bid, 0), ("block", bid)))
+        entries.sort(key=lambda e: e[0])
+        self.order: list[tuple[int | str, ...]] = []
+        taken: dict[int, int] = {}
+        for _, step in entries:
+            if step[0] == "unit":
+                gid = int(step[1])
+                if taken.get(gid, 0) >= limits[gid]:
+                    continue
+                taken[gid] = taken.get(gid, 0) + 1
+            self.order.append(step)
+
+    def plan(self, k: int) -> PruningPlan:
+        """The plan of the first ``k`` steps, every count rounded down to what the limits allow."""
+        units: dict[int, int] = {}
+        slices: dict[int, int] = {}
+        blocks = set(self.removed_blocks)
+        for step in self.order[:k]:
+            kind, ident = step[0], int(step[1])
+            if kind == "unit":
+                units[ident] = units.get(ident, 0) + 1
+            elif kind == "slice":
+                slices[ident] = slices.get(ident, 0) + 1
+            else:
+                blocks.add(ident)
+        removed_blocks = frozenset(blocks)
+        gone = _groups_inside(self.analysis, removed_blocks)
+        counts: dict[int, int] = {}
+        for gid, n in units.items():  # a group's units are taken lowest score first: a prefix of its ranking
+            if gid not in gone:
+                counts[gid] = common_removal(self.analysis, self.resolution, {gid: (n, len(self.ranked[gid]))})
+        for j, n in slices.items():
+            live = [g for g in self.sets[j] if g not in gone]
+            if live:
+                common = common_removal(self.analysis, self.resolution, {g: (n, len(self.ranked[g])) for g in live})
+                counts.update(dict.fromkeys(live, common))
+        removed = {gid: self.ranked[gid][:n] for gid, n in counts.items() if n > 0}
+        return _plan(self.analysis, removed, removed_blocks)
+
+
+def _prepared(analysis: Analysis, gid: int, scores: Tensor, normalize: bool) -> Tensor:
+    """A group's scores as a flat float64 vector, divided by their mean magnitude over the free
+    units when ``normalize`` (so that groups of different scale compete fairly)."""
+    s = scores.detach().double().cpu().reshape(-1)
+    if normalize:
+        free = s[~analysis.groups[gid].frozen_units]
+        mean = float(free.abs().mean()) if free.numel() else 0.0
+        s = s / (mean if mean > 0 else 1.0)
+    return s
