@@ -241,8 +241,6 @@ def test_finalize_removes_the_block_the_gates_emptied(name):
     assert report.plan.removed_blocks == {bid} and report.check.max_rel_diff <= 1e-5
 
 
-@pytest.mark.xfail(raises=KeyError, strict=True, reason="GatedModel.fix_gates cuts a removed block through its "
-                   "block gate (bank._block_pos); a block at level inner has none")
 def test_fix_gates_cuts_an_inner_block_to_the_budget():
     model, x = _cifar_resnet20()
     gated = attach(model, {**INNER, "target": {"fraction": 0.7}}, example_inputs=x, total_steps=10)

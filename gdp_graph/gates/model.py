@@ -294,7 +294,11 @@ class GatedModel(nn.Module):
             removed = sorted(set(range(self.analysis.groups[gid].size)) - set(keep))
             cut[[offset + u for u in removed]] = True
         for bid in plan.removed_blocks:
-            cut[bank._block_pos[bid]] = True
+            if bid in bank._block_pos:  # a block gate; a block at level inner goes with its groups
+                cut[bank._block_pos[bid]] = True
+            for gid in self.resolution.inner_blocks.get(bid, ()):
+                offset = bank._offset[gid]
+                cut[offset: offset + self.analysis.groups[gid].size] = True
         bank.kill(cut)
         bank.fix()
         hard, soft = self.fractions()
