@@ -236,7 +236,7 @@ def test_in_place_method_with_unused_result_survives_the_rewrite():
     analysis = G.analyze(Masked(), torch.randn(5, 4))
     group = next(g for g in analysis.groups if "a" in g.modules)
     plan = G.PruningPlan(keep={group.id: (0, 2, 3)})
-    pruned = G.rewrite(analysis, plan)
+    pruned = G.rewrite(analysis, plan, keep_class=False)  # the graph itself is under test
     assert any(n.target == "masked_fill_" for n in pruned.graph.nodes)
     assert G.verify(analysis, plan, pruned).ok
 
@@ -284,7 +284,7 @@ def test_dropped_hooks_are_named():
     model.conv1.register_forward_hook(lambda m, i, o: None)  # a leaf: kept in the GraphModule
     analysis = G.analyze(model, inputs)
     with pytest.warns(UserWarning, match=r"hooks on the root ResNet, layer1 are not in the pruned GraphModule"):
-        pruned = G.rewrite(analysis, G.random_plan(analysis, 0.3, seed=0))
+        pruned = G.rewrite(analysis, G.random_plan(analysis, 0.3, seed=0), keep_class=False)
     assert pruned.get_submodule("conv1")._forward_hooks
 
 
@@ -293,7 +293,7 @@ def test_export_source_refuses_an_exported_graph_clearly(tmp_path):
 
     model = ShapeChecked().eval()
     analysis = G.analyze(model, torch.randn(2, 3, 8, 8))
-    pruned = G.rewrite(analysis, G.PruningPlan(keep={}))
+    pruned = G.rewrite(analysis, G.PruningPlan(keep={}), keep_class=False)
     with pytest.raises(TypeError, match="cannot write a graph captured by torch.export"):
         export_source(pruned, tmp_path / "pkg")
     save(pruned, tmp_path / "pruned.pt")  # the documented route: the whole module

@@ -91,7 +91,7 @@ def test_random_head_mlp_block_plans_are_exact(analyses, name, seed):
     model, inputs, a = analyses(name)
     plan = G.random_plan(a, 0.5, seed=seed, block_ratio=0.5)
     assert plan.removed_blocks and any(a.groups[g].unit == "head" for g in plan.keep)
-    pruned = G.rewrite(a, plan)
+    pruned = G.rewrite(a, plan, keep_class=False)  # the GraphModule: its batch size is symbolic
     result = G.verify(a, plan, pruned)
     assert result.ok and result.max_rel_diff < 1e-5, result
     assert count_params(pruned) < count_params(model)
@@ -169,12 +169,13 @@ def test_non_uniform_config_saves_whole(analyses, tmp_path):
         assert torch.equal(reloaded(**inputs).logits, pruned(**inputs).logits)
 
 
-def test_removed_layers_fall_back_to_the_graph_module_and_say_why(analyses):
-    model, inputs, a = analyses("bert")
+def test_removed_layers_keep_the_class_by_default(analyses):
+    model, inputs, a = analyses("bert")  # post-norm: the add sits in BertSelfOutput, after its dense
     plan = G.random_plan(a, 0.3, seed=0, block_ratio=0.5)
-    with pytest.warns(UserWarning, match="returning a GraphModule, not BertForSequenceClassification: the plan removes blocks"):
-        pruned = G.rewrite(a, plan, keep_class=True)
-    assert isinstance(pruned, torch.fx.GraphModule) and "removes blocks" in pruned.gdp_kept_class_reason
+    assert plan.removed_blocks
+    pruned = G.rewrite(a, plan)
+    assert type(pruned) is type(model) and pruned.gdp_verify.ok, getattr(pruned, "gdp_kept_class_reason", "")
+    assert pruned.config.num_attention_heads == model.config.num_attention_heads  # no config says "no attention"
 
 
 def test_meta_device_analysis_gives_a_plan_for_the_real_model(analyses):

@@ -98,7 +98,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     plan = random_plan(analysis, args.ratio, seed=args.seed, block_ratio=args.blocks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VerifyWarning)  # the verdict is the exit code and the report
-        pruned = rewrite(analysis, plan, tolerance=args.tolerance)
+        # the GraphModule is what is checked; it takes the graph's positional inputs the cost uses
+        pruned = rewrite(analysis, plan, tolerance=args.tolerance, keep_class=False)
     result = pruned.gdp_verify or verify(analysis, plan, pruned, tolerance=args.tolerance)
     if result.inconclusive:  # neither "equal" nor "different": the check cannot tell
         hint = "" if args.realistic_weights else " (drop --no-realistic-weights, or give the model real weights)"

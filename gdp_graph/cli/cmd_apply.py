@@ -22,7 +22,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     _, inputs, analysis = analyze_spec(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VerifyWarning)  # the verdict is the exit code
-        pruned = rewrite(analysis, plan, tolerance=args.tolerance)
+        # the GraphModule: it takes the graph's positional inputs saved for 'export' (source too)
+        pruned = rewrite(analysis, plan, tolerance=args.tolerance, keep_class=False)
     result = pruned.gdp_verify or verify(analysis, plan, pruned, tolerance=args.tolerance)
     before, after = model_cost(analysis.traced.gm, inputs), model_cost(pruned, inputs)
     n = batch_size(inputs)

@@ -1,8 +1,9 @@
 """Saving and exporting pruned models.
 
-* :func:`save` / :func:`load`: the whole module with ``torch.save``. A pruned model is an
-  ``fx.GraphModule``, which pickles as generated code plus tensors, so loading needs torch but
-  not gdp_graph. On torch >= 2.6 ``torch.load`` defaults to ``weights_only=True``, which refuses
+* :func:`save` / :func:`load`: the whole module with ``torch.save``. An ``fx.GraphModule``
+  pickles as generated code plus tensors, so loading needs torch but not gdp_graph; a pruned
+  model of the user's own class needs that class's code, and gdp_graph where removed blocks left
+  stand-ins (``RemovedBranch``). On torch >= 2.6 ``torch.load`` defaults to ``weights_only=True``, which refuses
   whole modules: :func:`load` passes ``weights_only=False`` (only load files you trust).
 * :func:`export_source`: a folder with standalone Python source (``module.py``) and the
   weights, importable with plain torch: ``from folder import PrunedModel; PrunedModel()``.
@@ -29,14 +30,25 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
     return torch.load(Path(path), map_location=map_location, weights_only=False)
 
 
-def export_source(module: fx.GraphModule, folder: str | Path, class_name: str = "PrunedModel") -> Path:
+def export_source(module: nn.Module, folder: str | Path, class_name: str = "PrunedModel") -> Path:
     """Write ``folder/__init__.py`` + ``module.py`` + weights so that ``import folder`` gives
-    ``class_name`` without gdp_graph installed. Returns the folder."""
+    ``class_name`` without gdp_graph installed. Returns the folder. A pruned model of the user's
+    own class (what ``rewrite`` returns by default) is traced with torch.fx first."""
     if not isinstance(module, fx.GraphModule):
-        raise TypeError(f"export_source needs the fx.GraphModule that rewrite() returns, got {type(module).__name__}")
+        try:
+            module = fx.symbolic_trace(module)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure: say what to do instead
+            text = str(exc).strip().splitlines()
+            raise TypeError(f"export_source writes an fx graph, and torch.fx cannot trace {type(module).__name__} "
+                            f"({type(exc).__name__}: {text[0] if text else ''}): save() it whole, or take the "
+                            f"GraphModule (rewrite(..., keep_class=False), 'gdp-graph prune --graph-module')") from None
+        for node in module.graph.nodes:  # annotations such as torch.Tensor would be written unimported
+            node.type = None
+        module.recompile()
     if hasattr(module, "_out_spec"):  # fx's to_folder drops the pytree specs its code reads
         raise TypeError("export_source cannot write a graph captured by torch.export (its output structure "
-                        "would be lost): save() it whole, or rewrite(..., keep_class=True) and save the model")
+                        "would be lost): save() it whole, or save the model of its own class that rewrite() "
+                        "returns by default")
     folder = Path(folder)
     with warnings.catch_warnings():
         # containers without a constructor repr are pickled (plain torch modules): expected

@@ -5,6 +5,9 @@ parameters (``rewrite_module``) or patches size arguments (``rewrite_args``). Re
 become ``shortcut + c`` with the branch's constant output ``c``. Shape queries of dims whose
 channel count changed are pinned to their original values, so arithmetic such as
 ``C // num_heads`` keeps its meaning while view sizes take the new counts.
+
+The GraphModule's tensors are then put into a copy of the model's own class where that verifies
+(:mod:`gdp_graph.prune.keep_class`), which is what ``rewrite`` returns by default.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from gdp_graph.graph import rules
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.blocks import branch_constant
 from gdp_graph.graph.channels import UNTRACKED, Chan
+from gdp_graph.prune.keep_class import KeepClassWarning, class_or_graph  # noqa: F401 - the warning was defined here
 from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.errors import GdpError
 
@@ -32,11 +36,6 @@ class RewriteError(GdpError, RuntimeError):
 
 class VerifyWarning(UserWarning):
     """``rewrite(check=True)`` found that the pruned model differs from the gated reference."""
-
-
-class KeepClassWarning(UserWarning):
-    """The GraphModule rewrite lost something of the user's class: ``keep_class=True`` had to
-    return the GraphModule (the message says why), or hooks of the user's modules are dropped."""
 
 
 class RewriteContext:
@@ -179,7 +178,7 @@ SiteScales = dict[tuple[str, int], tuple[int, torch.Tensor]]
 
 def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Module] = None,
             site_scales: Optional[SiteScales] = None, check: bool = True,
-            tolerance: float = 1e-4, keep_class: bool = False) -> nn.Module:
+            tolerance: float = 1e-4, keep_class: Optional[bool] = None) -> nn.Module:
     """Apply ``plan`` and return the pruned module (the analysed model is left untouched).
 
     Args:
@@ -195,10 +194,15 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
             decide. Skipped for inexact plans (the difference is then the point; call
             ``verify`` to see it) and with ``weights``/``site_scales`` (finalize checks against
             the gated model itself); ``pruned.gdp_verify`` is then None.
-        keep_class: return a copy of the model's own class with the plan applied
-            (:mod:`gdp_graph.prune.keep_class`: a Hugging Face model keeps its config,
-            ``generate`` and ``save_pretrained``) when its real forward verifies; otherwise the
-            GraphModule, with a warning saying why (``pruned.gdp_kept_class_reason``).
+        keep_class: None (the default): return a copy of the model's own class with the plan
+            applied (:mod:`gdp_graph.prune.keep_class`: a Hugging Face model keeps its config,
+            ``generate`` and ``save_pretrained``; submodules of removed residual branches become
+            stand-ins returning the branch's constant) when the GraphModule verified and the
+            class's real forward verifies too; otherwise the GraphModule, with
+            ``pruned.gdp_kept_class_reason`` saying why (and a :class:`KeepClassWarning` when the
+            class was tried). Not tried with ``check=False``, ``weights``/``site_scales`` or an
+            inexact plan, which nothing verifies here. True: try it even when the GraphModule
+            did not verify. False: always the GraphModule.
     """
     plan.validate(analysis)
     keep = plan.element_keep(analysis)
@@ -231,8 +235,7 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
                 if bool((constant == 0).all()):
                     env[node.name] = shortcut
                     continue
-                name = f"_gdp_constant_{const_count}"
-                const_count += 1
+                name = f"_gdp_constant_block{block.id}"  # read back by keep_class
                 root.register_buffer(name, constant)
                 const = graph.get_attr(name)
                 env[node.name] = graph.call_function(torch.add, (shortcut, const))
@@ -292,48 +295,17 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
     pruned.delete_all_unused_submodules()
     pruned.eval()
     pruned.gdp_verify = None
+    expected = None
     if check and weights is None and not site_scales and not plan.allow_inexact:
-        from gdp_graph.prune.verify import verify  # verify builds on the analysis, not on the rewriter
-        pruned.gdp_verify = verify(analysis, plan, pruned, tolerance=tolerance)
+        # verify builds on the analysis, not on the rewriter
+        from gdp_graph.prune.verify import reference_output, verify
+        expected = reference_output(analysis, plan)
+        pruned.gdp_verify = verify(analysis, plan, pruned, tolerance=tolerance, expected=expected)
         if not pruned.gdp_verify.ok:
             warnings.warn(f"the pruned model differs from the gated reference: {pruned.gdp_verify}",
                           VerifyWarning, stacklevel=2)
-    if keep_class and weights is None and not site_scales:
-        return _keep_class_or_say_why(analysis, plan, pruned, tolerance)
-    dropped = _dropped_hooks(analysis, pruned)
-    if dropped:
-        warnings.warn(f"hooks on {', '.join(dropped)} are not in the pruned GraphModule "
-                      f"(rewrite(..., keep_class=True) keeps them)", KeepClassWarning, stacklevel=2)
-    return pruned
-
-
-def _dropped_hooks(analysis: Analysis, pruned: nn.Module) -> list[str]:
-    """Modules of the user's model with forward/backward hooks that the GraphModule lacks (the
-    root and containers, which fx traces through; every module with torch.export)."""
-    kept = dict(pruned.named_modules())
-    found = []
-    for name, m in (analysis.traced.module or nn.Module()).named_modules():
-        if not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks):
-            continue
-        twin = kept.get(name) if name else None
-        if twin is None or not (twin._forward_hooks or twin._forward_pre_hooks or twin._backward_hooks):
-            found.append(name or f"the root {type(m).__name__}")
-    return found
-
-
-def _keep_class_or_say_why(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphModule, tolerance: float) -> nn.Module:
-    from gdp_graph.prune.keep_class import keep_class  # builds on verify, like check above
-
-    kept = keep_class(analysis, plan, pruned, tolerance)
-    if kept.model is not None:
-        kept.model.gdp_verify = kept.verify
-        return kept.model
-    pruned.gdp_kept_class_reason = kept.reason
-    hooked = _dropped_hooks(analysis, pruned)
-    dropped = f"; hooks on {', '.join(hooked)} are not in the GraphModule" if hooked else ""
-    warnings.warn(f"returning a GraphModule, not {type(analysis.traced.module).__name__}: {kept.reason}{dropped}",
-                  KeepClassWarning, stacklevel=3)
-    return pruned
+    return class_or_graph(analysis, plan, pruned, wanted=keep_class, tolerance=tolerance, expected=expected,
+                          own_weights=weights is not None or bool(site_scales), check=check)
 
 
 def _has_side_effect(node: fx.Node) -> bool:

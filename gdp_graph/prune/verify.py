@@ -77,19 +77,27 @@ def compare_outputs(reference: Any, candidate: Any, tolerance: float) -> VerifyR
     return VerifyResult(max_abs, rel, scale, ok, tolerance, inconclusive)
 
 
+def reference_output(analysis: Analysis, plan: PruningPlan, inputs: Optional[Sequence[Any]] = None) -> Any:
+    """The gated reference's output on ``inputs`` (default: the example inputs), in eval mode."""
+    inputs = tuple(inputs) if inputs is not None else analysis.traced.example_inputs
+    with torch.no_grad():
+        return gated_reference(analysis, plan).eval()(*inputs)
+
+
 def verify(analysis: Analysis, plan: PruningPlan, pruned: nn.Module,
-           inputs: Optional[Sequence[Any]] = None, tolerance: float = 1e-4) -> VerifyResult:
+           inputs: Optional[Sequence[Any]] = None, tolerance: float = 1e-4, expected: Any = None) -> VerifyResult:
     """Compare ``pruned`` with the gated reference on ``inputs`` (default: the example inputs),
     in eval mode and float precision as given. A model of the user's own class
-    (``rewrite(..., keep_class=True)``) is called as the user calls it (keyword inputs)."""
+    (``rewrite`` keeps it by default) is called as the user calls it (keyword inputs).
+    ``expected``: the reference's output, when the caller computed it already."""
     own_class = inputs is None and analysis.traced.inputs is not None and not isinstance(pruned, fx.GraphModule)
     inputs = tuple(inputs) if inputs is not None else analysis.traced.example_inputs
-    reference = gated_reference(analysis, plan).eval()
+    if expected is None:
+        expected = reference_output(analysis, plan, inputs)
     was_training = pruned.training
     pruned.eval()
     try:
         with torch.no_grad():
-            expected = reference(*inputs)
             actual = analysis.traced.inputs.call(pruned) if own_class else pruned(*inputs)
     finally:
         pruned.train(was_training)
