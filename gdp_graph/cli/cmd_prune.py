@@ -83,6 +83,20 @@ def _pictures(folder: Path, history: dict[str, Any], tolerance: float) -> tuple[
         return [], str(exc)
 
 
+def _own_class(result: Any, graph_module: bool) -> tuple[torch.nn.Module, str, list[str]]:
+    """The pruned model as the user's own class where its forward reproduces the finalized (and
+    fine-tuned) GraphModule on the example inputs, else the GraphModule; why not; hooks dropped."""
+    if graph_module:
+        return result.pruned, "--graph-module asked for the GraphModule", []
+    if result.analysis is None:
+        return result.pruned, "the pipeline kept no analysis of the model", []
+    from gdp_graph.prune.keep_class import keep_class_of
+    kept = keep_class_of(result.analysis, result.plan, result.pruned)
+    if kept.model is None:
+        return result.pruned, kept.reason, []
+    return kept.model, "", kept.dropped_hooks
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from gdp_graph.cli.spec import load_spec
     from gdp_graph.recipes.driver import run_prune
@@ -114,15 +128,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "flops_kept": fr.after.flops / fr.before.flops if fr.before.flops else 1.0,
             "params_kept": fr.after.params / fr.before.params if fr.before.params else 1.0}
     cpu_inputs = move_to(inputs, torch.device("cpu"))
-    pruned_cpu = result.pruned.cpu().eval()
+    pruned, why_not_class, dropped_hooks = _own_class(result, args.graph_module)
+    pruned_cpu = pruned.cpu().eval()
     layers = compare_layers(model.cpu().eval(), pruned_cpu, cpu_inputs)
     report: dict[str, Any] = {
         "spec": args.spec, "task": args.task, "policy": policy.name, "regularizer": policy.regularizer.name,
         "target": policy.target.fraction, "metric": policy.target.metric, "device": str(device),
         "schedule": asdict(schedule),
         "task_metric": result.metrics, "cost": cost, "finalize": _per_sample(fr.to_dict(), n), "gates": result.gates_report,
-        "history": result.history.to_dict(), "layers": layers, "seconds": result.seconds}
+        "history": result.history.to_dict(), "layers": layers, "seconds": result.seconds,
+        "pruned_class": type(pruned_cpu).__name__, "kept_class_reason": why_not_class or None}
     report["warnings"] = _warnings(result, policy, report)
+    if why_not_class and not args.graph_module:
+        report["warnings"].append(f"the pruned model is a GraphModule, not {type(model).__name__}: {why_not_class}")
+    if dropped_hooks:
+        report["warnings"].append(f"hooks on {', '.join(dropped_hooks)} are dropped with the removed branches")
     out = Path(args.out)
     write_outputs(out, pruned_cpu, result.plan, report, cpu_inputs)
     pictures, why_not = ([], "--no-pictures") if args.no_pictures else _pictures(out, result.history.to_dict(True),
@@ -138,6 +158,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                                            cost["flops_per_sample_after"], "count")], title="prune: before / after"))
         scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if v is not None)
         console.print(f"task metric: {scores or 'no eval_loader'}; finalize: {fr.check}")
+        console.print(f"pruned model: {type(pruned_cpu).__name__}"
+                      + (f" (a GraphModule: {why_not_class})" if why_not_class else " (the model's own class)"))
         console.print(f"wrote {out}/pruned.pt, plan.json, report.json"
                       + (f", {', '.join(Path(p).name for p in pictures)}" if pictures else f" (no pictures: {why_not})"))
     for line in report["warnings"]:
@@ -167,6 +189,9 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
     p.add_argument("--seed", type=int, default=0, help="torch seed")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_MISSED} when the target is missed or nothing is pruned")
+    p.add_argument("--graph-module", action="store_true",
+                   help="save the pruned fx.GraphModule (what 'export --format source' takes) instead of the model's "
+                        "own class, which is saved where its forward reproduces the GraphModule")
     p.add_argument("--no-pictures", action="store_true", help="do not draw gates.png and trajectory.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print report.json's content instead of tables")

@@ -79,6 +79,7 @@ class PruneResult:
     metrics: dict[str, Optional[float]]
     gates_report: dict[str, Any]
     seconds: dict[str, float]
+    analysis: Any = None  #: the gated model's analysis (the class a pruned GraphModule can be put back into)
 
 
 def free_gate_values(gated: Any) -> torch.Tensor:
@@ -236,4 +237,4 @@ def run_prune(model: nn.Module, example_inputs: Any, task: Task, policy: Any, sc
         metrics["fine_tuned"] = evaluate(pruned, task, device)
     seconds["finetune"] = time.perf_counter() - started
     pruned.eval()
-    return PruneResult(pruned, report.plan, report, history, metrics, gated.report(), seconds)
+    return PruneResult(pruned, report.plan, report, history, metrics, gated.report(), seconds, gated.analysis)
