@@ -189,3 +189,24 @@ def test_hooks_survive_unless_their_module_is_replaced():
     with torch.no_grad():
         pruned(*inputs)
     assert seen == ["stem"]
+
+
+def test_trained_graph_module_goes_back_into_the_class_with_its_gate_scales_folded():
+    """What ``gdp-graph prune`` does after finalize and fine-tuning: the GraphModule's current
+    weights go into the class, a kept gate scale into the linear layer it feeds."""
+    from gdp_graph.prune.keep_class import keep_class_of
+    torch.manual_seed(0)
+    model = LayerScaled().eval()
+    x = torch.randn(5, 4)
+    a = G.analyze(model, x)
+    plan = G.random_plan(a, 0.5, seed=0)
+    scale = torch.linspace(0.2, 1.8, 16)
+    graph = G.rewrite(a, plan, site_scales={("block_fc2", 0): (1, scale)})
+    assert any(n.startswith("_gdp_scale") for n, _ in graph.named_buffers())
+    with torch.no_grad():
+        graph.get_submodule("head").weight.mul_(2.0)  # "fine-tuned" since the analysis
+    kept = keep_class_of(a, plan, graph)
+    assert type(kept.model) is LayerScaled, kept.reason
+    with torch.no_grad():
+        assert torch.allclose(kept.model(x), graph(x), atol=1e-6)
+        assert not torch.allclose(kept.model(x), G.rewrite(a, plan)(x))  # the trained weights, not the analysed ones
