@@ -91,7 +91,11 @@ class GateBank(nn.Module):
         self.register_buffer("dead", torch.zeros(self.one_position, dtype=torch.bool))
         self.register_buffer("is_fixed", torch.zeros((), dtype=torch.bool))
         self.register_buffer("fixed_values", torch.ones(self.one_position))
-        self.theta_max = theta0  # theta never grows past its start: g -> 1 needs no more
+        # smoothed-L0 theta may grow past its start: the gate is saturated there (~1), but theta
+        # keeps accumulating the net push of task gradient against price, and the cut at fix_at
+        # ranks units by theta; a cap would tie every saturated gate and make that cut arbitrary.
+        # Clamped gates (polarization, l1) stay in [0, 1] as published.
+        self.theta_max = math.inf if kind == "smoothed_l0" else theta0
         self.sites: list[SiteSpec] = []
 
     # -- structure ------------------------------------------------------------------------------
@@ -224,7 +228,8 @@ class GateBank(nn.Module):
     @torch.no_grad()
     def project(self, protected: Optional[Tensor] = None) -> None:
         """Put every ``theta`` back into its domain after an optimizer step:
-        ``[floor(), theta_max]`` (beyond its start a gate is saturated; the gate function is
+        ``[floor(), theta_max]`` (``theta_max`` is 1 for clamped gates, unbounded for smoothed-L0
+        ones, whose rank at the cut is their ``theta``; the gate function is
         symmetric, so the sign carries nothing, and a step cannot throw a gate across 0), dead
         gates at exactly 0, and ``protected`` positions (a flat bool mask: units a group's limits
         force to stay) at least at :meth:`keep_floor`."""
