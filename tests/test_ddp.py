@@ -68,7 +68,7 @@ def _worker(rank: int, store: str, out: str) -> None:
             opt.step()
             gated.step()
             losses.append(loss.item())
-        assert bool(gated.fixed)  # fix_at 0.6 of 4 steps: the gates were cut and fixed
+        assert bool(gated.fixed)  # fix_at 0.3 of 4 steps: the gates were cut and fixed
         pruned, report = finalize(gated)
         torch.save({"gates": {k: v.detach() for k, v in gated.group_gates().items()},
                     "blocks": {k: v.detach() for k, v in gated.block_gates().items()},

@@ -171,7 +171,7 @@ def test_gates_reach_exact_zero_on_a_known_answer() -> None:
     x = torch.randn(256, 8)
     y = x[:, :4].sum(1, keepdim=True)
     steps = 200
-    gated = attach(Denoise(), gdp_policy(), example_inputs=x[:2], total_steps=steps, init_gate=0.5)
+    gated = attach(Denoise(), gdp_policy(fix_at=0.6), example_inputs=x[:2], total_steps=steps, init_gate=0.5)
     opt = gated.gate_optimizer(0.02)
     for _ in range(steps):
         if not bool(gated.fixed):  # only the gates learn here; once fixed nothing does

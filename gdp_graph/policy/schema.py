@@ -93,7 +93,7 @@ class Regularizer:
     epsilon: Optional[EpsilonSchedule] = field(default_factory=EpsilonSchedule)
     t: Optional[float] = None
     threshold: float = 1.0e-6
-    fix_at: float = 0.6
+    fix_at: float = 0.3
 
 
 @dataclass(frozen=True)
