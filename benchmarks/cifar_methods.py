@@ -268,7 +268,36 @@ def table(results: dict[str, Any], include_quick: bool = False) -> str:
         lines.append(f"| {target:g} | {method} | {len(rs)} | {_mean_std([r['acc_finalized'] for r in rs])} | "
                      f"{_mean_std([r['acc_finetuned'] for r in rs])} | {_mean_std([r['flops_kept'] for r in rs])} | "
                      f"{_mean_std([r['params_kept'] for r in rs])} | {_mean_std([r['acc_val'] for r in rs])} |")
+    lines += ["", *verdicts(runs)]
     return "\n".join(lines)
+
+
+def verdicts(runs: list[dict[str, Any]]) -> list[str]:
+    """Per target: GDP's mean fine-tuned accuracy against the best other method's, called real
+    only when the gap exceeds twice the larger of the two standard deviations (the protocol's
+    rule); also whether every run landed within 0.01 of the target."""
+    out = []
+    for target in sorted({r["target"] for r in runs}, reverse=True):
+        at = [r for r in runs if r["target"] == target]
+        means = {m: statistics.mean(r["acc_finetuned"] for r in at if r["method"] == m)
+                 for m in METHODS if any(r["method"] == m for r in at)}
+        stds = {m: statistics.stdev([r["acc_finetuned"] for r in at if r["method"] == m])
+                if sum(r["method"] == m for r in at) > 1 else float("nan") for m in means}
+        landed = all(abs(r["flops_kept"] - target) <= 0.01 + 1e-9 for r in at)
+        others = [m for m in means if m != "gdp"]
+        if "gdp" not in means or not others:
+            continue
+        best = max(others, key=means.get)
+        gap = means["gdp"] - means[best]
+        bound = 2 * max(stds["gdp"], stds[best])
+        if math.isnan(bound):
+            call = "no call (a single seed)"
+        else:
+            call = "not real (within twice the spread)" if abs(gap) <= bound else ("GDP wins" if gap > 0 else f"{best} wins")
+        out.append(f"- target {target:g}: gdp {means['gdp']:.4f} vs best other ({best}) {means[best]:.4f}: "
+                   f"{100 * gap:+.2f} points, twice the spread {100 * bound:.2f}: {call}; "
+                   f"every run within 0.01 of the target: {'yes' if landed else 'no'}")
+    return out
 
 
 def main() -> None:
