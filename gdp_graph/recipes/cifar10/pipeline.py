@@ -28,7 +28,7 @@ EXIT_BUDGET_MISSED = 3
 
 PRESETS: dict[str, dict[str, Any]] = {
     # a few minutes on 2 CPU cores: a subset of CIFAR-10, ResNet-20
-    "short": dict(depth=20, train_subset=5000, test_subset=1000, pretrain_epochs=3, gdp_epochs=6,
+    "short": dict(depth=20, train_subset=5000, test_subset=2000, pretrain_epochs=3, gdp_epochs=4,
                   finetune_epochs=1, batch_size=128, lr=0.1, gdp_lr=0.02, finetune_lr=0.01, gate_lr=DEFAULT_GATE_LR,
                   compare_unpruned=True),
     # the paper-style recipe: full data, ResNet-56 (hours on a GPU)
