@@ -51,8 +51,8 @@ MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert, "vit": vit}
 EXPECTED = {"llama": (2, 48), "gpt2": (4, 128), "bert": (4, 48), "vit": (4, 48)}
 
 
-@pytest.fixture(scope="module")
-def analyses():
+def analysis_cache():
+    """``get(name) -> (model, inputs, analysis)`` for the tiny models, each analyzed once."""
     cache = {}
 
     def get(name):
@@ -66,6 +66,11 @@ def analyses():
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def analyses():
+    return analysis_cache()
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

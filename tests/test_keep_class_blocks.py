@@ -40,20 +40,9 @@ def _plan(a, seed: int = 0) -> G.PruningPlan:
 @pytest.fixture(scope="module")
 def hf():
     pytest.importorskip("transformers")
-    from tests.test_hf_models import MODELS
-    cache = {}
+    from tests.test_hf_models import analysis_cache
 
-    def get(name):
-        if name not in cache:
-            torch.manual_seed(0)
-            model, inputs = MODELS[name]()
-            model.eval()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                cache[name] = (model, inputs, G.analyze(model, inputs))
-        return cache[name]
-
-    return get
+    return analysis_cache()
 
 
 def _cache_kwarg(model: nn.Module) -> str:
