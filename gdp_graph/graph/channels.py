@@ -96,8 +96,12 @@ def infer_tracks(labels: torch.Tensor) -> tuple[list[Track], torch.Tensor]:
     if not complete and not bool(present.any()):
         return [], empty
     dims = [d for d in range(labels.dim()) if labels.shape[d] > 1]
-    if complete:
-        # no nulls: a dim varies when the tensor differs from its first slice along it
+    if complete and labels.dtype != torch.long:
+        # no nulls: a dim varies where its max and min differ (two int32 reductions are ~5x
+        # cheaper than comparing the whole tensor with its first slice)
+        varying = [d for d in dims if bool((labels.amax(d) != labels.amin(d)).any())]
+    elif complete:
+        # int64 (index) labels: int64 amin is far slower than amax on CPU, so compare slices
         varying = [d for d in dims if bool((labels != labels.narrow(d, 0, 1)).any())]
     else:
         # labels are >= 0 and NULL is 0, so a plain max ignores nulls wherever an element is

@@ -1,0 +1,109 @@
+"""The analysis' shortcuts must not change what it finds nor touch the user's model.
+
+- The traced copy shares the user's parameter storage (no clone): nothing downstream may write
+  through it, and nothing it returns may alias the user's weights.
+- Branch constants skip running a linear/conv layer on zeros (its bias everywhere): the
+  constants must equal what running the layer gives.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gdp_graph as G
+from gdp_graph.graph import blocks as blocks_module
+from gdp_graph.graph.blocks import branch_constant
+from gdp_graph.graph.trace import private_copy
+
+
+class _Stem(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        # the last gated layer's bias meets a depthwise conv's zero padding: not a constant
+        self.body2 = nn.Sequential(nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8))
+        self.tokens = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        x = x + self.body(x)
+        x = x + self.body2(x)
+        t = x.flatten(2).transpose(1, 2)
+        t = t + self.tokens(t)
+        return self.head(t.mean(1))
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    model = _Stem()
+    for m in model.modules():  # non-trivial norms and biases, so constants are not all zero
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            nn.init.uniform_(m.bias, -1, 1)
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            nn.init.uniform_(m.bias, -1, 1)
+    return model
+
+
+def test_private_copy_shares_weight_storage_but_no_objects():
+    model = _model().train()
+    work = private_copy(model)
+    assert model.training and not work.training
+    for (name, p), q in zip(model.named_parameters(), work.parameters()):
+        assert q is not p and q.data_ptr() == p.data_ptr(), name
+    for b, c in zip(model.buffers(), work.buffers()):
+        assert c.data_ptr() != b.data_ptr()  # a forward in train mode updates buffers in place
+    work.to(torch.float64)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_pruned_and_gated_models_never_alias_or_change_the_users_weights():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 8, 8)
+    analysis = G.analyze(model, x)
+    plan = G.PruningPlan(keep=G.random_plan(analysis, 0.5, seed=0).keep,
+                         removed_blocks=frozenset(b.id for b in analysis.blocks if b.prunable))
+    assert plan.removed_blocks, [b.frozen_reasons for b in analysis.blocks]
+    pruned = G.rewrite(analysis, plan)
+    gated = G.attach(model, "default", example_inputs=x, total_steps=10)
+    user = {p.data_ptr() for p in model.parameters()}
+    for produced in (pruned, gated):
+        assert not user & {p.data_ptr() for p in produced.parameters()}
+    with torch.no_grad():
+        for p in pruned.parameters():
+            p.add_(1.0)
+        for p in gated.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_branch_constants_equal_running_the_layers_on_zeros(monkeypatch):
+    analysis = G.analyze(_model(), torch.randn(1, 3, 8, 8))
+    assert len(analysis.blocks) == 3
+    fast = [branch_constant(analysis.traced, b) for b in analysis.blocks]
+    monkeypatch.setattr(blocks_module, "_BIAS_ON_ZERO", {})
+    slow = [branch_constant(analysis.traced, b) for b in analysis.blocks]
+    assert [c is None for c in fast] == [c is None for c in slow] == [False, True, False]
+    for f, s in zip(fast, slow):
+        if f is not None:
+            assert torch.allclose(f, s, atol=1e-6) and f.abs().max() > 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.long])
+def test_channel_tracks_of_a_window_partition_keep_their_dims(dtype):
+    """The int32 path (max against min) and the int64 one (first slice) agree on a Swin-style
+    window partition of a channel-labelled map."""
+    from gdp_graph.graph.channels import infer_tracks
+
+    labels = torch.arange(1, 7, dtype=dtype).reshape(1, 1, 1, 6).expand(1, 4, 4, 6)
+    windows = labels.reshape(1, 2, 2, 2, 2, 6).permute(0, 1, 3, 2, 4, 5).reshape(4, 4, 6)
+    (track,), constant = infer_tracks(windows.contiguous())
+    assert track.dims == (2,) and track.labels.tolist() == list(range(1, 7)) and constant.numel() == 0
