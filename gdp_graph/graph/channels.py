@@ -91,25 +91,29 @@ def infer_tracks(labels: torch.Tensor) -> tuple[list[Track], torch.Tensor]:
     empty = torch.zeros(0, dtype=torch.long)
     if labels.numel() == 0:
         return [], empty
-    present = labels != NULL
-    complete = bool(present.all())
-    if not complete and not bool(present.any()):
-        return [], empty
     dims = [d for d in range(labels.dim()) if labels.shape[d] > 1]
-    if complete and labels.dtype != torch.long:
-        # no nulls: a dim varies where its max and min differ (two int32 reductions are ~5x
-        # cheaper than comparing the whole tensor with its first slice)
-        varying = [d for d in dims if bool((labels.amax(d) != labels.amin(d)).any())]
-    elif complete:
-        # int64 (index) labels: int64 amin is far slower than amax on CPU, so compare slices
-        varying = [d for d in dims if bool((labels != labels.narrow(d, 0, 1)).any())]
+    if labels.dtype != torch.long:
+        # int32 labels (what ops run on): reductions only, no full-size temporaries. Labels are
+        # >= 0 and NULL is 0; a slice varies where its largest and smallest present labels differ
+        lowest, highest = int(labels.amin()), int(labels.amax())
+        if highest == NULL:
+            return [], empty
+        complete = lowest != NULL
+        present = None if complete else labels != NULL
+        filled = labels if complete else labels.masked_fill(~present, torch.iinfo(labels.dtype).max)
+        varying = [d for d in dims if bool((filled.amin(d) < labels.amax(d)).any())]
     else:
-        # labels are >= 0 and NULL is 0, so a plain max ignores nulls wherever an element is
-        # present; a slice varies when a present label differs from its max (int64 amin is
-        # far slower than amax on CPU, so no min is taken)
-        varying = [d for d in dims if bool(((labels != labels.amax(d, keepdim=True)) & present).any())]
+        # int64 (index) labels: int64 amin is far slower than amax on CPU, so no min is taken
+        present = labels != NULL
+        complete = bool(present.all())
+        if not complete and not bool(present.any()):
+            return [], empty
+        if complete:  # a dim varies when the tensor differs from its first slice along it
+            varying = [d for d in dims if bool((labels != labels.narrow(d, 0, 1)).any())]
+        else:  # a slice varies when a present label differs from its max
+            varying = [d for d in dims if bool(((labels != labels.amax(d, keepdim=True)) & present).any())]
     if not varying:
-        return [], torch.unique(labels[present]).long()
+        return [], torch.unique(labels if complete else labels[present]).long()
     others = [d for d in range(labels.dim()) if d not in varying]
     if not others:
         projected = labels

@@ -166,7 +166,7 @@ class RuleContext:
                     # (indices) keep their int64, which an index needs
                     dtype = torch.long if not (value.is_floating_point() or value.is_complex()) else LABEL_DTYPE
                     if n is _inp:
-                        return expand_labels(_track, shape).to(dtype).contiguous()
+                        return expand_labels(Track(_track.dims, _track.labels.to(dtype)), shape).contiguous()
                     return torch.zeros(shape, dtype=dtype)
                 results.append(run(sub))
         if not results:
