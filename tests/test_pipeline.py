@@ -42,6 +42,21 @@ def test_train_pipeline_runs_and_finalized_equals_gated(tmp_path, capsys):
     assert PruningPlan.load(tmp_path / "run" / "plan.json").keep
 
 
+def test_train_reports_a_held_out_split_never_trained_on(tmp_path, capsys):
+    """--heldout N evaluates on the N training images after the training subset (settings are
+    chosen there, not on the test images); the split is absent when no images are left."""
+    synth = Synthetic(tmp_path)
+    n = len(synth.train_labels)
+    report = _train(capsys, synth.archive, tmp_path / "run", "--train-subset", str(n - 8), "--heldout", "8",
+                    "--batch-size", "8")
+    held = report["heldout"]
+    assert set(held) == {"acc_pretrained", "acc_finalized", "acc_finetuned", "acc_unpruned_same_epochs"}
+    assert all(0 <= v <= 1 for v in held.values())
+    assert all(v * 8 == round(v * 8) for v in held.values())  # accuracies over exactly 8 images
+    report = _train(capsys, synth.archive, tmp_path / "run2", "--train-subset", str(n), "--heldout", "8")
+    assert "heldout" not in report
+
+
 @pytest.mark.parametrize("regularizer", ["polarization", "l1"])
 def test_train_with_baseline_regularizers(tmp_path, capsys, regularizer):
     synth = Synthetic(tmp_path)

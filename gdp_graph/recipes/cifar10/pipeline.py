@@ -28,11 +28,11 @@ EXIT_BUDGET_MISSED = 3
 
 PRESETS: dict[str, dict[str, Any]] = {
     # a few minutes on 2 CPU cores: a subset of CIFAR-10, ResNet-20
-    "short": dict(depth=20, train_subset=5000, test_subset=2000, pretrain_epochs=3, gdp_epochs=4,
+    "short": dict(depth=20, train_subset=5000, heldout=2000, test_subset=2000, pretrain_epochs=3, gdp_epochs=4,
                   finetune_epochs=1, batch_size=128, lr=0.1, gdp_lr=0.02, finetune_lr=0.01, gate_lr=DEFAULT_GATE_LR,
                   compare_unpruned=True),
     # the paper-style recipe: full data, ResNet-56 (hours on a GPU)
-    "full": dict(depth=56, train_subset=None, test_subset=None, pretrain_epochs=160, gdp_epochs=120,
+    "full": dict(depth=56, train_subset=None, heldout=0, test_subset=None, pretrain_epochs=160, gdp_epochs=120,
                  finetune_epochs=40, batch_size=128, lr=0.1, gdp_lr=0.01, finetune_lr=0.01, gate_lr=DEFAULT_GATE_LR,
                  compare_unpruned=False),
 }
@@ -50,6 +50,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (with --save-pretrained)")
     for name in ("pretrain-epochs", "gdp-epochs", "finetune-epochs", "batch-size", "train-subset", "test-subset"):
         p.add_argument(f"--{name}", type=int)
+    p.add_argument("--heldout", type=int, help="also evaluate on this many training images after the training subset, "
+                   "never trained on (the split to choose settings on; default 2000 in the short preset)")
     for name in ("lr", "gdp-lr", "finetune-lr"):
         p.add_argument(f"--{name}", type=float)
     p.add_argument("--gate-lr", type=float, help=f"the gates' Adam learning rate (default {DEFAULT_GATE_LR})")
@@ -112,9 +114,11 @@ def run_pipeline(args) -> int:
     torch.manual_seed(args.seed)
     policy = _policy(args)
     started = time.perf_counter()
-    data = load_cifar10(args.data, train_subset=s["train_subset"], test_subset=s["test_subset"])
+    data, heldout = _split_heldout(load_cifar10, args.data, s)
     train, test = cifar10_loaders(data, batch_size=s["batch_size"], device=device, seed=args.seed)
-    console.print(f"CIFAR-10 from {data.source}: {len(data.train_labels)} train / {len(data.test_labels)} test images; "
+    held = None if heldout is None else cifar10_loaders(heldout, batch_size=s["batch_size"], device=device)[1]
+    held_note = "" if held is None else f" / {len(heldout.test_labels)} held-out"
+    console.print(f"CIFAR-10 from {data.source}: {len(data.train_labels)} train{held_note} / {len(data.test_labels)} test images; "
                   f"ResNet-{s['depth']} on {device}; policy {policy.name} ({policy.regularizer.name}, keep "
                   f"{policy.target.fraction:g} of {policy.target.metric})")
     model = cifar_resnet(s["depth"]).to(device)
@@ -154,6 +158,12 @@ def run_pipeline(args) -> int:
             torch.save(model.state_dict(), args.save_pretrained)
     report["pretrain_seconds"] = time.perf_counter() - phase_start
     report["acc_pretrained"] = evaluate(model, test, device=device)["accuracy"]
+
+    def heldout_acc(net, key):
+        if held is not None:
+            report.setdefault("heldout", {})[key] = evaluate(net, held, device=device)["accuracy"]
+
+    heldout_acc(model, "acc_pretrained")
     pretrained_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     console.print(f"pretrained accuracy {report['acc_pretrained']:.4f}")
     if args.pretrain_only:
@@ -175,10 +185,12 @@ def run_pipeline(args) -> int:
     pruned, finalized = finalize(gated)
     report["finalize"] = finalized.to_dict()
     report["acc_finalized"] = evaluate(pruned, test, device=device)["accuracy"]
+    heldout_acc(pruned, "acc_finalized")
     console.print(f"gated accuracy {report['acc_gated']:.4f}, finalized {report['acc_finalized']:.4f}")
     if s["finetune_epochs"] > 0:
         epochs(pruned, s["finetune_epochs"], s["finetune_lr"], "finetune")
         report["acc_finetuned"] = evaluate(pruned, test, device=device)["accuracy"]
+        heldout_acc(pruned, "acc_finetuned")
     if s["compare_unpruned"] and not args.checkpoint:
         # the same total epochs without pruning: the pretrained weights, trained on with the
         # gated phase's and the fine-tuning's learning rates
@@ -187,6 +199,7 @@ def run_pipeline(args) -> int:
         epochs(unpruned, s["gdp_epochs"], s["gdp_lr"], "unpruned")
         epochs(unpruned, s["finetune_epochs"], s["finetune_lr"], "unpruned")
         report["acc_unpruned_same_epochs"] = evaluate(unpruned, test, device=device)["accuracy"]
+        heldout_acc(unpruned, "acc_unpruned_same_epochs")
 
     cpu_inputs = example.detach().cpu()
     original_cpu = cifar_resnet(s["depth"])
@@ -217,6 +230,24 @@ def run_pipeline(args) -> int:
                       f"(FlopCounterMode), target {policy.target.fraction:g} ± {BUDGET_BAND}[/]")
         return EXIT_BUDGET_MISSED
     return 0
+
+
+def _split_heldout(load_cifar10, path, s: dict[str, Any]):
+    """The training subset and, when ``heldout`` > 0, the next ``heldout`` training images as
+    a split that is never trained on (settings are chosen on it, not on the test images);
+    ``None`` when there is no such split (no subset, or the data has no images left)."""
+    from gdp_graph.recipes.cifar10.data.dataset import Cifar10Data
+
+    n, extra = s["train_subset"], s.get("heldout") or 0
+    if n is None or extra <= 0:
+        return load_cifar10(path, train_subset=n, test_subset=s["test_subset"]), None
+    full = load_cifar10(path, train_subset=n + extra, test_subset=s["test_subset"])
+    if len(full.train_labels) <= n:
+        return full, None
+    train = Cifar10Data(full.train_images[:n], full.train_labels[:n], full.test_images, full.test_labels, full.source)
+    held = Cifar10Data(full.train_images[n:], full.train_labels[n:], full.train_images[n:], full.train_labels[n:],
+                       full.source)
+    return train, held
 
 
 class GateOptimizer:
@@ -251,12 +282,17 @@ def _print_report(console: Console, r: dict[str, Any]) -> None:
         ("FLOPs", r["flops_before"], r["flops_after"], "count"),
         ("CPU latency, batch 64 (ms)", 1e3 * r["latency_before_s"], 1e3 * r["latency_after_s"], "value"),
     ], title="GDP on CIFAR-10: before / after"))
-    acc = Table(title="Top-1 accuracy on the test set", header_style="bold")
+    acc = Table(title="Top-1 accuracy", header_style="bold")
     cols = {"pretrained": "acc_pretrained", "gated": "acc_gated", "finalized": "acc_finalized",
             "fine-tuned": "acc_finetuned", "unpruned, same epochs": "acc_unpruned_same_epochs"}
+    acc.add_column("split")
     for col in cols:
         acc.add_column(col, justify="right")
-    acc.add_row(*(f"{r[k]:.4f}" if k in r else "-" for k in cols.values()))
+    acc.add_row("test", *(f"{r[k]:.4f}" if k in r else "-" for k in cols.values()))
+    held = dict(r.get("heldout", {}))
+    if held:  # gated and finalized are equal by construction: evaluated once, as finalized
+        held.setdefault("acc_gated", held.get("acc_finalized"))
+        acc.add_row("held-out", *(f"{held[k]:.4f}" if held.get(k) is not None else "-" for k in cols.values()))
     console.print(acc)
     gates = r.get("gates", {})
     if gates:
