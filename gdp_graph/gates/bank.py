@@ -73,6 +73,7 @@ class GateBank(nn.Module):
         self.group_ids: tuple[int, ...] = tuple(sorted(int(g) for g in groups))
         self.block_ids: tuple[int, ...] = tuple(sorted(int(b) for b in blocks))
         theta0 = initial_theta(kind, epsilon, init_gate)
+        self.theta_start = theta0  #: where every theta starts (the travel fraction's scale)
         self.group_theta = nn.ParameterDict(
             {str(g): nn.Parameter(torch.full((len(groups[g]),), theta0)) for g in self.group_ids})
         self.block_theta = nn.ParameterDict({str(b): nn.Parameter(torch.tensor(theta0)) for b in self.block_ids})

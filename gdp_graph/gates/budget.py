@@ -26,6 +26,15 @@ are still on their way. At every :meth:`~BudgetController.update`::
   updates, ``remaining`` is 0 and lambda holds. Only the soft fraction's *trend* is used, not
   its level: early in GDP training (epsilon large) every gate is below 1, so the soft level says
   little about what will be removed, but it still drops first when gates head to zero.
+* **Dead time.** A smoothed-L0 gate barely moves until its ``theta`` (moved by Adam at about
+  the learning rate per step) has come down to about ``sqrt(epsilon)``: from ``theta`` near 1
+  that is ~45 steps at the default rate, during which neither fraction moves and lambda winds
+  up at full speed. When the gated phase is short this wind-up outlasts the gates' training:
+  they all fall together and the cut keeps gates stuck near 0. ``update(..., lead=...)`` feeds
+  the look-ahead from a quantity that moves from the first step instead (``GatedModel`` passes
+  its *travel fraction*, the cost written from ``min(theta / theta_start, 1)``, with policy key
+  ``lambda_controller.lead: travel``): lambda holds as soon as enough of the cost is on its way
+  down, whether or not the gates have moved yet.
 * **Below the band** (overshoot) lambda decays by the same law, so gates pushed too far can
   recover; the look-ahead stops the decay once the fraction is rising back fast enough.
 * **Inside the band** lambda is held. ``reached`` records the first time the hard fraction was
@@ -205,21 +214,31 @@ class BudgetController:
         error = min(max(gap / self.span, -1.0), 1.0)
         return self.gain * error * remaining
 
-    def update(self, step: int, hard_fraction: float, soft_fraction: Optional[float] = None) -> float:
+    def update(self, step: int, hard_fraction: float, soft_fraction: Optional[float] = None, *,
+               lead: Optional[float] = None) -> float:
         """Record this step's fractions, move lambda, and return the new lambda.
 
         ``soft_fraction``, when given, feeds the look-ahead (give it always or never).
+        ``lead``, when given, feeds it instead: a fraction that starts moving before the soft
+        one does (the gates' travel, see :meth:`GatedModel.travel_fraction
+        <gdp_graph.gates.model.GatedModel.travel_fraction>`), so that lambda stops growing
+        while the gates are on their way but their values have not moved yet (give it always
+        or never).
         """
         _require(isinstance(step, int) and not isinstance(step, bool), f"step must be an int, got {step!r}")
         _require(_finite(hard_fraction) and hard_fraction >= 0, f"hard_fraction must be a finite number >= 0, got {hard_fraction!r}")
         _require(soft_fraction is None or (_finite(soft_fraction) and soft_fraction >= 0),
                  f"soft_fraction must be None or a finite number >= 0, got {soft_fraction!r}")
+        _require(lead is None or (_finite(lead) and lead >= 0), f"lead must be None or a finite number >= 0, got {lead!r}")
         hard = float(hard_fraction)
         soft = None if soft_fraction is None else float(soft_fraction)
         self.reached = self.reached or hard <= self.target + self.tolerance + _SLACK
-        self._track(hard if soft is None else soft)
+        self._track(float(lead) if lead is not None else hard if soft is None else soft)
         self.lam = self._clamp(self.lam * math.exp(self.rate(hard)))
-        self.history.append({"step": step, "hard_fraction": hard, "soft_fraction": soft, "lambda": self.lam})
+        record = {"step": step, "hard_fraction": hard, "soft_fraction": soft, "lambda": self.lam}
+        if lead is not None:
+            record["lead"] = float(lead)
+        self.history.append(record)
         return self.lam
 
     def _clamp(self, lam: float) -> float:

@@ -118,6 +118,7 @@ class GatedModel(nn.Module):
         ctrl = reg.lambda_controller
         self.controller: Optional[BudgetController] = None
         self.controller_per = ctrl.step
+        self.lead = ctrl.lead
         self._lambda = float(reg.lambda_)
         if ctrl.kind == "proportional":
             self.controller = BudgetController(policy.target.fraction, metric=self.metric, lambda_init=reg.lambda_,
@@ -207,6 +208,23 @@ class GatedModel(nn.Module):
             groups, blocks = self.bank.split(self.bank.flat())
         return hard, soft_fraction(self.cost_model, groups, blocks, metric=self.metric)
 
+    def travel_fraction(self) -> float:
+        """The cost written from how far each gate's ``theta`` still is from 0, as a share of
+        its start: ``min(|theta| / theta_start, 1)`` (frozen units 1, dead ones 0).
+
+        Adam moves ``theta`` by about its learning rate per step from the first step on, but a
+        smoothed-L0 gate's value only moves once ``theta`` nears ``sqrt(epsilon)``; this
+        fraction falls as soon as gates are on their way down, which the soft cost does only
+        after that dead time (``lambda_controller.lead: travel`` steers the look-ahead on it).
+        """
+        bank = self.bank
+        with torch.no_grad():
+            share = (bank._theta().detach().abs() / bank.theta_start).clamp(0.0, 1.0)
+            share = torch.where(bank.frozen, torch.ones_like(share), share)
+            share = torch.where(bank.dead, torch.zeros_like(share), share)
+            groups, blocks = bank.split(torch.cat([share, bank.one.to(share.dtype)]))
+        return soft_fraction(self.cost_model, groups, blocks, metric=self.metric)
+
     def protected(self) -> Tensor:
         """Flat mask of the units each group's limits force to stay (its largest gates).
 
@@ -268,7 +286,8 @@ class GatedModel(nn.Module):
             self.bank.project(self.protected())
         if self.controller is not None and self.controller_per == unit:
             _, soft = self.fractions()
-            self.controller.update(count, soft, soft)
+            lead = self.travel_fraction() if self.lead == "travel" else None
+            self.controller.update(count, soft, soft, lead=lead)
         if scheduled and self.fix_step is not None and count >= self.fix_step:
             self.fix_gates()
 

@@ -127,7 +127,7 @@ class _PolicyBuilder:
         sub = self.record("regularizer.lambda_controller", reg.sub("lambda_controller"))
         ctrl = LambdaController(**sub.values) if sub else LambdaController()
         if ctrl.kind == "constant":
-            for key in ("gain", "min", "max", "step"):
+            for key in ("gain", "min", "max", "step", "lead"):
                 if sub is not None and key in sub.entries:
                     self.rep.error(sub.key_location(key), f"regularizer.lambda_controller.{key} "
                                    "only applies to kind: proportional (kind is 'constant')")

@@ -28,6 +28,9 @@ from gdp_graph.policy.shipped import POLICY_DIR
 from gdp_graph.vocabulary import DEFAULT_T, METRICS, REGULARIZERS, SCHEDULES, STEPS, anneal
 from gdp_graph.policy.yamlcheck import Bool, Enum, Field, Int, Number, OneOrMany, Seq, Str, Struct, Variant
 
+#: what a proportional lambda controller's look-ahead follows (see gdp_graph.gates.budget)
+LEADS = ("soft", "travel")
+
 # --------------------------------------------------------------------------------------------
 # Typed settings: their class attributes are the defaults the schema documents
 # --------------------------------------------------------------------------------------------
@@ -66,6 +69,7 @@ class LambdaController:
     min: float = 1.0e-3
     max: float = 10.0
     step: str = "iteration"
+    lead: str = "soft"
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,10 @@ CONTROLLER_SPEC = Struct("lambda controller", {
                  "lambda.", LambdaController.max),
     "step": Field(Enum(STEPS), "proportional only: how often lambda is updated.",
                   LambdaController.step),
+    "lead": Field(Enum(LEADS), "proportional only: what the look-ahead against wind-up follows. "
+                  "soft: the soft cost; travel: the cost written from each gate's theta as a "
+                  "share of its start (moves from the first step, while a gate's value only moves "
+                  "once theta nears sqrt(epsilon)).", LambdaController.lead),
 }, doc="How lambda is steered towards the target.", nullable=True)
 
 EPSILON_SPEC = Struct("epsilon schedule", {

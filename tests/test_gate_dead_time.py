@@ -1,0 +1,113 @@
+"""Lambda during the gates' dead time: a smoothed-L0 gate's value only moves once theta has
+come down to about sqrt(epsilon), so with a short gated phase lambda winds up before any cost
+moves (issue 7). ``lambda_controller.lead: travel`` feeds the look-ahead from the gates' travel,
+which moves from the first step. No data: the task term is synthetic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gdp_graph.gates.attach import attach
+from gdp_graph.gates.budget import BudgetController, soft_fraction
+from gdp_graph.policy import PolicyError, load_policy, policy_from_dict
+from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+
+
+def test_lead_holds_lambda_while_the_soft_fraction_has_not_moved_yet() -> None:
+    """Soft flat at 0.98 for 40 updates (dead time) while the lead falls 0.01 per update: with the
+    lead lambda holds; without it lambda grows at full speed (exp(gain) per update)."""
+    plain, led = BudgetController(0.5, lambda_init=1.0, gain=0.05), BudgetController(0.5, lambda_init=1.0, gain=0.05)
+    for step in range(40):
+        plain.update(step, 0.98, 0.98)
+        led.update(step, 0.98, 0.98, lead=1.0 - 0.01 * step)
+    assert plain.lam > math.exp(0.05 * 35)
+    assert led.lam < 1.5  # the smoothed slope needs a few updates to build up
+    assert led.history[-1]["lead"] == pytest.approx(0.61) and "lead" not in plain.history[-1]
+
+
+def test_lead_without_movement_still_lets_lambda_grow() -> None:
+    """A lead that does not move (no gate on its way down: lambda too small) is no brake."""
+    ctrl = BudgetController(0.5, lambda_init=1.0, gain=0.05)
+    for step in range(40):
+        ctrl.update(step, 0.98, 0.98, lead=0.99)
+    assert ctrl.lam > math.exp(0.05 * 35)
+
+
+def test_lead_must_be_a_finite_fraction() -> None:
+    with pytest.raises(ValueError, match="lead"):
+        BudgetController(0.5).update(0, 0.9, 0.9, lead=float("nan"))
+
+
+def _policy(lead: str, eps_start: float = 1e-2):
+    data = load_policy("cifar_resnet").to_dict()
+    data["regularizer"]["lambda_controller"]["lead"] = lead
+    data["regularizer"]["epsilon"]["start"] = eps_start
+    return policy_from_dict(data, source="test", name="cifar_resnet")
+
+
+def _gated(lead: str, steps: int = 156, eps_start: float = 1e-2):
+    torch.manual_seed(0)
+    return attach(cifar_resnet(20), policy=_policy(lead, eps_start), example_inputs=torch.randn(2, 3, 32, 32),
+                  total_steps=steps, steps_per_epoch=39)
+
+
+def gate_phase(lead: str, scale: float = 0.3, seed: int = 0) -> dict:
+    """The short preset's gate phase (156 steps, fix_at 0.3: 47 steps of gate training, Adam
+    0.02, theta from ~1) on ResNet-20 with the ``cifar_resnet`` policy and a synthetic task term
+    that prefers open gates (per-unit importance ~ Exp(1) * ``scale``, noisy each step): returns
+    lambda at the cut, the soft fraction before the cut, and the share of kept gates below 0.5.
+    ``scale`` 0.3 reproduces the preset's wind-up (lambda ~6, soft ~0.35 at the cut)."""
+    gated = _gated(lead)
+    bank = gated.bank
+    n = bank.num_units
+    gen = torch.Generator().manual_seed(seed)
+    importance = -torch.rand(n, generator=gen).log() * scale
+    opt = gated.gate_optimizer()
+    while not bool(gated.fixed):
+        noisy = importance * (1 + torch.randn(n, generator=gen))
+        task = 10 * (noisy * (1 - bank.flat()[:n])).mean()
+        opt.zero_grad()
+        (task + gated.penalty()).backward()
+        opt.step()
+        gated.step()
+    kept = bank.fixed_values[:n][bank.fixed_values[:n] > 0]
+    return {"lambda": gated.lam, "soft_before": gated.fix_report["soft_before"],
+            "kept_low": float((kept < 0.5).float().mean()), "fraction": gated.fix_report["fraction"]}
+
+
+def test_travel_lead_removes_the_wind_up_of_a_short_gate_phase() -> None:
+    soft, travel = gate_phase("soft"), gate_phase("travel")
+    assert soft["lambda"] > 4 and soft["soft_before"] < 0.42  # the mechanism of issue 7, reproduced
+    assert travel["lambda"] < 2 and abs(travel["soft_before"] - 0.5) < 0.06
+    assert travel["kept_low"] < soft["kept_low"] / 2
+    assert abs(travel["fraction"] - 0.5) <= 0.02
+
+
+def test_travel_fraction_is_the_cost_of_theta_over_its_start() -> None:
+    gated = _gated("travel")
+    bank = gated.bank
+    assert bank.theta_start == pytest.approx(math.sqrt(1e-2 * 0.99 / 0.01))
+    assert gated.travel_fraction() == pytest.approx(1.0)
+    gid = bank.group_ids[0]
+    with torch.no_grad():
+        bank.group_theta[str(gid)].mul_(0.5)  # half way down: as if those gates were 0.5
+        bank.group_theta[str(bank.group_ids[1])].mul_(3.0)  # above the start counts as 1
+    groups = {g: torch.ones(len(bank.group_theta[str(g)])) for g in bank.group_ids}
+    groups[gid] = torch.full_like(groups[gid], 0.5)
+    expected = soft_fraction(gated.cost_model, groups, {}, metric="flops")
+    assert expected < 0.99 and gated.travel_fraction() == pytest.approx(expected)
+
+
+def test_lead_policy_key() -> None:
+    assert load_policy("cifar_resnet").regularizer.lambda_controller.lead == "soft"
+    assert _policy("travel").regularizer.lambda_controller.lead == "travel"
+    assert _policy("travel").to_dict()["regularizer"]["lambda_controller"]["lead"] == "travel"
+    with pytest.raises(PolicyError, match="lead"):
+        _policy("gates")
+    constant = load_policy("cifar_resnet").to_dict()
+    constant["regularizer"]["lambda_controller"] = {"kind": "constant", "lead": "travel"}
+    with pytest.raises(PolicyError, match="lead"):
+        policy_from_dict(constant, source="test", name="x")
