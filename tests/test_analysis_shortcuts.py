@@ -4,6 +4,8 @@
   through it, and nothing it returns may alias the user's weights.
 - Branch constants skip running a linear/conv layer on zeros (its bias everywhere): the
   constants must equal what running the layer gives.
+- ``rewrite(copy_weights=False)`` (finalize) builds on the weights it is handed, never on the
+  traced module that shares the user's storage.
 """
 
 from __future__ import annotations
@@ -107,3 +109,19 @@ def test_channel_tracks_of_a_window_partition_keep_their_dims(dtype):
     windows = labels.reshape(1, 2, 2, 2, 2, 6).permute(0, 1, 3, 2, 4, 5).reshape(4, 4, 6)
     (track,), constant = infer_tracks(windows.contiguous())
     assert track.dims == (2,) and track.labels.tolist() == list(range(1, 7)) and constant.numel() == 0
+
+
+def test_rewrite_takes_over_only_weights_it_is_handed():
+    model = _model()
+    analysis = G.analyze(model, torch.randn(1, 3, 8, 8))
+    plan = G.random_plan(analysis, 0.5, seed=1)
+    with pytest.raises(G.RewriteError, match="copy_weights=False"):
+        G.rewrite(analysis, plan, copy_weights=False)
+    weights = private_copy(analysis.traced.gm)
+    handed = {k: v.clone() for k, v in weights.state_dict().items()}
+    copied = G.rewrite(analysis, plan, weights=private_copy(analysis.traced.gm), keep_class=False)
+    taken = G.rewrite(analysis, plan, weights=weights, copy_weights=False, keep_class=False)
+    assert all(torch.equal(handed[k], v) for k, v in weights.state_dict().items())  # read, never edited
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(copied(x), taken(x))

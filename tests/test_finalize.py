@@ -13,6 +13,7 @@ from torch import nn
 from gdp_graph.gates.attach import attach
 from gdp_graph.gates.finalize import FinalizeError, absorb, finalize, plan_from_gates
 from gdp_graph.gates.model import GatedModel
+from gdp_graph.graph.cost import model_cost
 from gdp_graph.prune.verify import compare_outputs
 from tests.zoo import ZOO
 
@@ -51,6 +52,7 @@ def test_finalized_equals_gated(name: str) -> None:
     assert report.check.max_rel_diff <= 1e-5
     assert sum(report.removed_units.values()) > 0
     assert report.after.params < report.before.params and report.after.flops < report.before.flops
+    assert report.before == model_cost(gated.analysis.traced.gm, x)  # the per-node sum is the whole count
     gates = {b: g.detach() for b, g in gated.block_gates().items()}
     assert report.plan.removed_blocks == {b for b, g in gates.items() if float(g) == 0.0}
     # and on other data, in eval mode
@@ -84,6 +86,9 @@ def test_finalize_leaves_the_gated_model_alone() -> None:
     assert gated.training and pruned.training
     after = gated.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before if isinstance(before[k], torch.Tensor))
+    # the pruned model is built on finalize's own copy of the weights: nothing is shared
+    assert not {t.data_ptr() for t in gated.state_dict().values() if isinstance(t, torch.Tensor)} \
+        & {t.data_ptr() for t in pruned.state_dict().values()}
     summary = report.to_dict()
     assert summary["equal"] and summary["removed_units"] > 0 and summary["kept_scales"] == 0
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdp_graph.graph.analysis import Analysis
-from gdp_graph.graph.cost import Cost, model_cost
+from gdp_graph.graph.cost import Cost, model_cost, traced_cost
 from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.policy import Resolution
 from gdp_graph.prune.rewrite import SiteScales, rewrite
@@ -170,7 +170,10 @@ def absorb_scales(analysis: Analysis, weights: nn.Module, scales: Mapping[tuple[
 
 def _weights_of(gated: GatedModel) -> fx.GraphModule:
     """A copy of the traced module carrying the gated model's current weights (eval mode)."""
-    weights = copy.deepcopy(gated.analysis.traced.gm)
+    # the parameters are overwritten at once: allocate them, do not clone the traced ones
+    gm = gated.analysis.traced.gm
+    weights = copy.deepcopy(gm, {id(p): nn.Parameter(torch.empty_like(p), requires_grad=p.requires_grad)
+                                 for p in gm.parameters()})
     prefix = f"{gated._bank_name}."
     state = {k: v for k, v in gated.module.state_dict().items() if not k.startswith(prefix)}
     result = weights.load_state_dict(state, strict=False)
@@ -270,7 +273,7 @@ def finalize(gated: GatedModel, *, threshold: Optional[float] = None, tolerance:
     threshold = gated.threshold if threshold is None else float(threshold)
     plan = plan_from_gates(analysis, gated.bank, gated.resolution, threshold)
     weights, site_scales = absorb(gated, plan)
-    pruned = rewrite(analysis, plan, weights=weights, site_scales=site_scales)
+    pruned = rewrite(analysis, plan, weights=weights, site_scales=site_scales, copy_weights=False)
     device = _device_of(gated)
     pruned.to(device)
     inputs = tuple(inputs) if inputs is not None else analysis.traced.example_inputs
@@ -280,7 +283,7 @@ def finalize(gated: GatedModel, *, threshold: Optional[float] = None, tolerance:
         raise FinalizeError(f"the finalized model does not reproduce the gated model: {check}\n{plan.summary(analysis)}")
     forced = _forced_units(gated, plan, threshold)
     example = analysis.traced.example_inputs
-    report = FinalizeReport(plan=plan, check=check, threshold=threshold, before=model_cost(analysis.traced.gm, example),
+    report = FinalizeReport(plan=plan, check=check, threshold=threshold, before=traced_cost(analysis),
                             after=model_cost(pruned, example),
                             removed_units={g: len(plan.removed_units(analysis, g)) for g in plan.keep},
                             forced_units=forced, kept_scales=len(site_scales))

@@ -55,16 +55,33 @@ def model_cost(module: nn.Module, inputs: Sequence[Any]) -> Cost:
     return Cost(count_flops(module, inputs), count_params(module))
 
 
+def traced_cost(analysis: Analysis) -> Cost:
+    """The traced model's cost on its example inputs: the sum of the per-node FLOPs that
+    :func:`annotate_flops` left (the same FlopCounterMode count, already paid for by the cost
+    model), or a fresh count when they are absent."""
+    gm = analysis.traced.gm
+    computing = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+    if not all("flops" in n.meta for n in computing):
+        return model_cost(gm, analysis.traced.example_inputs)
+    return Cost(float(sum(n.meta["flops"] for n in computing)), count_params(gm))
+
+
 class FlopsPerNode(fx.Interpreter):
     """Runs a traced graph once and stores each node's FLOPs (as FlopCounterMode counts them) in
     ``node.meta["flops"]``."""
 
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        # one counter for the whole run, read before and after each node: entering a counter
+        # per node cost as much as the arithmetic
+        with FlopCounterMode(display=False) as self._counter:
+            return super().run(*args, **kwargs)
+
     def run_node(self, n: fx.Node) -> Any:
         if n.op not in ("call_module", "call_function", "call_method"):
             return super().run_node(n)
-        with FlopCounterMode(display=False) as counter:
-            out = super().run_node(n)
-        n.meta["flops"] = float(counter.get_total_flops())
+        before = self._counter.get_total_flops()
+        out = super().run_node(n)
+        n.meta["flops"] = float(self._counter.get_total_flops() - before)
         return out
 
 

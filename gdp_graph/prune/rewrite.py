@@ -178,7 +178,7 @@ SiteScales = dict[tuple[str, int], tuple[int, torch.Tensor]]
 
 def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Module] = None,
             site_scales: Optional[SiteScales] = None, check: bool = True,
-            tolerance: float = 1e-4, keep_class: Optional[bool] = None) -> nn.Module:
+            tolerance: float = 1e-4, keep_class: Optional[bool] = None, copy_weights: bool = True) -> nn.Module:
     """Apply ``plan`` and return the pruned module (the analysed model is left untouched).
 
     Args:
@@ -203,13 +203,20 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
             class was tried). Not tried with ``check=False``, ``weights``/``site_scales`` or an
             inexact plan, which nothing verifies here. True: try it even when the GraphModule
             did not verify. False: always the GraphModule.
+        copy_weights: False hands ``weights`` over (a private copy, e.g. finalize's absorbed
+            one): the pruned model takes its tensors instead of clones of them.
     """
     plan.validate(analysis)
     keep = plan.element_keep(analysis)
     gm = analysis.traced.gm
     source = weights if weights is not None else gm
     values = dict(analysis.traced.values)
-    root = copy.deepcopy(source)
+    if not copy_weights and weights is None:
+        raise RewriteError("copy_weights=False needs weights to hand over (the traced module is shared)")
+    # the module tree is always copied (the loop below edits it while reading ``source``); a
+    # handed-over ``weights`` lends its tensors instead of having them cloned
+    shared = {} if copy_weights else {id(t): t for t in [*source.parameters(), *source.buffers()]}
+    root = copy.deepcopy(source, shared)
     modules = dict(source.named_modules())
     site_scales = site_scales or {}
     removed = {analysis.blocks[b].add_node: analysis.blocks[b] for b in plan.removed_blocks}
