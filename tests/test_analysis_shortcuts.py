@@ -125,3 +125,17 @@ def test_rewrite_takes_over_only_weights_it_is_handed():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(copied(x), taken(x))
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_flops_counted_while_tracing_equal_a_separate_count(front_end):
+    from gdp_graph.graph.cost import annotate_flops, count_flops
+
+    model, x = _model(), torch.randn(1, 3, 8, 8)
+    counted = G.analyze(model, x, front_end=front_end, count_flops=True)
+    plain = G.analyze(model, x, front_end=front_end)
+    assert not any("flops" in n.meta for n in plain.traced.gm.graph.nodes)
+    annotate_flops(plain.traced.gm, plain.traced.values)
+    during = {n.name: n.meta.get("flops") for n in counted.traced.gm.graph.nodes}
+    after = {n.name: n.meta.get("flops") for n in plain.traced.gm.graph.nodes}
+    assert during == after and sum(v or 0 for v in during.values()) == count_flops(model, (x,)) > 0

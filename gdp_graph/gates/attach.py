@@ -66,7 +66,7 @@ def attach(model: nn.Module, policy: PolicyLike = None, *,
     if not isinstance(model, nn.Module):
         raise TypeError(f"attach() needs an nn.Module, got {type(model).__name__}")
     resolved = as_policy(policy)
-    analysis = analyze(model, example_inputs)
+    analysis = analyze(model, example_inputs, count_flops=True)  # the cost model needs them
     resolution = resolve(resolved, analysis.groups, analysis.blocks)
     gated = GatedModel(analysis, resolution, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                        init_gate=init_gate)

@@ -60,10 +60,19 @@ def traced_cost(analysis: Analysis) -> Cost:
     :func:`annotate_flops` left (the same FlopCounterMode count, already paid for by the cost
     model), or a fresh count when they are absent."""
     gm = analysis.traced.gm
-    computing = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
-    if not all("flops" in n.meta for n in computing):
+    if not _has_node_flops(gm):
         return model_cost(gm, analysis.traced.example_inputs)
-    return Cost(float(sum(n.meta["flops"] for n in computing)), count_params(gm))
+    return Cost(float(sum(n.meta["flops"] for n in _computing(gm))), count_params(gm))
+
+
+def _computing(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+
+
+def _has_node_flops(gm: fx.GraphModule) -> bool:
+    """Whether every computing node carries its FLOPs (from ``analyze(count_flops=True)`` or an
+    earlier :func:`annotate_flops`)."""
+    return all("flops" in n.meta for n in _computing(gm))
 
 
 class FlopsPerNode(fx.Interpreter):
@@ -134,7 +143,8 @@ class CostModel:
                 pos_factor.append(torch.full_like(idx, len(factor_term)))
                 factor_term.append(term)
 
-        annotate_flops(gm, values)
+        if not _has_node_flops(gm):
+            annotate_flops(gm, values)
         for node in gm.graph.nodes:
             if node.op not in ("call_module", "call_function", "call_method", "get_attr"):
                 continue

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from gdp_graph.graph.frontend_export import export_graph, mark_constant_buffers
 from gdp_graph.graph.groups import OpaqueLeaf
@@ -139,14 +140,14 @@ def private_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo).eval()
 
 
-def _trace_exported(model: nn.Module, bound: BoundInputs, reason: str) -> TracedModel:
+def _trace_exported(model: nn.Module, bound: BoundInputs, reason: str, count_flops: bool = False) -> TracedModel:
     """The ``torch.export`` front end on a fresh private copy (fx may have left marks on its)."""
     work = private_copy(model)
     try:
         with torch.no_grad():
             gm, flat = export_graph(work, bound)
         gm.eval()
-        recorder = _Recorder(gm)
+        recorder = _Recorder(gm, count_flops)
         with torch.no_grad():
             recorder.run(*flat)
     except TraceError:
@@ -164,18 +165,32 @@ def _trace_exported(model: nn.Module, bound: BoundInputs, reason: str) -> Traced
 
 class _Recorder(fx.Interpreter):
     """Runs the graph once and keeps every node's value (ShapeProp keeps only metadata; rules
-    need the integers that shape arithmetic produced)."""
+    need the integers that shape arithmetic produced).
 
-    def __init__(self, gm: fx.GraphModule):
+    ``count_flops``: also leave each computing node's FLOPs in ``node.meta["flops"]`` (as
+    FlopCounterMode counts them), which the gates' cost model needs: counting in this run
+    costs attach less than a second forward would, and costs a plain analysis nothing."""
+
+    def __init__(self, gm: fx.GraphModule, count_flops: bool = False):
         super().__init__(gm, garbage_collect_values=False)
         self.values: dict[str, Any] = {}
+        self.counter = FlopCounterMode(display=False) if count_flops else None
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if self.counter is None:
+            return super().run(*args, **kwargs)
+        with self.counter:
+            return super().run(*args, **kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
+        before = self.counter.get_total_flops() if self.counter is not None else 0
         try:
             out = super().run_node(n)
         except Exception as exc:
             raise TraceError(f"running node '{n.name}' ({n.format_node()}) on the example inputs failed: {_first_line(exc)}") from exc
         self.values[n.name] = out
+        if self.counter is not None and n.op in ("call_module", "call_function", "call_method"):
+            n.meta["flops"] = float(self.counter.get_total_flops() - before)
         return out
 
 
@@ -192,8 +207,8 @@ def _on_meta(module: nn.Module) -> bool:
     return any(p.is_meta for p in module.parameters())
 
 
-def _record(gm: fx.GraphModule, bound: BoundInputs) -> _Recorder:
-    recorder = _Recorder(gm)
+def _record(gm: fx.GraphModule, bound: BoundInputs, count_flops: bool = False) -> _Recorder:
+    recorder = _Recorder(gm, count_flops)
     with torch.no_grad():
         recorder.run(*bound.positional)
     return recorder
@@ -202,7 +217,7 @@ def _record(gm: fx.GraphModule, bound: BoundInputs) -> _Recorder:
 FRONT_ENDS = ("auto", "fx", "export")
 
 
-def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto") -> TracedModel:
+def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_flops: bool = False) -> TracedModel:
     """Trace a deep copy of ``model`` in eval mode and run it on ``example_inputs``.
 
     The user's model is never modified. Example inputs are a tensor, a tuple of positional
@@ -211,7 +226,8 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto") -> Tra
     ``front_end``: ``"fx"`` (symbolic tracing, opaque leaves where it fails), ``"export"``
     (``torch.export``, an ATen graph: :mod:`gdp_graph.graph.frontend_export`), or ``"auto"``:
     fx first, export where fx fails or leaves a submodule opaque. The traced model says which
-    front end was used and why (``front_end``, ``front_end_reason``).
+    front end was used and why (``front_end``, ``front_end_reason``). ``count_flops``: also
+    leave each node's FLOPs in ``node.meta["flops"]`` (see :class:`_Recorder`).
     """
     if front_end not in FRONT_ENDS:
         raise TraceError(f"front_end must be one of {', '.join(FRONT_ENDS)}, got {front_end!r}")
@@ -230,34 +246,34 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto") -> Tra
         eager_output = _run_eagerly(model, work, bound)
     fixed = {k: v for k, v in bound.fixed.items() if is_flag(v)}
     if front_end == "export":
-        return _trace_exported(model, bound, "requested (front_end='export')")
+        return _trace_exported(model, bound, "requested (front_end='export')", count_flops)
     if bound.variadic:
         reason = f"inputs given to {', '.join(bound.variadic)}, which torch.fx cannot trace"
         if front_end == "fx":
             raise TraceError(f"{type(model).__name__}: {reason}")
-        return _trace_exported(model, bound, reason)
+        return _trace_exported(model, bound, reason, count_flops)
     try:
         gm, opaque = symbolic_trace_with_fallback(work, fixed=fixed)
         lower_multihead_attention(gm)
         mark_constant_buffers(gm, work)
         gm.eval()
-        recorder = _record(gm, bound)
+        recorder = _record(gm, bound, count_flops)
     except TraceError as exc:
         if not _on_meta(work):  # a meta model cannot run eagerly (``.item()``): nothing to learn
             _run_eagerly(model, work, bound)
         if front_end == "fx":
             raise
-        return _trace_exported(model, bound, f"torch.fx could not trace it ({exc})")
+        return _trace_exported(model, bound, f"torch.fx could not trace it ({exc})", count_flops)
     if opaque and front_end == "auto":
         reason = f"torch.fx left {len(opaque)} submodule(s) opaque ({opaque[0].module}: {opaque[0].reason})"
         try:
-            return _trace_exported(model, bound, reason)
+            return _trace_exported(model, bound, reason, count_flops)
         except TraceError:
             pass  # keep the fx graph with its opaque leaves, reported as such
     if isinstance(recorder.values.get(next(reversed(gm.graph.nodes)).name), dict):
         count = len(gm.graph.nodes)
         _restore_output_class(gm, eager_output if eager_output is not None else _run_eagerly(model, work, bound))
         if len(gm.graph.nodes) != count:
-            recorder = _record(gm, bound)
+            recorder = _record(gm, bound, count_flops)
     return TracedModel(gm=gm, example_inputs=bound.positional, values=recorder.values, opaque=opaque, module=work,
                        inputs=bound, front_end="fx", front_end_reason="torch.fx symbolic tracing succeeded")
