@@ -105,20 +105,24 @@ def main() -> None:
             model(*inputs)
             once = time.perf_counter() - start
         number = args.number or max(1, int(0.25 / max(once, 1e-4)))
-        variants: list[tuple[str, G.PruningPlan]] = [("empty", G.PruningPlan(keep={}))]
+        # the default rewrite keeps the model's class; the GraphModule (``keep_class=False``, the
+        # CLI's ``--graph-module``, what export writes) is measured too
+        variants: list[tuple[str, G.PruningPlan]] = [("empty", G.PruningPlan(keep={})),
+                                                      ("empty GraphModule", G.PruningPlan(keep={}))]
         if not args.empty_only:
             for ratio in (float(r) for r in args.ratios.split(",")):
                 variants += [(f"{ratio:.0%}", ratio_plan(analysis, ratio)),
                              (f"{ratio:.0%} round_to 8", ratio_plan(analysis, ratio, round_to=8))]
         rows: dict[str, Any] = {}
         for label, plan in variants:
-            pruned = G.rewrite(analysis, plan)
+            pruned = G.rewrite(analysis, plan, keep_class=False if "GraphModule" in label else None)
             flops = model_cost(pruned, inputs).flops
             row = compare(model, pruned, inputs, args.rounds, number)
             row["flops_speedup"] = round(base_flops / flops, 4)
             row["speedup_per_flops"] = round(row["speedup_paired"] / row["flops_speedup"], 4)
             verified: Optional[Any] = getattr(pruned, "gdp_verify", None)
             row["verified"] = bool(verified.ok) if verified is not None else None
+            row["returned"] = type(pruned).__name__  # the model's class, or GraphModule
             rows[label] = row
             print(f"{name} [{label}] {json.dumps(row)}", flush=True)
         results[name] = {"gflops": round(base_flops / 1e9, 3), "calls_per_round": number, "plans": rows}
