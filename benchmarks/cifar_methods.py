@@ -175,7 +175,7 @@ def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
                 on_epoch=lambda e, st: record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"]}))
     else:
         gated = attach(model, policy=policy, example_inputs=torch.randn(2, 3, 32, 32),
-                       total_steps=args.sparse_epochs * len(train), steps_per_epoch=len(train))
+                       total_steps=args.sparse_epochs * len(train), steps_per_epoch=len(train), gate_lr=args.gate_lr)
 
         def log(e: int, st: dict) -> None:
             g = gated.report()

@@ -111,3 +111,37 @@ def test_lead_policy_key() -> None:
     constant["regularizer"]["lambda_controller"] = {"kind": "constant", "lead": "travel"}
     with pytest.raises(PolicyError, match="lead"):
         policy_from_dict(constant, source="test", name="x")
+
+
+# -- epsilon.max_travel: theta starts low enough to reach 0 within the gates' window ---------------
+def test_fit_to_window_lowers_the_start_only_when_the_window_is_too_short() -> None:
+    from gdp_graph.gates.bank import GateError
+    from gdp_graph.gates.schedule import fit_to_window
+    from gdp_graph.policy import EpsilonSchedule
+
+    plain = EpsilonSchedule(1e-2, 1e-8, "cosine")
+    assert fit_to_window(plain, init_gate=0.99, gate_lr=0.02, steps=5) is plain  # no max_travel: as given
+    curve = EpsilonSchedule(1e-2, 1e-8, "cosine", max_travel=0.75)
+    assert fit_to_window(curve, init_gate=0.99, gate_lr=0.02, steps=71) is curve  # 0.75*0.02*71 > 0.995
+    short = fit_to_window(curve, init_gate=0.99, gate_lr=0.02, steps=47)
+    assert math.sqrt(short.start * 99) == pytest.approx(0.75 * 0.02 * 47)  # theta_start = travel * lr * steps
+    assert (short.end, short.schedule, short.max_travel) == (1e-8, "cosine", 0.75)
+    with pytest.raises(GateError, match="max_travel"):
+        fit_to_window(curve, init_gate=0.99, gate_lr=1e-6, steps=1)
+
+
+def test_max_travel_sets_where_theta_starts_in_the_gated_model() -> None:
+    data = _policy("soft").to_dict()
+    data["regularizer"]["epsilon"]["max_travel"] = 0.5
+    policy = policy_from_dict(data, source="test", name="x")
+    assert policy.regularizer.epsilon.max_travel == 0.5
+    assert policy_from_dict(policy.to_dict(), source="t", name="x") == policy
+    assert "max_travel" not in load_policy("cifar_resnet").to_dict()["regularizer"]["epsilon"]
+    gated = attach(cifar_resnet(8), policy=policy, example_inputs=torch.randn(2, 3, 32, 32), total_steps=100,
+                   gate_lr=0.01)
+    assert gated.fix_step == 30
+    assert gated.bank.theta_start == pytest.approx(0.5 * 0.01 * 30)
+    assert gated.epsilon == pytest.approx(0.15 ** 2 / 99)
+    assert gated.gate_optimizer().param_groups[0]["lr"] == 0.01
+    long = attach(cifar_resnet(8), policy=policy, example_inputs=torch.randn(2, 3, 32, 32), total_steps=1000)
+    assert long.epsilon == 1e-2 and long.bank.theta_start == pytest.approx(math.sqrt(0.99))

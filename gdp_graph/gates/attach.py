@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from gdp_graph.graph.analysis import analyze
-from gdp_graph.gates.model import GatedModel
+from gdp_graph.gates.model import DEFAULT_GATE_LR, GatedModel
 from gdp_graph.policy import Policy, load_policy, policy_from_dict, resolve
 
 __all__ = ["attach", "as_policy"]
@@ -44,7 +44,8 @@ def as_policy(policy: PolicyLike) -> Policy:
 
 def attach(model: nn.Module, policy: PolicyLike = None, *,
            example_inputs: Union[torch.Tensor, Sequence[Any], Mapping[str, Any]], total_steps: Optional[int] = None,
-           steps_per_epoch: Optional[int] = None, init_gate: float = 0.99) -> GatedModel:
+           steps_per_epoch: Optional[int] = None, init_gate: float = 0.99,
+           gate_lr: float = DEFAULT_GATE_LR) -> GatedModel:
     """Analyse ``model`` (a traced copy; ``model`` is left untouched) and return it with gates.
 
     Args:
@@ -55,6 +56,7 @@ def attach(model: nn.Module, policy: PolicyLike = None, *,
             regularizer anneals epsilon over them).
         steps_per_epoch: iterations per epoch, for schedules that step per epoch.
         init_gate: the value every ``gdp`` gate starts at.
+        gate_lr: the gates' Adam learning rate (``gate_optimizer()``'s default).
 
     The returned :class:`GatedModel` is in ``model``'s train/eval mode, on its device.
 
@@ -69,6 +71,6 @@ def attach(model: nn.Module, policy: PolicyLike = None, *,
     analysis = analyze(model, example_inputs, count_flops=True)  # the cost model needs them
     resolution = resolve(resolved, analysis.groups, analysis.blocks)
     gated = GatedModel(analysis, resolution, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                       init_gate=init_gate)
+                       init_gate=init_gate, gate_lr=gate_lr)
     gated.train(model.training)
     return gated

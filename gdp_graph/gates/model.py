@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from gdp_graph.gates.bank import GateBank, GateError
 from gdp_graph.gates.budget import BudgetController, soft_fraction
 from gdp_graph.gates.regularizers import make_regularizer
-from gdp_graph.gates.schedule import EpsilonRamp
+from gdp_graph.gates.schedule import EpsilonRamp, fit_to_window
 from gdp_graph.gates.selection import group_limit, plan_for_budget, plan_fraction, plan_from_gates
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import CostModel
@@ -75,6 +75,8 @@ class GatedModel(nn.Module):
             (``step: epoch``), ``total_steps // steps_per_epoch`` epochs.
         steps_per_epoch: lets :meth:`step` notice epoch ends (else call :meth:`end_epoch`).
         init_gate: the value every smoothed-L0 gate starts at.
+        gate_lr: the gates' learning rate (:meth:`gate_optimizer`'s default; ``epsilon.max_travel``
+            fits the start of epsilon to it).
 
     ``state_dict()`` holds the model's weights, every ``theta``, epsilon, the step/epoch
     counters, the dead gates, whether the gates are fixed and (as extra state) lambda and the
@@ -82,8 +84,10 @@ class GatedModel(nn.Module):
     """
 
     def __init__(self, analysis: Analysis, resolution: Resolution, *, total_steps: Optional[int] = None,
-                 steps_per_epoch: Optional[int] = None, init_gate: float = 0.99):
+                 steps_per_epoch: Optional[int] = None, init_gate: float = 0.99,
+                 gate_lr: float = DEFAULT_GATE_LR):
         super().__init__()
+        self.gate_lr = float(gate_lr)
         policy = resolution.policy
         reg = policy.regularizer
         self.analysis = analysis
@@ -98,14 +102,18 @@ class GatedModel(nn.Module):
         self.phase_length = self._phase_length(total_steps)
         self.fix_step = None if self.phase_length is None else max(1, round(reg.fix_at * self.phase_length))
         self.epsilon_schedule: Optional[EpsilonRamp] = None
+        curve = reg.epsilon
         if kind == "smoothed_l0":
-            if reg.epsilon is None:
+            if curve is None:
                 raise GateError("the gdp regularizer needs an epsilon schedule (regularizer.epsilon)")
             if self.fix_step is not None:
-                self.epsilon_schedule = EpsilonRamp(reg.epsilon, self.fix_step)
+                # epsilon.max_travel: theta starts low enough to reach 0 within the gates' window
+                gate_steps = self.fix_step * (self.steps_per_epoch if self.schedule_per == "epoch" else 1)
+                curve = fit_to_window(curve, init_gate=init_gate, gate_lr=self.gate_lr, steps=gate_steps)
+                self.epsilon_schedule = EpsilonRamp(curve, self.fix_step)
         groups = {gid: analysis.groups[gid].frozen_units.clone() for gid in resolution.gated_groups()}
         blocks = resolution.gated_blocks()
-        eps0 = reg.epsilon.start if kind == "smoothed_l0" else 1.0
+        eps0 = curve.start if kind == "smoothed_l0" else 1.0
         bank = GateBank(groups, blocks, kind=kind, epsilon=eps0, init_gate=init_gate)
         bank.to(_device_of(analysis.traced.gm))
         for site in collect_sites(analysis, sorted(groups), blocks):
@@ -164,14 +172,15 @@ class GatedModel(nn.Module):
         """The gates' ``theta`` (e.g. for an optimizer group without weight decay)."""
         return list(self.bank.parameters())
 
-    def gate_optimizer(self, lr: float = DEFAULT_GATE_LR) -> torch.optim.Optimizer:
+    def gate_optimizer(self, lr: Optional[float] = None) -> torch.optim.Optimizer:
         """The gates' optimizer, by the one convention of this library: Adam on every ``theta``
         with one learning rate, no weight decay. Adam moves each ``theta`` by about ``lr`` per
         step whatever the scale of its gradient, so a gate (``theta`` starts near 1) needs at
         least ``1 / lr`` steps to reach 0 and cannot be thrown across it by one noisy step;
         whether it goes down is decided by the sign of ``dTask/dg + lambda * dCost/dg``, i.e.
         by the price ``lambda`` of each unit's cost (the cost weighting lives in the ``gdp``
-        regularizer, not in per-gate learning rates)."""
+        regularizer, not in per-gate learning rates). ``lr``: the model's ``gate_lr`` by default."""
+        lr = self.gate_lr if lr is None else lr
         return torch.optim.Adam(self.gate_parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
 
     # -- training -------------------------------------------------------------------------------

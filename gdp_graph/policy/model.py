@@ -119,7 +119,7 @@ class Policy:
         regularizer["lambda_controller"] = (
             {"kind": ctrl.kind} if ctrl.kind == "constant" else _fields_dict(ctrl))
         if reg.epsilon is not None:
-            regularizer["epsilon"] = _fields_dict(reg.epsilon)
+            regularizer["epsilon"] = {k: v for k, v in _fields_dict(reg.epsilon).items() if v is not None}
         if reg.t is not None:
             regularizer["t"] = reg.t
         out: dict[str, Any] = {"version": self.version}

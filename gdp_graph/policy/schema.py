@@ -80,6 +80,7 @@ class EpsilonSchedule:
     end: float = 1.0e-8
     schedule: str = "cosine"
     step: str = "iteration"
+    max_travel: Optional[float] = None  #: see gdp_graph.gates.schedule.fit_to_window
 
     def value(self, progress: float) -> float:
         """Epsilon after a fraction ``progress`` in [0, 1] of the annealing."""
@@ -195,6 +196,11 @@ EPSILON_SPEC = Struct("epsilon schedule", {
                       EpsilonSchedule.schedule),
     "step": Field(Enum(STEPS), "Whether epsilon moves every iteration or every epoch.",
                   EpsilonSchedule.step),
+    "max_travel": Field(Number(minimum=0, maximum=1, exclusive_minimum=True), "At most this share "
+                        "of the gates' training (the steps before fix_at) may pass before a gate "
+                        "falling at full speed (Adam: about gate_lr per step) reaches 0 from its "
+                        "start; a shorter gated phase lowers start (theta starts lower). Absent: "
+                        "start as given."),
 }, doc="gdp only: the smoothing constant of the gates, annealed from start down to end.",
     nullable=True)
 

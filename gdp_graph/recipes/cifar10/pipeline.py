@@ -172,7 +172,7 @@ def run_pipeline(args) -> int:
 
     example = next(iter(test))[0][:2]
     gated = attach(model, policy=policy, example_inputs=example, total_steps=max(1, s["gdp_epochs"] * len(train)),
-                   steps_per_epoch=len(train))
+                   steps_per_epoch=len(train), gate_lr=s["gate_lr"])
     gated.to(device)
     # gated.step() also closes each epoch: attach() was told the epoch length
     report["trajectory"] = []
