@@ -41,26 +41,27 @@ def test_lead_must_be_a_finite_fraction() -> None:
         BudgetController(0.5).update(0, 0.9, 0.9, lead=float("nan"))
 
 
-def _policy(lead: str, eps_start: float = 1e-2):
+def _policy(lead: str, eps_start: float = 1e-2, reopen: bool = False):
     data = load_policy("cifar_resnet").to_dict()
     data["regularizer"]["lambda_controller"]["lead"] = lead
     data["regularizer"]["epsilon"]["start"] = eps_start
+    data["regularizer"]["reopen"] = reopen
     return policy_from_dict(data, source="test", name="cifar_resnet")
 
 
-def _gated(lead: str, steps: int = 156, eps_start: float = 1e-2):
+def _gated(lead: str, steps: int = 156, eps_start: float = 1e-2, reopen: bool = False):
     torch.manual_seed(0)
-    return attach(cifar_resnet(20), policy=_policy(lead, eps_start), example_inputs=torch.randn(2, 3, 32, 32),
+    return attach(cifar_resnet(20), policy=_policy(lead, eps_start, reopen), example_inputs=torch.randn(2, 3, 32, 32),
                   total_steps=steps, steps_per_epoch=39)
 
 
-def gate_phase(lead: str, scale: float = 0.3, seed: int = 0) -> dict:
+def gate_phase(lead: str, scale: float = 0.3, seed: int = 0, reopen: bool = False) -> dict:
     """The short preset's gate phase (156 steps, fix_at 0.3: 47 steps of gate training, Adam
     0.02, theta from ~1) on ResNet-20 with the ``cifar_resnet`` policy and a synthetic task term
     that prefers open gates (per-unit importance ~ Exp(1) * ``scale``, noisy each step): returns
     lambda at the cut, the soft fraction before the cut, and the share of kept gates below 0.5.
     ``scale`` 0.3 reproduces the preset's wind-up (lambda ~6, soft ~0.35 at the cut)."""
-    gated = _gated(lead)
+    gated = _gated(lead, reopen=reopen)
     bank = gated.bank
     n = bank.num_units
     gen = torch.Generator().manual_seed(seed)
@@ -75,7 +76,8 @@ def gate_phase(lead: str, scale: float = 0.3, seed: int = 0) -> dict:
         gated.step()
     kept = bank.fixed_values[:n][bank.fixed_values[:n] > 0]
     return {"lambda": gated.lam, "soft_before": gated.fix_report["soft_before"],
-            "kept_low": float((kept < 0.5).float().mean()), "fraction": gated.fix_report["fraction"]}
+            "kept_low": float((kept < 0.5).float().mean()), "fraction": gated.fix_report["fraction"],
+            "report": dict(gated.fix_report), "soft_after": gated.fractions()[1]}
 
 
 def test_travel_lead_removes_the_wind_up_of_a_short_gate_phase() -> None:
@@ -145,3 +147,37 @@ def test_max_travel_sets_where_theta_starts_in_the_gated_model() -> None:
     assert gated.gate_optimizer().param_groups[0]["lr"] == 0.01
     long = attach(cifar_resnet(8), policy=policy, example_inputs=torch.randn(2, 3, 32, 32), total_steps=1000)
     assert long.epsilon == 1e-2 and long.bank.theta_start == pytest.approx(math.sqrt(0.99))
+
+
+# -- regularizer.reopen: kept gates fixed at 1 at the cut ------------------------------------------
+def test_reopen_fixes_every_kept_gate_at_one() -> None:
+    """The wound-up short phase leaves kept gates at the floor (counted in the budget, carrying
+    ~nothing); with reopen they are fixed at 1, the cut itself (which units go) is unchanged."""
+    stuck, reopened = gate_phase("soft"), gate_phase("soft", reopen=True)
+    assert stuck["kept_low"] > 0.1 and stuck["report"]["kept_low"] > 0 and stuck["report"]["reopened"] == 0
+    assert stuck["soft_after"] < stuck["fraction"] - 0.05  # the floor gates make the soft cost lower
+    assert reopened["kept_low"] == 0.0
+    assert reopened["report"]["reopened"] == stuck["report"]["kept_low"]
+    assert reopened["report"]["cut_units"] == stuck["report"]["cut_units"]
+    assert reopened["soft_after"] == pytest.approx(reopened["fraction"], abs=1e-6)  # polarized: soft = hard
+
+
+def test_reopened_gates_finalize_exactly() -> None:
+    from gdp_graph.gates.finalize import finalize
+
+    data = _policy("soft", reopen=True).to_dict()
+    data["regularizer"]["lambda"] = 50.0  # every gate falls: the cut keeps gates at their floor
+    policy = policy_from_dict(data, source="test", name="x")
+    torch.manual_seed(0)
+    gated = attach(cifar_resnet(8), policy=policy, example_inputs=torch.randn(2, 3, 32, 32), total_steps=200)
+    opt = gated.gate_optimizer(0.1)
+    while not bool(gated.fixed):
+        opt.zero_grad()
+        gated.penalty().backward()
+        opt.step()
+        gated.step()
+    assert gated.fix_report["reopened"] > 0
+    values = gated.bank.fixed_values
+    assert set(values.unique().tolist()) <= {0.0, 1.0}
+    pruned, report = finalize(gated.eval())
+    assert report.check.ok and report.check.max_rel_diff <= 1e-5

@@ -162,10 +162,17 @@ class GateBank(nn.Module):
         return torch.cat([g, self.one.to(g.dtype)])
 
     @torch.no_grad()
-    def fix(self) -> None:
-        """From now on every gate keeps its current value, whatever happens to ``theta``."""
-        self.fixed_values.copy_(self.flat()[: self.one_position].detach().float())
+    def fix(self, reopen: bool = False) -> int:
+        """From now on every gate keeps its current value, whatever happens to ``theta``; with
+        ``reopen`` every gate that is not dead keeps 1 instead. Returns how many live gates were
+        below 0.5 (the ones ``reopen`` brings back)."""
+        values = self.flat()[: self.one_position].detach().float()
+        low = int(((values < 0.5) & ~self.dead & ~self.frozen).sum())
+        if reopen:
+            values = torch.where(self.dead, torch.zeros_like(values), torch.ones_like(values))
+        self.fixed_values.copy_(values)
         self.is_fixed.fill_(True)
+        return low
 
     def forward(self) -> tuple[Tensor, ...]:
         """One multiplier per site, in :attr:`sites` order, shaped to broadcast against the

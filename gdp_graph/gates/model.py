@@ -328,10 +328,12 @@ class GatedModel(nn.Module):
                 offset = bank._offset[gid]
                 cut[offset: offset + self.analysis.groups[gid].size] = True
         bank.kill(cut)
-        bank.fix()
+        # reopen: a kept gate stuck near its floor counts in the budget but carries ~nothing
+        low = bank.fix(reopen=self.policy.regularizer.reopen)
         hard, soft = self.fractions()
         self.fix_report = {"step": int(bank.step), "hard_before": hard_before, "soft_before": soft_before,
-                           "fraction": hard, "cut_units": int(cut.sum())}
+                           "fraction": hard, "cut_units": int(cut.sum()), "kept_low": low,
+                           "reopened": low if self.policy.regularizer.reopen else 0}
         return self.fix_report
 
     # -- reporting ------------------------------------------------------------------------------

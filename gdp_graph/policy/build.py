@@ -107,7 +107,8 @@ class _PolicyBuilder:
         return Regularizer(name=reg_name, lambda_=lam, lambda_controller=controller,
                            epsilon=epsilon, t=t,
                            threshold=values.get("threshold", Regularizer.threshold),
-                           fix_at=values.get("fix_at", Regularizer.fix_at))
+                           fix_at=values.get("fix_at", Regularizer.fix_at),
+                           reopen=values.get("reopen", Regularizer.reopen))
 
     def only_for(self, sub: Checked, key: str, reg_name: str, wanted: str) -> None:
         if key in sub.entries and reg_name != wanted:

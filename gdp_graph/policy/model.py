@@ -114,7 +114,7 @@ class Policy:
         policy."""
         reg = self.regularizer
         regularizer: dict[str, Any] = {"name": reg.name, "lambda": reg.lambda_,
-                                       "threshold": reg.threshold, "fix_at": reg.fix_at}
+                                       "threshold": reg.threshold, "fix_at": reg.fix_at, "reopen": reg.reopen}
         ctrl = reg.lambda_controller
         regularizer["lambda_controller"] = (
             {"kind": ctrl.kind} if ctrl.kind == "constant" else _fields_dict(ctrl))

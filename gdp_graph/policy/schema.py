@@ -99,6 +99,7 @@ class Regularizer:
     t: Optional[float] = None
     threshold: float = 1.0e-6
     fix_at: float = 0.3
+    reopen: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,9 @@ REGULARIZER_SPEC = Struct("regularizer", {
                     "its end, the units are cut to the budget (lowest gates first, limits kept), "
                     "and the rest of the phase trains the weights with the gates fixed.",
                     Regularizer.fix_at),
+    "reopen": Field(Bool(), "At fix_at, fix every kept gate at 1 instead of at its value then: a "
+                    "kept gate that had fallen to its floor (0.0099) would otherwise stay there, "
+                    "counted in the budget but carrying almost nothing.", Regularizer.reopen),
 }, doc="The sparsity regularizer on the gates.", nullable=True)
 
 DEFAULTS_SPEC = Struct("defaults", {
