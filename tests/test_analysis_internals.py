@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import gdp_graph as G
-from gdp_graph.graph.channels import flatten_chans, infer_tracks
+from gdp_graph.graph.channels import expand_labels, flatten_chans, infer_tracks
 from gdp_graph.graph.elements import ElementStore, connected_roots
+from gdp_graph.graph.rules import context as context_module
 from gdp_graph.graph.rules import shape as shape_rules
 from tests.zoo import ZOO
 
@@ -102,7 +103,9 @@ def test_infer_tracks_matches_its_definition(seed):
     # make some dims constant so that tracks of every form occur
     for d in range(3):
         if bool(torch.rand(1, generator=g) < 0.5):
-            base = base.narrow(d, 0, 1).expand_as(base).contiguous()
+            base = base.narrow(d, 0, 1).expand_as(base)  # a broadcast view: stride 0 along d
+            if seed % 3 == 0:
+                base = base.contiguous()
     tracks, constant = infer_tracks(base)
     varying = _reference_tracks(base)
     if not varying:
@@ -156,6 +159,20 @@ def test_cat_at_size_one_matches_the_full_size_run(name, monkeypatch):
     monkeypatch.setattr(shape_rules, "_all_dims_but", lambda ctx, position, ndim: ())
     full = _structure(G.analyze(model, inputs))
     assert fast == full
+
+
+@pytest.mark.parametrize("name", ["swin", "vit", "shufflenetv2", "unet", "pixelshuffle_sr", "gpt2_hf4_style", "catmix"])
+def test_broadcast_labels_match_materialized_ones(name, monkeypatch):
+    """Movement ops first run on broadcast label views (stride 0 off the track); the result
+    must be what fully materialized labels give."""
+    if name == "catmix":
+        torch.manual_seed(0)
+        model, inputs = _CatMix().eval(), (torch.randn(2, 3, 8, 8),)
+    else:
+        model, inputs = ZOO[name]()
+    broadcast = _structure(G.analyze(model, inputs))
+    monkeypatch.setattr(context_module, "expand_labels", lambda track, shape: expand_labels(track, shape).contiguous())
+    assert _structure(G.analyze(model, inputs)) == broadcast
 
 
 def test_depthwise_conv_with_an_untracked_input_freezes_its_groups():

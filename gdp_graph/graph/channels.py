@@ -91,6 +91,11 @@ def infer_tracks(labels: torch.Tensor) -> tuple[list[Track], torch.Tensor]:
     empty = torch.zeros(0, dtype=torch.long)
     if labels.numel() == 0:
         return [], empty
+    # a dim of stride 0 (labels broadcast along it, still so after views and permutes) holds
+    # the same labels at every position: one slice of it says everything
+    for d in range(labels.dim()):
+        if labels.stride(d) == 0 and labels.shape[d] > 1:
+            labels = labels.narrow(d, 0, 1)
     dims = [d for d in range(labels.dim()) if labels.shape[d] > 1]
     if labels.dtype != torch.long:
         # int32 labels (what ops run on): reductions only, no full-size temporaries. Labels are

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -159,16 +160,22 @@ class RuleContext:
             if not isinstance(chan, Chan):
                 continue
             for track in chan.tracks:
-                def sub(n: fx.Node, _inp=inp, _track=track):
+                def sub(n: fx.Node, _inp=inp, _track=track, _broadcast=True):
                     value = self._values[n.name]
                     shape = label_shape(value)
                     # labels run as int32 (half the memory traffic of int64); integer inputs
                     # (indices) keep their int64, which an index needs
                     dtype = torch.long if not (value.is_floating_point() or value.is_complex()) else LABEL_DTYPE
                     if n is _inp:
-                        return expand_labels(Track(_track.dims, _track.labels.to(dtype)), shape).contiguous()
+                        labels = expand_labels(Track(_track.dims, _track.labels.to(dtype)), shape)
+                        return labels if _broadcast else labels.contiguous()
                     return torch.zeros(shape, dtype=dtype)
-                results.append(run(sub))
+                try:
+                    # first as a broadcast view: views and permutes keep its stride-0 dims, so
+                    # nothing is materialized and infer_tracks reads them off the strides
+                    results.append(run(sub))
+                except Exception:  # noqa: BLE001 - e.g. an in-place op or .view() on a broadcast
+                    results.append(run(functools.partial(sub, _broadcast=False)))
         if not results:
             return map_structure(lambda _: UNTRACKED, self.out)
         merged = map_structure(lambda _: [], self.out)
