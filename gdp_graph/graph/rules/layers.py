@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gdp_graph.graph.channels import NULL, Chan, Track
-from gdp_graph.graph.rules.registry import OpRule, register_rule
+from gdp_graph.graph.rules.registry import OpRule, copy_to_resize, register_rule
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -82,7 +81,9 @@ class ConvRule(OpRule):
         keep_in = rctx.in_keep(0, 1)
         g = m.groups
         transposed = isinstance(m, _TRANSPOSED)
-        new = copy.deepcopy(m)
+        if bool(keep_out.all()) and bool(keep_in.all()):
+            return m
+        new = copy_to_resize(m, ("weight", "bias"))
         w = m.weight.detach()
         if g == 1:
             w = w[:, keep_out][keep_in] if transposed else w[keep_out][:, keep_in]
@@ -94,9 +95,10 @@ class ConvRule(OpRule):
                 w = w[keep_in]
             else:  # weight [out, in/g, ...]
                 w = w[keep_out]
-        new.weight = nn.Parameter(w.clone(), requires_grad=m.weight.requires_grad)
+        # boolean indexing copies: no clone needed
+        new.weight = nn.Parameter(w, requires_grad=m.weight.requires_grad)
         if m.bias is not None:
-            new.bias = nn.Parameter(m.bias.detach()[keep_out].clone(), requires_grad=m.bias.requires_grad)
+            new.bias = nn.Parameter(m.bias.detach()[keep_out], requires_grad=m.bias.requires_grad)
         new.in_channels = int(keep_in.sum())
         new.out_channels = int(keep_out.sum())
         new.groups = new_groups
@@ -124,10 +126,12 @@ class LinearRule(OpRule):
     def rewrite_module(self, m, rctx):
         last = rctx.out_ndim() - 1
         keep_out, keep_in = rctx.out_keep(last), rctx.in_keep(0, last)
-        new = copy.deepcopy(m)
-        new.weight = nn.Parameter(m.weight.detach()[keep_out][:, keep_in].clone(), requires_grad=m.weight.requires_grad)
+        if bool(keep_out.all()) and bool(keep_in.all()):
+            return m
+        new = copy_to_resize(m, ("weight", "bias"))  # boolean indexing copies: no clone needed
+        new.weight = nn.Parameter(m.weight.detach()[keep_out][:, keep_in], requires_grad=m.weight.requires_grad)
         if m.bias is not None:
-            new.bias = nn.Parameter(m.bias.detach()[keep_out].clone(), requires_grad=m.bias.requires_grad)
+            new.bias = nn.Parameter(m.bias.detach()[keep_out], requires_grad=m.bias.requires_grad)
         new.in_features, new.out_features = int(keep_in.sum()), int(keep_out.sum())
         return new
 
@@ -137,12 +141,12 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
 
 
 def _slice_module_tensors(m: nn.Module, names: tuple[str, ...], keep: torch.Tensor, dim: int = 0) -> nn.Module:
-    new = copy.deepcopy(m)
+    new = copy_to_resize(m, names)
     for name in names:
         t = getattr(m, name, None)
         if t is None:
             continue
-        sliced = t.detach().index_select(dim, keep.nonzero().flatten()).clone()
+        sliced = t.detach().index_select(dim, keep.nonzero().flatten())  # index_select copies
         if isinstance(t, nn.Parameter):
             setattr(new, name, nn.Parameter(sliced, requires_grad=t.requires_grad))
         else:
