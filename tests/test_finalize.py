@@ -53,10 +53,13 @@ def test_finalized_equals_gated(name: str) -> None:
     assert sum(report.removed_units.values()) > 0
     assert report.after.params < report.before.params and report.after.flops < report.before.flops
     assert report.before == model_cost(gated.analysis.traced.gm, x)  # the per-node sum is the whole count
+    assert report.after == model_cost(pruned, x)  # counted during the comparison run
     gates = {b: g.detach() for b, g in gated.block_gates().items()}
     assert report.plan.removed_blocks == {b for b, g in gates.items() if float(g) == 0.0}
     # and on other data, in eval mode
     data = fresh_like(x)
+    _, other = finalize(gated, inputs=data)  # compared on other data, still counted on the examples
+    assert other.after == report.after and other.check.ok
     gated.eval()
     with torch.no_grad():
         check = compare_outputs(gated(*data), pruned(*data), 1e-5)

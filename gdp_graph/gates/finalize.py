@@ -27,9 +27,10 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from gdp_graph.graph.analysis import Analysis
-from gdp_graph.graph.cost import Cost, model_cost, traced_cost
+from gdp_graph.graph.cost import Cost, count_params, model_cost, traced_cost
 from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.policy import Resolution
 from gdp_graph.prune.rewrite import SiteScales, rewrite
@@ -276,15 +277,23 @@ def finalize(gated: GatedModel, *, threshold: Optional[float] = None, tolerance:
     pruned = rewrite(analysis, plan, weights=weights, site_scales=site_scales, copy_weights=False)
     device = _device_of(gated)
     pruned.to(device)
-    inputs = tuple(inputs) if inputs is not None else analysis.traced.example_inputs
-    inputs = tuple(x.to(device) if isinstance(x, Tensor) else x for x in inputs)
-    check = compare_outputs(_run_eval(gated, inputs), _run_eval(pruned, inputs), tolerance)
+
+    def on_device(xs: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(x.to(device) if isinstance(x, Tensor) else x for x in xs)
+
+    example = on_device(analysis.traced.example_inputs)
+    compared = on_device(inputs) if inputs is not None else example
+    expected = _run_eval(gated, compared)
+    with FlopCounterMode(display=False) as counter:  # one run of the pruned model: compared and counted
+        actual = _run_eval(pruned, compared)
+    check = compare_outputs(expected, actual, tolerance)
     if not check.ok and not plan.allow_inexact:
         raise FinalizeError(f"the finalized model does not reproduce the gated model: {check}\n{plan.summary(analysis)}")
     forced = _forced_units(gated, plan, threshold)
-    example = analysis.traced.example_inputs
+    after = Cost(float(counter.get_total_flops()), count_params(pruned)) if compared is example \
+        else model_cost(pruned, example)
     report = FinalizeReport(plan=plan, check=check, threshold=threshold, before=traced_cost(analysis),
-                            after=model_cost(pruned, example),
+                            after=after,
                             removed_units={g: len(plan.removed_units(analysis, g)) for g in plan.keep},
                             forced_units=forced, kept_scales=len(site_scales))
     pruned.train(gated.training)
