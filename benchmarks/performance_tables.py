@@ -27,19 +27,32 @@ def _spread(side: dict[str, Any]) -> str:
     return f"{side['median_s']:.2f} ({side['min_s']:.2f}–{side['max_s']:.2f})"
 
 
-def analysis_table(after: dict[str, Any], before: Optional[dict[str, Any]]) -> str:
+def analysis_table(after: dict[str, Any], before: Optional[dict[str, Any]],
+                   previous: Optional[dict[str, Any]] = None) -> str:
+    """``before``: the code before any performance work; ``previous``: the last committed
+    measurement (its ratio to Torch-Pruning shown too), ``after``: now."""
     m = after["machine"]
+    mid = [f"previous ({previous.get('gdp_graph_commit', '?')})", "previous / Torch-Pruning"] if previous else []
     lines = [f"Analysis (trace + groups + blocks), seconds, median (min–max) of {after['repeats']}, "
              f"{after['input'][0]}x3x224x224, {m['threads']} thread, torch {m['torch']}, "
-             f"Torch-Pruning {after['torch_pruning']}, {m['date'][:10]}:", "",
-             "| model | elements | gdp-graph before | gdp-graph now | Torch-Pruning | now / Torch-Pruning |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"Torch-Pruning {after['torch_pruning']}, {m['date'][:10]}, commit {after.get('gdp_graph_commit', '?')}:", "",
+             "| model | elements | gdp-graph before | " + "".join(f"{h} | " for h in mid)
+             + "gdp-graph now | Torch-Pruning | now / Torch-Pruning |",
+             "|---|---:|---:|" + "---:|" * len(mid) + "---:|---:|---:|"]
     for name, r in after["models"].items():
         old = before["models"].get(name, {}).get("gdp_graph", {}) if before else {}
         peer = r.get("torch_pruning", {})
         ratio = r.get("ours_over_theirs")
-        lines.append(f"| {name} | {r['elements']:,} | {_spread(old) if old else '—'} | {_spread(r['gdp_graph'])} "
+        cells = ""
+        if previous:
+            p = previous["models"].get(name, {})
+            cells = f"{_spread(p['gdp_graph']) if p else '—'} | {_s(p.get('ours_over_theirs'))} | "
+        lines.append(f"| {name} | {r['elements']:,} | {_spread(old) if old else '—'} | {cells}{_spread(r['gdp_graph'])} "
                      f"| {_spread(peer) if peer else '—'} | {_s(ratio)} |")
+    ratios = sorted(r["ours_over_theirs"] for r in after["models"].values() if r.get("ours_over_theirs"))
+    if ratios:
+        median = ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
+        lines += ["", f"Median of now / Torch-Pruning: {median:.2f} (below 1: gdp-graph faster; the goal is 0.33)."]
     return "\n".join(lines)
 
 
@@ -89,12 +102,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--after", default=str(RESULTS / "analysis_speed.json"))
     p.add_argument("--before", default=str(RESULTS / "analysis_speed_before.json"))
+    p.add_argument("--previous", default=str(RESULTS / "analysis_speed_previous.json"))
     p.add_argument("--latency", nargs="*", default=sorted(str(f) for f in RESULTS.glob("latency_pruned_*.json")))
     p.add_argument("--compact", action="store_true", help="one latency row per model")
     args = p.parse_args()
     after = _load(Path(args.after))
     if after:
-        print(analysis_table(after, _load(Path(args.before))), end="\n\n")
+        print(analysis_table(after, _load(Path(args.before)), _load(Path(args.previous))), end="\n\n")
     for path in args.latency:
         table = latency_compact if args.compact else latency_table
         print(table(json.loads(Path(path).read_text())), end="\n\n")
