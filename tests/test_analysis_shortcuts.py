@@ -114,14 +114,19 @@ def test_channel_tracks_of_a_window_partition_keep_their_dims(dtype):
 def test_rewrite_takes_over_only_weights_it_is_handed():
     model = _model()
     analysis = G.analyze(model, torch.randn(1, 3, 8, 8))
-    plan = G.random_plan(analysis, 0.5, seed=1)
+    keep = G.random_plan(analysis, 0.5, seed=1).keep
+    local = min(keep, key=lambda gid: len(analysis.groups[gid].modules))
+    plan = G.PruningPlan(keep={local: keep[local]})  # one layer's group pruned, the other layers left whole
     with pytest.raises(G.RewriteError, match="copy_weights=False"):
         G.rewrite(analysis, plan, copy_weights=False)
-    weights = private_copy(analysis.traced.gm)
-    handed = {k: v.clone() for k, v in weights.state_dict().items()}
-    copied = G.rewrite(analysis, plan, weights=private_copy(analysis.traced.gm), keep_class=False)
-    taken = G.rewrite(analysis, plan, weights=weights, copy_weights=False, keep_class=False)
-    assert all(torch.equal(handed[k], v) for k, v in weights.state_dict().items())  # read, never edited
+    lent = private_copy(analysis.traced.gm)
+    before = {k: v.clone() for k, v in lent.state_dict().items()}
+    copied = G.rewrite(analysis, plan, weights=lent, keep_class=False)
+    assert all(torch.equal(before[k], v) for k, v in lent.state_dict().items())  # copied, never edited
+    handed = private_copy(analysis.traced.gm)
+    lent_storage = {p.data_ptr() for p in handed.parameters()}
+    taken = G.rewrite(analysis, plan, weights=handed, copy_weights=False, keep_class=False)
+    assert {p.data_ptr() for p in taken.parameters()} & lent_storage  # layers left whole were not cloned
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(copied(x), taken(x))

@@ -204,7 +204,7 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
             inexact plan, which nothing verifies here. True: try it even when the GraphModule
             did not verify. False: always the GraphModule.
         copy_weights: False hands ``weights`` over (a private copy, e.g. finalize's absorbed
-            one): the pruned model takes its tensors instead of clones of them.
+            one): it becomes the pruned model, edited in place, instead of being copied.
     """
     plan.validate(analysis)
     keep = plan.element_keep(analysis)
@@ -213,14 +213,23 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
     values = dict(analysis.traced.values)
     if not copy_weights and weights is None:
         raise RewriteError("copy_weights=False needs weights to hand over (the traced module is shared)")
-    # the module tree is always copied (the loop below edits it while reading ``source``); a
-    # handed-over ``weights`` lends its tensors instead of having them cloned
-    shared = {} if copy_weights else {id(t): t for t in [*source.parameters(), *source.buffers()]}
-    root = copy.deepcopy(source, shared)
+    # a handed-over ``weights`` becomes the pruned model in place (copying its module tree cost
+    # a third of finalize on an EfficientNet): everything the loop reads from ``source`` -
+    # modules, attributes, the removed branches' constants - is taken before it edits ``root``
+    root = copy.deepcopy(source) if copy_weights else source
     modules = dict(source.named_modules())
+    attributes = {n.target: _read_attr(source, str(n.target)) for n in gm.graph.nodes if n.op == "get_attr"}
     site_scales = site_scales or {}
     removed = {analysis.blocks[b].add_node: analysis.blocks[b] for b in plan.removed_blocks}
     dead = {n for b in removed.values() for n in b.nodes}
+    constants = {}
+    for add, block in removed.items():
+        if add not in dead:  # a block inside another removed one goes with it
+            try:
+                constants[add] = branch_constant(analysis.traced, block, root=source)
+            except Exception as exc:  # noqa: BLE001 - re-raised with the block named
+                raise RewriteError(f"cannot evaluate the constant of removed block {block.id} ({block.name}): "
+                                   f"{type(exc).__name__}: {exc}") from exc
     graph = fx.Graph()
     graph._codegen = copy.copy(gm.graph._codegen)  # torch.export graphs: the output structure
     env: dict[str, Any] = {}
@@ -238,7 +247,7 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
                 block = removed[node.name]
                 shortcut = load(node.args[1 - block.arg])
                 branch_node = next(n for n in gm.graph.nodes if n.name == block.nodes[-1])
-                constant = _slice_tensor(branch_constant(analysis.traced, block, root=source), branch_node.meta.get("channels"), keep)
+                constant = _slice_tensor(constants[node.name], branch_node.meta.get("channels"), keep)
                 if bool((constant == 0).all()):
                     env[node.name] = shortcut
                     continue
@@ -254,7 +263,7 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
                 continue
             if node.op == "get_attr" and isinstance(values.get(node.name), torch.Tensor):
                 chan = node.meta.get("channels")
-                sliced = _slice_tensor(operator.attrgetter(node.target)(source), chan, keep)
+                sliced = _slice_tensor(attributes[node.target], chan, keep)
                 if sliced.shape != values[node.name].shape:
                     _set_attr(root, node.target, sliced)
             for (site_node, arg), (dim, scale) in site_scales.items():
@@ -313,6 +322,13 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
                           VerifyWarning, stacklevel=2)
     return class_or_graph(analysis, plan, pruned, wanted=keep_class, tolerance=tolerance, expected=expected,
                           own_weights=weights is not None or bool(site_scales), check=check)
+
+
+def _read_attr(module: nn.Module, target: str) -> Any:
+    try:
+        return operator.attrgetter(target)(module)
+    except AttributeError:
+        return None
 
 
 def _has_side_effect(node: fx.Node) -> bool:
