@@ -175,6 +175,23 @@ def test_broadcast_labels_match_materialized_ones(name, monkeypatch):
     assert _structure(G.analyze(model, inputs)) == broadcast
 
 
+@pytest.mark.parametrize("name", ["densenet", "inception", "unet", "vit", "catmix"])
+def test_concatenated_inputs_run_together_as_they_run_apart(name, monkeypatch):
+    """A cat whose inputs are tracked only on the joined dim runs them in one pass; per input
+    (the general path) must give the same, and a ViT's class token, tracked across the joined
+    dim, must still be united with its patches."""
+    if name == "catmix":
+        torch.manual_seed(0)
+        model, inputs = _CatMix().eval(), (torch.randn(2, 3, 8, 8),)
+    else:
+        model, inputs = ZOO[name]()
+    together = _structure(G.analyze(model, inputs))
+    apart = context_module.RuleContext.movement
+    monkeypatch.setattr(context_module.RuleContext, "movement",
+                        lambda self, *a, side_by_side=None, **k: apart(self, *a, **k))
+    assert _structure(G.analyze(model, inputs)) == together
+
+
 def test_depthwise_conv_with_an_untracked_input_freezes_its_groups():
     class Model(nn.Module):
         def __init__(self):

@@ -134,7 +134,7 @@ class RuleContext:
 
     def movement(self, run: Callable[[Callable[[fx.Node], Any]], Any], inputs: Sequence[fx.Node],
                  kind: Optional[str] = None, overrides: Optional[dict[str, Chan]] = None,
-                 positionwise: Sequence[int] = ()) -> Any:
+                 positionwise: Sequence[int] = (), side_by_side: Optional[int] = None) -> Any:
         """Propagate by running the op on label tensors.
 
         ``run(sub)`` must compute the op with every tensor input node ``n`` replaced by
@@ -145,6 +145,12 @@ class RuleContext:
         position to position whatever their size, e.g. every dim but the one a ``cat`` joins.
         Those no input tracks are run at size 1: labels are constant along them, and a
         DenseNet's concatenations would otherwise run on every spatial position.
+
+        ``side_by_side``: the op places its inputs side by side along this dim (``cat``).
+        When every input's only track is on that dim, no two inputs' channels can meet, so
+        they run together, once: a DenseNet block's k-input concatenations were k runs each,
+        quadratic in its depth. (Tracked on another dim, channels at one index do meet and are
+        unioned, e.g. a ViT's class token concatenated to its patches.)
         """
         results: list[Any] = []
         lost: list[torch.Tensor] = []
@@ -152,30 +158,34 @@ class RuleContext:
         tracked = {d for c in chans.values() if isinstance(c, Chan) for d in c.dims()}
         shrink = set(positionwise) - tracked
 
-        def label_shape(value: torch.Tensor) -> list[int]:
-            return [1 if d in shrink else size for d, size in enumerate(value.shape)]
+        def sub(n: fx.Node, given: dict[str, Track], broadcast: bool = True) -> torch.Tensor:
+            value = self._values[n.name]
+            shape = [1 if d in shrink else size for d, size in enumerate(value.shape)]
+            # labels run as int32 (half the memory traffic of int64); integer inputs (indices)
+            # keep their int64, which an index needs
+            dtype = torch.long if not (value.is_floating_point() or value.is_complex()) else LABEL_DTYPE
+            track = given.get(n.name)
+            if track is None:
+                return torch.zeros(shape, dtype=dtype)
+            labels = expand_labels(Track(track.dims, track.labels.to(dtype)), shape)
+            return labels if broadcast else labels.contiguous()
 
-        for inp in inputs:
-            chan = chans[inp.name]
-            if not isinstance(chan, Chan):
-                continue
-            for track in chan.tracks:
-                def sub(n: fx.Node, _inp=inp, _track=track, _broadcast=True):
-                    value = self._values[n.name]
-                    shape = label_shape(value)
-                    # labels run as int32 (half the memory traffic of int64); integer inputs
-                    # (indices) keep their int64, which an index needs
-                    dtype = torch.long if not (value.is_floating_point() or value.is_complex()) else LABEL_DTYPE
-                    if n is _inp:
-                        labels = expand_labels(Track(_track.dims, _track.labels.to(dtype)), shape)
-                        return labels if _broadcast else labels.contiguous()
-                    return torch.zeros(shape, dtype=dtype)
-                try:
-                    # first as a broadcast view: views and permutes keep its stride-0 dims, so
-                    # nothing is materialized and infer_tracks reads them off the strides
-                    results.append(run(sub))
-                except Exception:  # noqa: BLE001 - e.g. an in-place op or .view() on a broadcast
-                    results.append(run(functools.partial(sub, _broadcast=False)))
+        def run_with(given: dict[str, Track]) -> None:
+            try:
+                # first as broadcast views: views and permutes keep their stride-0 dims, so
+                # nothing is materialized and infer_tracks reads them off the strides
+                results.append(run(functools.partial(sub, given=given)))
+            except Exception:  # noqa: BLE001 - e.g. an in-place op or .view() on a broadcast
+                results.append(run(functools.partial(sub, given=given, broadcast=False)))
+
+        tracks = {name: c.tracks for name, c in chans.items() if isinstance(c, Chan) and c.tracks}
+        if side_by_side is not None and tracks and all(ts[0].dims == (side_by_side,) and len(ts) == 1
+                                                       for ts in tracks.values()):
+            run_with({name: ts[0] for name, ts in tracks.items()})
+        else:
+            for name, ts in tracks.items():
+                for track in ts:
+                    run_with({name: track})
         if not results:
             return map_structure(lambda _: UNTRACKED, self.out)
         merged = map_structure(lambda _: [], self.out)

@@ -47,7 +47,7 @@ def _tensor_inputs(ctx) -> list[fx.Node]:
     return found
 
 
-def _run_on_labels(ctx, kind=None, overrides=None, positionwise=()):
+def _run_on_labels(ctx, kind=None, overrides=None, positionwise=(), side_by_side=None):
     node = ctx.node
     inputs = _tensor_inputs(ctx)
 
@@ -60,7 +60,7 @@ def _run_on_labels(ctx, kind=None, overrides=None, positionwise=()):
             return ctx.module(*args, **kwargs)
         return node.target(*args, **kwargs)
 
-    return ctx.movement(run, inputs, kind, overrides, positionwise)
+    return ctx.movement(run, inputs, kind, overrides, positionwise, side_by_side=side_by_side)
 
 
 def _all_dims_but(ctx, position: int, ndim: int) -> tuple[int, ...]:
@@ -172,7 +172,9 @@ class CatRule(OpRule):
                 overrides[inp.name] = Chan(c.tracks + tuple(extra))
         same_rank = isinstance(ctx.out, torch.Tensor) and all(ctx.value(i).dim() == ctx.out.dim() for i in inputs)
         positionwise = _all_dims_but(ctx, 1, ctx.out.dim()) if same_rank else ()  # not stack
-        chan = _run_on_labels(ctx, overrides=overrides, positionwise=positionwise)
+        joined = ctx.value(ctx.arg(1, "dim", 0))
+        side_by_side = joined % ctx.out.dim() if same_rank and isinstance(joined, int) else None
+        chan = _run_on_labels(ctx, overrides=overrides, positionwise=positionwise, side_by_side=side_by_side)
         for inp in inputs:
             c = overrides.get(inp.name) or ctx.chan(inp)
             if isinstance(c, Chan):
