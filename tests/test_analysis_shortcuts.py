@@ -66,6 +66,13 @@ def test_private_copy_shares_weight_storage_but_no_objects():
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_lazy_modules_are_materialized_on_the_copy_only():
+    model = nn.Sequential(nn.LazyConv2d(8, 3), nn.ReLU(), nn.LazyConv2d(4, 1))
+    analysis = G.analyze(model, torch.randn(1, 3, 8, 8))
+    assert any(g.prunable for g in analysis.groups)
+    assert all(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters())
+
+
 def test_pruned_and_gated_models_never_alias_or_change_the_users_weights():
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}

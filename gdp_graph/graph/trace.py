@@ -132,11 +132,14 @@ def private_copy(model: nn.Module) -> nn.Module:
     ``.to()`` or ``.data =`` on the copy never reaches the user's model); buffers, which a
     forward in train mode updates in place, are cloned (they are small).
     """
+    lazy = (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)  # no data yet: deep-copied
     memo: dict[int, Any] = {}
     for p in model.parameters():
-        memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+        if not isinstance(p, lazy):
+            memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
     for b in model.buffers():
-        memo[id(b)] = b.clone()
+        if not isinstance(b, lazy):
+            memo[id(b)] = b.clone()
     return copy.deepcopy(model, memo).eval()
 
 
