@@ -42,9 +42,12 @@ def test_lead_must_be_a_finite_fraction() -> None:
 
 
 def _policy(lead: str, eps_start: float = 1e-2, reopen: bool = False):
+    """``cifar_resnet`` with the given lead and reopen, without ``epsilon.max_travel`` (the
+    mechanism as it was before the shipped policy set it)."""
     data = load_policy("cifar_resnet").to_dict()
     data["regularizer"]["lambda_controller"]["lead"] = lead
     data["regularizer"]["epsilon"]["start"] = eps_start
+    data["regularizer"]["epsilon"].pop("max_travel", None)
     data["regularizer"]["reopen"] = reopen
     return policy_from_dict(data, source="test", name="cifar_resnet")
 
@@ -138,7 +141,7 @@ def test_max_travel_sets_where_theta_starts_in_the_gated_model() -> None:
     policy = policy_from_dict(data, source="test", name="x")
     assert policy.regularizer.epsilon.max_travel == 0.5
     assert policy_from_dict(policy.to_dict(), source="t", name="x") == policy
-    assert "max_travel" not in load_policy("cifar_resnet").to_dict()["regularizer"]["epsilon"]
+    assert "max_travel" not in _policy("soft").to_dict()["regularizer"]["epsilon"]
     gated = attach(cifar_resnet(8), policy=policy, example_inputs=torch.randn(2, 3, 32, 32), total_steps=100,
                    gate_lr=0.01)
     assert gated.fix_step == 30
@@ -181,3 +184,16 @@ def test_reopened_gates_finalize_exactly() -> None:
     assert set(values.unique().tolist()) <= {0.0, 1.0}
     pruned, report = finalize(gated.eval())
     assert report.check.ok and report.check.max_rel_diff <= 1e-5
+
+
+def test_shipped_cifar_policy_fits_the_short_preset_and_leaves_the_benchmark_alone() -> None:
+    """cifar_resnet sets max_travel 0.75 and reopen: the short preset's 47 gate steps (156 * 0.3)
+    start theta at 0.75 * 0.02 * 47; the CIFAR benchmark's 70 (234 * 0.3) keep epsilon 1e-2."""
+    from gdp_graph.gates.schedule import fit_to_window
+
+    reg = load_policy("cifar_resnet").regularizer
+    assert reg.reopen and reg.epsilon.max_travel == 0.75
+    assert fit_to_window(reg.epsilon, init_gate=0.99, gate_lr=0.02, steps=70) is reg.epsilon
+    preset = attach(cifar_resnet(8), policy="cifar_resnet", example_inputs=torch.randn(2, 3, 32, 32),
+                    total_steps=156, steps_per_epoch=39)
+    assert preset.fix_step == 47 and preset.bank.theta_start == pytest.approx(0.75 * 0.02 * 47)

@@ -34,7 +34,12 @@ are still on their way. At every :meth:`~BudgetController.update`::
   the look-ahead from a quantity that moves from the first step instead (``GatedModel`` passes
   its *travel fraction*, the cost written from ``min(theta / theta_start, 1)``, with policy key
   ``lambda_controller.lead: travel``): lambda holds as soon as enough of the cost is on its way
-  down, whether or not the gates have moved yet.
+  down, whether or not the gates have moved yet. It is an option, not the default: held
+  lower, lambda leaves the gates' Adam steps noisier (the price no longer dominates the task
+  gradient) and fewer gates reach zero before the cut; on the CIFAR benchmark (70 gate steps)
+  the soft cost was still 0.85 at the cut and the held-out accuracy 2.7 points lower
+  (benchmarks/results/cifar_gdp_tuning.json, e11), on the short preset (47 gate steps) it was
+  0.95 points higher on its held-out split.
 * **Below the band** (overshoot) lambda decays by the same law, so gates pushed too far can
   recover; the look-ahead stops the decay once the fraction is rising back fast enough.
 * **Inside the band** lambda is held. ``reached`` records the first time the hard fraction was
