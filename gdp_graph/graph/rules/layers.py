@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gdp_graph.graph.channels import NULL, Chan, Track
-from gdp_graph.graph.rules.registry import OpRule, copy_to_resize, register_rule
+from gdp_graph.graph.rules.registry import OpRule, copy_to_resize, keep_along, own_storage, register_rule
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -87,16 +87,16 @@ class ConvRule(OpRule):
         w = m.weight.detach()
         if g == 1:
             out_dim, in_dim = (1, 0) if transposed else (0, 1)
-            w = _take(_take(w, out_dim, keep_out), in_dim, keep_in)
+            w = keep_along(keep_along(w, out_dim, keep_out), in_dim, keep_in)
             new_groups = 1
         else:
             kept_groups = keep_out.view(g, -1).any(1)
             new_groups = int(kept_groups.sum())
             # weight [in, out/g, ...] when transposed: input rows of kept groups; else [out, in/g, ...]
-            w = _take(w, 0, keep_in if transposed else keep_out)
-        new.weight = nn.Parameter(_owned(w, m.weight), requires_grad=m.weight.requires_grad)
+            w = keep_along(w, 0, keep_in if transposed else keep_out)
+        new.weight = nn.Parameter(own_storage(w, m.weight), requires_grad=m.weight.requires_grad)
         if m.bias is not None:
-            new.bias = nn.Parameter(_owned(_take(m.bias.detach(), 0, keep_out), m.bias), requires_grad=m.bias.requires_grad)
+            new.bias = nn.Parameter(own_storage(keep_along(m.bias.detach(), 0, keep_out), m.bias), requires_grad=m.bias.requires_grad)
         new.in_channels = int(keep_in.sum())
         new.out_channels = int(keep_out.sum())
         new.groups = new_groups
@@ -127,24 +127,12 @@ class LinearRule(OpRule):
         if bool(keep_out.all()) and bool(keep_in.all()):
             return m
         new = copy_to_resize(m, ("weight", "bias"))
-        w = _take(_take(m.weight.detach(), 0, keep_out), 1, keep_in)
-        new.weight = nn.Parameter(_owned(w, m.weight), requires_grad=m.weight.requires_grad)
+        w = keep_along(keep_along(m.weight.detach(), 0, keep_out), 1, keep_in)
+        new.weight = nn.Parameter(own_storage(w, m.weight), requires_grad=m.weight.requires_grad)
         if m.bias is not None:
-            new.bias = nn.Parameter(_owned(_take(m.bias.detach(), 0, keep_out), m.bias), requires_grad=m.bias.requires_grad)
+            new.bias = nn.Parameter(own_storage(keep_along(m.bias.detach(), 0, keep_out), m.bias), requires_grad=m.bias.requires_grad)
         new.in_features, new.out_features = int(keep_in.sum()), int(keep_out.sum())
         return new
-
-
-def _take(t: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
-    """``t`` restricted to the kept positions of ``dim`` (index_select: 4-6x faster than a
-    boolean mask on large weights), or ``t`` itself when every position is kept."""
-    return t if bool(keep.all()) else t.index_select(dim, keep.nonzero().flatten())
-
-
-def _owned(t: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """``t`` in storage of its own: a rewritten layer never shares the source's weights (the
-    traced model's are the user's)."""
-    return t.clone() if t.data_ptr() == original.data_ptr() else t
 
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,

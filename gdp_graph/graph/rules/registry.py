@@ -35,6 +35,7 @@ import copy
 import inspect
 from typing import Any, Callable, Optional, Sequence, Union
 
+import torch
 from torch import nn
 
 RuleKey = Union[type, Callable[..., Any], str]
@@ -46,6 +47,18 @@ def copy_to_resize(module: nn.Module, replaced: Sequence[str]) -> nn.Module:
     of its rewrite."""
     memo = {id(t): t for name in replaced if (t := getattr(module, name, None)) is not None}
     return copy.deepcopy(module, memo)
+
+
+def keep_along(t: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
+    """``t`` restricted to the kept positions of ``dim`` (index_select: 4-6x faster than a
+    boolean mask on large weights), or ``t`` itself when every position is kept."""
+    return t if bool(keep.all()) else t.index_select(dim, keep.nonzero().flatten())
+
+
+def own_storage(t: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """``t`` in storage of its own: a rewritten layer never shares the source's weights (the
+    traced model's are the user's)."""
+    return t.clone() if t.data_ptr() == original.data_ptr() else t
 
 
 class OpRule:
