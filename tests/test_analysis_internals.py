@@ -148,13 +148,16 @@ class _CatMix(nn.Module):
         return self.fc(seq).mean(1) + F.adaptive_avg_pool2d(stacked, 1).flatten(1)[:, :3]
 
 
-@pytest.mark.parametrize("name", ["densenet", "inception", "shufflenetv2", "unet", "swin", "catmix"])
-def test_cat_at_size_one_matches_the_full_size_run(name, monkeypatch):
+def _model_and_inputs(name):
     if name == "catmix":
         torch.manual_seed(0)
-        model, inputs = _CatMix().eval(), (torch.randn(2, 3, 8, 8),)
-    else:
-        model, inputs = ZOO[name]()
+        return _CatMix().eval(), (torch.randn(2, 3, 8, 8),)
+    return ZOO[name]()
+
+
+@pytest.mark.parametrize("name", ["densenet", "inception", "shufflenetv2", "unet", "swin", "catmix"])
+def test_cat_at_size_one_matches_the_full_size_run(name, monkeypatch):
+    model, inputs = _model_and_inputs(name)
     fast = _structure(G.analyze(model, inputs))
     monkeypatch.setattr(shape_rules, "_all_dims_but", lambda ctx, position, ndim: ())
     full = _structure(G.analyze(model, inputs))
@@ -165,11 +168,7 @@ def test_cat_at_size_one_matches_the_full_size_run(name, monkeypatch):
 def test_broadcast_labels_match_materialized_ones(name, monkeypatch):
     """Movement ops first run on broadcast label views (stride 0 off the track); the result
     must be what fully materialized labels give."""
-    if name == "catmix":
-        torch.manual_seed(0)
-        model, inputs = _CatMix().eval(), (torch.randn(2, 3, 8, 8),)
-    else:
-        model, inputs = ZOO[name]()
+    model, inputs = _model_and_inputs(name)
     broadcast = _structure(G.analyze(model, inputs))
     monkeypatch.setattr(context_module, "expand_labels", lambda track, shape: expand_labels(track, shape).contiguous())
     assert _structure(G.analyze(model, inputs)) == broadcast
@@ -180,11 +179,7 @@ def test_concatenated_inputs_run_together_as_they_run_apart(name, monkeypatch):
     """A cat whose inputs are tracked only on the joined dim runs them in one pass; per input
     (the general path) must give the same, and a ViT's class token, tracked across the joined
     dim, must still be united with its patches."""
-    if name == "catmix":
-        torch.manual_seed(0)
-        model, inputs = _CatMix().eval(), (torch.randn(2, 3, 8, 8),)
-    else:
-        model, inputs = ZOO[name]()
+    model, inputs = _model_and_inputs(name)
     together = _structure(G.analyze(model, inputs))
     apart = context_module.RuleContext.movement
     monkeypatch.setattr(context_module.RuleContext, "movement",

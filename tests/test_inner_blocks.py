@@ -79,13 +79,19 @@ def test_every_prunable_block_has_its_inner_groups(setups, name):
                for r in reasons.values())
 
 
+def _inner_zeroed(a, res, inner):
+    """Every gate at 1 but those of the block's inner groups, at 0."""
+    gates = _ones(a, res)
+    for gid in inner:
+        gates[gid] = torch.zeros(a.groups[gid].size)
+    return gates
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_all_inner_gates_at_zero_remove_the_block(setups, name):
     _model, x, a, res = setups(name)
     bid, inner = sorted(res.inner_blocks.items())[1]
-    gates = _ones(a, res)
-    for gid in inner:
-        gates[gid] = torch.zeros(a.groups[gid].size)
+    gates = _inner_zeroed(a, res, inner)
     plan = plan_from_gates(a, gates, {}, res, 1e-6)
     assert plan.removed_blocks == {bid}
     assert not set(plan.keep) & set(inner)  # the groups go with the block, not as a cut
@@ -96,9 +102,7 @@ def test_all_inner_gates_at_zero_remove_the_block(setups, name):
 def test_one_inner_gate_above_threshold_keeps_the_block(setups, name):
     _model, x, a, res = setups(name)
     _bid, inner = sorted(res.inner_blocks.items())[1]
-    gates = _ones(a, res)
-    for gid in inner:
-        gates[gid] = torch.zeros(a.groups[gid].size)
+    gates = _inner_zeroed(a, res, inner)
     gates[inner[-1]][3] = 0.5
     plan = plan_from_gates(a, gates, {}, res, 1e-6)
     assert plan.removed_blocks == frozenset()
