@@ -97,7 +97,9 @@ def _policy(method: str, target: float, overrides: tuple[str, ...] = ()):
     reg = data["regularizer"]
     reg["name"] = "l1" if method == "l1" else method
     if method != "gdp":
+        # epsilon and reopen are smoothed-L0 settings; the baselines keep their gates as published
         reg.pop("epsilon", None)
+        reg.pop("reopen", None)
     for item in overrides:
         path, _, value = item.partition("=")
         *parents, leaf = path.split(".")

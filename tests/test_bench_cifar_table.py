@@ -24,3 +24,14 @@ def test_table_has_one_row_per_target_and_method_and_skips_quick_runs() -> None:
     rows = [line for line in text.splitlines() if line.startswith("| 0.")]
     assert [r.split("|")[2].strip() for r in rows] == ["gdp", "l1"]
     assert "no call (a single seed)" in text
+
+
+def test_baselines_get_the_shared_schedule_but_not_the_gdp_gate_settings() -> None:
+    from benchmarks.cifar_methods import _policy
+
+    gdp = _policy("gdp", 0.5).to_dict()["regularizer"]
+    assert gdp["reopen"] is True and "epsilon" in gdp  # the shipped cifar_resnet policy
+    for method in ("polarization", "l1"):
+        reg = _policy(method, 0.35).to_dict()["regularizer"]
+        assert reg["name"] == method and reg["fix_at"] == gdp["fix_at"]
+        assert not reg.get("reopen") and "epsilon" not in reg
