@@ -195,24 +195,24 @@ _BIAS_ON_ZERO = {nn.Linear: 0, nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}  # type
 class _ZeroedInputs(fx.Interpreter):
     """Runs a graph with the given ``(node name, arg index)`` inputs replaced by zeros.
 
-    ``shapes``: the recorded output shape of each node, so a layer of ``_BIAS_ON_ZERO`` whose
-    only input is zeroed returns its bias without running."""
+    ``recorded``: each node's value on the example inputs; its shape lets a layer of
+    ``_BIAS_ON_ZERO`` whose only input is zeroed return its bias without running."""
 
     def __init__(self, module: torch.nn.Module, graph: fx.Graph, zeroed: set[tuple[str, int]],
-                 shapes: dict[str, torch.Size]):
+                 recorded: dict[str, Any]):
         super().__init__(module, garbage_collect_values=False, graph=graph)
         self.zeroed = zeroed
-        self.shapes = shapes
+        self.recorded = recorded
 
     def run_node(self, n: fx.Node) -> Any:
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             if n.op == "call_module" and len(args) == 1 and not kwargs and (n.name, 0) in self.zeroed \
-                    and n.name in self.shapes:
+                    and isinstance(self.recorded.get(n.name), torch.Tensor):
                 layer = self.fetch_attr(str(n.target))
                 spatial = _BIAS_ON_ZERO.get(type(layer))
                 if spatial is not None:
-                    return _bias_everywhere(layer, self.shapes[n.name], spatial, args[0])
+                    return _bias_everywhere(layer, self.recorded[n.name].shape, spatial, args[0])
             args = tuple(torch.zeros_like(a) if (n.name, i) in self.zeroed else a for i, a in enumerate(args))
             return getattr(self, n.op)(n.target, args, kwargs)
 
@@ -247,9 +247,8 @@ def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.M
                 rerun.add(n.name)
         recorded.update({n: traced.values[n.name] for n in gm.graph.nodes
                          if n.name in members and n.name not in rerun and n.op != "get_attr" and n.name in traced.values})
-    shapes = {n: v.shape for n, v in traced.values.items() if isinstance(v, torch.Tensor)}
     runner = _ZeroedInputs(root if root is not None else gm, gm.graph,
-                           {(s.node, s.arg) for s in block.gate_sites}, shapes)
+                           {(s.node, s.arg) for s in block.gate_sites}, traced.values)
     with torch.no_grad():
         runner.run(initial_env=recorded, enable_io_processing=False)
     branch = next(n for n in gm.graph.nodes if n.name == block.nodes[-1])
