@@ -18,6 +18,12 @@ first part and from ``--finetune-lr`` over the second:
                  gates clamped to [0, 1]; lambda steered by the same controller and the same
                  cut to the budget (NOT the published bisection over lambda, which needs a
                  training run per probe).
+``polarization_bisect``  the same gates and penalty with lambda as published: constant, found
+                 by bisection over log10(lambda) in [-2, 2] against the FLOPs kept by the gates
+                 <= 0.5 at the cut (each probe trains from the checkpoint until the cut, seed
+                 0, ``--bisect-probes`` probes, stopping within 0.01 of the target); every seed
+                 then trains with that lambda and the cut trims to the budget like the others
+                 (the probes are recorded with the run).
 ``l1``           network slimming on the gates: L1, then a global threshold (the lowest gates
                  cut until the budget is met).
 ``magnitude``    one shot: each unit scored by the L2 norm of its input columns in every layer
@@ -28,6 +34,8 @@ first part and from ``--finetune-lr`` over the second:
                  FLOPs target, classifier kept) with its group L1 importance; see tp_baseline.py.
 ``tp_bn_scale``  the same with its BN-scale importance and BNScalePruner (no sparse-learning
                  phase: one shot).
+``unpruned``     the reference, not a competitor: the checkpoint trained on for the same epochs
+                 without pruning (recorded once per seed as target 1).
 
 FLOPs are measured with FlopCounterMode on the finalized, physically smaller model. Each run
 appends one record (with its per-epoch trajectory) to the results JSON; ``table`` prints the
@@ -51,7 +59,9 @@ import torch
 
 DEFAULT_RESULTS = Path(__file__).with_name("results") / "cifar_methods.json"
 DEFAULT_CHECKPOINT = Path("runs/pretrained_r20_10k_e15.pt")
-METHODS = ("gdp", "polarization", "l1", "magnitude", "tp_group_l1", "tp_bn_scale")
+METHODS = ("gdp", "polarization", "polarization_bisect", "l1", "magnitude", "tp_group_l1", "tp_bn_scale", "unpruned")
+#: methods that prune; ``unpruned`` is the reference every row is read against
+COMPETITORS = METHODS[:-1]
 
 
 def _loaders(data_path: str, train: int, val: int, seed: int):
@@ -134,6 +144,76 @@ def magnitude_scores(analysis) -> dict[int, torch.Tensor]:
     return scores
 
 
+def _train_until_fixed(gated, train, args) -> None:
+    """The sparse phase of ``gated`` up to its cut only (a bisection probe)."""
+    from gdp_graph.recipes.cifar10.pipeline import GateOptimizer
+    from gdp_graph.recipes.cifar10.training import cosine_schedule, train_one_epoch
+
+    opt = GateOptimizer(gated, args.lr, args.gate_lr)
+    sched = cosine_schedule(opt.weights, args.sparse_epochs * len(train))
+    step, epoch = 0, 0
+    while not bool(gated.fixed):
+        train.set_epoch(epoch)
+        stats = train_one_epoch(gated, train, opt, device="cpu", extra_loss=gated.penalty, on_step=lambda s: gated.step(),
+                                scheduler=sched, start_step=step, max_steps=gated.fix_step - step)
+        step, epoch = stats["global_step"], epoch + 1
+
+
+def constant_lambda(policy, lam: float):
+    """``policy`` with lambda held at ``lam`` (a controller clamped to it: the cut still trims to
+    the budget)."""
+    from gdp_graph.policy import policy_from_dict
+
+    data = policy.to_dict()
+    data["regularizer"]["lambda"] = lam
+    data["regularizer"]["lambda_controller"].update(min=lam, max=lam)
+    return policy_from_dict(data, source=f"{policy.source}, lambda {lam:.4g}", name=policy.name)
+
+
+def bisect_lambda(args, target: float, probe=None) -> dict[str, Any]:
+    """Polarization's lambda by bisection over log10(lambda) in [-2, 2]: each probe trains from
+    the checkpoint (seed 0) until the cut and reads the fraction kept by the gates <= 0.5 there;
+    more kept than the target means more lambda. Stops within 0.01 of the target or after
+    ``args.bisect_probes`` probes; returns the lambda whose fraction came closest and the probes."""
+    probe = probe or (lambda lam: _probe(args, target, lam))
+    lo, hi, probes = -2.0, 2.0, []
+    for _ in range(args.bisect_probes):
+        mid = (lo + hi) / 2
+        kept = probe(10 ** mid)
+        probes.append({"lambda": 10 ** mid, "kept": kept})
+        print(f"  bisection t={target}: lambda {10 ** mid:.4g} keeps {kept:.4f}", flush=True)
+        if abs(kept - target) <= 0.01:
+            break
+        lo, hi = (mid, hi) if kept > target else (lo, mid)
+    best = min(probes, key=lambda p: abs(p["kept"] - target))
+    return {"lambda": best["lambda"], "kept": best["kept"], "probes": probes}
+
+
+def _probe(args, target: float, lam: float) -> float:
+    from gdp_graph.gates.attach import attach
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+
+    torch.manual_seed(0)
+    train, _, _ = _loaders(args.data, args.train_subset, args.val_subset, 0)
+    model = cifar_resnet(20)
+    model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+    gated = attach(model, policy=constant_lambda(_policy("polarization", target), lam),
+                   example_inputs=torch.randn(2, 3, 32, 32), total_steps=args.sparse_epochs * len(train),
+                   steps_per_epoch=len(train), gate_lr=args.gate_lr)
+    _train_until_fixed(gated, train, args)
+    return float(gated.fix_report["hard_before"])
+
+
+def controller_steps(gated) -> list[list[float]]:
+    """The per-iteration trajectory until the gates were fixed, as rows ``[step, soft fraction,
+    lambda]`` (4 significant digits): where a collapse or a wind-up shows (the per-epoch
+    trajectory misses it when the cut falls inside the first epochs)."""
+    if gated.controller is None:
+        return []
+    return [[h["step"], float(f"{h['soft_fraction']:.4g}"), float(f"{h['lambda']:.4g}")]
+            for h in gated.controller.history]
+
+
 def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
     import gdp_graph as G
     from gdp_graph.gates.attach import attach
@@ -153,9 +233,21 @@ def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
     before = model_cost(model, (x1,))
     record: dict[str, Any] = {"method": method, "target": target, "seed": seed, "trajectory": []}
     started = time.perf_counter()
-    policy = _policy(method if method in ("gdp", "polarization", "l1") else "gdp", target,
-                     tuple(args.gdp_set) if method == "gdp" else ())
-    if method in ("tp_group_l1", "tp_bn_scale"):  # one shot, like magnitude
+    gate_method = method.removesuffix("_bisect")
+    policy = None if method == "unpruned" else _policy(
+        gate_method if gate_method in ("gdp", "polarization", "l1") else "gdp", target,
+        tuple(args.gdp_set) if method == "gdp" else ())
+    if method == "polarization_bisect":
+        search = args.bisections.get(target) or bisect_lambda(args, target)
+        args.bisections[target] = search
+        record["lambda_search"] = search
+        policy = constant_lambda(policy, search["lambda"])
+    if method == "unpruned":
+        net = model
+        record["acc_gated"] = record["acc_finalized"] = evaluate(net, test, device="cpu")["accuracy"]
+        _epochs(net, train, args.sparse_epochs, args.lr,
+                on_epoch=lambda e, st: record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"]}))
+    elif method in ("tp_group_l1", "tp_bn_scale"):  # one shot, like magnitude
         try:
             from benchmarks import tp_baseline
         except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
@@ -190,6 +282,7 @@ def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
                 extra_loss=gated.penalty, on_step=lambda s: gated.step(), on_epoch=log)
         record["acc_gated"] = evaluate(gated, test, device="cpu")["accuracy"]
         record["fix"] = gated.fix_report
+        record["steps"] = controller_steps(gated)
         pruned, report = finalize(gated)
         record["acc_finalized"] = evaluate(pruned, test, device="cpu")["accuracy"]
         record["finalize_max_rel_diff"] = report.check.max_rel_diff
@@ -235,20 +328,20 @@ def cmd_run(args) -> None:
     if not Path(args.checkpoint).exists():
         pretrain(args)
     path = Path(args.results)
-    for target in args.targets:
-        for seed in args.seeds:
-            for method in args.methods:
-                record = run_one(args, method, target, seed)
-                record.update(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                              machine=_machine(), quick=args.quick, checkpoint=str(args.checkpoint),
-                              settings={k: getattr(args, k) for k in ("sparse_epochs", "finetune_epochs", "lr",
-                                                                      "finetune_lr", "gate_lr", "train_subset",
-                                                                      "val_subset", "gdp_set")})
-                print(json.dumps({k: v for k, v in record.items() if k not in ("trajectory", "machine")}), flush=True)
-                results = _load(path)
-                results["runs"].append(record)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(results, indent=1) + "\n")
+    jobs = [(m, t, s) for t in args.targets for s in args.seeds for m in args.methods if m != "unpruned"]
+    jobs += [("unpruned", 1.0, s) for s in args.seeds if "unpruned" in args.methods]
+    for method, target, seed in jobs:
+        record = run_one(args, method, target, seed)
+        record.update(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      machine=_machine(), quick=args.quick, checkpoint=str(args.checkpoint),
+                      settings={k: getattr(args, k) for k in ("sparse_epochs", "finetune_epochs", "lr",
+                                                              "finetune_lr", "gate_lr", "train_subset",
+                                                              "val_subset", "gdp_set")})
+        print(json.dumps({k: v for k, v in record.items() if k not in ("trajectory", "machine", "steps")}), flush=True)
+        results = _load(path)
+        results["runs"].append(record)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -286,7 +379,7 @@ def verdicts(runs: list[dict[str, Any]]) -> list[str]:
         stds = {m: statistics.stdev([r["acc_finetuned"] for r in at if r["method"] == m])
                 if sum(r["method"] == m for r in at) > 1 else float("nan") for m in means}
         landed = all(abs(r["flops_kept"] - target) <= 0.01 + 1e-9 for r in at)
-        others = [m for m in means if m != "gdp"]
+        others = [m for m in means if m != "gdp" and m in COMPETITORS]
         if "gdp" not in means or not others:
             continue
         best = max(others, key=means.get)
@@ -321,6 +414,7 @@ def main() -> None:
     r.add_argument("--val-subset", type=int, default=2000)
     r.add_argument("--gdp-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a policy key for the gdp method only, e.g. regularizer.fix_at=0.3 (repeatable)")
+    r.add_argument("--bisect-probes", type=int, default=8, help="polarization_bisect: probes per target")
     r.add_argument("--results", default=str(DEFAULT_RESULTS))
     r.add_argument("--quick", action="store_true", help="smoke run: 1k images, 1 + 1 epochs (marked quick)")
     t = sub.add_parser("table")
@@ -330,6 +424,7 @@ def main() -> None:
     if args.command == "run":
         from gdp_graph.gates.model import DEFAULT_GATE_LR
         args.gate_lr = DEFAULT_GATE_LR if args.gate_lr is None else args.gate_lr
+        args.bisections = {}  # target -> polarization's lambda search, shared by the seeds
         cmd_run(args)
     else:
         print(table(_load(Path(args.results)), args.include_quick))

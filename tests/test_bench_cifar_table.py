@@ -35,3 +35,62 @@ def test_baselines_get_the_shared_schedule_but_not_the_gdp_gate_settings() -> No
         reg = _policy(method, 0.35).to_dict()["regularizer"]
         assert reg["name"] == method and reg["fix_at"] == gdp["fix_at"]
         assert not reg.get("reopen") and "epsilon" not in reg
+
+
+def test_the_unpruned_reference_is_tabled_but_never_the_best_other_method() -> None:
+    runs = [_run("gdp", 0.5, s, a, 0.5) for s, a in enumerate((0.700, 0.701, 0.702))]
+    runs += [_run("magnitude", 0.5, s, a, 0.5) for s, a in enumerate((0.690, 0.691, 0.692))]
+    runs += [_run("unpruned", 1.0, s, a, 1.0) for s, a in enumerate((0.750, 0.751, 0.752))]
+    text = table({"runs": runs})
+    assert "| 1 | unpruned | 3 |" in text
+    (line,) = verdicts(runs)
+    assert "best other (magnitude)" in line and "GDP wins" in line
+
+
+def test_controller_steps_are_the_per_iteration_trajectory_until_the_cut() -> None:
+    import torch
+
+    from benchmarks.cifar_methods import controller_steps
+    from gdp_graph.gates.attach import attach
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+
+    gated = attach(cifar_resnet(8), policy="cifar_resnet", example_inputs=torch.randn(2, 3, 32, 32), total_steps=10)
+    for _ in range(10):
+        gated.step()
+    rows = controller_steps(gated)
+    assert [r[0] for r in rows] == list(range(1, gated.fix_report["step"] + 1))
+    assert all(len(r) == 3 and r[2] > 0 for r in rows)
+
+
+def test_the_lambda_bisection_brackets_a_monotone_response_and_stops_in_the_band() -> None:
+    import argparse
+    import math
+
+    from benchmarks.cifar_methods import bisect_lambda
+
+    seen = []
+
+    def kept(lam: float) -> float:  # more lambda keeps less; 0.5 is kept at lambda 2.0
+        seen.append(lam)
+        return 1.0 / (1.0 + (lam / 2.0) ** 1.5)
+
+    search = bisect_lambda(argparse.Namespace(bisect_probes=12), 0.5, probe=kept)
+    assert abs(search["kept"] - 0.5) <= 0.01 and len(search["probes"]) == len(seen) < 12
+    assert abs(math.log10(search["lambda"]) - math.log10(2.0)) < 0.1
+    capped = bisect_lambda(argparse.Namespace(bisect_probes=2), 0.5, probe=kept)
+    assert len(capped["probes"]) == 2 and capped["kept"] == min((p["kept"] for p in capped["probes"]),
+                                                                 key=lambda k: abs(k - 0.5))
+
+
+def test_constant_lambda_holds_the_controller_at_that_value() -> None:
+    import torch
+
+    from benchmarks.cifar_methods import _policy, constant_lambda
+    from gdp_graph.gates.attach import attach
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+
+    policy = constant_lambda(_policy("polarization", 0.5), 0.3)
+    gated = attach(cifar_resnet(8), policy=policy, example_inputs=torch.randn(2, 3, 32, 32), total_steps=10)
+    for _ in range(5):
+        gated.step()
+    assert gated.lam == 0.3 and gated.policy.regularizer.name == "polarization"

@@ -30,6 +30,9 @@ def test_train_pipeline_runs_and_finalized_equals_gated(tmp_path, capsys):
     assert report["in_band"] and abs(report["kept"] - 0.5) <= 0.01  # FlopCounterMode on the pruned model
     assert report["finalize"]["removed_units"] > 0 and report["fix"]["cut_units"] == report["finalize"]["removed_units"]
     assert [t["epoch"] for t in report["trajectory"]] == [1, 2] and report["trajectory"][-1]["fixed"]
+    history = report["controller_history"]  # per iteration until the cut
+    assert [h["step"] for h in history] == list(range(1, report["fix"]["step"] + 1))
+    assert all(h["lambda"] > 0 and 0 <= h["soft_fraction"] <= 1 for h in history)
     assert 0 <= report["acc_unpruned_same_epochs"] <= 1
     assert report["finalize"]["max_rel_diff"] <= 1e-4
     assert report["flops_after"] <= report["flops_before"]

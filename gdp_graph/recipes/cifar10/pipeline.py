@@ -182,6 +182,8 @@ def run_pipeline(args) -> int:
     report["acc_gated"] = evaluate(gated, test, device=device)["accuracy"]
     report["gates"] = gated.report()
     report["fix"] = gated.fix_report
+    # per iteration until the gates were fixed: step, hard and soft fraction, lambda
+    report["controller_history"] = gated.controller.history if gated.controller is not None else []
     pruned, finalized = finalize(gated)
     report["finalize"] = finalized.to_dict()
     report["acc_finalized"] = evaluate(pruned, test, device=device)["accuracy"]
