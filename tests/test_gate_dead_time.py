@@ -186,6 +186,35 @@ def test_reopened_gates_finalize_exactly() -> None:
     assert report.check.ok and report.check.max_rel_diff <= 1e-5
 
 
+def test_reopen_moves_the_kept_gate_values_into_the_weights_so_nothing_jumps() -> None:
+    """At the cut, the kept gates go to 1 and their values into the input columns of the convs
+    they scale: the model computes what it did with the cut applied and the gates as they were."""
+    from gdp_graph.gates.absorb import reopen_into_weights
+
+    torch.manual_seed(0)
+    gated = attach(cifar_resnet(8), policy=_policy("soft", reopen=True), example_inputs=torch.randn(2, 3, 32, 32),
+                   total_steps=200).eval()
+    bank = gated.bank
+    with torch.no_grad():  # gates spread over (floor, 1): some would jump a hundredfold if set to 1
+        theta = bank._theta()
+        bank._write_theta(theta * torch.rand(theta.shape, generator=torch.Generator().manual_seed(1)).pow(3))
+    cut = torch.zeros(bank.one_position, dtype=torch.bool)
+    cut[::5] = True
+    bank.kill(cut)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = gated(x)
+    weights = {k: v.clone() for k, v in gated.module.state_dict().items() if "weight" in k}
+    low = reopen_into_weights(gated.analysis, bank, gated.module)
+    live = ~bank.dead & ~bank.frozen
+    assert low > 10 and bool((bank.fixed_values[live] == 1).all()) and bool((bank.fixed_values[bank.dead] == 0).all())
+    with torch.no_grad():
+        torch.testing.assert_close(gated(x), expected, rtol=1e-4, atol=1e-5)
+    changed = [k for k, v in gated.module.state_dict().items() if k in weights and not torch.equal(v, weights[k])]
+    layers = {k.removesuffix(".weight") for k in changed}
+    assert layers and all(isinstance(gated.module.get_submodule(n), (torch.nn.Conv2d, torch.nn.Linear)) for n in layers)
+
+
 def test_shipped_cifar_policy_fits_the_short_preset_and_leaves_the_benchmark_alone() -> None:
     """cifar_resnet sets max_travel 0.75 and reopen: the short preset's 47 gate steps (156 * 0.3)
     start theta at 0.75 * 0.02 * 47; the CIFAR benchmark's 70 (234 * 0.3) keep epsilon 1e-2."""

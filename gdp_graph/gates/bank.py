@@ -162,17 +162,20 @@ class GateBank(nn.Module):
         return torch.cat([g, self.one.to(g.dtype)])
 
     @torch.no_grad()
-    def fix(self, reopen: bool = False) -> int:
-        """From now on every gate keeps its current value, whatever happens to ``theta``; with
-        ``reopen`` every gate that is not dead keeps 1 instead. Returns how many live gates were
-        below 0.5 (the ones ``reopen`` brings back)."""
+    def fix(self) -> int:
+        """From now on every gate keeps its current value, whatever happens to ``theta``.
+        Returns how many live gates were below 0.5."""
         values = self.flat()[: self.one_position].detach().float()
         low = int(((values < 0.5) & ~self.dead & ~self.frozen).sum())
-        if reopen:
-            values = torch.where(self.dead, torch.zeros_like(values), torch.ones_like(values))
+        self.fix_at(values)
+        return low
+
+    @torch.no_grad()
+    def fix_at(self, values: Tensor) -> None:
+        """Like :meth:`fix`, with the values given (one per gate position; dead gates are 0)."""
+        values = torch.where(self.dead, torch.zeros_like(values), values.to(self.fixed_values))
         self.fixed_values.copy_(values)
         self.is_fixed.fill_(True)
-        return low
 
     def forward(self) -> tuple[Tensor, ...]:
         """One multiplier per site, in :attr:`sites` order, shaped to broadcast against the

@@ -19,13 +19,11 @@ Three steps, each usable on its own:
 from __future__ import annotations
 
 import copy
-import operator
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -37,6 +35,7 @@ from gdp_graph.prune.rewrite import SiteScales, rewrite
 from gdp_graph.prune.verify import VerifyResult, compare_outputs
 from gdp_graph.errors import GdpError
 from gdp_graph.gates import selection
+from gdp_graph.gates.absorb import absorb_scales
 from gdp_graph.gates.bank import GateBank
 from gdp_graph.gates.model import GatedModel
 
@@ -63,111 +62,6 @@ def plan_from_gates(analysis: Analysis, bank: GateBank, resolution: Resolution, 
 # --------------------------------------------------------------------------------------------
 # 2. absorbing the gates into weights
 # --------------------------------------------------------------------------------------------
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_MATMULS = (torch.matmul, operator.matmul)
-
-
-def _attr(root: nn.Module, target: str) -> Any:
-    obj: Any = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-class _Usage:
-    """Which weights may be scaled in place: used by exactly one node and not shared."""
-
-    def __init__(self, gm: fx.GraphModule, weights: nn.Module):
-        self.calls: dict[str, int] = {}
-        for n in gm.graph.nodes:
-            if n.op in ("call_module", "get_attr"):
-                self.calls[str(n.target)] = self.calls.get(str(n.target), 0) + 1
-        self.names: dict[int, int] = {}
-        for _, t in list(weights.named_parameters(remove_duplicate=False)) + list(weights.named_buffers(remove_duplicate=False)):
-            self.names[id(t)] = self.names.get(id(t), 0) + 1
-
-    def owned(self, target: str, tensor: Tensor) -> bool:
-        return self.calls.get(target, 0) == 1 and self.names.get(id(tensor), 0) <= 1
-
-
-def _absorb_site(node: fx.Node, arg: int, dim: int, ndim: int, scale: Tensor, weights: nn.Module, usage: _Usage) -> bool:
-    """Fold ``scale`` (over the positions of input ``arg`` along ``dim``) into a weight of
-    ``node``; False when no weight can take it."""
-    last = dim % ndim == ndim - 1
-    if node.op == "call_module":
-        m = weights.get_submodule(str(node.target))
-        w = getattr(m, "weight", None)
-        if arg != 0 or not isinstance(w, Tensor) or not usage.owned(str(node.target), w):
-            return False
-        if type(m) in _CONVS and m.groups == 1 and dim % ndim == 1:
-            shape = [1, -1] + [1] * (w.dim() - 2)
-        elif type(m) in _TRANSPOSED and m.groups == 1 and dim % ndim == 1:
-            shape = [-1] + [1] * (w.dim() - 1)
-        elif type(m) is nn.Linear and last:
-            shape = [1, -1]
-        else:
-            return False
-        with torch.no_grad():
-            w.mul_(scale.to(w).reshape(shape))
-        return True
-    if node.op == "call_function" and arg == 0 and last:
-        other = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight", node.kwargs.get("other"))
-        if not isinstance(other, fx.Node) or other.op != "get_attr":
-            return False
-        w = _attr(weights, str(other.target))
-        if not isinstance(w, Tensor) or not w.is_floating_point() or not usage.owned(str(other.target), w):
-            return False
-        if node.target is F.linear and w.dim() == 2:
-            shape = [1, -1]
-        elif node.target in _MATMULS and w.dim() >= 2:
-            shape = [-1, 1]
-        else:
-            return False
-        with torch.no_grad():
-            w.mul_(scale.to(w).reshape(shape))
-        return True
-    return False
-
-
-def absorb_scales(analysis: Analysis, weights: nn.Module, scales: Mapping[tuple[str, int, int], Tensor],
-                  skip_nodes: frozenset[str] = frozenset()) -> SiteScales:
-    """Fold ``scales`` (``{(node, arg, dim): multiplier over the positions}``) into ``weights``
-    in place (a module with the traced graph's structure); returns those no weight could take,
-    as ``site_scales`` for :func:`~gdp_graph.prune.rewrite.rewrite`. Sites at ``skip_nodes`` (e.g.
-    inside removed blocks) are ignored; all-ones scales are nothing to do.
-
-    Raises:
-        ValueError: two scales on the same node input along different dims that no weight
-            could take (``rewrite`` keeps one scale per input).
-    """
-    gm = analysis.traced.gm
-    nodes = {n.name: n for n in gm.graph.nodes}
-    values = analysis.traced.values
-    usage = _Usage(gm, weights)
-    kept: SiteScales = {}
-    for (name, arg, dim), scale in scales.items():
-        if name in skip_nodes:
-            continue
-        node = nodes[name]
-        x = values[node.args[arg].name]
-        ndim, size = x.dim(), x.shape[dim]
-        scale = scale.detach().reshape(-1).float().cpu()
-        scale = scale.expand(size).clone() if scale.numel() == 1 else scale
-        if scale.numel() != size:
-            raise ValueError(f"scale for input {arg} of node '{name}' has {scale.numel()} values for {size} positions")
-        if bool((scale == 1).all()) or _absorb_site(node, arg, dim, ndim, scale, weights, usage):
-            continue
-        if (name, arg) in kept:
-            old_dim, old = kept[(name, arg)]
-            if old_dim != dim:
-                raise ValueError(f"node '{name}' input {arg}: gates along dims {old_dim} and {dim} that no weight "
-                                 "can absorb; a pruned graph keeps one multiplier per input")
-            scale = old * scale
-        kept[(name, arg)] = (dim, scale)
-    return kept
-
 
 def _weights_of(gated: GatedModel) -> fx.GraphModule:
     """A copy of the traced module carrying the gated model's current weights (eval mode)."""

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from gdp_graph.gates.absorb import reopen_into_weights
 from gdp_graph.gates.bank import GateBank, GateError
 from gdp_graph.gates.budget import BudgetController, soft_fraction
 from gdp_graph.gates.regularizers import make_regularizer
@@ -329,7 +330,7 @@ class GatedModel(nn.Module):
                 cut[offset: offset + self.analysis.groups[gid].size] = True
         bank.kill(cut)
         # reopen: a kept gate stuck near its floor counts in the budget but carries ~nothing
-        low = bank.fix(reopen=self.policy.regularizer.reopen)
+        low = reopen_into_weights(self.analysis, bank, self.module) if self.policy.regularizer.reopen else bank.fix()
         hard, soft = self.fractions()
         self.fix_report = {"step": int(bank.step), "hard_before": hard_before, "soft_before": soft_before,
                            "fraction": hard, "cut_units": int(cut.sum()), "kept_low": low,

@@ -222,9 +222,11 @@ REGULARIZER_SPEC = Struct("regularizer", {
                     "its end, the units are cut to the budget (lowest gates first, limits kept), "
                     "and the rest of the phase trains the weights with the gates fixed.",
                     Regularizer.fix_at),
-    "reopen": Field(Bool(), "At fix_at, fix every kept gate at 1 instead of at its value then: a "
-                    "kept gate that had fallen to its floor (0.0099) would otherwise stay there, "
-                    "counted in the budget but carrying almost nothing.", Regularizer.reopen),
+    "reopen": Field(Bool(), "At fix_at, fix every kept gate at 1 and move its value then into the "
+                    "weights it scales (exact: nothing jumps): a kept gate that had fallen to its "
+                    "floor (0.0099) would otherwise hold its unit there, counted in the budget but "
+                    "carrying almost nothing. A unit whose gate no weight can take keeps its value.",
+                    Regularizer.reopen),
 }, doc="The sparsity regularizer on the gates.", nullable=True)
 
 DEFAULTS_SPEC = Struct("defaults", {
