@@ -146,7 +146,7 @@ def magnitude_scores(analysis) -> dict[int, torch.Tensor]:
 
 def _train_until_fixed(gated, train, args) -> None:
     """The sparse phase of ``gated`` up to its cut only (a bisection probe)."""
-    from gdp_graph.recipes.cifar10.pipeline import GateOptimizer
+    from gdp_graph.recipes.cifar10.gdp_phase import GateOptimizer
     from gdp_graph.recipes.cifar10.training import cosine_schedule, train_one_epoch
 
     opt = GateOptimizer(gated, args.lr, args.gate_lr)
@@ -222,7 +222,7 @@ def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
     from gdp_graph.graph.cost import CostModel, model_cost
     from gdp_graph.policy import resolve
     from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
-    from gdp_graph.recipes.cifar10.pipeline import GateOptimizer
+    from gdp_graph.recipes.cifar10.gdp_phase import GateOptimizer
     from gdp_graph.recipes.cifar10.training import evaluate
 
     torch.manual_seed(seed)

@@ -33,6 +33,9 @@ def test_train_pipeline_runs_and_finalized_equals_gated(tmp_path, capsys):
     history = report["controller_history"]  # per iteration until the cut
     assert [h["step"] for h in history] == list(range(1, report["fix"]["step"] + 1))
     assert all(h["lambda"] > 0 and 0 <= h["soft_fraction"] <= 1 for h in history)
+    # the short preset cuts at 15% of the gated phase (gates.step: its iterations)
+    assert report["settings"]["fix_at"] == 0.15 and report["fix"]["step"] == max(1, round(0.15 * report["gdp_steps"]))
+    assert report["gated_epochs"] == 2 and "acc_gdp_end" not in report  # finalized at the end of the phase
     assert 0 <= report["acc_unpruned_same_epochs"] <= 1
     assert report["finalize"]["max_rel_diff"] <= 1e-4
     assert report["flops_after"] <= report["flops_before"]
@@ -91,3 +94,17 @@ def test_a_missed_budget_is_said_loudly_and_exits_3(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 3
     assert "BUDGET MISSED" in captured.out and "target 0.05" in captured.out
+
+
+def test_fix_at_on_the_command_line_overrides_the_preset_and_the_policy(tmp_path, capsys):
+    synth = Synthetic(tmp_path)
+    report = _train(capsys, synth.archive, tmp_path / "run", "--fix-at", "0.5", "--no-compare-unpruned")
+    assert report["settings"]["fix_at"] == 0.5 and report["fix"]["step"] == round(0.5 * report["gdp_steps"])
+
+
+def test_finalize_at_cut_trains_the_smaller_model_for_the_rest_of_the_phase(tmp_path, capsys):
+    synth = Synthetic(tmp_path)
+    report = _train(capsys, synth.archive, tmp_path / "run", "--finalize-at-cut", "--no-compare-unpruned")
+    # the cut falls in epoch 1: finalized at its end, the smaller model trains epoch 2
+    assert report["gated_epochs"] == 1 and [t["model"] for t in report["trajectory"]] == ["gated", "finalized"]
+    assert report["acc_gated"] == report["acc_finalized"] and 0 <= report["acc_gdp_end"] <= 1
