@@ -32,7 +32,6 @@ EXIT_BUDGET_MISSED = 3
 #: higher on the held-out split (3 seeds, each +0.4 to +2.5; benchmarks/results/
 #: cifar_preset_tuning.json, "fix_at 0.15"); on the CIFAR benchmark's 70-step window 0.15 was
 #: lower than 0.3, so the policies keep 0.3
-
 SHORT_FIX_AT = 0.15
 
 PRESETS: dict[str, dict[str, Any]] = {
