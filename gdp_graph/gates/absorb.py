@@ -161,7 +161,7 @@ def reopen_into_weights(analysis: Analysis, bank: Any, module: nn.Module) -> int
     with torch.no_grad():
         values = bank.flat()[: bank.one_position].detach().float()
         before = bank.site_values()
-    low = int(((values < 0.5) & ~bank.dead & ~bank.frozen).sum())
+    low = bank.low_gates()
     keep_value = pinned[: bank.one_position].to(values.device) | bank.frozen
     bank.fix_at(torch.where(keep_value, values, torch.ones_like(values)))
     after = bank.site_values()

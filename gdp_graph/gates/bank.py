@@ -162,12 +162,17 @@ class GateBank(nn.Module):
         return torch.cat([g, self.one.to(g.dtype)])
 
     @torch.no_grad()
+    def low_gates(self) -> int:
+        """How many live (not dead, not frozen) gates are below 0.5."""
+        values = self.flat()[: self.one_position].detach()
+        return int(((values < 0.5) & ~self.dead & ~self.frozen).sum())
+
+    @torch.no_grad()
     def fix(self) -> int:
         """From now on every gate keeps its current value, whatever happens to ``theta``.
-        Returns how many live gates were below 0.5."""
-        values = self.flat()[: self.one_position].detach().float()
-        low = int(((values < 0.5) & ~self.dead & ~self.frozen).sum())
-        self.fix_at(values)
+        Returns :meth:`low_gates` as they were fixed."""
+        low = self.low_gates()
+        self.fix_at(self.flat()[: self.one_position].detach().float())
         return low
 
     @torch.no_grad()

@@ -329,7 +329,8 @@ class GatedModel(nn.Module):
                 offset = bank._offset[gid]
                 cut[offset: offset + self.analysis.groups[gid].size] = True
         bank.kill(cut)
-        # reopen: a kept gate stuck near its floor counts in the budget but carries ~nothing
+        # reopen: a kept gate stuck near its floor counts in the budget but carries ~nothing;
+        # it goes to 1 and its value into the weights it scales (exact)
         low = reopen_into_weights(self.analysis, bank, self.module) if self.policy.regularizer.reopen else bank.fix()
         hard, soft = self.fractions()
         self.fix_report = {"step": int(bank.step), "hard_before": hard_before, "soft_before": soft_before,
