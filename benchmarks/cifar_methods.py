@@ -16,8 +16,7 @@ first part and from ``--finetune-lr`` over the second:
                  target, gates fixed at ``fix_at`` and cut to the budget (the library default).
 ``polarization`` Zhuang et al. 2020 on the same gates: ``t = 1.2``, the network-wide mean,
                  gates clamped to [0, 1]; lambda steered by the same controller and the same
-                 cut to the budget (NOT the published bisection over lambda, which needs a
-                 training run per probe).
+                 cut to the budget (the published lambda rule: ``polarization_bisect``).
 ``polarization_bisect``  the same gates and penalty with lambda as published: constant, found
                  by bisection over log10(lambda) in [-2, 2] against the FLOPs kept by the gates
                  <= 0.5 at the cut (each probe trains from the checkpoint until the cut, seed

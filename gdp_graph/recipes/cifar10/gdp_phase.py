@@ -81,16 +81,15 @@ def gdp_phase(gated: GatedModel, train: Any, *, epochs: int, lr: float, gate_lr:
                       f"train acc {stats['accuracy']:.3f}, {stats['seconds']:.0f}s; lambda {g['lambda']:.3g}, "
                       f"kept {g['hard_fraction']:.3f} (soft {g['soft_fraction']:.3f}), zero {g['zero']:.2f}"
                       + (", gates fixed" if g["fixed"] else "") + ("" if gating else ", finalized model"))
-        if result is None and bool(gated.fixed) and (finalize_at_cut or epoch + 1 == epochs):
+        if finalize_at_cut and result is None and bool(gated.fixed) and epoch + 1 < epochs:
             result = finalize(gated)
             on_finalized(*result)
             gated_epochs = epoch + 1
-            if epoch + 1 < epochs:
-                net = result[0]
-                opt = make_optimizer(net, lr)
-                sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i, start=step: cosine_lr_factor(start + i, total))
-                console.print(f"  gates fixed at step {gated.fix_report['step']}: the finalized model trains on")
-    if result is None:  # the gates were never fixed (a phase shorter than attach() was told)
+            net = result[0]
+            opt = make_optimizer(net, lr)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i, start=step: cosine_lr_factor(start + i, total))
+            console.print(f"  gates fixed at step {gated.fix_report['step']}: the finalized model trains on")
+    if result is None:
         result = finalize(gated)
         on_finalized(*result)
     return result[0], result[1], gated_epochs
