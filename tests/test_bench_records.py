@@ -1,0 +1,129 @@
+"""benchmarks/records.py: what every benchmark record carries, atomic appends, resumable reruns."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from benchmarks import records
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    """A scratch git repository standing in for the project root, with one clean commit."""
+    root = tmp_path / "repo"
+    (root / "benchmarks" / "results").mkdir(parents=True)
+    (root / "code.py").write_text("x = 1\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["init", "-q"], ["add", "code.py"], ["commit", "-q", "-m", "one"]):
+        subprocess.run(["git", "-C", str(root), *cmd], check=True, env=env)
+    monkeypatch.setattr(records, "ROOT", root)
+    return root
+
+
+def test_a_record_carries_commit_command_seed_checkpoints_machine_and_date(repo, tmp_path):
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights" * 1000)
+    rec = records.new_record("bench", {"model": "resnet20"}, {"acc": 0.9}, seed=3, checkpoints=[ckpt],
+                             note="shared machine", argv=["python3.11", "-u", str(repo / "b.py"), "--x", "a b"])
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert rec["commit"] == head and rec["dirty"] is False
+    assert rec["command"] == "python3.11 -u b.py --x 'a b'"
+    assert rec["seed"] == 3 and rec["note"] == "shared machine"
+    assert rec["checkpoints"] == {str(ckpt): hashlib.sha256(ckpt.read_bytes()).hexdigest()}
+    assert {"cpu", "cores", "torch", "threads"} <= set(rec["machine"])
+    assert rec["date"].endswith("Z") and rec["settings"] == {"model": "resnet20"} and rec["result"] == {"acc": 0.9}
+
+
+def test_a_changed_tracked_file_makes_the_record_dirty_but_a_results_file_does_not(repo):
+    results = repo / "benchmarks" / "results" / "r.json"
+    results.write_text("{}")
+    subprocess.run(["git", "-C", str(repo), "add", "-f", str(results)], check=True)
+    results.write_text('{"records": []}')
+    assert records.git_state()["dirty"] is False
+    (repo / "code.py").write_text("x = 2\n")
+    assert records.git_state()["dirty"] is True
+
+
+def test_append_keeps_earlier_records_and_what_predates_records(tmp_path):
+    old = {"benchmark": "analysis_speed", "models": {"resnet50": {"median_s": 1.0}}}
+    path = tmp_path / "results" / "a.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(old))
+    records.append_record(path, {"benchmark": "a", "n": 1})
+    records.append_record(path, {"benchmark": "a", "n": 2})
+    data = json.loads(path.read_text())
+    assert data["models"] == old["models"] and [r["n"] for r in data["records"]] == [1, 2]
+    assert records.load_records(path) == data["records"]
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps([{"model": "x"}]))
+    records.append_record(listed, {"n": 1})
+    assert json.loads(listed.read_text()) == {"legacy": [{"model": "x"}], "records": [{"n": 1}]}
+
+
+def test_a_failed_append_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    records.append_record(path, {"n": 1})
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        records.append_record(path, {"n": object()})  # not JSON
+    assert path.read_bytes() == before
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(records.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        records.append_record(path, {"n": 2})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"], "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("content", ["{not json", '"a string"', '{"records": 3}'])
+def test_a_file_that_cannot_hold_records_is_refused_and_untouched(tmp_path, content):
+    path = tmp_path / "r.json"
+    path.write_text(content)
+    with pytest.raises(records.RecordsError, match="r.json"):
+        records.append_record(path, {"n": 1})
+    assert path.read_text() == content
+
+
+def test_recorded_finds_the_same_settings_at_the_same_clean_commit_only(repo):
+    path = repo / "benchmarks" / "results" / "r.json"
+    settings = {"model": "resnet20", "targets": (0.5, 0.35)}
+    assert records.recorded(path, "bench", settings) is None
+    records.append_record(path, records.new_record("bench", settings, {"acc": 0.9}))
+    assert records.recorded(path, "bench", settings)["result"] == {"acc": 0.9}
+    assert records.recorded(path, "bench", {**settings, "model": "resnet56"}) is None
+    assert records.recorded(path, "other", settings) is None
+    (repo / "code.py").write_text("x = 2\n")  # a dirty tree: the code that would run is not the commit's
+    assert records.recorded(path, "bench", settings) is None
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-am", "two"], check=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    assert records.recorded(path, "bench", settings) is None  # a new commit reruns
+
+
+def test_protocol_presets_set_defaults_that_explicit_flags_override():
+    protocols = {"cpu-short": {"epochs": 3, "subset": 1000}, "full": {"epochs": 30, "subset": 50000}}
+
+    def parser() -> argparse.ArgumentParser:
+        p = argparse.ArgumentParser()
+        p.add_argument("--epochs", type=int, default=1)
+        p.add_argument("--subset", type=int, default=1)
+        records.add_record_flags(p)
+        return p
+
+    args = records.parse_with_protocol(parser(), protocols, "cpu-short", [])
+    assert (args.protocol, args.epochs, args.subset, args.note, args.rerun) == ("cpu-short", 3, 1000, None, False)
+    args = records.parse_with_protocol(parser(), protocols, "cpu-short", ["--protocol", "full", "--epochs", "5"])
+    assert (args.epochs, args.subset) == (5, 50000)
+    with pytest.raises(SystemExit):
+        records.parse_with_protocol(parser(), protocols, "cpu-short", ["--protocol", "nope"])
