@@ -1,11 +1,12 @@
 """Analysis speed: gdp-graph ``analyze`` against Torch-Pruning's dependency graph.
 
 Both sides run in one process on the same model and inputs (1 x 3 x 224 x 224, one thread),
-alternating which goes first each round; the JSON in ``benchmarks/results/`` keeps every run,
-the medians, the spread (min, max), the ratio and the machine.
+alternating which goes first each round; every model's run is a record (``benchmarks/records.py``)
+in ``benchmarks/results/analysis_speed.json``: every time, the medians, the spread (min, max),
+the ratio, the commit timed and the machine. A rerun skips the models this commit has recorded.
 
     pip install torch-pruning==1.6.1 --no-deps      # benchmark-only, never a runtime dependency
-    python benchmarks/analysis_speed.py [--repeats 3] [--models resnet50,densenet121] [--out FILE]
+    python benchmarks/analysis_speed.py [--repeats 3] [--models resnet50,densenet121] [--out FILE] [--note TEXT]
 
 Torch-Pruning's side is ``DependencyGraph().build_dependency(model, x)`` and listing every
 group (``get_all_groups``), the same work ``analyze`` does (groups, couplings, blocks).
@@ -25,6 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import records  # noqa: E402
 
 
 def _timed(fn: Callable[[], Any], limit_s: int) -> Optional[float]:
@@ -67,15 +71,30 @@ def _peer_version() -> str:
     return version("torch-pruning")
 
 
-def machine() -> dict[str, Any]:
-    import os
-    import platform
-
-    import torch
-
-    return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
-            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+def _measure(G, model, inputs, theirs: Optional[Callable], repeats: int, limit: int) -> dict[str, Any]:
+    """Both sides timed on one model, alternating which goes first each round."""
+    analysis = G.analyze(model, inputs)  # warm-up, and the sizes for the table
+    record: dict[str, Any] = {"groups": len(analysis.groups), "blocks": len(analysis.blocks),
+                              "elements": analysis.store.count - 1, "nodes": len(analysis.traced.gm.graph.nodes)}
+    ours: list[Optional[float]] = []
+    peer_runs: list[Optional[float]] = []
+    peer_alive = theirs is not None and _timed(lambda: theirs(model, inputs), limit) is not None  # warm-up
+    if theirs is not None and not peer_alive:
+        peer_runs = [None]
+    for r in range(repeats):
+        for side in (["ours", "theirs"] if r % 2 == 0 else ["theirs", "ours"]):
+            if side == "ours":
+                ours.append(_timed(lambda: G.analyze(model, inputs), 3600))
+            elif peer_alive:
+                took = _timed(lambda: theirs(model, inputs), limit)
+                peer_runs.append(took)
+                peer_alive = took is not None
+    record["gdp_graph"] = _summary(ours)
+    if theirs is not None:
+        record["torch_pruning"] = _summary(peer_runs)
+        a, b = record["gdp_graph"]["median_s"], record["torch_pruning"]["median_s"]
+        record["ours_over_theirs"] = round(a / b, 3) if a and b else None
+    return record
 
 
 def main() -> None:
@@ -86,9 +105,9 @@ def main() -> None:
     p.add_argument("--gdp", default=str(ROOT), help="where to import gdp_graph from")
     p.add_argument("--no-peer", action="store_true", help="time gdp-graph only")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "analysis_speed.json"))
+    records.add_record_flags(p)
     args = p.parse_args()
 
-    sys.path.insert(0, str(ROOT))
     sys.path.insert(0, args.gdp)
     import torch
 
@@ -105,43 +124,17 @@ def main() -> None:
         graph = peer.DependencyGraph().build_dependency(model, example_inputs=inputs[0])
         list(graph.get_all_groups())
 
-    names = [n for n in args.models.split(",") if n] or list(BENCH)
-    results: dict[str, Any] = {}
-    for name in names:
+    for name in [n for n in args.models.split(",") if n] or list(BENCH):
+        settings = {"model": name, "input": [1, 3, 224, 224], "repeats": args.repeats, "limit_s": args.limit,
+                    "gdp_graph_commit": _commit(args.gdp), "torch_pruning": _peer_version() if peer else None}
+        if not args.rerun and records.recorded(args.out, "analysis_speed", settings):
+            print(f"{name}: recorded by this commit, skipped (--rerun to time it again)")
+            continue
         model, inputs = BENCH[name]()
-        analysis = G.analyze(model, inputs)  # warm-up, and the sizes for the table
-        record: dict[str, Any] = {"groups": len(analysis.groups), "blocks": len(analysis.blocks),
-                                  "elements": analysis.store.count - 1, "nodes": len(analysis.traced.gm.graph.nodes)}
-        ours: list[Optional[float]] = []
-        peer_runs: list[Optional[float]] = []
-        peer_alive = peer is not None
-        if peer_alive:
-            peer_alive = _timed(lambda: theirs(model, inputs), args.limit) is not None  # warm-up
-            peer_runs = [] if peer_alive else [None]
-        for r in range(args.repeats):
-            order = ["ours", "theirs"] if r % 2 == 0 else ["theirs", "ours"]
-            for side in order:
-                if side == "ours":
-                    ours.append(_timed(lambda: G.analyze(model, inputs), 3600))
-                elif peer_alive:
-                    took = _timed(lambda: theirs(model, inputs), args.limit)
-                    peer_runs.append(took)
-                    peer_alive = took is not None
-        record["gdp_graph"] = _summary(ours)
-        if peer is not None:
-            record["torch_pruning"] = _summary(peer_runs)
-            a, b = record["gdp_graph"]["median_s"], record["torch_pruning"]["median_s"]
-            record["ours_over_theirs"] = round(a / b, 3) if a and b else None
-        results[name] = record
-        print(f"{name}: {json.dumps(record)}", flush=True)
-
-    report = {"benchmark": "analysis_speed", "input": [1, 3, 224, 224], "repeats": args.repeats,
-              "gdp_graph_from": args.gdp, "gdp_graph_commit": _commit(args.gdp), "machine": machine(),
-              "torch_pruning": _peer_version() if peer is not None else None, "models": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+        result = _measure(G, model, inputs, theirs if peer else None, args.repeats, args.limit)
+        print(f"{name}: {json.dumps(result)}", flush=True)
+        records.append_record(args.out, records.new_record("analysis_speed", settings, result, note=args.note))
+    print(f"records in {args.out}")
 
 
 if __name__ == "__main__":

@@ -9,15 +9,14 @@ script prints the median step time of each and the median of the per-repetition 
     python benchmarks/gate_overhead.py --model vit --threads 1     # ViT (embed 192, depth 6), batch 64
     python benchmarks/gate_overhead.py --depth 20 --reps 5 --autocast
 
-``--out FILE.json`` appends the figures with the machine, torch version and date.
+``--out FILE.json`` appends a record (``benchmarks/records.py``: commit, command, machine, date;
+``--note`` for anything else); a rerun with the same settings at the same commit is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the ViT is the zoo's (tests/zoo)
 
+from benchmarks import records  # noqa: E402
 from gdp_graph.gates.attach import attach  # noqa: E402
 from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet  # noqa: E402
 from tests.zoo.vit import VisionTransformer  # noqa: E402
@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="append the result to this JSON file")
     p.add_argument("--autocast", action="store_true", help="bf16 autocast")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    records.add_record_flags(p)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,13 +64,19 @@ def main() -> None:
     vit = args.model == "vit"
     depth = args.depth or (6 if vit else 56)
     batch = args.batch or (64 if vit else 128)
+    policy = args.policy or ("vit" if vit else "cifar_resnet")
+    settings = {"model": args.model, "depth": depth, "batch": batch, "reps": args.reps, "warmup": args.warmup,
+                "policy": policy, "precision": "bf16 autocast" if args.autocast else "fp32",
+                "threads": torch.get_num_threads()}
+    if args.out is not None and not args.rerun and records.recorded(args.out, "gate_overhead", settings):
+        print("recorded by this commit, skipped (--rerun to time it again)")
+        return
     if vit:
         plain, name = VisionTransformer(embed_dim=192, depth=depth, num_heads=3).train(), f"ViT (embed 192, depth {depth}, 3 heads)"
     else:
         plain, name = cifar_resnet(depth).train(), f"ResNet-{depth}"
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))
-    policy = args.policy or ("vit" if vit else "cifar_resnet")
     gated = attach(plain, policy=policy, example_inputs=x[:2], total_steps=1000)
     gated.train()
     opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (plain, gated)]
@@ -94,15 +101,10 @@ def main() -> None:
     print(f"gate machinery alone {machinery:.1f} ms per step (bank forward+backward, penalty, gated.step()) = "
           f"{100 * machinery / 1e3 / statistics.median(times[0]):.2f}% of the plain step")
     if args.out is not None:
-        rows = json.loads(args.out.read_text()) if args.out.exists() else []
-        rows.append({"model": name, "batch": batch, "threads": torch.get_num_threads(),
-                     "precision": "bf16 autocast" if args.autocast else "fp32", "policy": policy,
-                     "plain_ms": 1e3 * statistics.median(times[0]), "gated_ms": 1e3 * statistics.median(times[1]),
-                     "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-                     "pairs": len(ratios), "machinery_ms": machinery, "machine": platform.processor() or platform.machine(),
-                     "cpus": torch.get_num_threads(), "torch": torch.__version__,
-                     "date": datetime.date.today().isoformat(), "note": "shared 2-core machine, other jobs running"})
-        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+        result = {"name": name, "plain_ms": 1e3 * statistics.median(times[0]),
+                  "gated_ms": 1e3 * statistics.median(times[1]), "ratio_median": statistics.median(ratios),
+                  "ratio_min": min(ratios), "ratio_max": max(ratios), "pairs": len(ratios), "machinery_ms": machinery}
+        records.append_record(args.out, records.new_record("gate_overhead", settings, result, seed=0, note=args.note))
 
 
 def _machinery_ms(gated, reps: int = 50) -> float:

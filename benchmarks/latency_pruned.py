@@ -3,9 +3,9 @@
 For each convolutional benchmark model (224 px, one thread): the model rewritten with a plan
 that removes nothing (it should cost nothing for being rewritten), and pruned at 30% and 50%
 of every prunable group's free units, each with and without ``round_to 8`` (kept channel counts
-multiples of 8). Original and rewritten models run in one process, alternating, and the JSON in
-``benchmarks/results/`` keeps every round's median per call, the medians, the spread and the
-ratios: ``speedup`` (original time / pruned time, of the medians; ``speedup_paired``: the median
+multiples of 8). Original and rewritten models run in one process, alternating; each model's
+record (``benchmarks/records.py``, in ``benchmarks/results/latency_pruned_b<batch>.json``) keeps
+every round's median per call, the medians, the spread and the ratios: ``speedup`` (original time / pruned time, of the medians; ``speedup_paired``: the median
 of each round's ratio, ``speedup_min``: of the fastest calls), ``flops_speedup`` (original FLOPs /
 pruned FLOPs) and ``speedup_per_flops`` = speedup_paired / flops_speedup (1.0: as fast as the
 FLOPs say).
@@ -33,7 +33,7 @@ from torch import nn  # noqa: E402
 from torch.utils.benchmark import Timer  # noqa: E402
 
 import gdp_graph as G  # noqa: E402
-from benchmarks.analysis_speed import machine  # noqa: E402
+from benchmarks import records  # noqa: E402
 from benchmarks.models import BENCH, CNNS  # noqa: E402
 from gdp_graph.graph.cost import model_cost  # noqa: E402
 
@@ -83,6 +83,38 @@ def compare(original: nn.Module, rewritten: nn.Module, inputs: tuple, rounds: in
     return out
 
 
+def _measure(model: nn.Module, x: torch.Tensor, args: argparse.Namespace, name: str) -> dict[str, Any]:
+    inputs = (x.expand(args.batch, *x.shape[1:]).contiguous(),)
+    analysis = G.analyze(model, inputs)
+    base_flops = model_cost(analysis.traced.gm, inputs).flops
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(*inputs)
+        once = time.perf_counter() - start
+    number = args.number or max(1, int(0.25 / max(once, 1e-4)))
+    # the default rewrite keeps the model's class; the GraphModule (``keep_class=False``, the
+    # CLI's ``--graph-module``, what export writes) is measured too
+    variants: list[tuple[str, G.PruningPlan]] = [("empty", G.PruningPlan(keep={})),
+                                                  ("empty GraphModule", G.PruningPlan(keep={}))]
+    if not args.empty_only:
+        for ratio in (float(r) for r in args.ratios.split(",")):
+            variants += [(f"{ratio:.0%}", ratio_plan(analysis, ratio)),
+                         (f"{ratio:.0%} round_to 8", ratio_plan(analysis, ratio, round_to=8))]
+    rows: dict[str, Any] = {}
+    for label, plan in variants:
+        pruned = G.rewrite(analysis, plan, keep_class=False if "GraphModule" in label else None)
+        flops = model_cost(pruned, inputs).flops
+        row = compare(model, pruned, inputs, args.rounds, number)
+        row["flops_speedup"] = round(base_flops / flops, 4)
+        row["speedup_per_flops"] = round(row["speedup_paired"] / row["flops_speedup"], 4)
+        verified: Optional[Any] = getattr(pruned, "gdp_verify", None)
+        row["verified"] = bool(verified.ok) if verified is not None else None
+        row["returned"] = type(pruned).__name__  # the model's class, or GraphModule
+        rows[label] = row
+        print(f"{name} [{label}] {json.dumps(row)}", flush=True)
+    return {"gflops": round(base_flops / 1e9, 3), "calls_per_round": number, "plans": rows}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(CNNS))
@@ -92,46 +124,20 @@ def main() -> None:
     p.add_argument("--ratios", default="0.3,0.5")
     p.add_argument("--empty-only", action="store_true", help="only the plan that removes nothing")
     p.add_argument("--out", default="")
+    records.add_record_flags(p)
     args = p.parse_args()
     torch.set_num_threads(1)
-    results: dict[str, Any] = {}
-    for name in [n for n in args.models.split(",") if n]:
-        model, (x,) = BENCH[name]()
-        inputs = (x.expand(args.batch, *x.shape[1:]).contiguous(),)
-        analysis = G.analyze(model, inputs)
-        base_flops = model_cost(analysis.traced.gm, inputs).flops
-        with torch.inference_mode():
-            start = time.perf_counter()
-            model(*inputs)
-            once = time.perf_counter() - start
-        number = args.number or max(1, int(0.25 / max(once, 1e-4)))
-        # the default rewrite keeps the model's class; the GraphModule (``keep_class=False``, the
-        # CLI's ``--graph-module``, what export writes) is measured too
-        variants: list[tuple[str, G.PruningPlan]] = [("empty", G.PruningPlan(keep={})),
-                                                      ("empty GraphModule", G.PruningPlan(keep={}))]
-        if not args.empty_only:
-            for ratio in (float(r) for r in args.ratios.split(",")):
-                variants += [(f"{ratio:.0%}", ratio_plan(analysis, ratio)),
-                             (f"{ratio:.0%} round_to 8", ratio_plan(analysis, ratio, round_to=8))]
-        rows: dict[str, Any] = {}
-        for label, plan in variants:
-            pruned = G.rewrite(analysis, plan, keep_class=False if "GraphModule" in label else None)
-            flops = model_cost(pruned, inputs).flops
-            row = compare(model, pruned, inputs, args.rounds, number)
-            row["flops_speedup"] = round(base_flops / flops, 4)
-            row["speedup_per_flops"] = round(row["speedup_paired"] / row["flops_speedup"], 4)
-            verified: Optional[Any] = getattr(pruned, "gdp_verify", None)
-            row["verified"] = bool(verified.ok) if verified is not None else None
-            row["returned"] = type(pruned).__name__  # the model's class, or GraphModule
-            rows[label] = row
-            print(f"{name} [{label}] {json.dumps(row)}", flush=True)
-        results[name] = {"gflops": round(base_flops / 1e9, 3), "calls_per_round": number, "plans": rows}
-    report = {"benchmark": "latency_pruned", "input": [args.batch, 3, 224, 224], "rounds": args.rounds,
-              "machine": machine(), "models": results}
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"latency_pruned_b{args.batch}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+    for name in [n for n in args.models.split(",") if n]:
+        settings = {"model": name, "input": [args.batch, 3, 224, 224], "rounds": args.rounds, "number": args.number,
+                    "ratios": [] if args.empty_only else [float(r) for r in args.ratios.split(",")]}
+        if not args.rerun and records.recorded(out, "latency_pruned", settings):
+            print(f"{name}: recorded by this commit, skipped (--rerun to time it again)")
+            continue
+        model, (x,) = BENCH[name]()
+        result = _measure(model, x, args, name)
+        records.append_record(out, records.new_record("latency_pruned", settings, result, note=args.note))
+    print(f"records in {out}")
 
 
 if __name__ == "__main__":

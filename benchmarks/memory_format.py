@@ -5,16 +5,16 @@ For each of plain and gated, the two layouts train side by side in one process o
 batch, their steps interleaved (contiguous, channels-last, ...), and the script prints the
 median step time of each and the median of the per-pair ratios (channels-last / contiguous).
 
-    python benchmarks/memory_format.py [--depth 20] [--batch 128] [--threads 2] [--out FILE.json]
+    python benchmarks/memory_format.py [--depth 20] [--batch 128] [--threads 2] [--out FILE.json] [--note TEXT]
+
+``--out`` appends a record (``benchmarks/records.py``); a rerun at the same commit is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import records  # noqa: E402
 from benchmarks.gate_overhead import _step  # noqa: E402
 from gdp_graph.gates.attach import attach  # noqa: E402
 from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet  # noqa: E402
@@ -52,9 +53,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--out", type=Path, default=None, help="append the result to this JSON file")
+    records.add_record_flags(p)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    settings = {"model": f"ResNet-{args.depth}", "batch": args.batch, "reps": args.reps, "warmup": args.warmup,
+                "threads": torch.get_num_threads()}
+    if args.out is not None and not args.rerun and records.recorded(args.out, "memory_format", settings):
+        print("recorded by this commit, skipped (--rerun to time it again)")
+        return
     torch.manual_seed(0)
     x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
     plain = cifar_resnet(args.depth).train()
@@ -67,11 +74,7 @@ def main() -> None:
               f"ratio median {r['ratio_median']:.3f} (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}, "
               f"{r['pairs']} interleaved pairs)")
     if args.out is not None:
-        data = json.loads(args.out.read_text()) if args.out.exists() else []
-        data.append({"model": f"ResNet-{args.depth}", "batch": args.batch, "threads": torch.get_num_threads(), **rows,
-                     "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                     "date": datetime.date.today().isoformat(), "note": "shared 2-core machine"})
-        args.out.write_text(json.dumps(data, indent=1) + "\n")
+        records.append_record(args.out, records.new_record("memory_format", settings, rows, seed=0, note=args.note))
 
 
 if __name__ == "__main__":

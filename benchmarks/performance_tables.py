@@ -7,14 +7,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(RESULTS.parents[1]))
+
+from benchmarks import records  # noqa: E402
 
 
 def _load(path: Path) -> Optional[dict[str, Any]]:
-    return json.loads(path.read_text()) if path.exists() else None
+    """A table's worth of one results file: its last run of records (``benchmarks/records.py``)
+    in the shape of the reports written before records (``models``, ``machine``, ...), or such
+    an older report as written."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if not data.get("records"):
+        return data
+    benchmark = data["records"][-1]["benchmark"]
+    run = records.latest_run(path, benchmark)
+    rec, settings = run["record"], run["record"]["settings"]
+    return {**{k: v for k, v in settings.items() if k != "model"}, "benchmark": benchmark,
+            "machine": {**rec["machine"], "date": rec["date"]}, "models": run["rows"],
+            "gdp_graph_commit": settings.get("gdp_graph_commit") or (rec["commit"] or "?")[:7]}
 
 
 def _s(x: Optional[float]) -> str:
@@ -111,7 +128,7 @@ def main() -> None:
         print(analysis_table(after, _load(Path(args.before)), _load(Path(args.previous))), end="\n\n")
     for path in args.latency:
         table = latency_compact if args.compact else latency_table
-        print(table(json.loads(Path(path).read_text())), end="\n\n")
+        print(table(_load(Path(path))), end="\n\n")
     attach = _load(RESULTS / "attach_speed.json")
     if attach:
         print(attach_table(attach))

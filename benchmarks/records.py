@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
-__all__ = ["RecordsError", "ROOT", "add_record_flags", "append_record", "git_state", "load_records",
+__all__ = ["RecordsError", "ROOT", "add_record_flags", "append_record", "git_state", "latest_run", "load_records",
            "machine", "new_record", "parse_with_protocol", "recorded", "sha256_file"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,13 @@ def machine() -> dict[str, Any]:
 def command_line(argv: Optional[list[str]] = None) -> str:
     """The full command as typed: the interpreter and its flags, the script (relative to the
     repository root where it lies inside it) and every argument."""
-    argv = list(argv if argv is not None else getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    if argv is None:
+        original = list(getattr(sys, "orig_argv", []))
+        tail = sys.argv[1:]
+        # orig_argv keeps the interpreter's flags and ``-m module``; sys.argv is what the script
+        # parses (and what a caller may have replaced), so it wins when the two disagree
+        argv = original if original and original[len(original) - len(tail):] == tail else [sys.executable, *sys.argv]
+    argv = list(argv)
     if argv:
         argv[0] = Path(argv[0]).name
     for i, arg in enumerate(argv[1:], start=1):
@@ -203,3 +209,22 @@ def parse_with_protocol(parser: argparse.ArgumentParser, protocols: Mapping[str,
     known, _ = parser.parse_known_args(argv)
     parser.set_defaults(**protocols[known.protocol])
     return parser.parse_args(argv)
+
+
+def latest_run(path: PathLike, benchmark: str, by: str = "model") -> Optional[dict[str, Any]]:
+    """The last run of ``benchmark`` in a results file as one table's worth: the latest record,
+    and ``{settings[by]: result}`` over the records made by the same commit with the same other
+    settings (each key's latest). None when the file holds no record of ``benchmark``."""
+    mine = [r for r in load_records(path) if r.get("benchmark") == benchmark]
+    if not mine:
+        return None
+    last = mine[-1]
+
+    def rest(r: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in r["settings"].items() if k != by}
+
+    rows: dict[str, Any] = {}
+    for r in mine:
+        if r.get("commit") == last.get("commit") and rest(r) == rest(last):
+            rows[r["settings"][by]] = r["result"]  # a rerun replaces the earlier result in place
+    return {"record": last, "rows": rows}

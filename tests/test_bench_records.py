@@ -127,3 +127,56 @@ def test_protocol_presets_set_defaults_that_explicit_flags_override():
     assert (args.epochs, args.subset) == (5, 50000)
     with pytest.raises(SystemExit):
         records.parse_with_protocol(parser(), protocols, "cpu-short", ["--protocol", "nope"])
+
+
+def test_latest_run_gathers_one_commit_and_settings_keyed_by_model(tmp_path):
+    path = tmp_path / "r.json"
+
+    def rec(model: str, commit: str, repeats: int, value: float) -> dict:
+        return {"benchmark": "speed", "settings": {"model": model, "repeats": repeats}, "result": {"s": value},
+                "commit": commit, "machine": {}, "date": "d"}
+
+    for r in (rec("a", "c1", 3, 1.0), rec("b", "c1", 3, 2.0), rec("a", "c2", 3, 3.0), rec("b", "c2", 5, 4.0),
+              rec("c", "c2", 5, 5.0), rec("b", "c2", 5, 6.0)):
+        records.append_record(path, r)
+    run = records.latest_run(path, "speed")
+    assert run["record"]["result"] == {"s": 6.0}
+    assert run["rows"] == {"b": {"s": 6.0}, "c": {"s": 5.0}}  # not c2's repeats-3 row, not c1's
+    assert records.latest_run(path, "other") is None
+
+
+# every script that writes records, on its smallest settings (full-size models are analysed once)
+SMOKE = {
+    "analysis_speed": ["--no-peer", "--repeats", "1", "--models", "mobilenet_v3_large"],
+    "attach_speed": ["--repeats", "1", "--models", "mobilenet_v3_large"],
+    "latency_pruned": ["--models", "mobilenet_v3_large", "--rounds", "1", "--number", "1", "--empty-only"],
+    "gate_overhead": ["--depth", "8", "--batch", "4", "--reps", "1", "--warmup", "0"],
+    "memory_format": ["--depth", "8", "--batch", "4", "--reps", "1", "--warmup", "0"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_each_benchmark_appends_a_full_record_and_the_tables_read_it(script, tmp_path, monkeypatch):
+    import importlib
+
+    import torch
+
+    out = tmp_path / f"{script}.json"
+    module = importlib.import_module(f"benchmarks.{script}")
+    monkeypatch.setattr("sys.argv", [f"benchmarks/{script}.py", *SMOKE[script], "--out", str(out), "--note", "[a] b"])
+    threads = torch.get_num_threads()
+    try:
+        module.main()
+    finally:
+        torch.set_num_threads(threads)
+    (rec,) = records.load_records(out)
+    assert rec["benchmark"] == script and rec["note"] == "[a] b" and rec["result"]
+    assert rec["commit"] and isinstance(rec["dirty"], bool) and "--note" in rec["command"]
+    assert {"cpu", "cores", "torch", "threads"} <= set(rec["machine"])
+    if script in ("analysis_speed", "attach_speed", "latency_pruned"):
+        from benchmarks import performance_tables as pt
+
+        report = pt._load(out)
+        table = {"analysis_speed": lambda r: pt.analysis_table(r, None),
+                 "attach_speed": pt.attach_table, "latency_pruned": pt.latency_compact}[script](report)
+        assert "| mobilenet_v3_large |" in table
