@@ -7,6 +7,8 @@ The stages, one package each, data flowing one way:
 ``prune``   an immutable pruning plan, the rewriter that applies it, verification, export
 ``policy``  YAML pruning policies: validation, and resolution against an analysis
 ``gates``   GDP gates from a policy, the regularizers and budget controller, finalize
+``importance`` one-shot unit and block importance (magnitude, activation, Taylor, depth) and a
+            plan to a budget from it
 ``report``  terminal tables and latency measurement
 ``recipes`` complete training pipelines (CIFAR-10)
 ``cli``     the ``gdp-graph`` command
