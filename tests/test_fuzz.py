@@ -5,10 +5,12 @@ The property, for every generated model: analyze -> random_plan -> rewrite -> ve
 (a) verifies: ``verify(...).ok`` for each plan, the pruned model runs on a differently sized
     batch (3) with the original's output shapes and matches the gated reference there too,
     and no parameter grows; or
-(b) refuses clearly: a TraceError/AnalysisError/PlanError/RewriteError whose message names a
-    node or module, or groups frozen with a stated reason.
+(b) refuses clearly: a documented refusal (``documented_refusal``: a TraceError, AnalysisError,
+    PlanError or RewriteError raised on purpose, not one that wraps an exception from a rule or
+    the rewriter) whose message names a node or module, or groups frozen with a stated reason.
 
-Anything else (ok=False, a raw exception from deep inside) is a bug. The default run is
+Anything else (ok=False, a raw exception from deep inside, a library error that only re-raises
+a failure of gdp_graph's own code with the node named) is a bug. The default run is
 deterministic (``derandomize``) and small; to run thousands of examples::
 
     GDP_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/test_fuzz.py -m slow -x
@@ -30,6 +32,7 @@ from torch import nn
 
 import gdp_graph
 from gdp_graph import AnalysisError, PlanError, RewriteError, TraceError
+from gdp_graph.errors import GdpError
 from gdp_graph.prune.verify import compare_outputs
 from tests.fuzz.architectures import BLOCKS, Spec, build_model, example_input, infer_shapes, specs
 
@@ -64,6 +67,30 @@ def _names_a_place(message: str, model: nn.Module, analysis=None) -> bool:
             or re.search(r"\b(node|group|block) '?\w+", message) is not None)
 
 
+def documented_refusal(exc: BaseException) -> bool:
+    """True for a refusal the library documents: one of ``LIBRARY_ERRORS`` raised on purpose.
+    Such an error that wraps another exception is a failure inside gdp_graph re-raised with the
+    node named (a rule's ``propagate``, the rewriter, a removed block's constant), i.e. a bug;
+    the exception is a TraceError that says torch.fx / torch.export cannot trace the model,
+    which wraps the tracer's own error by design."""
+    if not isinstance(exc, LIBRARY_ERRORS):
+        return False
+    if isinstance(exc, TraceError) and str(exc).startswith("cannot trace"):
+        return True
+    cause = exc.__cause__
+    while isinstance(cause, GdpError):  # a library error re-raised as another is judged by its origin
+        if cause.__cause__ is None:
+            return True
+        cause = cause.__cause__
+    return cause is None
+
+
+def _refused(exc: Exception, model: nn.Module, analysis=None) -> str:
+    assert documented_refusal(exc), f"a failure inside gdp_graph, not a refusal: {type(exc).__name__}: {exc}"
+    assert _names_a_place(str(exc), model, analysis), f"refusal names no node or module: {exc}"
+    return f"refused: {type(exc).__name__}"
+
+
 def _param_sizes(model: nn.Module) -> dict[str, int]:
     return {name: p.numel() for name, p in model.named_parameters()}
 
@@ -75,8 +102,7 @@ def check_pipeline(spec: Spec, plan_draws: list[tuple[float, int, float]]) -> li
     try:
         analysis = gdp_graph.analyze(model, (x2,))
     except LIBRARY_ERRORS as exc:
-        assert _names_a_place(str(exc), model), f"refusal names no node or module: {exc}"
-        return [f"refused: {type(exc).__name__}"]
+        return [_refused(exc, model)]
     for g in analysis.groups:
         assert not bool(g.frozen_units.any()) or g.frozen_reasons, f"group {g.id} frozen without a reason"
         assert g.exact or g.inexact_reasons
@@ -99,8 +125,7 @@ def check_pipeline(spec: Spec, plan_draws: list[tuple[float, int, float]]) -> li
         try:
             pruned = gdp_graph.rewrite(analysis, plan, check=False)
         except LIBRARY_ERRORS as exc:
-            assert _names_a_place(str(exc), model, analysis), f"refusal names no node or module: {exc}"
-            outcomes.append(f"refused: {type(exc).__name__}")
+            outcomes.append(_refused(exc, model, analysis))
             continue
         result = gdp_graph.verify(analysis, plan, pruned)
         assert result.ok, f"pruned model differs from the gated reference: {result}\n{where}"
@@ -313,6 +338,48 @@ def test_one_channel_piece_twice_through_the_per_input_path(monkeypatch):
     monkeypatch.setattr(context.RuleContext, "movement", lambda self, *a, side_by_side=None, **k: apart(self, *a, **k))
     spec, plan_draws = next((p.values for p in FOUND if p.id == "one-channel-piece-twice-in-cat"))
     check_pipeline(spec, plan_draws)
+
+
+KNOWN_GOOD = Spec(channels=4, size=6, head="gap_linear", ops=[
+    {"op": "conv", "src": 0, "out": 8, "k": 3},
+    {"op": "norm", "src": 1, "kind": "bn"},
+    {"op": "act", "src": 2, "kind": "relu"},
+    {"op": "conv", "src": 3, "out": 8, "k": 3},
+    {"op": "add", "srcs": [3, 4]},
+])
+
+
+@pytest.mark.parametrize("stage", ["propagate", "rewrite_module"])
+def test_a_bug_inside_a_rule_fails_the_property_instead_of_counting_as_a_refusal(stage, monkeypatch):
+    """A rule that raises (here IndexError, as a slicing bug would) reaches the user as an
+    AnalysisError / RewriteError naming the node; the fuzzer must call that a bug."""
+    from gdp_graph.graph.rules.registry import lookup
+    rule = lookup(nn.BatchNorm2d(2))
+    original, calls = getattr(rule, stage), []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        if stage == "rewrite_module" and len(calls) == 1:  # the empty plan's rewrite (a bug there fails anyway)
+            return original(*args, **kwargs)
+        raise IndexError("index 5 is out of bounds for dimension 0 with size 4")
+
+    monkeypatch.setattr(rule, stage, broken)
+    with pytest.raises(AssertionError, match="a failure inside gdp_graph, not a refusal: (Analysis|Rewrite)Error"):
+        check_pipeline(KNOWN_GOOD, [(0.5, 0, 0.5)])
+
+
+def test_documented_refusals_still_count():
+    """A deliberate refusal (no wrapped failure) and an untraceable model are refusals."""
+    assert documented_refusal(PlanError("node 'conv' would receive no input channels"))
+    try:
+        try:
+            raise PlanError("group 3 is empty")
+        except PlanError as inner:
+            raise RewriteError("cannot rewrite node 'conv'") from inner
+    except RewriteError as outer:
+        assert documented_refusal(outer)
+    assert documented_refusal(TraceError("cannot trace Net.forward: data-dependent control flow"))
+    assert not documented_refusal(ValueError("x"))
 
 
 def test_plan_that_starves_a_layer_is_refused():

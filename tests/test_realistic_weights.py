@@ -66,3 +66,35 @@ def test_check_refuses_a_degenerate_model_and_passes_with_realistic_weights(caps
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] and out["realistic_weights"] and not out["inconclusive"]
     assert out["params_after"] < out["params_before"]
+
+
+class TrainModeFails(nn.Module):
+    """Runs in eval mode only (a forward that refuses training mode, as some inference-only
+    code does), after a BatchNorm whose statistics are trained ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.second = nn.BatchNorm2d(4)
+        with torch.no_grad():
+            for bn in (self.bn, self.second):
+                bn.running_mean.copy_(torch.tensor([0.3, -1.0, 2.0, 0.5]))
+                bn.running_var.copy_(torch.tensor([0.2, 4.0, 1.5, 0.7]))
+                bn.num_batches_tracked.fill_(100)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        if self.training:
+            raise RuntimeError("inference only")
+        return self.second(x)
+
+
+def test_a_failed_calibration_keeps_the_statistics_the_norms_had():
+    model = TrainModeFails().eval()
+    real = realistic_weights(model, (torch.randn(2, 3, 4, 4),))
+    for name in ("bn", "second"):
+        for key in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(getattr(getattr(real, name), key), getattr(getattr(model, name), key)), (name, key)
+        assert getattr(real, name).momentum == 0.1
+    assert not real.training

@@ -45,12 +45,18 @@ def _is_constant(t: torch.Tensor) -> bool:
     return t.is_floating_point() and t.numel() > 1 and bool((t == t.reshape(-1)[0]).all())
 
 
+_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 @torch.no_grad()
 def _calibrate_batchnorm(model: nn.Module, inputs: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Running statistics from one training-mode forward; if that forward fails (one value per
+    channel at batch 1, a model that only runs in eval mode), every norm keeps the statistics
+    it had, never the reset ones (mean 0, variance 1)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return
-    momenta = [m.momentum for m in norms]
+    saved = [(m.momentum, {k: getattr(m, k).clone() for k in _STATS if getattr(m, k, None) is not None}) for m in norms]
     was_training = model.training
     for m in norms:
         m.reset_running_stats()
@@ -58,11 +64,13 @@ def _calibrate_batchnorm(model: nn.Module, inputs: Sequence[Any], kwargs: Mappin
     model.train()
     try:
         model(*inputs, **kwargs)
-    except (RuntimeError, ValueError):  # e.g. one value per channel at batch 1: keep the redrawn stats
-        pass
+    except Exception:  # noqa: BLE001 - calibration is best effort: the checks that follow run the model again
+        for m, (_, stats) in zip(norms, saved):
+            for k, value in stats.items():
+                getattr(m, k).copy_(value)
     finally:
         model.train(was_training)
-        for m, momentum in zip(norms, momenta):
+        for m, (momentum, _) in zip(norms, saved):
             m.momentum = momentum
 
 
