@@ -32,7 +32,7 @@ from torch import nn
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.prune.removed_branch import KeepClassError, StandIns, channel_dims_shape, plan_stand_ins
-from gdp_graph.prune.verify import VerifyResult, compare_outputs, reference_output
+from gdp_graph.prune.verify import VerifyResult, compare_outputs, reference_output, run_for_comparison
 
 #: the buffer of the GraphModule rewrite holding a removed block's constant term (absent: zero)
 BLOCK_CONSTANT = "_gdp_constant_block{}"
@@ -90,10 +90,9 @@ def keep_class(analysis: Analysis, plan: PruningPlan, pruned: nn.Module, toleran
     # a config describes every layer alike: it cannot say that a layer lost its attention
     config_updated = False if plan.removed_blocks else _update_config(model, analysis, plan)
     try:
-        with torch.no_grad():
-            if expected is None:
-                expected = reference_output(analysis, plan)
-            actual = traced.inputs.call(model.eval())
+        if expected is None:
+            expected = reference_output(analysis, plan)
+        actual = run_for_comparison(model.eval(), traced.inputs.args, traced.inputs.kwargs)  # float32 if half
         result = compare_outputs(expected, actual, tolerance)
     except Exception as exc:  # noqa: BLE001 - the class's code did not accept the new sizes
         return KeptClass(None, f"the class's forward fails on the pruned sizes: {_first_line(exc)}")
@@ -106,13 +105,7 @@ def keep_class(analysis: Analysis, plan: PruningPlan, pruned: nn.Module, toleran
 def keep_class_of(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphModule, tolerance: float = 1e-4) -> KeptClass:
     """The class with the tensors of ``pruned`` as they are now (finalized with absorbed gates,
     fine-tuned since), verified against ``pruned`` itself on the example inputs."""
-    was_training = pruned.training
-    pruned.eval()
-    try:
-        with torch.no_grad():
-            expected = pruned(*analysis.traced.example_inputs)
-    finally:
-        pruned.train(was_training)
+    expected = run_for_comparison(pruned, analysis.traced.example_inputs)
     return keep_class(analysis, plan, pruned, tolerance, expected, against_pruned=True)
 
 
@@ -220,8 +213,11 @@ def _stand_ins(model: nn.Module, analysis: Analysis, plan: PruningPlan, tensors:
     constants = {}
     for bid in sorted(plan.removed_blocks):
         constant = tensors.get(BLOCK_CONSTANT.format(bid))
+        # a zero constant in the dtype the block adds (a bfloat16 model's stand-ins stay bfloat16)
+        added = analysis.traced.values.get(analysis.blocks[bid].add_node)
+        dtype = added.dtype if isinstance(added, torch.Tensor) else None
         constants[bid] = constant if constant is not None else \
-            torch.zeros(channel_dims_shape(analysis, analysis.blocks[bid], keep))
+            torch.zeros(channel_dims_shape(analysis, analysis.blocks[bid], keep), dtype=dtype)
     return plan_stand_ins(model, analysis, sorted(plan.removed_blocks), constants)
 
 

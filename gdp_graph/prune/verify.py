@@ -1,14 +1,21 @@
 """Check a pruned model against the *gated reference*: the original model with the removed
 units' gates at zero (their channels multiplied by 0 wherever a layer consumes them) and the
-removed blocks' inputs at zero. Exactness is measured, never assumed."""
+removed blocks' inputs at zero. Exactness is measured, never assumed.
+
+A model that holds float16 or bfloat16 tensors is compared in float32 (:func:`run_for_comparison`):
+in half precision a correct rewrite sums in another order and rounds differently, which on a deep
+model drifts by a percent, the size of a real error; in float32 both sides compute the same function
+of the same stored weights, so the tolerance keeps its meaning and a wrong plan still stands out."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch import nn
 
 from gdp_graph.graph.analysis import Analysis
@@ -77,28 +84,107 @@ def compare_outputs(reference: Any, candidate: Any, tolerance: float) -> VerifyR
     return VerifyResult(max_abs, rel, scale, ok, tolerance, inconclusive)
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def half_dtypes(module: nn.Module) -> set[torch.dtype]:
+    """The half-precision dtypes among ``module``'s parameters and buffers."""
+    return {t.dtype for t in (*module.parameters(), *module.buffers()) if t.dtype in HALF}
+
+
+@contextmanager
+def float32_tensors(module: nn.Module) -> Iterator[None]:
+    """Hold ``module``'s float16/bfloat16 parameters and buffers in float32 inside the block,
+    then put back each one's dtype (exact: every half value is a float32 value). The Parameter
+    objects stay the same, so tied weights stay tied."""
+    changed: list[tuple[nn.Module, str, str, torch.dtype]] = []
+    seen: set[int] = set()
+    for owner in module.modules():
+        for kind in ("_parameters", "_buffers"):
+            for key, tensor in getattr(owner, kind).items():
+                if tensor is None or tensor.dtype not in HALF or id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                changed.append((owner, kind, key, tensor.dtype))
+                _set_tensor(owner, kind, key, tensor.float())
+    try:
+        yield
+    finally:
+        for owner, kind, key, dtype in changed:
+            _set_tensor(owner, kind, key, getattr(owner, kind)[key].to(dtype))
+
+
+def _set_tensor(owner: nn.Module, kind: str, key: str, value: torch.Tensor) -> None:
+    if kind == "_parameters":
+        owner._parameters[key].data = value  # the same Parameter: shared ones change together
+    else:
+        owner._buffers[key] = value
+
+
+def _to_float32(value: Any) -> Any:
+    """A half tensor or dtype as float32; anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.dtype in HALF:
+        return value.float()
+    if isinstance(value, torch.dtype) and value in HALF:
+        return torch.float32
+    return value
+
+
+class _Float32Interpreter(fx.Interpreter):
+    """Runs a graph with every half dtype it names (casts and factories baked in by
+    torch.export, ``x.half()``) read as float32, and half tensor attributes upcast."""
+
+    def get_attr(self, target, args, kwargs):
+        return _to_float32(super().get_attr(target, args, kwargs))
+
+    def call_function(self, target, args, kwargs):
+        args, kwargs = pytree.tree_map(_to_float32, (args, kwargs))
+        return super().call_function(target, args, kwargs)
+
+    def call_method(self, target, args, kwargs):
+        args, kwargs = pytree.tree_map(_to_float32, (args, kwargs))
+        return super().call_method("float" if target in ("half", "bfloat16") else target, args, kwargs)
+
+
+def run_for_comparison(module: nn.Module, args: Sequence[Any], kwargs: Optional[dict[str, Any]] = None) -> Any:
+    """``module(*args, **kwargs)`` in eval mode without gradients, as verification runs it: in
+    float32 where the module holds float16/bfloat16 tensors (inputs upcast too), so that two
+    computations of the same function agree to float32 precision. The module is left as it was."""
+    kwargs = dict(kwargs or {})
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            if not half_dtypes(module):
+                return module(*args, **kwargs)
+            args, kwargs = pytree.tree_map(_to_float32, (tuple(args), kwargs))
+            with float32_tensors(module):
+                if isinstance(module, fx.GraphModule) and not kwargs:
+                    return _Float32Interpreter(module).run(*args)
+                return module(*args, **kwargs)
+    finally:
+        module.train(was_training)
+
+
 def reference_output(analysis: Analysis, plan: PruningPlan, inputs: Optional[Sequence[Any]] = None) -> Any:
-    """The gated reference's output on ``inputs`` (default: the example inputs), in eval mode."""
+    """The gated reference's output on ``inputs`` (default: the example inputs), in eval mode
+    (in float32 for a half-precision model, see :func:`run_for_comparison`)."""
     inputs = tuple(inputs) if inputs is not None else analysis.traced.example_inputs
-    with torch.no_grad():
-        return gated_reference(analysis, plan).eval()(*inputs)
+    return run_for_comparison(gated_reference(analysis, plan), inputs)
 
 
 def verify(analysis: Analysis, plan: PruningPlan, pruned: nn.Module,
            inputs: Optional[Sequence[Any]] = None, tolerance: float = 1e-4, expected: Any = None) -> VerifyResult:
     """Compare ``pruned`` with the gated reference on ``inputs`` (default: the example inputs),
-    in eval mode and float precision as given. A model of the user's own class
+    in eval mode, in float32 for a half-precision model (:func:`run_for_comparison`). A model of the user's own class
     (``rewrite`` keeps it by default) is called as the user calls it (keyword inputs).
     ``expected``: the reference's output, when the caller computed it already."""
     own_class = inputs is None and analysis.traced.inputs is not None and not isinstance(pruned, fx.GraphModule)
     inputs = tuple(inputs) if inputs is not None else analysis.traced.example_inputs
     if expected is None:
         expected = reference_output(analysis, plan, inputs)
-    was_training = pruned.training
-    pruned.eval()
-    try:
-        with torch.no_grad():
-            actual = analysis.traced.inputs.call(pruned) if own_class else pruned(*inputs)
-    finally:
-        pruned.train(was_training)
+    if own_class:
+        actual = run_for_comparison(pruned, analysis.traced.inputs.args, analysis.traced.inputs.kwargs)
+    else:
+        actual = run_for_comparison(pruned, inputs)
     return compare_outputs(expected, actual, tolerance)
