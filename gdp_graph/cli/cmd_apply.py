@@ -41,7 +41,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         console.print(before_after_table([("parameters", before.params, after.params, "count"),
                                           ("FLOPs per sample", before.flops / n, after.flops / n, "count")],
                                          title=f"apply {args.plan}"))
-        console.print(f"{'verified' if result.ok else '[red]OUTPUTS DIFFER[/red]'}: {result}")
+        console.print(f"{'verified' if result.ok else 'OUTPUTS DIFFER'}: {result}", style=None if result.ok else "red")
         if args.out:
             console.print(f"pruned model, plan and report written to {args.out}/ "
                           f"(export it with 'gdp-graph export {args.out} --format source')")

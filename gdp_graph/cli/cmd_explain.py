@@ -17,9 +17,11 @@ def _step_text(step: dict[str, Any]) -> str:
 
 def print_explanation(console, data: dict[str, Any]) -> None:
     from rich.table import Table
-    console.print(f"[bold]group {data['group']}[/bold]: {data['size']} {data['unit']}s, coupling "
-                  f"{', '.join(data['couplings']) or 'none'}; {'prunable' if data['prunable'] else 'frozen'}"
-                  + ("" if data["prunable"] else f" ({data['status']})"))
+
+    from gdp_graph.report.console import styled
+    console.print(styled((f"group {data['group']}", "bold"), f": {data['size']} {data['unit']}s, coupling "
+                         f"{', '.join(data['couplings']) or 'none'}; {'prunable' if data['prunable'] else 'frozen'}"
+                         + ("" if data["prunable"] else f" ({data['status']})")))
     table = Table(title="members", header_style="bold")
     for column in ("module or op", "role", "dim"):
         table.add_column(column)
@@ -29,12 +31,12 @@ def print_explanation(console, data: dict[str, Any]) -> None:
     path = data["path"]
     if path["steps"]:
         first, last = path["steps"][0]["target"], path["steps"][-1]["target"]
-        console.print(f"[bold]why {first} and {last} are coupled[/bold] (the ops that carry the group's "
-                      "channels between them; → data flows forward, ← backward):")
+        console.print(styled((f"why {first} and {last} are coupled", "bold"), " (the ops that carry the group's "
+                             "channels between them; → data flows forward, ← backward):"))
         for step in path["steps"]:
             console.print("  " + _step_text(step))
     for origin in data["frozen"]:
-        console.print(f"[yellow]frozen: {origin['reason']}[/yellow]")
+        console.print(f"frozen: {origin['reason']}", style="yellow")
         if origin["path"]:
             console.print("  reached from the group's members through:")
             for step in origin["path"]:

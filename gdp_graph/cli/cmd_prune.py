@@ -101,6 +101,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from gdp_graph.cli.spec import load_spec
     from gdp_graph.recipes.driver import run_prune
     from gdp_graph.recipes.task import batch_length, load_task, model_inputs, move_to
+    from gdp_graph.report.console import styled
     from gdp_graph.report.layers import compare_layers, layers_table
     from gdp_graph.report.live import GateProgress
     from gdp_graph.report.outputs import write_outputs
@@ -115,9 +116,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         inputs = kwargs_ or args_
     schedule = _schedule(args, task, policy)
     console = make_console(args, stderr=args.json)
-    console.print(f"[bold]{args.spec}[/bold] with task {args.task}; policy {policy.name} ({policy.regularizer.name}, "
-                  f"keep {policy.target.fraction:g} of {policy.target.metric}); {schedule.epochs} gated + "
-                  f"{schedule.finetune_epochs} fine-tuning epochs on {device}")
+    console.print(styled((args.spec, "bold"), f" with task {args.task}; policy {policy.name} ({policy.regularizer.name}, "
+                         f"keep {policy.target.fraction:g} of {policy.target.metric}); {schedule.epochs} gated + "
+                         f"{schedule.finetune_epochs} fine-tuning epochs on {device}"))
     started = time.perf_counter()
     with GateProgress(console=console, disable=args.no_progress) as progress:
         result = run_prune(model, inputs, task, policy, schedule, device, on_progress=progress.update_phase)
@@ -163,7 +164,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         console.print(f"wrote {out}/pruned.pt, plan.json, report.json"
                       + (f", {', '.join(Path(p).name for p in pictures)}" if pictures else f" (no pictures: {why_not})"))
     for line in report["warnings"]:
-        console.print(f"[yellow]warning: {line}[/yellow]")
+        console.print(f"warning: {line}", style="yellow")
     return EXIT_MISSED if args.strict and report["warnings"] else EXIT_OK
 
 

@@ -41,8 +41,10 @@ def print_report(console, report: dict[str, Any], title: str) -> None:
         note = (f"latency ratio {lat['ratio']:.3f} (median of per-round ratios; IQR {lat['ratio_q1']:.3f}-"
                 f"{lat['ratio_q3']:.3f}; {lat['baseline']['rounds']} interleaved rounds x {lat['repeat']} forwards, "
                 f"{lat['threads']} thread(s))")
-        console.print(note if lat["significant"] else
-                      f"[yellow]{note}: NOT SIGNIFICANT, the spread exceeds the effect[/yellow]")
+        if lat["significant"]:
+            console.print(note)
+        else:
+            console.print(f"{note}: NOT SIGNIFICANT, the spread exceeds the effect", style="yellow")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -39,8 +39,9 @@ class GateProgress(Progress):
     def __init__(self, *args: Any, **kwargs: Any):
         self.groups: Optional[Table] = None  # set first: the parent's constructor renders
         self._bars: dict[str, Any] = {}
-        super().__init__(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                         TimeRemainingColumn(), TextColumn("{task.fields[status]}"), *args, **kwargs)
+        super().__init__(TextColumn("{task.description}", markup=False), BarColumn(),
+                         TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                         TextColumn("{task.fields[status]}", markup=False), *args, **kwargs)
 
     def get_renderables(self):
         yield self.make_tasks_table(self.tasks)

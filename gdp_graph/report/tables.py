@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gdp_graph.graph.analysis import Analysis
+from gdp_graph.report.console import styled
 from gdp_graph.graph.groups import ChannelGroup
 
 
@@ -94,9 +95,9 @@ def print_inspect(console: Console, analysis: Analysis, shares: Mapping[int, flo
                   block_policy: Optional[Mapping[int, str]] = None,
                   policy_notes: Sequence[str] = ()) -> None:
     prunable = len(analysis.prunable_groups())
-    console.print(f"[bold]{title}[/bold]: {len(analysis.groups)} channel groups, {prunable} prunable, "
-                  f"{len(analysis.blocks)} removable blocks, {len(analysis.opaque)} opaque leaves; "
-                  f"{total_params:,} params, {total_flops / 1e6:,.2f} MFLOPs per sample")
+    console.print(styled((title, "bold"), f": {len(analysis.groups)} channel groups, {prunable} prunable, "
+                         f"{len(analysis.blocks)} removable blocks, {len(analysis.opaque)} opaque leaves; "
+                         f"{total_params:,} params, {total_flops / 1e6:,.2f} MFLOPs per sample"))
     if analysis.traced.front_end != "fx":  # say when the graph is not the fx trace, and why
         console.print(f"front end: {analysis.traced.front_end} ({analysis.traced.front_end_reason})")
     console.print(groups_table(analysis, shares, group_policy))
@@ -105,7 +106,7 @@ def print_inspect(console: Console, analysis: Analysis, shares: Mapping[int, flo
     if analysis.opaque:
         console.print(opaque_table(analysis))
     for note in policy_notes:
-        console.print(f"[yellow]{note}[/yellow]")
+        console.print(note, style="yellow")
 
 
 def before_after_table(rows: Sequence[tuple[str, float, float, str]], title: str = "Before / after") -> Table:
@@ -127,10 +128,10 @@ def print_check(console: Console, result: Mapping[str, Any]) -> None:
         ("parameters", result["params_before"], result["params_after"], "count"),
         ("FLOPs per sample", result["flops_per_sample_before"], result["flops_per_sample_after"], "count"),
     ], title="check: random pruning, rewrite, verify"))
-    verdict = "[green]verified: outputs equal[/green]" if result["ok"] else "[red]OUTPUTS DIFFER[/red]"
-    console.print(f"{verdict} (max |diff| {result['max_abs_diff']:.3g}, relative {result['max_rel_diff']:.3g}, "
+    verdict = ("verified: outputs equal", "green") if result["ok"] else ("OUTPUTS DIFFER", "red")
+    console.print(styled(verdict, f" (max |diff| {result['max_abs_diff']:.3g}, relative {result['max_rel_diff']:.3g}, "
                   f"tolerance {result['tolerance']:g}); {result['groups_pruned']} groups pruned by {result['ratio']:g}; "
                   f"{len(result['removed_blocks'])} of {result['removable_blocks']} removable blocks removed "
-                  f"(--blocks {result['block_ratio']:g}; --blocks 0 keeps them all)")
+                  f"(--blocks {result['block_ratio']:g}; --blocks 0 keeps them all)"))
     if result.get("plan_file"):
         console.print(f"plan written to {result['plan_file']} (re-apply it with 'gdp-graph apply')")

@@ -247,8 +247,8 @@ def run_pipeline(args) -> int:
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     if not report["in_band"]:
-        console.print(f"[bold red]BUDGET MISSED: the finalized model keeps {kept:.4f} of its {policy.target.metric} "
-                      f"(FlopCounterMode), target {policy.target.fraction:g} ± {BUDGET_BAND}[/]")
+        console.print(f"BUDGET MISSED: the finalized model keeps {kept:.4f} of its {policy.target.metric} "
+                      f"(FlopCounterMode), target {policy.target.fraction:g} ± {BUDGET_BAND}", style="bold red")
         return EXIT_BUDGET_MISSED
     return 0
 
