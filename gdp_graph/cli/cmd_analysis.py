@@ -7,6 +7,7 @@ import argparse
 import warnings
 from typing import Any, Callable, Optional
 
+from gdp_graph.cli.spec import add_meta_argument
 from gdp_graph.cli.common import (EXIT_DIFFERENT, EXIT_OK, UsageError, add_model_arguments, add_output_arguments,
                                   make_console, print_json, resolve_policy_argument)
 
@@ -24,8 +25,9 @@ def analyze_spec(args: argparse.Namespace, *, realistic: bool = False):
     from gdp_graph.cli.spec import load_spec
     from gdp_graph.graph.analysis import analyze
     from gdp_graph.prune.weights import realistic_weights
-    model, inputs = load_spec(args.spec, args.input_shape)
-    if realistic:  # a copy: the factory's model is left as it is
+    meta = getattr(args, "meta", False)
+    model, inputs = load_spec(args.spec, args.input_shape, meta=meta)
+    if realistic and not meta:  # a copy: the factory's model is left as it is
         model = realistic_weights(model, inputs, seed=args.seed)
     analysis = analyze(model, inputs)
     # the traced graph's own positional inputs (keyword inputs of a factory are bound to them)
@@ -96,6 +98,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not analysis.prunable_groups():
         raise UsageError(f"{args.spec}: no prunable channel group (every group is frozen; run 'gdp-graph inspect' to see why)")
     plan = random_plan(analysis, args.ratio, seed=args.seed, block_ratio=args.blocks)
+    if args.meta:
+        return _check_on_meta(args, analysis, plan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VerifyWarning)  # the verdict is the exit code and the report
         # the GraphModule is what is checked; it takes the graph's positional inputs the cost uses
@@ -129,9 +133,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_DIFFERENT
 
 
+def _check_on_meta(args: argparse.Namespace, analysis, plan) -> int:
+    """``check --meta``: the random plan for the shapes alone; nothing can run, so nothing is
+    verified (apply the saved plan to the checkpoint to verify or stream it)."""
+    from gdp_graph.graph.cost import CostModel
+    cost = CostModel(analysis)
+    out = {"spec": args.spec, "ratio": args.ratio, "block_ratio": args.blocks, "seed": args.seed, "meta": True,
+           "groups": len(analysis.groups), "prunable_groups": len(analysis.prunable_groups()),
+           "groups_pruned": len(plan.keep), "removable_blocks": len([b for b in analysis.blocks if b.prunable]),
+           "removed_blocks": sorted(plan.removed_blocks), "params_before": cost.total.params,
+           "verified": False, "plan_file": args.save_plan}
+    if args.save_plan:
+        plan.save(args.save_plan)
+    if args.json:
+        print_json(out)
+    else:
+        console = make_console(args)
+        console.print(f"{args.spec} on the meta device: {out['groups_pruned']} of {out['prunable_groups']} prunable "
+                      f"groups pruned by {args.ratio}, {len(out['removed_blocks'])} of {out['removable_blocks']} "
+                      f"removable blocks removed; not verified (no weights on the meta device)")
+        if args.save_plan:
+            console.print(f"plan written to {args.save_plan} (apply it: gdp-graph apply {args.spec} "
+                          f"{args.save_plan} --out DIR)")
+    return EXIT_OK
+
+
 def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = add("inspect", "show channel groups, removable blocks and opaque leaves (and what a policy gates)")
     add_model_arguments(p)
+    add_meta_argument(p)
     add_output_arguments(p)
     p.add_argument("--policy", help="a YAML policy file or shipped policy name: show which groups and blocks each rule gates")
     p.add_argument("--draw", metavar="FILE", help="draw the channel groups on the model graph (.svg or .png; needs the 'plot' extra)")
@@ -140,6 +170,7 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = add("check", "prune at random, rewrite and verify that outputs equal the gated reference "
                      "(exit 0 equal, 1 different, 2 error)")
     add_model_arguments(p)
+    add_meta_argument(p)
     add_output_arguments(p)
     p.add_argument("--ratio", type=float, default=0.3, help="fraction of every prunable group to remove")
     p.add_argument("--seed", type=int, default=0, help="seed of the random plan")

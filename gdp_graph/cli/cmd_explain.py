@@ -7,6 +7,7 @@ import argparse
 from typing import Any, Callable
 
 from gdp_graph.cli.cmd_analysis import analyze_spec
+from gdp_graph.cli.spec import add_meta_argument
 from gdp_graph.cli.common import EXIT_OK, add_model_arguments, add_output_arguments, make_console, print_json
 
 
@@ -57,6 +58,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = add("explain", "why a channel group's members are coupled (op by op), and what froze a frozen group")
     add_model_arguments(p)
+    add_meta_argument(p)
     p.add_argument("group", metavar="GROUP", type=int, help="group id, as 'gdp-graph inspect' lists them")
     p.add_argument("--from", dest="source", metavar="NAME", help="a member (module or fx node name); default: the two "
                                                                    "members farthest apart")

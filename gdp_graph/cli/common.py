@@ -26,7 +26,8 @@ class UsageError(GdpError, ValueError):
 
 def add_model_arguments(p: argparse.ArgumentParser, *, spec_help: Optional[str] = None) -> None:
     p.add_argument("spec", metavar="SPEC", help=spec_help or "package.module:factory or path/to/file.py:factory "
-                   "(the factory returns a model or (model, example_inputs))")
+                   "(the factory returns a model or (model, example_inputs)), or hf:DIR / hf:owner/name "
+                   "(a Hugging Face causal LM folder, or a hub name in the local cache; never downloaded)")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (overrides the factory's inputs)")
 
 
