@@ -251,7 +251,7 @@ def test_verify_calls_a_kept_class_with_keyword_inputs(analyses):
     assert result.ok and result.max_rel_diff < 1e-5
 
 
-def test_cache_object_in_the_output_is_a_clear_error(analyses):
+def test_cache_object_asked_for_in_the_output_is_a_clear_error(analyses):
     model, inputs, _ = analyses("llama")
     with pytest.raises(G.TraceError, match="use_cache=False"):
-        G.analyze(model, {"input_ids": inputs["input_ids"]})
+        G.analyze(model, {"input_ids": inputs["input_ids"], "use_cache": True})

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import torch
 import torch.utils._pytree as pytree
 
 from gdp_graph.errors import GdpError
+
+
+#: forward parameters that ask for returned state (not tensors) and the value that turns it off;
+#: fixed to that value while tracing unless the example inputs give them
+STATE_FLAGS: dict[str, Any] = {"use_cache": False}
 
 
 class InputError(GdpError, ValueError):
@@ -49,7 +55,7 @@ def split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """A tensor, tuple/list or dict of example inputs as ``(args, kwargs)``."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,), {}
-    if isinstance(example_inputs, dict):
+    if isinstance(example_inputs, Mapping):  # a tokenizer's BatchEncoding is a Mapping, not a dict
         bad = [k for k in example_inputs if not isinstance(k, str)]
         if bad:
             raise InputError(f"keyword example inputs need string keys, got {bad[0]!r}")
@@ -65,6 +71,7 @@ def bind_inputs(forward: Callable[..., Any], example_inputs: Any) -> BoundInputs
     args, kwargs = split_inputs(example_inputs)
     signature = inspect.signature(forward)
     params = list(signature.parameters.values())
+    kwargs = {**_state_off(signature, args, kwargs), **kwargs}
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
@@ -88,6 +95,14 @@ def bind_inputs(forward: Callable[..., Any], example_inputs: Any) -> BoundInputs
     # flags given by value (return_dict=False, use_cache=False) select code paths: fix them too
     fixed.update({k: v for k, v in bound.arguments.items() if is_flag(v)})
     return BoundInputs(args, kwargs, tuple(positional), fixed)
+
+
+def _state_off(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`STATE_FLAGS` that ``forward`` takes as keywords and the inputs leave unset."""
+    names = list(signature.parameters)
+    given = set(names[:len(args)]) | set(kwargs)
+    return {k: v for k, v in STATE_FLAGS.items() if k in signature.parameters and k not in given
+            and signature.parameters[k].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
 
 
 def is_flag(value: Any) -> bool:

@@ -9,7 +9,8 @@ kept (``num_heads``, ``num_key_value_heads``, ``all_head_size``, ``split_size``,
 submodules of removed residual branches are replaced in place by stand-ins that return the
 branch's constant term (:mod:`gdp_graph.prune.removed_branch`). The Hugging Face config is
 updated where the result is uniform (every layer keeps the same heads and MLP width, no block
-removed), so ``save_pretrained`` / ``from_pretrained`` round-trip.
+removed) and the class builds those shapes from it (:mod:`gdp_graph.prune.hf_config`), so
+``save_pretrained`` / ``from_pretrained`` round-trip.
 
 Then the real forward runs on the example inputs and is compared with the gated reference (or
 with the output the caller gives). The class's Python code may hold constants the plan breaks (a
@@ -30,6 +31,7 @@ import torch.fx as fx
 from torch import nn
 
 from gdp_graph.graph.analysis import Analysis
+from gdp_graph.prune.hf_config import update_config_widths
 from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.prune.removed_branch import KeepClassError, StandIns, channel_dims_shape, plan_stand_ins
 from gdp_graph.prune.verify import VerifyResult, compare_outputs, reference_output, run_for_comparison
@@ -88,7 +90,7 @@ def keep_class(analysis: Analysis, plan: PruningPlan, pruned: nn.Module, toleran
     _scale_head_counts(model, analysis, plan)
     stand_ins.apply(model)
     # a config describes every layer alike: it cannot say that a layer lost its attention
-    config_updated = False if plan.removed_blocks else _update_config(model, analysis, plan)
+    config_updated = False if plan.removed_blocks else update_config_widths(model, analysis, plan)
     try:
         if expected is None:
             expected = reference_output(analysis, plan)
@@ -291,50 +293,3 @@ def _scale_head_counts(model: nn.Module, analysis: Analysis, plan: PruningPlan) 
             value = getattr(module, attr, None)
             if isinstance(value, int) and not isinstance(value, bool) and value % group.size == 0:
                 setattr(module, attr, value * len(kept) // group.size)
-
-
-def _update_config(model: nn.Module, analysis: Analysis, plan: PruningPlan) -> bool:
-    """A Hugging Face config that describes every layer alike gets the new sizes."""
-    config = getattr(model, "config", None)
-    if config is None or not plan.keep:
-        return False
-    heads = {(g.size, len(k)) for gid, k in plan.keep.items() if (g := analysis.groups[gid]).unit == "head"}
-    head_groups = [g for g in analysis.groups if g.unit == "head"]
-    updates: dict[str, int] = {}
-    if heads:
-        if len(heads) != 1 or len([gid for gid in plan.keep if analysis.groups[gid].unit == "head"]) != len(head_groups):
-            return False  # layers keep different head counts: no single config describes them
-        (units, kept), = heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        for attr in ("num_attention_heads", "num_key_value_heads", "n_head"):
-            if isinstance(getattr(config, attr, None), int):
-                updates[attr] = getattr(config, attr) * kept // units
-        if "num_attention_heads" in updates and updates["num_attention_heads"] * head_dim != config.hidden_size:
-            if not hasattr(config, "head_dim"):
-                return False  # the config derives head_dim from hidden_size / heads: cannot express it
-            updates["head_dim"] = head_dim
-    width = _uniform_mlp_width(config, analysis, plan)
-    if width is False:
-        return False
-    if width is not None:
-        updates.update(width)
-    for key, value in updates.items():
-        setattr(config, key, value)
-    return bool(updates)
-
-
-def _uniform_mlp_width(config: Any, analysis: Analysis, plan: PruningPlan):
-    """``{attribute: kept width}`` when every MLP group keeps the same width, None when none is
-    pruned, False when they differ."""
-    for attr in ("intermediate_size", "n_inner", "ffn_dim"):
-        original = getattr(config, attr, None)
-        if attr == "n_inner" and original is None and hasattr(config, "n_embd"):
-            original = 4 * config.n_embd  # GPT-2's default
-        if not isinstance(original, int):
-            continue
-        groups = [g for g in analysis.groups if g.unit == "channel" and g.size == original and g.prunable]
-        kept = {len(plan.keep.get(g.id, range(g.size))) for g in groups}
-        if not groups or kept == {original}:
-            return None
-        return {attr: kept.pop()} if len(kept) == 1 else False
-    return None
