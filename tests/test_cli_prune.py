@@ -133,6 +133,16 @@ def test_prune_and_report_a_hugging_face_decoder_with_keyword_batches(tmp_path):
     # projections), so its layers run as submodules and have per-layer FLOPs
     assert report["pruned_class"] == "LlamaForCausalLM" and report["kept_class_reason"] is None
     assert any(row["after"] and row["after"]["flops"] for row in data["layers"])
+    # DIR/hf: the save_pretrained folder, which gives the pruned model's logits
+    import torch
+    import transformers
+    hf = report["hf"]
+    assert hf["folder"] == str(out / "hf"), hf
+    folder = transformers.AutoModelForCausalLM.from_pretrained(hf["folder"], trust_remote_code=not hf["uniform"]).eval()
+    pruned = torch.load(out / "pruned.pt", weights_only=False).eval()
+    ids = torch.randint(0, 64, (2, 5))
+    with torch.no_grad():
+        assert torch.allclose(folder(ids).logits, pruned(ids).logits, atol=1e-5)
 
 
 def _schedule_policy(tmp_path, body: str) -> Path:

@@ -33,7 +33,7 @@ from gdp_graph.prune.hf_config import HfConfigError, builds_shapes, pruned_hf_co
 from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.prune.removed_branch import RemovedBranch
 
-__all__ = ["HF_MODELING_FILE", "save_hf", "apply_pruned_shapes"]
+__all__ = ["HF_MODELING_FILE", "apply_pruned_shapes", "local_tokenizer", "save_hf", "write_hf_folder"]
 
 HF_MODELING_FILE = "modeling_gdp_pruned.py"
 _AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
@@ -197,3 +197,33 @@ def save_hf(model: nn.Module, analysis: Analysis, plan: PruningPlan, folder: str
 
 def shapes_of_state(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def local_tokenizer(model: nn.Module) -> Any:
+    """The tokenizer stored where the model came from (``name_or_path``, local files only), or
+    None."""
+    path = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not path:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception:  # noqa: BLE001 - no tokenizer there (or none that loads offline): the folder goes without
+        return None
+
+
+def write_hf_folder(folder: str | Path, model: nn.Module, analysis: Analysis, plan: PruningPlan,
+                    tokenizer: Any = None) -> dict[str, Any]:
+    """``gdp-graph prune --out DIR``'s ``DIR/hf``: :func:`save_hf` for a Hugging Face model of its
+    own class, with ``tokenizer`` or the one at its ``name_or_path``. Returns what the report
+    says: ``{"folder", "uniform", "tokenizer", "load"}``, or ``{"skipped": why}``."""
+    if not hasattr(model, "save_pretrained") or getattr(model, "config", None) is None:
+        return {"skipped": f"{type(model).__name__} is not a Hugging Face PreTrainedModel"}
+    tokenizer = tokenizer if tokenizer is not None else local_tokenizer(model)
+    try:
+        uniform = save_hf(model, analysis, plan, folder, tokenizer)
+    except HfConfigError as exc:
+        return {"skipped": str(exc)}
+    load = "from_pretrained(folder)" if uniform else "from_pretrained(folder, trust_remote_code=True)"
+    return {"folder": str(folder), "uniform": uniform, "tokenizer": tokenizer is not None, "load": load}
