@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-pytest.importorskip("torch_pruning")
+import torch_pruning  # noqa: F401 - in the test extra, so CI runs these tests instead of skipping them
 
 from benchmarks.tp_baseline import prune_with_torch_pruning
 from gdp_graph.graph.cost import count_flops

@@ -125,7 +125,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         "realistic_weights": args.realistic_weights, "inconclusive": result.inconclusive,
     }
     if args.save_plan:
-        plan.save(args.save_plan)
+        plan.save(args.save_plan, analysis)  # with what it was made for: apply refuses another model
     if args.json:
         print_json(out)
     else:

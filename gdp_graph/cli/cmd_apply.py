@@ -33,7 +33,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
               "flops_per_sample_after": after.flops / n, "max_abs_diff": result.max_abs_diff,
               "max_rel_diff": result.max_rel_diff, "tolerance": args.tolerance, "ok": result.ok, "out": args.out}
     if args.out:
-        write_outputs(args.out, pruned, plan, report, inputs)
+        write_outputs(args.out, pruned, plan, report, inputs, analysis=analysis)
     if args.json:
         print_json(report)
     else:

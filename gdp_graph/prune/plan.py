@@ -6,11 +6,12 @@ Plans can be printed, saved as JSON, and re-applied.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -22,13 +23,31 @@ class PlanError(GdpError, ValueError):
     """A plan that the analysed model cannot honour (the message names the group or block)."""
 
 
+def model_fingerprint(analysis: Analysis) -> dict[str, Any]:
+    """What a saved plan's group and block numbers refer to: the analysed model's group sizes,
+    its block count and a digest of every group's members (group ids are positions in one
+    analysis of one model; on another model the same ids name other layers)."""
+    members = "\n".join(f"{g.id}:{g.size}:" + ",".join(f"{m.node}/{m.dim}" for m in g.members) for g in analysis.groups)
+    return {"group_sizes": [g.size for g in analysis.groups], "blocks": len(analysis.blocks),
+            "digest": hashlib.sha256(members.encode()).hexdigest()[:16]}
+
+
+def _sizes(fingerprint: Mapping[str, Any]) -> str:
+    sizes = list(fingerprint.get("group_sizes", []))
+    shown = ", ".join(str(s) for s in sizes[:8]) + (", …" if len(sizes) > 8 else "")
+    return f"{len(sizes)} groups (sizes {shown}), {fingerprint.get('blocks')} blocks"
+
+
 @dataclass(frozen=True)
 class PruningPlan:
-    """``keep[group_id]`` lists the kept unit indices of every group that loses units."""
+    """``keep[group_id]`` lists the kept unit indices of every group that loses units.
+    ``made_for``: the :func:`model_fingerprint` of the analysis a saved plan was made on (set
+    by ``save(path, analysis)``, checked by :meth:`validate`)."""
 
     keep: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     removed_blocks: frozenset[int] = frozenset()
     allow_inexact: bool = False
+    made_for: Optional[Mapping[str, Any]] = field(default=None, compare=False, repr=False)
 
     def removed_units(self, analysis: Analysis, gid: int) -> list[int]:
         kept = set(self.keep.get(gid, range(analysis.groups[gid].size)))
@@ -37,6 +56,9 @@ class PruningPlan:
     def validate(self, analysis: Analysis) -> None:
         """Raise :class:`PlanError` naming every violation (frozen units, inexact groups,
         divisibility, empty groups outside removed blocks)."""
+        if self.made_for is not None and dict(self.made_for) != model_fingerprint(analysis):
+            raise PlanError(f"invalid pruning plan: it was made for another model (or another analysis of it): "
+                            f"{_sizes(self.made_for)}; this model has {_sizes(model_fingerprint(analysis))}")
         problems = []
         removed_block_nodes = {n for b in analysis.blocks if b.id in self.removed_blocks for n in b.nodes}
         for bid in self.removed_blocks:
@@ -102,17 +124,27 @@ class PruningPlan:
 
     # -- serialization --------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"keep": {str(k): list(v) for k, v in sorted(self.keep.items())},
-                "removed_blocks": sorted(self.removed_blocks), "allow_inexact": self.allow_inexact}
+        out = {"keep": {str(k): list(v) for k, v in sorted(self.keep.items())},
+               "removed_blocks": sorted(self.removed_blocks), "allow_inexact": self.allow_inexact}
+        if self.made_for is not None:
+            out["model"] = dict(self.made_for)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "PruningPlan":
+        model = data.get("model")
+        if model is not None and not isinstance(model, dict):
+            raise TypeError(f"'model' must be a mapping, got {type(model).__name__}")
         return cls(keep={int(k): tuple(int(u) for u in v) for k, v in data.get("keep", {}).items()},
                    removed_blocks=frozenset(int(b) for b in data.get("removed_blocks", [])),
-                   allow_inexact=bool(data.get("allow_inexact", False)))
+                   allow_inexact=bool(data.get("allow_inexact", False)), made_for=model)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+    def save(self, path: str | Path, analysis: Optional[Analysis] = None) -> None:
+        """Write the plan as JSON; with ``analysis``, also what it was made for, so that
+        applying it to another model is refused instead of pruning the wrong layers."""
+        plan = self if analysis is None else PruningPlan(self.keep, self.removed_blocks, self.allow_inexact,
+                                                         model_fingerprint(analysis))
+        Path(path).write_text(json.dumps(plan.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> "PruningPlan":

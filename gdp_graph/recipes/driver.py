@@ -109,7 +109,7 @@ def _forward(model: nn.Module, task: Task, batch: Any) -> Any:
 
 def evaluate(model: nn.Module, task: Task, device: torch.device) -> Optional[float]:
     """The task's metric averaged over ``eval_loader`` weighted by batch size (the mean loss
-    without a metric); None without an evaluation loader."""
+    without a metric); None without an evaluation loader; an empty one is a :class:`TaskError`."""
     if task.eval_loader is None:
         return None
     was = model.training
@@ -126,7 +126,9 @@ def evaluate(model: nn.Module, task: Task, device: torch.device) -> Optional[flo
                 count += n
     finally:
         model.train(was)
-    return total / count if count else None
+    if not count:  # evaluated first on the original model, so this stops a run before training
+        raise TaskError(f"TASK {task.name}: eval_loader is empty")
+    return total / count
 
 
 def steps_per_epoch(task: Task) -> int:

@@ -8,6 +8,9 @@ apply``), ``DIR/report.json``.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -15,6 +18,7 @@ import torch
 from torch import nn
 
 from gdp_graph.errors import GdpError
+from gdp_graph.graph.analysis import Analysis
 from gdp_graph.prune.export import load, save
 from gdp_graph.prune.plan import PruningPlan
 
@@ -26,20 +30,29 @@ class OutputError(GdpError, ValueError):
 
 
 def write_outputs(folder: str | Path, pruned: nn.Module, plan: PruningPlan, report: dict[str, Any],
-                  inputs: Optional[Sequence[Any]] = None) -> Path:
+                  inputs: Optional[Sequence[Any]] = None, *, analysis: Optional[Analysis] = None) -> Path:
+    """Write the pruned model, the plan (with what it was made for, given ``analysis``), the
+    report and the example inputs. Everything is written to a temporary folder beside
+    ``folder`` first and each file is then renamed into place, so a failure (a model that
+    cannot be pickled, a full disk) leaves ``folder`` as it was."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     # a verification result attached by rewrite() would make the file need gdp_graph to load
     verify_result = pruned.__dict__.pop("gdp_verify", None)
     try:
-        save(pruned, folder / PRUNED_FILE)
+        save(pruned, staging / PRUNED_FILE)
+        plan.save(staging / PLAN_FILE, analysis)
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=1, default=str))
+        if inputs is not None and all(isinstance(v, torch.Tensor) for v in inputs):
+            torch.save(tuple(v.detach().cpu() for v in inputs), staging / INPUTS_FILE)
+        folder.mkdir(exist_ok=True)
+        for file in staging.iterdir():
+            os.replace(file, folder / file.name)
     finally:
         if verify_result is not None:
             pruned.gdp_verify = verify_result
-    plan.save(folder / PLAN_FILE)
-    (folder / REPORT_FILE).write_text(json.dumps(report, indent=1, default=str))
-    if inputs is not None and all(isinstance(v, torch.Tensor) for v in inputs):
-        torch.save(tuple(v.detach().cpu() for v in inputs), folder / INPUTS_FILE)
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
