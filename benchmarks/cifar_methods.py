@@ -25,9 +25,16 @@ first part and from ``--finetune-lr`` over the second:
                  (the probes are recorded with the run).
 ``l1``           network slimming on the gates: L1, then a global threshold (the lowest gates
                  cut until the budget is met).
-``magnitude``    one shot: each unit scored by the L2 norm of its input columns in every layer
-                 that consumes it (each group's scores over their mean), the lowest cut to the
-                 budget from the pretrained weights, then all epochs fine-tune.
+``magnitude``    one shot (gdp_graph.importance): each unit scored by the plain L2 norm of its
+                 weights over every member of its group (the rows that produce it, its norm
+                 parameters, the input columns that consume it; records before this importance
+                 package used the squared norm of the consuming columns only), each group's
+                 scores over their mean, the lowest cut to the budget from the pretrained
+                 weights (``importance.one_shot_plan``), then all epochs fine-tune.
+``activation``   the same with Minitron's activation importance: mean |activation| per unit at
+                 its gate sites over ``SCORE_BATCHES`` training batches.
+``taylor``       the same with first-order Taylor importance: |dL/dg| at gates fixed to 1,
+                 averaged over ``SCORE_BATCHES`` training batches.
 ``tp_group_l1``  Torch-Pruning (the ``bench`` extra), one shot like ``magnitude``: its published
                  CIFAR ResNet-56 recipe (global channel ranking, 400 progressive steps until the
                  FLOPs target, classifier kept) with its group L1 importance; see tp_baseline.py.
@@ -44,11 +51,8 @@ mean +- std per method and target as the README's table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -56,9 +60,20 @@ from typing import Any
 
 import torch
 
+try:
+    from benchmarks import records
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    import records
+
+BENCHMARK = "cifar_methods"
 DEFAULT_RESULTS = Path(__file__).with_name("results") / "cifar_methods.json"
 DEFAULT_CHECKPOINT = Path("runs/pretrained_r20_10k_e15.pt")
-METHODS = ("gdp", "polarization", "polarization_bisect", "l1", "magnitude", "tp_group_l1", "tp_bn_scale", "unpruned")
+METHODS = ("gdp", "polarization", "polarization_bisect", "l1", "magnitude", "activation", "taylor", "tp_group_l1",
+           "tp_bn_scale", "unpruned")
+#: the one-shot methods scored by gdp_graph.importance
+ONE_SHOT = ("magnitude", "activation", "taylor")
+#: batches of the training split that activation and taylor score on
+SCORE_BATCHES = 16
 #: methods that prune; ``unpruned`` is the reference every row is read against
 COMPETITORS = METHODS[:-1]
 
@@ -107,8 +122,8 @@ def _policy(method: str, target: float, overrides: tuple[str, ...] = ()):
     reg["name"] = "l1" if method == "l1" else method
     if method != "gdp":
         # epsilon and reopen are smoothed-L0 settings; the baselines keep their gates as published
-        reg.pop("epsilon", None)
-        reg.pop("reopen", None)
+        for key in ("epsilon", "reopen", "init", "init_spread"):
+            reg.pop(key, None)
     for item in overrides:
         path, _, value = item.partition("=")
         *parents, leaf = path.split(".")
@@ -117,30 +132,6 @@ def _policy(method: str, target: float, overrides: tuple[str, ...] = ()):
             node = node.setdefault(key, {})
         node[leaf] = yaml.safe_load(value)
     return policy_from_dict(data, source=f"cifar_resnet for {method}", name="cifar_resnet")
-
-
-def magnitude_scores(analysis) -> dict[int, torch.Tensor]:
-    """Per unit of every group: the squared L2 norm of its input columns in every plain conv /
-    linear layer that consumes it (where the group's gates would sit)."""
-    gm = analysis.traced.gm
-    nodes = {n.name: n for n in gm.graph.nodes}
-    scores = {}
-    for g in analysis.groups:
-        s = torch.zeros(g.size, dtype=torch.float64)
-        for site in g.gate_sites:
-            node = nodes[site.node]
-            if node.op != "call_module":
-                continue
-            layer = gm.get_submodule(str(node.target))
-            w = getattr(layer, "weight", None)
-            if w is None or getattr(layer, "groups", 1) != 1 or w.dim() < 2:
-                continue
-            col = w.detach().double().transpose(0, 1).reshape(w.shape[1], -1).pow(2).sum(1)
-            index = site.unit_index.reshape(-1)
-            keep = index >= 0
-            s.index_add_(0, index[keep], col[: index.numel()][keep])
-        scores[g.id] = s
-    return scores
 
 
 def _train_until_fixed(gated, train, args) -> None:
@@ -217,8 +208,9 @@ def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
     import gdp_graph as G
     from gdp_graph.gates.attach import attach
     from gdp_graph.gates.finalize import finalize
-    from gdp_graph.gates.selection import plan_for_budget
-    from gdp_graph.graph.cost import CostModel, model_cost
+    import torch.nn.functional as F
+
+    from gdp_graph.graph.cost import model_cost
     from gdp_graph.policy import resolve
     from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
     from gdp_graph.recipes.cifar10.gdp_phase import GateOptimizer
@@ -246,7 +238,7 @@ def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
         record["acc_gated"] = record["acc_finalized"] = evaluate(net, test, device="cpu")["accuracy"]
         _epochs(net, train, args.sparse_epochs, args.lr,
                 on_epoch=lambda e, st: record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"]}))
-    elif method in ("tp_group_l1", "tp_bn_scale"):  # one shot, like magnitude
+    elif method in ("tp_group_l1", "tp_bn_scale"):  # one shot, like ONE_SHOT
         try:
             from benchmarks import tp_baseline
         except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
@@ -256,11 +248,15 @@ def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
         record["acc_gated"] = record["acc_finalized"] = evaluate(net, test, device="cpu")["accuracy"]
         _epochs(net, train, args.sparse_epochs, args.lr,
                 on_epoch=lambda e, st: record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"]}))
-    elif method == "magnitude":
+    elif method in ONE_SHOT:
+        from gdp_graph.importance import one_shot_plan, score_units
+
         analysis = G.analyze(model, x1)
         resolution = resolve(policy, analysis.groups, analysis.blocks)
-        scores = {gid: s for gid, s in magnitude_scores(analysis).items() if gid in resolution.gated_groups()}
-        plan, _ = plan_for_budget(analysis, CostModel(analysis), resolution, scores, target, normalize=True)
+        train.set_epoch(seed)
+        scores = score_units(analysis, method, train, lambda out, batch: F.cross_entropy(out, batch[1]),
+                             max_batches=SCORE_BATCHES)
+        plan, _ = one_shot_plan(analysis, scores, resolution, target)
         pruned = G.rewrite(analysis, plan)
         record["acc_gated"] = record["acc_finalized"] = evaluate(pruned, test, device="cpu")["accuracy"]
         net = pruned
@@ -308,12 +304,6 @@ def pretrain(args) -> None:
     print(f"pretrained accuracy {evaluate(model, test, device='cpu')['accuracy']:.4f} -> {args.checkpoint}")
 
 
-def _machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {"runs": []}
 
@@ -330,17 +320,23 @@ def cmd_run(args) -> None:
     jobs = [(m, t, s) for t in args.targets for s in args.seeds for m in args.methods if m != "unpruned"]
     jobs += [("unpruned", 1.0, s) for s in args.seeds if "unpruned" in args.methods]
     for method, target, seed in jobs:
+        settings = {"method": method, "target": target, "seed": seed, "quick": args.quick,
+                    **{k: getattr(args, k) for k in ("sparse_epochs", "finetune_epochs", "lr", "finetune_lr", "gate_lr",
+                                                     "train_subset", "val_subset", "gdp_set")}}
+        if not args.rerun and records.recorded(path, BENCHMARK, settings):
+            continue
         record = run_one(args, method, target, seed)
-        record.update(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                      machine=_machine(), quick=args.quick, checkpoint=str(args.checkpoint),
-                      settings={k: getattr(args, k) for k in ("sparse_epochs", "finetune_epochs", "lr",
-                                                              "finetune_lr", "gate_lr", "train_subset",
-                                                              "val_subset", "gdp_set")})
-        print(json.dumps({k: v for k, v in record.items() if k not in ("trajectory", "machine", "steps")}), flush=True)
-        results = _load(path)
-        results["runs"].append(record)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=1) + "\n")
+        record.update(quick=args.quick, checkpoint=str(args.checkpoint))
+        print(json.dumps({k: v for k, v in record.items() if k not in ("trajectory", "steps")}), flush=True)
+        records.append_record(path, records.new_record(BENCHMARK, settings, record, seed=seed,
+                                                       checkpoints=[args.checkpoint], note=args.note))
+
+
+def all_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every run of a results file: those written before benchmarks/records.py (``runs``) and
+    the results of this benchmark's records."""
+    return list(results.get("runs", [])) + [r["result"] for r in results.get("records", [])
+                                            if r.get("benchmark") == BENCHMARK]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -353,7 +349,7 @@ def _mean_std(values: list[float]) -> str:
 
 def table(results: dict[str, Any], include_quick: bool = False) -> str:
     """The markdown table: one row per (target, method), mean ± std over seeds."""
-    runs = [r for r in results["runs"] if include_quick or not r.get("quick")]
+    runs = [r for r in all_runs(results) if include_quick or not r.get("quick")]
     lines = ["| target | method | seeds | acc after cut | acc fine-tuned | FLOPs kept | params kept | acc held-out |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     keys = sorted({(r["target"], r["method"]) for r in runs}, key=lambda k: (-k[0], METHODS.index(k[1])))
@@ -416,6 +412,7 @@ def main() -> None:
     r.add_argument("--bisect-probes", type=int, default=8, help="polarization_bisect: probes per target")
     r.add_argument("--results", default=str(DEFAULT_RESULTS))
     r.add_argument("--quick", action="store_true", help="smoke run: 1k images, 1 + 1 epochs (marked quick)")
+    records.add_record_flags(r)
     t = sub.add_parser("table")
     t.add_argument("--results", default=str(DEFAULT_RESULTS))
     t.add_argument("--include-quick", action="store_true")

@@ -94,3 +94,11 @@ def test_constant_lambda_holds_the_controller_at_that_value() -> None:
     for _ in range(5):
         gated.step()
     assert gated.lam == 0.3 and gated.policy.regularizer.name == "polarization"
+
+
+def test_table_reads_the_runs_written_as_records_beside_the_older_ones() -> None:
+    results = {"runs": [_run("gdp", 0.5, 0, 0.7, 0.5)],
+               "records": [{"benchmark": "cifar_methods", "result": _run("taylor", 0.5, 0, 0.65, 0.5)},
+                           {"benchmark": "another_benchmark", "result": _run("l1", 0.5, 0, 0.6, 0.5)}]}
+    rows = [line for line in table(results).splitlines() if line.startswith("| 0.")]
+    assert [r.split("|")[2].strip() for r in rows] == ["gdp", "taylor"]

@@ -108,3 +108,23 @@ def test_finalize_at_cut_trains_the_smaller_model_for_the_rest_of_the_phase(tmp_
     # the cut falls in epoch 1: finalized at its end, the smaller model trains epoch 2
     assert report["gated_epochs"] == 1 and [t["model"] for t in report["trajectory"]] == ["gated", "finalized"]
     assert report["acc_gated"] == report["acc_finalized"] and 0 <= report["acc_gdp_end"] <= 1
+
+
+def test_compare_runs_polarization_and_a_one_shot_method_on_the_same_schedule(tmp_path, capsys):
+    synth = Synthetic(tmp_path)
+    report = _train(capsys, synth.archive, tmp_path / "run", "--no-compare-unpruned", "--set", "regularizer.init=taylor",
+                    "--compare", "polarization", "--compare", "magnitude")
+    assert report["gate_init"] == "taylor"
+    assert set(report["compare"]) == {"polarization", "magnitude"}
+    for method, c in report["compare"].items():
+        assert 0 <= c["acc_finetuned"] <= 1 and abs(c["kept"] - 0.5) <= 0.05, method
+
+
+def test_set_overrides_a_policy_key_and_a_bad_one_is_one_line(tmp_path, capsys):
+    synth = Synthetic(tmp_path)
+    report = _train(capsys, synth.archive, tmp_path / "run", "--no-compare-unpruned", "--set",
+                    "regularizer.epsilon.end_at=0.5")
+    assert report["fix"]["step"] >= 1
+    code = main(["train", "--data", str(synth.archive), "--set", "regularizer.init=fisher"])
+    err = capsys.readouterr().err
+    assert code == 2 and "fisher" in err and "Traceback" not in err

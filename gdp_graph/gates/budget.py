@@ -40,6 +40,14 @@ are still on their way. At every :meth:`~BudgetController.update`::
   the soft cost was still 0.85 at the cut and the held-out accuracy 2.7 points lower
   (benchmarks/results/cifar_gdp_tuning.json, e11), on the short preset (47 gate steps) it was
   0.95 points higher on its held-out split.
+* **Deadline.** In a short window the look-ahead's memory outlives the window: after a fast
+  fall (the gates polarizing) the smoothed slope still predicts the target ``horizon`` updates
+  ahead, so lambda holds while the fraction drifts back up and the cut, not the gates, decides.
+  With ``deadline`` (the update by which the gates should have settled; policy key
+  ``lambda_controller.deadline: true`` passes epsilon's end), the look-ahead reaches no further
+  than that update (``min(horizon, deadline - step)``, 0 after it: plain integral control on
+  the gap), and ``GatedModel`` raises ``gain`` to ``ln(10) / deadline`` when that is larger, so
+  that lambda can cover a factor 10 within the window.
 * **Below the band** (overshoot) lambda decays by the same law, so gates pushed too far can
   recover; the look-ahead stops the decay once the fraction is rising back fast enough.
 * **Inside the band** lambda is held. ``reached`` records the first time the hard fraction was
@@ -157,6 +165,8 @@ class BudgetController:
     horizon: look-ahead in updates, >= 0 (None: ``3 / gain``); 0 disables it.
     smoothing: weight of the past in the smoothed slope, in [0, 1).
     span: gap (in fractions of the original cost) from which lambda moves at full speed, > 0.
+    deadline: the update by which the gates should have settled, >= 0 (None: no deadline); the
+        look-ahead reaches no further (see the module docstring).
 
     Raises ``ValueError`` naming the first invalid argument.
 
@@ -172,7 +182,8 @@ class BudgetController:
 
     def __init__(self, target: float, *, metric: str = "flops", lambda_init: float = 1e-4, tolerance: float = 0.02,
                  gain: float = 0.01, lambda_min: float = 1e-6, lambda_max: float = 10.0,
-                 horizon: Optional[float] = None, smoothing: float = 0.9, span: float = 0.2):
+                 horizon: Optional[float] = None, smoothing: float = 0.9, span: float = 0.2,
+                 deadline: Optional[int] = None):
         _require(_finite(target) and 0.0 < target <= 1.0, f"target must be a fraction in (0, 1], got {target!r}")
         _check_metric(metric)
         _require(_finite(tolerance) and 0.0 <= tolerance < 1.0, f"tolerance must be in [0, 1), got {tolerance!r}")
@@ -186,6 +197,8 @@ class BudgetController:
         _require(_finite(horizon) and horizon >= 0, f"horizon must be None or a finite number >= 0, got {horizon!r}")
         _require(_finite(span) and span > 0, f"span must be a finite number > 0, got {span!r}")
         _require(_finite(smoothing) and 0.0 <= smoothing < 1.0, f"smoothing must be in [0, 1), got {smoothing!r}")
+        _require(deadline is None or (isinstance(deadline, int) and not isinstance(deadline, bool) and deadline >= 0),
+                 f"deadline must be None or an int >= 0, got {deadline!r}")
         self.target = float(target)
         self.metric = metric
         self.tolerance = float(tolerance)
@@ -195,26 +208,34 @@ class BudgetController:
         self.horizon = float(horizon)
         self.span = float(span)
         self.smoothing = float(smoothing)
+        self.deadline = deadline
         self.lam = float(lambda_init)
         self.reached = False
         self.history: list[dict] = []
         self._last: Optional[float] = None  # last measured fraction (soft if given, else hard)
         self._slope = 0.0  # smoothed change of that fraction per update
 
-    _CONFIG = ("target", "metric", "tolerance", "gain", "lambda_min", "lambda_max", "horizon", "smoothing", "span")
+    _CONFIG = ("target", "metric", "tolerance", "gain", "lambda_min", "lambda_max", "horizon", "smoothing", "span",
+               "deadline")
 
     # -- control ------------------------------------------------------------------------------
     def in_band(self, fraction: float) -> bool:
         """True when ``fraction`` is within ``tolerance`` of the target."""
         return abs(fraction - self.target) <= self.tolerance + _SLACK
 
-    def rate(self, hard: float) -> float:
+    def horizon_at(self, step: Optional[int]) -> float:
+        """The look-ahead at update ``step``: ``horizon``, cut at the ``deadline`` when set."""
+        if self.deadline is None or step is None:
+            return self.horizon
+        return min(self.horizon, float(max(self.deadline - step, 0)))
+
+    def rate(self, hard: float, step: Optional[int] = None) -> float:
         """The change of log(lambda) that one update at this hard fraction makes, given the
-        current smoothed slope."""
+        current smoothed slope (and, with a ``deadline``, the update ``step``)."""
         gap = hard - self.target
         if self.in_band(hard):
             return 0.0
-        predicted = hard + self.horizon * self._slope
+        predicted = hard + self.horizon_at(step) * self._slope
         remaining = min(max((predicted - self.target) / gap, 0.0), 1.0)
         error = min(max(gap / self.span, -1.0), 1.0)
         return self.gain * error * remaining
@@ -239,7 +260,7 @@ class BudgetController:
         soft = None if soft_fraction is None else float(soft_fraction)
         self.reached = self.reached or hard <= self.target + self.tolerance + _SLACK
         self._track(float(lead) if lead is not None else hard if soft is None else soft)
-        self.lam = self._clamp(self.lam * math.exp(self.rate(hard)))
+        self.lam = self._clamp(self.lam * math.exp(self.rate(hard, step)))
         record = {"step": step, "hard_fraction": hard, "soft_fraction": soft, "lambda": self.lam}
         if lead is not None:
             record["lead"] = float(lead)
@@ -265,9 +286,11 @@ class BudgetController:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict` (settings included, as torch optimizers do)."""
-        missing = [k for k in (*self._CONFIG, "lam", "reached", "last", "slope", "history") if k not in state]
+        # "deadline" came later: a state saved before it has none
+        missing = [k for k in (*self._CONFIG, "lam", "reached", "last", "slope", "history")
+                   if k not in state and k != "deadline"]
         _require(not missing, f"budget controller state lacks {', '.join(missing)}")
-        config = {k: state[k] for k in self._CONFIG if k != "target"}
+        config = {k: state.get(k) for k in self._CONFIG if k != "target"}
         fresh = BudgetController(state["target"], lambda_init=state["lam"], **config)
         self.__dict__.update(fresh.__dict__)
         self.reached = bool(state["reached"])

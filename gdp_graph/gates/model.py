@@ -14,6 +14,7 @@ the exact smaller model.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Optional
 
 import torch
@@ -109,9 +110,11 @@ class GatedModel(nn.Module):
                 raise GateError("the gdp regularizer needs an epsilon schedule (regularizer.epsilon)")
             if self.fix_step is not None:
                 # epsilon.max_travel: theta starts low enough to reach 0 within the gates' window
-                gate_steps = self.fix_step * (self.steps_per_epoch if self.schedule_per == "epoch" else 1)
+                # epsilon.end_at: epsilon reaches its end (the gates polarize) before the cut
+                ramp = max(1, round(curve.end_at * self.fix_step))
+                gate_steps = ramp * (self.steps_per_epoch if self.schedule_per == "epoch" else 1)
                 curve = fit_to_window(curve, init_gate=init_gate, gate_lr=self.gate_lr, steps=gate_steps)
-                self.epsilon_schedule = EpsilonRamp(curve, self.fix_step)
+                self.epsilon_schedule = EpsilonRamp(curve, ramp)
         groups = {gid: analysis.groups[gid].frozen_units.clone() for gid in resolution.gated_groups()}
         blocks = resolution.gated_blocks()
         eps0 = curve.start if kind == "smoothed_l0" else 1.0
@@ -130,11 +133,24 @@ class GatedModel(nn.Module):
         self.lead = ctrl.lead
         self._lambda = float(reg.lambda_)
         if ctrl.kind == "proportional":
+            deadline = self._deadline(ctrl)
+            gain = ctrl.gain if deadline is None else max(ctrl.gain, math.log(10.0) / max(deadline, 1))
             self.controller = BudgetController(policy.target.fraction, metric=self.metric, lambda_init=reg.lambda_,
-                                               tolerance=policy.target.tolerance, gain=ctrl.gain,
-                                               lambda_min=ctrl.min, lambda_max=ctrl.max)
+                                               tolerance=policy.target.tolerance, gain=gain,
+                                               lambda_min=ctrl.min, lambda_max=ctrl.max, deadline=deadline)
         self.fix_report: dict[str, Any] = {}
         self.train()
+
+    def _deadline(self, ctrl: Any) -> Optional[int]:
+        """``lambda_controller.deadline``: the controller update at which epsilon reaches its end."""
+        if not ctrl.deadline or self.epsilon_schedule is None:
+            return None
+        ramp = self.epsilon_schedule.total_steps
+        if self.schedule_per == "epoch" and ctrl.step == "iteration":
+            return ramp * (self.steps_per_epoch or 1)
+        if self.schedule_per == "iteration" and ctrl.step == "epoch":
+            return max(1, ramp // (self.steps_per_epoch or 1))
+        return ramp
 
     def _phase_length(self, total_steps: Optional[int]) -> Optional[int]:
         """The gated phase in the unit the schedules step in (iterations or epochs)."""

@@ -9,10 +9,12 @@ Methods: ``magnitude`` (weights only), ``activation`` (calibration batches), ``t
 batches and a loss), ``depth`` (block importance from calibration batches); see
 :mod:`gdp_graph.importance.scores`. This stage comes after ``gates``: it reuses the gates'
 budget selection (:mod:`gdp_graph.gates.selection`) and gate bank; nothing in ``gates``
-imports it.
+imports it. :func:`init_gates` starts a gated model's gates ranked by importance (policy key
+``regularizer.init``).
 """
 
 from gdp_graph.importance.plan import one_shot_plan
+from gdp_graph.importance.ranked import init_gates
 from gdp_graph.importance.scores import METHODS, ImportanceError, Scores, magnitude_scores, score_units
 
-__all__ = ["METHODS", "ImportanceError", "Scores", "magnitude_scores", "one_shot_plan", "score_units"]
+__all__ = ["METHODS", "ImportanceError", "Scores", "init_gates", "magnitude_scores", "one_shot_plan", "score_units"]

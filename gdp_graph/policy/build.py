@@ -100,6 +100,8 @@ class _PolicyBuilder:
         reg_name = values.get("name", Regularizer.name)
         self.only_for(sub, "t", reg_name, "polarization")
         self.only_for(sub, "epsilon", reg_name, "gdp")
+        self.only_for(sub, "init", reg_name, "gdp")
+        self.only_for(sub, "init_spread", reg_name, "gdp")
         epsilon = self.epsilon(sub.sub("epsilon")) if reg_name == "gdp" else None
         t = values.get("t", DEFAULT_T) if reg_name == "polarization" else None
         lam = values.get("lambda", Regularizer.lambda_)
@@ -108,7 +110,9 @@ class _PolicyBuilder:
                            epsilon=epsilon, t=t,
                            threshold=values.get("threshold", Regularizer.threshold),
                            fix_at=values.get("fix_at", Regularizer.fix_at),
-                           reopen=values.get("reopen", Regularizer.reopen))
+                           reopen=values.get("reopen", Regularizer.reopen),
+                           init=values.get("init", Regularizer.init),
+                           init_spread=values.get("init_spread", Regularizer.init_spread))
 
     def only_for(self, sub: Checked, key: str, reg_name: str, wanted: str) -> None:
         if key in sub.entries and reg_name != wanted:
@@ -128,7 +132,7 @@ class _PolicyBuilder:
         sub = self.record("regularizer.lambda_controller", reg.sub("lambda_controller"))
         ctrl = LambdaController(**sub.values) if sub else LambdaController()
         if ctrl.kind == "constant":
-            for key in ("gain", "min", "max", "step", "lead"):
+            for key in ("gain", "min", "max", "step", "lead", "deadline"):
                 if sub is not None and key in sub.entries:
                     self.rep.error(sub.key_location(key), f"regularizer.lambda_controller.{key} "
                                    "only applies to kind: proportional (kind is 'constant')")

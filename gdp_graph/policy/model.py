@@ -122,6 +122,8 @@ class Policy:
             regularizer["epsilon"] = {k: v for k, v in _fields_dict(reg.epsilon).items() if v is not None}
         if reg.t is not None:
             regularizer["t"] = reg.t
+        if reg.name == "gdp":
+            regularizer.update(init=reg.init, init_spread=reg.init_spread)
         out: dict[str, Any] = {"version": self.version}
         if self.description:
             out["description"] = self.description

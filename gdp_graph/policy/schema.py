@@ -30,6 +30,8 @@ from gdp_graph.policy.yamlcheck import Bool, Enum, Field, Int, Number, OneOrMany
 
 #: what a proportional lambda controller's look-ahead follows (see gdp_graph.gates.budget)
 LEADS = ("soft", "travel")
+#: where the gates' theta starts (see gdp_graph.gates.init): all equal, or ranked by an importance
+INITS = ("uniform", "magnitude", "activation", "taylor")
 
 # --------------------------------------------------------------------------------------------
 # Typed settings: their class attributes are the defaults the schema documents
@@ -70,6 +72,7 @@ class LambdaController:
     max: float = 10.0
     step: str = "iteration"
     lead: str = "soft"
+    deadline: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class EpsilonSchedule:
     schedule: str = "cosine"
     step: str = "iteration"
     max_travel: Optional[float] = None  #: see gdp_graph.gates.schedule.fit_to_window
+    end_at: float = 1.0  #: share of the gates' window (the steps before fix_at) when end is reached
 
     def value(self, progress: float) -> float:
         """Epsilon after a fraction ``progress`` in [0, 1] of the annealing."""
@@ -100,6 +104,8 @@ class Regularizer:
     threshold: float = 1.0e-6
     fix_at: float = 0.3
     reopen: bool = False
+    init: str = "uniform"
+    init_spread: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,10 @@ CONTROLLER_SPEC = Struct("lambda controller", {
                   "soft: the soft cost; travel: the cost written from each gate's theta as a "
                   "share of its start (moves from the first step, while a gate's value only moves "
                   "once theta nears sqrt(epsilon)).", LambdaController.lead),
+    "deadline": Field(Bool(), "proportional only: aim at the step where epsilon reaches its end "
+                      "(epsilon.end_at of the steps before fix_at): the look-ahead reaches no further, "
+                      "and gain is raised to ln(10) / those steps when larger, so that lambda can move a "
+                      "factor 10 within a short window.", LambdaController.deadline),
 }, doc="How lambda is steered towards the target.", nullable=True)
 
 EPSILON_SPEC = Struct("epsilon schedule", {
@@ -202,6 +212,11 @@ EPSILON_SPEC = Struct("epsilon schedule", {
                         "falling at full speed (Adam: about gate_lr per step) reaches 0 from its "
                         "start; a shorter gated phase lowers start (theta starts lower). Absent: "
                         "start as given."),
+    "end_at": Field(Number(minimum=0, maximum=1, exclusive_minimum=True), "Share of the gates' "
+                    "training (the steps before fix_at) at which epsilon reaches end; it stays there "
+                    "until the cut. Below 1 the gates polarize before they are cut and lambda steers "
+                    "the polarized gates to the target in the remaining steps, so the cut confirms "
+                    "what the gates decided.", EpsilonSchedule.end_at),
 }, doc="gdp only: the smoothing constant of the gates, annealed from start down to end.",
     nullable=True)
 
@@ -227,6 +242,17 @@ REGULARIZER_SPEC = Struct("regularizer", {
                     "floor (0.0099) would otherwise hold its unit there, counted in the budget but "
                     "carrying almost nothing. A unit whose gate no weight can take keeps its value.",
                     Regularizer.reopen),
+    "init": Field(Enum(INITS), "gdp only: where the gates start. uniform: every gate at 0.99; "
+                  "magnitude / activation / taylor: ranked by that one-shot importance "
+                  "(gdp_graph.importance), the least important unit starting lowest, so the short "
+                  "training before fix_at refines a ranking instead of creating one from equal "
+                  "gates. Applied by gdp-graph train and prune, or by "
+                  "gdp_graph.importance.init_gates(gated, batches, loss_fn) after attach().",
+                  Regularizer.init),
+    "init_spread": Field(Number(minimum=0, maximum=1, exclusive_maximum=True), "gdp only, with a ranked "
+                         "init: theta starts at theta_start * (1 - init_spread * (1 - q)), q the unit's "
+                         "rank quantile (0: least important); 0.9 starts the least important gate near "
+                         "0.5.", Regularizer.init_spread),
 }, doc="The sparsity regularizer on the gates.", nullable=True)
 
 DEFAULTS_SPEC = Struct("defaults", {

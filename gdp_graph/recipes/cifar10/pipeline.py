@@ -12,12 +12,13 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from rich.console import Console
 
 from gdp_graph.gates.model import DEFAULT_GATE_LR
+from gdp_graph.recipes.cifar10.compare import COMPARE_METHODS, run_comparison
 from gdp_graph.recipes.cifar10.gdp_phase import gdp_phase
 from gdp_graph.report.console import terminal_console
 from gdp_graph.vocabulary import REGULARIZERS
@@ -66,10 +67,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     for name in ("lr", "gdp-lr", "finetune-lr"):
         p.add_argument(f"--{name}", type=float)
     p.add_argument("--gate-lr", type=float, help=f"the gates' Adam learning rate (default {DEFAULT_GATE_LR})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="policy_set",
+                   help="override a policy key, dotted, with a YAML value (e.g. regularizer.init=magnitude); "
+                        "repeatable, applied after --regularizer/--target")
     p.add_argument("--fix-at", type=float, help="override the policy's regularizer.fix_at (the short preset "
                    f"sets {SHORT_FIX_AT})")
     p.add_argument("--compare-unpruned", action=argparse.BooleanOptionalAction, default=None,
                    help="also train the unpruned model for the same total epochs (default: on in the short preset)")
+    p.add_argument("--compare", action="append", default=[], choices=COMPARE_METHODS, metavar="METHOD",
+                   help="also run METHOD on the same schedule from the same pretrained weights and report its "
+                        f"accuracy beside GDP's ({', '.join(COMPARE_METHODS)}; repeatable)")
     p.add_argument("--finalize-at-cut", action="store_true",
                    help="finalize at the first epoch end after the gates are fixed and train the smaller model "
                         "for the rest of the GDP phase (faster for long phases; default: finalize at its end)")
@@ -102,20 +109,46 @@ def _policy(args, fix_at: float | None = None):
     file)."""
     from gdp_graph.policy import load_policy, policy_from_dict
     policy = load_policy(args.policy)
-    if not args.regularizer and args.target is None and fix_at is None:
+    overrides = getattr(args, "policy_set", None) or []
+    if not args.regularizer and args.target is None and fix_at is None and not overrides:
         return policy
     data = policy.to_dict()
     reg = data["regularizer"]
     if args.regularizer and args.regularizer != reg["name"]:
         reg["name"] = args.regularizer
-        # epsilon belongs to gdp, t to polarization: dropped, the policy format's defaults apply
-        reg.pop("t", None)
-        reg.pop("epsilon", None)
+        # epsilon and init belong to gdp, t to polarization: dropped, the format's defaults apply
+        for key in ("t", "epsilon", "init", "init_spread"):
+            reg.pop(key, None)
     if args.target is not None:
         data["target"]["fraction"] = args.target
     if fix_at is not None:
         reg["fix_at"] = fix_at
+    for item in overrides:
+        set_key(data, item)
     return policy_from_dict(data, source=f"{policy.source} with command-line overrides", name=policy.name)
+
+
+def set_key(data: dict[str, Any], item: str) -> None:
+    """Apply one ``dotted.key=yaml-value`` override to a policy dict."""
+    import yaml
+    from gdp_graph.policy import PolicyError
+    path, sep, value = item.partition("=")
+    if not sep or not path:
+        raise PolicyError(f"--set {item!r}: expected KEY=VALUE, e.g. regularizer.init=magnitude")
+    *parents, leaf = path.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = yaml.safe_load(value)
+
+
+def apply_gate_init(gated: Any, train: Any, *, seed: int) -> Optional[Any]:
+    """The policy's ``regularizer.init`` on ``gated`` (scores from a few training batches, which
+    the training order does not depend on); None for ``uniform``."""
+    import torch.nn.functional as F
+    from gdp_graph.importance import init_gates
+    train.set_epoch(seed)
+    return init_gates(gated, train, lambda out, batch: F.cross_entropy(out, batch[1]))
 
 
 def run_pipeline(args) -> int:
@@ -184,6 +217,8 @@ def run_pipeline(args) -> int:
     gated = attach(model, policy=policy, example_inputs=example, total_steps=max(1, s["gdp_epochs"] * len(train)),
                    steps_per_epoch=len(train), gate_lr=s["gate_lr"])
     gated.to(device, memory_format=FORMAT)
+    scores = apply_gate_init(gated, train, seed=args.seed)
+    report["gate_init"] = policy.regularizer.init if scores is not None else "uniform"
     report["trajectory"] = []
     report["gdp_steps"] = max(1, s["gdp_epochs"] * len(train))
 
@@ -212,6 +247,17 @@ def run_pipeline(args) -> int:
         epochs(pruned, s["finetune_epochs"], s["finetune_lr"], "finetune")
         report["acc_finetuned"] = evaluate(pruned, test, device=device)["accuracy"]
         heldout_acc(pruned, "acc_finetuned")
+    for method in args.compare:
+        other = cifar_resnet(s["depth"]).to(device, memory_format=FORMAT)
+        other.load_state_dict(pretrained_state)
+        # polarization: the policy file with that regularizer (GDP-only overrides left out)
+        kept_sets = [i for i in args.policy_set if not i.startswith("regularizer.")]
+        other_policy = _policy(argparse.Namespace(**{**vars(args), "regularizer": method, "policy_set": kept_sets}),
+                               s["fix_at"]) if method == "polarization" else policy
+        report.setdefault("compare", {})[method] = run_comparison(
+            method, model=other, policy=other_policy, s=s, train=train, test=test, held=held, device=device,
+            console=console, seed=args.seed, autocast=args.autocast, train_epochs=epochs, example=example,
+            memory_format=FORMAT)
     if s["compare_unpruned"] and not args.checkpoint:
         # the same total epochs without pruning: the pretrained weights, trained on with the
         # gated phase's and the fine-tuning's learning rates
@@ -295,6 +341,16 @@ def _print_report(console: Console, r: dict[str, Any]) -> None:
         held.setdefault("acc_gated", held.get("acc_finalized"))
         acc.add_row("held-out", *(f"{held[k]:.4f}" if held.get(k) is not None else "-" for k in cols.values()))
     console.print(acc)
+    if r.get("compare"):
+        other = Table(title="The same command, other methods (fine-tuned top-1)", header_style="bold")
+        for col in ("method", "test", "held-out", "FLOPs kept"):
+            other.add_column(col, justify="left" if col == "method" else "right")
+        rows = {r["regularizer"]: {"acc_finetuned": r.get("acc_finetuned"), "kept": r.get("kept"),
+                                   "heldout_acc_finetuned": held.get("acc_finetuned")}, **r["compare"]}
+        for method, c in rows.items():
+            other.add_row(method, *(f"{c[k]:.4f}" if c.get(k) is not None else "-"
+                                    for k in ("acc_finetuned", "heldout_acc_finetuned", "kept")))
+        console.print(other)
     gates = r.get("gates", {})
     if gates:
         console.print("gates: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

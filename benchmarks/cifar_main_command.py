@@ -1,0 +1,114 @@
+"""The README main command (``gdp-graph train``, short preset) for several settings and seeds,
+one record per run, so that settings are compared on the command's own held-out split.
+
+    OMP_NUM_THREADS=1 python benchmarks/cifar_main_command.py --data ../shared/data/cifar10/cifar-10-python.tar.gz \
+        --checkpoint runs/pre_s0.pt --seeds 0 --variant "" --variant "--regularizer polarization" \
+        --variant "--set regularizer.init=taylor"
+    python benchmarks/cifar_main_command.py --table
+
+A variant is extra ``gdp-graph train`` arguments (the empty string: the command as shipped).
+Each run is ``gdp-graph train --data D --seed S --json [--checkpoint C] VARIANT``, in a
+subprocess with the environment's thread settings (``OMP_NUM_THREADS``); its report's
+accuracies (test and held-out, pretrained / finalized / fine-tuned / unpruned), FLOPs kept, the
+cut (``fix``) and wall time go to ``benchmarks/results/cifar_main_command.json`` through
+benchmarks/records.py. With ``--checkpoint`` the pretrained weights are shared (no pretraining
+and, as the command does, no unpruned comparison); without it every run pretrains with its seed.
+Settings are chosen on the held-out split only; test accuracy is reported beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+try:
+    from benchmarks import records
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    import records
+
+BENCHMARK = "cifar_main_command"
+RESULTS = Path(__file__).with_name("results") / "cifar_main_command.json"
+KEYS = ("acc_pretrained", "acc_finalized", "acc_finetuned", "acc_unpruned_same_epochs")
+
+
+def run(data: str, seed: int, checkpoint: str | None, variant: str, log: Path) -> dict[str, Any]:
+    """One ``gdp-graph train`` run; its report, reduced to what the table and the note need."""
+    cmd = [sys.executable, "-m", "gdp_graph.cli.main", "train", "--data", data, "--seed", str(seed), "--json",
+           "--latency-rounds", "3", *(["--checkpoint", checkpoint] if checkpoint else []), *shlex.split(variant)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as err:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    if done.returncode not in (0, 3):
+        raise SystemExit(f"run failed ({done.returncode}): {shlex.join(cmd)}; see {log}")
+    report = json.loads(done.stdout)
+    out = {"test": {k: report.get(k) for k in KEYS}, "heldout": report.get("heldout", {}), "kept": report["kept"],
+           "in_band": report["in_band"], "fix": report.get("fix"), "gate_init": report.get("gate_init"),
+           "regularizer": report["regularizer"], "wall_seconds": report["wall_seconds"],
+           "controller_history": [[h["step"], round(h["soft_fraction"], 4), round(h["lambda"], 4)]
+                                  for h in report.get("controller_history", [])]}
+    if report.get("compare"):
+        out["compare"] = report["compare"]
+    return out
+
+
+def table(path: Path) -> str:
+    """Mean (and spread over seeds) of the fine-tuned accuracy per variant, held-out first."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in records.load_records(path):
+        if r.get("benchmark") == BENCHMARK:
+            rows.setdefault(r["settings"]["variant"] or "(as shipped)", []).append(r)
+
+    def cell(values: list[float]) -> str:
+        if len(values) < 2:
+            return f"{values[0]:.4f}" if values else "-"
+        return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+    lines = ["| variant | seeds | held-out fine-tuned | test fine-tuned | FLOPs kept |", "|---|---|---:|---:|---:|"]
+    for variant, rs in rows.items():
+        held = [r["result"]["heldout"].get("acc_finetuned") for r in rs if r["result"]["heldout"]]
+        test = [r["result"]["test"]["acc_finetuned"] for r in rs]
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        lines.append(f"| {variant} | {seeds} | {cell([h for h in held if h is not None])} | {cell(test)} | "
+                     f"{cell([r['result']['kept'] for r in rs])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data")
+    p.add_argument("--checkpoint", help="shared pretrained weights (gdp-graph train --save-pretrained)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--variant", action="append", default=None, help="extra gdp-graph train arguments (repeatable)")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--table", action="store_true", help="print the table of the results file and stop")
+    records.add_record_flags(p)
+    args = p.parse_args()
+    if args.table:
+        print(table(Path(args.results)))
+        return
+    if not args.data:
+        p.error("--data is required to run")
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    for seed in args.seeds:
+        for variant in args.variant if args.variant is not None else [""]:
+            settings = {"variant": variant, "checkpoint": bool(args.checkpoint), "threads": threads}
+            if not args.rerun and records.recorded(args.results, BENCHMARK, settings | {"seed": seed}):
+                continue
+            log = Path("runs") / "main_command" / f"s{seed}_{abs(hash(variant)) % 10**8}.log"
+            result = run(args.data, seed, args.checkpoint, variant, log)
+            print(json.dumps({"variant": variant, "seed": seed, "test": result["test"]["acc_finetuned"],
+                              "heldout": result["heldout"].get("acc_finetuned"), "kept": result["kept"]}), flush=True)
+            records.append_record(args.results, records.new_record(
+                BENCHMARK, settings | {"seed": seed}, result, seed=seed,
+                checkpoints=[args.checkpoint] if args.checkpoint else [], note=args.note))
+
+
+if __name__ == "__main__":
+    main()

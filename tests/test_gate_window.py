@@ -1,0 +1,86 @@
+"""Gates that decide within a short window: a ranked start (regularizer.init), epsilon reaching
+its end before the cut (epsilon.end_at) and a lambda controller aimed at that step
+(lambda_controller.deadline)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gdp_graph as G
+from gdp_graph.gates.bank import GateError
+from gdp_graph.gates.budget import BudgetController
+from gdp_graph.gates.init import init_from_scores
+from gdp_graph.policy import Policy, policy_from_dict
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _policy(**regularizer):
+    data = Policy.default().to_dict()
+    for key, value in regularizer.items():
+        node = data["regularizer"]
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return policy_from_dict(data)
+
+
+def test_a_ranked_start_orders_theta_as_the_scores_and_spans_the_spread():
+    torch.manual_seed(0)
+    gated = G.attach(Net(), _policy(), example_inputs=torch.randn(2, 3, 8, 8), total_steps=20)
+    bank = gated.bank
+    scores = {gid: torch.randn(len(bank.group_theta[str(gid)])) for gid in bank.group_ids}
+    init_from_scores(gated, scores, spread=0.9)
+    groups, _ = bank.split(torch.cat([bank._theta().detach(), bank.one]))
+    everything = torch.cat([scores[g] / scores[g].abs().mean() for g in bank.group_ids])
+    thetas = torch.cat([groups[g] for g in bank.group_ids])
+    assert torch.equal(torch.argsort(thetas, stable=True), torch.argsort(everything, stable=True))
+    assert float(thetas.min()) == pytest.approx(0.1 * bank.theta_start)
+    assert float(thetas.max()) == pytest.approx(bank.theta_start)
+
+
+def test_a_ranked_start_is_refused_once_training_started():
+    gated = G.attach(Net(), _policy(), example_inputs=torch.randn(2, 3, 8, 8), total_steps=20)
+    gated.step()
+    with pytest.raises(GateError, match="before the gated phase"):
+        init_from_scores(gated, {}, spread=0.9)
+
+
+def test_the_deadline_cuts_the_look_ahead_so_lambda_moves_after_a_collapse():
+    """After a fast fall the smoothed slope predicts the target far ahead: without a deadline
+    lambda holds while the fraction drifts back up; with one it moves again once the deadline
+    is near."""
+    fractions = [0.95, 0.9, 0.6, 0.45, 0.6, 0.7, 0.7, 0.7, 0.7, 0.7]
+    plain, aimed = BudgetController(0.5, lambda_init=1.0, gain=0.1), BudgetController(0.5, lambda_init=1.0, gain=0.1,
+                                                                                      deadline=6)
+    for step, f in enumerate(fractions, start=1):
+        plain.update(step, f, f)
+        aimed.update(step, f, f)
+    assert plain.lam == pytest.approx(plain.history[3]["lambda"])  # held since the collapse
+    assert aimed.lam > 1.2 * aimed.history[3]["lambda"]
+    assert aimed.horizon_at(4) == 2 and aimed.horizon_at(9) == 0 and plain.horizon_at(9) == plain.horizon
+
+
+def test_deadline_policy_aims_the_controller_at_epsilons_end_and_sizes_the_gain():
+    policy = _policy(fix_at=0.5, epsilon__end_at=0.8, lambda_controller__deadline=True)
+    gated = G.attach(Net(), policy, example_inputs=torch.randn(2, 3, 8, 8), total_steps=50)
+    assert gated.fix_step == 25 and gated.epsilon_schedule.total_steps == 20
+    assert gated.controller.deadline == 20 and gated.controller.gain == pytest.approx(2.302585 / 20, rel=1e-5)
+    state = gated.controller.state_dict()
+    state.pop("deadline")  # a controller saved before deadlines existed still loads
+    gated.controller.load_state_dict(state)
+    assert gated.controller.deadline is None
