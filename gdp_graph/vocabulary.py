@@ -11,8 +11,9 @@ import math
 
 __all__ = ["METRICS", "REGULARIZERS", "SCHEDULES", "STEPS", "DEFAULT_T", "anneal", "half_cosine"]
 
-#: what a budget counts, as measured by ``FlopCounterMode`` / parameter counts
-METRICS = ("flops", "params")
+#: what a budget counts: ``FlopCounterMode`` FLOPs, parameter counts, or latency measured on the
+#: device (``gdp_graph.latency``: a table timed on the model itself)
+METRICS = ("flops", "params", "latency")
 #: the sparsity regularizers on the gates (``gdp_graph.gates.regularizers`` implements them)
 REGULARIZERS = ("gdp", "polarization", "l1")
 #: annealing curves from a start value to an end value

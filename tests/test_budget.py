@@ -248,7 +248,7 @@ def test_load_state_dict_rejects_bad_state() -> None:
     ({"target": 0.0}, "target"),
     ({"target": 1.5}, "target"),
     ({"target": float("nan")}, "target"),
-    ({"target": 0.5, "metric": "latency"}, "metric"),
+    ({"target": 0.5, "metric": "macs"}, "metric"),
     ({"target": 0.5, "tolerance": -0.1}, "tolerance"),
     ({"target": 0.5, "gain": 0.0}, "gain"),
     ({"target": 0.5, "lambda_init": 0.0}, "lambda_init"),

@@ -110,8 +110,7 @@ def _fraction(cost_model: CostModel, group_gates: Mapping[int, Tensor], block_ga
     with torch.no_grad():
         units = cost_model.gate_vector({gid: g.detach().reshape(-1).cpu() for gid, g in group_gates.items()}, torch.float64)
         blocks = {bid: g.detach().reshape(()).cpu().double() for bid, g in block_gates.items()}
-        flops, params = cost_model.evaluate(units, blocks)
-    value = float(flops if metric == "flops" else params) / total
+        value = float(cost_model.evaluate_metric(units, blocks, metric)) / total
     return min(max(value, 0.0), 1.0)
 
 

@@ -125,6 +125,9 @@ class GatedModel(nn.Module):
         self.module = insert_site_multipliers(analysis, bank, bank.sites, "gdp_gates")
         self._bank_name = next(n for n, m in self.module.named_children() if m is bank)
         self.cost_model = CostModel(analysis)
+        if self.metric == "latency":  # the table measured on policy.latency's device (cached)
+            from gdp_graph.latency import attach_latency, load_or_build
+            attach_latency(self.cost_model, load_or_build(analysis, policy.latency, cost_model=self.cost_model))
         self.regularizer = make_regularizer(reg.name, self.cost_model, metric=self.metric,
                                             t=reg.t if reg.t is not None else DEFAULT_T)
         ctrl = reg.lambda_controller

@@ -10,7 +10,9 @@ Regularizers (registered by name in ``REGULARIZERS``):
 
 ``gdp``
     The differentiable remaining cost, as a fraction of the original model's ``metric``
-    (FLOPs or parameters): :meth:`CostModel.evaluate` on the gates, divided by the total.
+    (FLOPs, parameters, or latency where a measured table is attached: the interpolated
+    per-layer latency of the expected kept widths, :mod:`gdp_graph.latency`):
+    :meth:`CostModel.evaluate_metric` on the gates, divided by the total.
     Each layer's cost is scaled by the mean gate of the channels it consumes times the mean
     gate of the channels it produces (bilinear in neighbouring groups), and by its block's
     gate. All ones gives 1.0; 0/1 gates give the exact cost of the corresponding plan.
@@ -124,7 +126,6 @@ def free_gate_vector(cost_model: CostModel, group_gates: Mapping[int, Tensor], b
 @_register("gdp")
 def _gdp(cost_model: CostModel, metric: str, t: float) -> Regularizer:
     """Remaining cost fraction written from the gates (see the module docstring)."""
-    index = METRICS.index(metric)
     total = cost_model.total.metric(metric)
     if not total > 0:
         raise ValueError(f"the model has no {metric} to prune: the gdp regularizer divides by the total {metric}")
@@ -133,7 +134,7 @@ def _gdp(cost_model: CostModel, metric: str, t: float) -> Regularizer:
         _check_gates(cost_model, group_gates, block_gates)
         device, dtype = _placement(group_gates, block_gates)
         units = cost_model.gate_vector(group_gates, dtype).to(device)
-        return cost_model.evaluate(units, block_gates)[index] / total
+        return cost_model.evaluate_metric(units, block_gates, metric) / total
 
     return gdp
 

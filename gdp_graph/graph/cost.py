@@ -1,5 +1,6 @@
 """Parameters and FLOPs: measured with ``torch.utils.flop_counter.FlopCounterMode``, and a
-differentiable count written from the gates.
+differentiable count written from the gates; latency where a measured table is attached
+(:mod:`gdp_graph.latency`).
 
 Each layer's cost is measured once on the example inputs. A layer's cost after pruning is its
 original cost times the kept fraction of its consumed input channels times the kept fraction
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
 import torch
 import torch.fx as fx
@@ -27,11 +28,25 @@ from gdp_graph.graph.channels import Chan
 class Cost:
     flops: float
     params: int
+    latency: Optional[float] = None  #: seconds, where a latency table is attached
 
     def metric(self, name: str) -> float:
+        if name == "latency":
+            if self.latency is None:
+                raise ValueError("the latency metric needs a table measured on the device: attach one "
+                                 "first (gdp_graph.latency.attach_latency)")
+            return float(self.latency)
         if name not in ("flops", "params"):
-            raise ValueError(f"unknown metric {name!r}: expected 'flops' or 'params'")
+            raise ValueError(f"unknown metric {name!r}: expected 'flops', 'params' or 'latency'")
         return float(self.flops if name == "flops" else self.params)
+
+
+class TermLatency(Protocol):
+    """Latency of a cost model's terms given their scales (:mod:`gdp_graph.latency.fit`)."""
+
+    total: float
+
+    def evaluate(self, scales: torch.Tensor, block_scale: torch.Tensor) -> torch.Tensor: ...
 
 
 def count_params(module: nn.Module) -> int:
@@ -160,8 +175,8 @@ class CostModel:
                 if isinstance(t, nn.Parameter) and id(t) not in seen_params:
                     seen_params.add(id(t))
                     p = t.numel()
-            if f == 0 and p == 0:
-                continue
+            if f == 0 and p == 0 and node.op == "get_attr":
+                continue  # every computing node is a term: it takes time even without FLOPs
             term = len(flops)
             self.node_names.append(node.name)
             flops.append(f)
@@ -182,7 +197,16 @@ class CostModel:
         self.pos_index, self.pos_factor = cat(pos_index), cat(pos_factor)
         self.factor_term = torch.tensor(factor_term, dtype=torch.long)
         self.factor_count = torch.zeros(len(factor_term)).index_add_(0, self.pos_factor, torch.ones(self.pos_factor.numel()))
-        self.total = Cost(float(self.term_flops.sum()), int(self.term_params.sum()))
+        self._counts = Cost(float(self.term_flops.sum()), int(self.term_params.sum()))
+        #: per-term latency where a measured table is attached (gdp_graph.latency.attach_latency)
+        self.latency: Optional[TermLatency] = None
+
+    @property
+    def total(self) -> Cost:
+        """The original model's cost (with its latency where a table is attached)."""
+        if self.latency is None:
+            return self._counts
+        return Cost(self._counts.flops, self._counts.params, float(self.latency.total))
 
     def _positions(self, chan: Any, value: torch.Tensor, dim: Optional[int]) -> torch.Tensor:
         """Global unit index of every position of the tracked dims (``dim`` only, if given)."""
@@ -209,6 +233,26 @@ class CostModel:
 
     def evaluate(self, units: torch.Tensor, block_gates: Optional[Mapping[int, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(flops, params) for a global unit vector from :meth:`gate_vector`."""
+        scale, block_scale = self.term_scales(units, block_gates)
+        scale = scale * block_scale
+        flops = (self.term_flops.to(device=units.device, dtype=units.dtype) * scale).sum()
+        params = (self.term_params.to(device=units.device, dtype=units.dtype) * scale).sum()
+        return flops, params
+
+    def evaluate_metric(self, units: torch.Tensor, block_gates: Optional[Mapping[int, torch.Tensor]],
+                        metric: str) -> torch.Tensor:
+        """One metric (``flops``, ``params`` or ``latency``, in seconds) for a unit vector from
+        :meth:`gate_vector`, differentiable in the gates."""
+        if metric != "latency":
+            return self.evaluate(units, block_gates)[0 if metric == "flops" else 1]
+        if self.latency is None:
+            raise ValueError("the latency metric needs a measured table: gdp_graph.latency.attach_latency(cost_model, ...)")
+        return self.latency.evaluate(*self.term_scales(units, block_gates))
+
+    def term_scales(self, units: torch.Tensor, block_gates: Optional[Mapping[int, torch.Tensor]] = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each term's scale from the channel gates (product of its factors' mean gates) and
+        from its block's gate (1 outside gated blocks)."""
         device, dtype = units.device, units.dtype
         n_terms = self.term_flops.numel()
         scale = torch.ones(n_terms, dtype=dtype, device=device)
@@ -223,10 +267,8 @@ class CostModel:
             block_scale = torch.ones(n_terms, dtype=dtype, device=device)
             for bid, g in block_gates.items():
                 block_scale = torch.where(self.term_block.to(device) == bid, g.to(dtype).reshape(()), block_scale)
-            scale = scale * block_scale
-        flops = (self.term_flops.to(device=device, dtype=dtype) * scale).sum()
-        params = (self.term_params.to(device=device, dtype=dtype) * scale).sum()
-        return flops, params
+            return scale, block_scale
+        return scale, torch.ones(n_terms, dtype=dtype, device=device)
 
     def plan_cost(self, keep: Mapping[int, Sequence[int]], removed_blocks: Sequence[int] = ()) -> Cost:
         """Predicted cost of a plan (0/1 gates)."""
@@ -238,7 +280,8 @@ class CostModel:
         units = self.gate_vector(gates, torch.float64)
         blocks = {b: torch.zeros((), dtype=torch.float64) for b in removed_blocks}
         f, p = self.evaluate(units, blocks)
-        return Cost(float(f), int(round(float(p))))
+        latency = None if self.latency is None else float(self.evaluate_metric(units, blocks, "latency"))
+        return Cost(float(f), int(round(float(p))), latency)
 
     def unit_costs(self) -> dict[int, Cost]:
         """What removing one (free) unit of each group saves."""

@@ -43,6 +43,9 @@ def one_shot_plan(analysis: Analysis, scores: Scores, resolution: Resolution, ta
     target = resolution.policy.target.fraction if target is None else float(target)
     metric = resolution.policy.target.metric if metric is None else metric
     cost_model = CostModel(analysis) if cost_model is None else cost_model
+    if metric == "latency" and cost_model.latency is None:  # the policy's table (cached, else measured)
+        from gdp_graph.latency import attach_latency, load_or_build
+        attach_latency(cost_model, load_or_build(analysis, resolution.policy.latency, cost_model=cost_model))
     gated = set(resolution.gated_groups())
     units = {gid: s for gid, s in scores.units.items() if gid in gated}
     allowed = set(resolution.gated_blocks()) | set(resolution.inner_blocks)

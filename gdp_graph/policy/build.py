@@ -22,6 +22,7 @@ from gdp_graph.policy.schema import (
     Defaults,
     EpsilonSchedule,
     LambdaController,
+    LatencySettings,
     Regularizer,
     Target,
     TrainingSchedule,
@@ -68,7 +69,7 @@ class _PolicyBuilder:
         self.contradictions([c for _, c in valid], rules)
         return Policy(version=values.get("version", 1), target=self.target(),
                       regularizer=self.regularizer(), defaults=self.defaults(),
-                      rules=tuple(rules), schedule=self.schedule(), description=values.get("description", ""),
+                      rules=tuple(rules), schedule=self.schedule(), latency=self.latency(), description=values.get("description", ""),
                       name=name, source=source, locations=self.locations)
 
     def target(self) -> Target:
@@ -78,6 +79,10 @@ class _PolicyBuilder:
     def schedule(self) -> TrainingSchedule:
         sub = self.section("schedule")
         return TrainingSchedule(**sub.values) if sub else TrainingSchedule()
+
+    def latency(self) -> LatencySettings:
+        sub = self.section("latency")
+        return LatencySettings(**sub.values) if sub else LatencySettings()
 
     def defaults(self) -> Defaults:
         sub = self.section("defaults")

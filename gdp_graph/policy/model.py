@@ -13,6 +13,7 @@ from gdp_graph.policy.schema import (
     BLOCK_SELECTOR_SPEC,
     GROUP_SELECTOR_SPEC,
     Defaults,
+    LatencySettings,
     Regularizer,
     Target,
     TrainingSchedule,
@@ -89,6 +90,7 @@ class Policy:
     defaults: Defaults = field(default_factory=Defaults)
     rules: tuple[Rule, ...] = ()
     schedule: TrainingSchedule = field(default_factory=TrainingSchedule)
+    latency: LatencySettings = field(default_factory=LatencySettings)
     description: str = ""
     name: str = field(default="default", compare=False)
     source: str = field(default="<default>", compare=False)
@@ -132,6 +134,8 @@ class Policy:
         schedule = {k: v for k, v in _fields_dict(self.schedule).items() if v is not None}
         if schedule:
             out["schedule"] = schedule
+        if self.latency != LatencySettings():
+            out["latency"] = {k: v for k, v in _fields_dict(self.latency).items() if v is not None}
         return out
 
 

@@ -136,6 +136,23 @@ class TrainingSchedule:
 
 
 OPTIMIZERS = ("sgd", "adam")
+DTYPES = ("float32", "float16", "bfloat16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """Where and how latency is measured for ``target.metric: latency`` (see
+    :mod:`gdp_graph.latency`)."""
+
+    device: str = "cpu"
+    batch: int = 1
+    threads: int = 1
+    dtype: str = "float32"
+    memory_format: str = "contiguous"
+    cache: Optional[str] = None  #: folder of the cached tables (default ~/.cache/gdp-graph/latency)
+    points: int = 8  #: kept widths timed, from all units down to 1/points of each group
+    round_to: int = 1  #: kept channel counts of the timed widths are multiples of this
 
 # --------------------------------------------------------------------------------------------
 # The policy format
@@ -308,6 +325,20 @@ SCHEDULE_SPEC = Struct("schedule", {
     "weight_decay": Field(Number(minimum=0), "Weight decay of the weight optimizer."),
 }, doc="Training schedule of 'gdp-graph prune' (its flags override these keys).", nullable=True)
 
+LATENCY_SPEC = Struct("latency", {
+    "device": Field(Str(), "Device the latency is measured on (cpu, cuda, cuda:1).", LatencySettings.device),
+    "batch": Field(Int(minimum=1), "Batch size of the timed forwards.", LatencySettings.batch),
+    "threads": Field(Int(minimum=1), "torch threads during the measurement.", LatencySettings.threads),
+    "dtype": Field(Enum(DTYPES), "Parameter and input dtype of the timed model.", LatencySettings.dtype),
+    "memory_format": Field(Enum(MEMORY_FORMATS), "Memory format of the timed model and 4-d inputs.",
+                           LatencySettings.memory_format),
+    "cache": Field(Str(), "Folder of the cached latency tables (default ~/.cache/gdp-graph/latency)."),
+    "points": Field(Int(minimum=2), "Kept widths timed per layer: every group at 1, (n-1)/n, ..., 1/n of "
+                    "its units.", LatencySettings.points),
+    "round_to": Field(Int(minimum=1), "Kept channel counts of the timed widths are multiples of this.",
+                      LatencySettings.round_to),
+}, doc="How latency is measured when target.metric is latency (a table timed on this device).", nullable=True)
+
 RULE_SPEC = Variant("rule", {"match": ("group", GROUP_RULE_SPEC),
                              "blocks": ("block", BLOCK_RULE_SPEC)})
 
@@ -322,6 +353,7 @@ POLICY_SPEC = Struct("policy", {
     "rules": Field(Seq(RULE_SPEC, nullable=True), "Ordered rules; a later rule overrides an "
                    "earlier one for the keys it sets."),
     "schedule": Field(SCHEDULE_SPEC, "Training schedule of 'gdp-graph prune'."),
+    "latency": Field(LATENCY_SPEC, "How latency is measured (target.metric: latency)."),
 }, doc="A gdp-graph pruning policy (GDP: gates with differentiable polarization). Cross-field "
        "constraints (epsilon start > end, keys specific to one regularizer, contradictory rules) "
        "are checked by gdp-graph itself.", required=("version",))

@@ -1,0 +1,183 @@
+"""The latency metric (gdp_graph.latency): a table timed on the model's own nodes at a grid of
+widths, cached by key, fitted by interpolation, and used wherever a metric name is taken. Every
+test injects a fake timer (seconds from the tensor sizes a node reads and writes), so nothing
+depends on this machine's speed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable
+
+import pytest
+import torch
+import torch.fx as fx
+
+import gdp_graph as G
+from gdp_graph.gates.budget import hard_fraction, soft_fraction
+from gdp_graph.gates.regularizers import make_regularizer
+from gdp_graph.gates.selection import plan_for_budget, plan_fraction
+from gdp_graph.graph.cost import CostModel
+from gdp_graph.latency import (LatencySettings, LatencyTable, attach_latency, build_table, grid_plan, load_or_build,
+                               table_key)
+from gdp_graph.latency.build import _batched
+from gdp_graph.latency.timing import time_nodes, typical_run
+from gdp_graph.policy import policy_from_dict, resolve
+from tests.zoo import ZOO
+
+OVERHEAD = 1e-6  # per node: small layers cost more than their size says
+REMAINDER = 3e-5  # what the whole model takes beyond its nodes
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel()
+    if isinstance(value, (tuple, list)):
+        return sum(_size(v) for v in value)
+    return 0
+
+
+class FakeTimer:
+    """Seconds from sizes: a node costs OVERHEAD plus 1 ns per element it writes (not its FLOPs).
+    Counts how often it was asked."""
+
+    passes = 2
+
+    def __init__(self):
+        self.calls = 0
+
+    def node(self, node: fx.Node, call: Callable[[], Any]) -> tuple[Any, float]:
+        self.calls += 1
+        out = call()
+        return out, OVERHEAD + 1e-9 * _size(out)
+
+    def model(self, module, inputs) -> float:
+        return sum(time_nodes(module, inputs, self).values()) + REMAINDER
+
+
+def _analysis(name: str = "mobilenetv2"):
+    model, inputs = ZOO[name]()
+    return G.analyze(model, inputs)
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    analysis = _analysis()
+    cost = CostModel(analysis)
+    table = build_table(analysis, LatencySettings(points=4), cost_model=cost, timer=FakeTimer())
+    return analysis, attach_latency(cost, table), table
+
+
+def _measured(analysis, plan) -> float:
+    """What the fake timer says of the rewritten model (the table's ground truth)."""
+    pruned = G.rewrite(analysis, plan, check=False, keep_class=False)
+    return FakeTimer().model(pruned, _batched(analysis.traced.example_inputs, 1))  # the table's batch
+
+
+def test_prediction_equals_measurement_at_the_grid_widths(mobilenet):
+    analysis, cost, table = mobilenet
+    assert cost.total.latency == pytest.approx(table.whole_s)
+    assert cost.total.latency == pytest.approx(_measured(analysis, G.PruningPlan(keep={})), rel=1e-9)
+    for fraction in table.fractions[1:]:
+        plan = grid_plan(analysis, fraction)
+        assert plan.keep, "the grid prunes something"
+        predicted = cost.plan_cost(plan.keep, plan.removed_blocks).latency
+        assert predicted == pytest.approx(_measured(analysis, plan), rel=1e-6)
+
+
+def test_prediction_between_grid_widths_is_close(mobilenet):
+    analysis, cost, _ = mobilenet
+    plan = G.random_plan(analysis, 0.4, seed=3)
+    predicted = cost.plan_cost(plan.keep, plan.removed_blocks).latency
+    measured = _measured(analysis, plan)
+    assert predicted == pytest.approx(measured, rel=0.1)
+    assert predicted < cost.total.latency
+
+
+def test_removed_blocks_take_no_time():
+    analysis = _analysis("resnet_basic")
+    cost = CostModel(analysis)
+    attach_latency(cost, build_table(analysis, LatencySettings(points=2), cost_model=cost, timer=FakeTimer()))
+    block = next(b.id for b in analysis.blocks if b.prunable)
+    plan = G.PruningPlan(keep={}, removed_blocks=frozenset({block}))
+    predicted = cost.plan_cost(plan.keep, plan.removed_blocks).latency
+    assert predicted < cost.total.latency
+    assert predicted == pytest.approx(_measured(analysis, plan), rel=0.05)
+
+
+def test_latency_regularizer_is_differentiable(mobilenet):
+    analysis, cost, _ = mobilenet
+    reg = make_regularizer("gdp", cost, metric="latency")
+    gid = analysis.prunable_groups()[2].id
+    gates = {gid: torch.full((analysis.groups[gid].size,), 0.6, requires_grad=True)}
+    value = reg(gates, {})
+    value.backward()
+    assert 0 < float(value.detach()) < 1
+    assert bool((gates[gid].grad > 0).all())
+    assert float(reg({}, {})) == pytest.approx(1.0)
+    assert soft_fraction(cost, gates, {}, metric="latency") == pytest.approx(float(value), rel=1e-5)
+    assert hard_fraction(cost, gates, {}, threshold=0.5, metric="latency") == pytest.approx(1.0)
+
+
+def test_plan_for_budget_meets_a_latency_target(mobilenet):
+    analysis, cost, _ = mobilenet
+    resolution = resolve(policy_from_dict({"version": 1, "target": {"metric": "latency", "fraction": 0.6}}),
+                         analysis.groups, analysis.blocks)
+    scores = {gid: torch.rand(analysis.groups[gid].size, generator=torch.Generator().manual_seed(gid))
+              for gid in resolution.gated_groups()}
+    plan, kept = plan_for_budget(analysis, cost, resolution, scores, 0.6, metric="latency")
+    assert kept == pytest.approx(plan_fraction(cost, plan, "latency"))
+    assert abs(kept - 0.6) < 0.03
+    assert _measured(analysis, plan) / cost.total.latency == pytest.approx(kept, abs=0.05)
+    flops_plan, _ = plan_for_budget(analysis, cost, resolution, scores, 0.6, metric="flops")
+    assert plan_fraction(cost, flops_plan, "flops") != pytest.approx(kept, abs=1e-3)
+
+
+def test_table_round_trips_through_json(mobilenet, tmp_path):
+    _, _, table = mobilenet
+    again = LatencyTable.load(table.save(tmp_path / "t.json"))
+    assert again == table
+
+
+def test_cache_is_reused_and_keyed(tmp_path):
+    analysis = _analysis("resnet_basic")
+    settings = LatencySettings(points=2, cache=str(tmp_path))
+    first = FakeTimer()
+    table = load_or_build(analysis, settings, timer=first, show_progress=False)
+    assert first.calls > 0 and len(list(tmp_path.glob("*.json"))) == 1
+    second = FakeTimer()
+    assert load_or_build(analysis, settings, timer=second, show_progress=False) == table
+    assert second.calls == 0
+    other = replace(settings, threads=2)
+    assert table_key(analysis, other) != table_key(analysis, settings)
+    load_or_build(analysis, other, timer=FakeTimer(), show_progress=False)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    for path in tmp_path.glob("*.json"):  # a damaged file is measured again, not trusted
+        path.write_text("{not json")
+    third = FakeTimer()
+    load_or_build(analysis, settings, timer=third, show_progress=False)
+    assert third.calls > 0
+
+
+def test_typical_run_is_robust_and_additive():
+    runs = [{"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 9.0}, {"a": 1.0, "b": 1.0}, {"a": 9.0, "b": 1.0}]
+    typical = typical_run(runs)
+    assert typical["a"] == pytest.approx(typical["b"])  # one stall in each node is not its cost
+    assert sum(typical.values()) == pytest.approx(6.0)  # middle half of the totals 2, 10, 2, 10
+
+
+def test_policy_latency_section():
+    policy = policy_from_dict({"version": 1, "target": {"metric": "latency", "fraction": 0.5},
+                               "latency": {"threads": 2, "batch": 4, "memory_format": "channels_last",
+                                           "cache": "/tmp/x"}})
+    assert policy.target.metric == "latency"
+    assert policy.latency == LatencySettings(threads=2, batch=4, memory_format="channels_last", cache="/tmp/x")
+    assert policy_from_dict(policy.to_dict()) == policy
+    with pytest.raises(G.GdpError, match="memory_format"):
+        policy_from_dict({"version": 1, "latency": {"memory_format": "nhwc"}})
+
+
+def test_latency_metric_without_a_table_says_so():
+    analysis = _analysis("resnet_basic")
+    cost = CostModel(analysis)
+    with pytest.raises(ValueError, match="latency"):
+        cost.total.metric("latency")
