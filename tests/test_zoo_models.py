@@ -13,7 +13,7 @@ EXPECTED_NAMES = {
     "efficientnet", "densenet", "inception", "shufflenetv2", "convnext", "vit", "vit_manual_attn", "vit_mha",
     "swin", "unet", "deeplab_aspp", "embedding_lm", "pixelshuffle_sr", "grouped_norm", "untraceable",
     "vit_torchvision", "efficientnet_stochastic_depth", "resnet_timm_normact", "decoder_hf4_style",
-    "gpt2_hf4_style",
+    "gpt2_hf4_style", "levit", "nfnet",
 }
 
 EXPECTED_OUTPUT_SHAPES = {

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Dict
 
-from . import convnext, densenet, inception, library_styles, misc, mobile, resnets, segmentation, shufflenet, swin, vgg, vit
+from . import (convnext, densenet, inception, levit, library_styles, misc, mobile, nfnet, resnets, segmentation,
+               shufflenet, swin, vgg, vit)
 from ._common import Factory, randomize_norms, zoo_factory
 
 _ORDER = [
@@ -43,13 +44,15 @@ _ORDER = [
     "resnet_timm_normact",
     "decoder_hf4_style",
     "gpt2_hf4_style",
+    "levit",
+    "nfnet",
 ]
 
 
 def _collect() -> Dict[str, Factory]:
     entries: Dict[str, Factory] = {}
     for family in (vgg, resnets, mobile, densenet, inception, shufflenet, convnext, vit, swin, segmentation, misc,
-                   library_styles):
+                   library_styles, levit, nfnet):
         for name, factory in family.ENTRIES.items():
             assert name not in entries, f"duplicate zoo name {name!r}"
             entries[name] = factory

@@ -201,10 +201,15 @@ class FunctionalConvRule(OpRule):
         return tuple(args), {**rctx.kwargs, "groups": kept}
 
 
+register_rule(torch.conv1d, torch.conv2d, torch.conv3d)(FunctionalConvRule)  # F.conv2d(x, weight, ...)
+
+
 @register_rule(*overloads("batch_norm", "instance_norm"))
 def aten_batch_norm_rule(ctx):
-    """batch_norm(x, weight, bias, running_mean, running_var, ...): per-channel along dim 1."""
+    """batch_norm(x, weight, bias, running_mean, running_var, training, ...): per-channel along dim 1."""
     x = ctx.passthrough(0)
+    if ctx.node.target in overloads("batch_norm"):
+        reduce.batch_statistics(ctx, x, bool(ctx.value(ctx.arg(5, "training", False))))
     t = x.on(1)
     if t is not None and t.single():
         layers._tie_params(ctx, t.labels, (1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var"))
@@ -222,18 +227,8 @@ register_rule(*overloads("avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d",
 
 
 @register_rule(*overloads("unflatten"))
-class UnflattenRule(OpRule):
+class UnflattenRule(shape.UnflattenRule):
     """unflatten(x, dim, sizes): the sizes of tracked dims become their kept counts."""
 
     def propagate(self, ctx):
         return shape._run_on_labels(ctx)
-
-    def rewrite_args(self, rctx):
-        changed = rctx.out_changed_dims()
-        if not changed:
-            return None
-        x, dim, sizes = rctx.args[:3]
-        dim %= rctx.in_ndim(0)
-        new_shape = rctx.new_out_shape()
-        new = [new_shape[dim + i] if dim + i in changed and s != -1 else s for i, s in enumerate(sizes)]
-        return (x, dim, type(sizes)(new)), rctx.kwargs

@@ -361,6 +361,8 @@ class FunctionalLayerNormRule(OpRule):
 def functional_batch_norm_rule(ctx):
     """F.batch_norm(x, running_mean, running_var, weight, bias): per-channel along dim 1."""
     x = ctx.passthrough(0)
+    from gdp_graph.graph.rules.reduce import batch_statistics
+    batch_statistics(ctx, x, bool(ctx.value(ctx.arg(5, "training", False))))
     t = x.on(1)
     if t is not None and t.single():
         _tie_params(ctx, t.labels, (1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))

@@ -24,6 +24,20 @@ _POOL_FUNCTIONS = {
 }
 
 
+def batch_statistics(ctx, x: Chan, training: bool) -> None:
+    """batch_norm with batch statistics (``training=True``) averages over every dim but 1, so
+    channels tracked on another dim are mixed into each channel's mean and variance: removing
+    them changes what the kept channels compute. That is how a weight-standardized conv (NFNet's
+    ``ScaledStdConv2d``: its weight reshaped to ``(1, out, fan_in)`` and normalized) reads its
+    input channels, so those groups are inexact, with this op named."""
+    if not training or not isinstance(x, Chan):
+        return
+    for t in x.tracks:
+        if t.dims != (1,):
+            ctx.mark_inexact(t.labels, "batch statistics (batch_norm with training=True) mix them with the other "
+                                       "channels of their row, as in a weight standardized over its fan-in")
+
+
 def _spatial_rule(ctx):
     """Pooling and resizing act on the trailing spatial dims: channels before them pass."""
     x = ctx.passthrough(0)

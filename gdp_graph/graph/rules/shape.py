@@ -136,7 +136,43 @@ def _tag_reorder(ctx, src: Chan, out: Chan) -> None:
 
 
 register_rule("view", "reshape", "expand", torch.reshape)(ViewRule)
-register_rule(torch.flatten, "flatten", nn.Flatten, "unflatten", torch.unflatten, nn.Unflatten)(ViewRule)
+
+
+@register_rule(torch.flatten, "flatten", nn.Flatten)
+class FlattenRule(OpRule):
+    """flatten(x, start_dim, end_dim) and nn.Flatten: the arguments are dims, not sizes, so
+    the rewrite has nothing to patch (``x.flatten(0, 1)`` keeps its ``1`` whatever the widths)."""
+
+    def propagate(self, ctx):
+        return _propagate_moved(ctx)
+
+
+@register_rule("unflatten", torch.unflatten, nn.Unflatten)
+class UnflattenRule(OpRule):
+    """unflatten(x, dim, sizes) and nn.Unflatten(dim, sizes): the sizes of tracked dims become
+    their kept counts (-1 and untracked sizes stay)."""
+
+    def propagate(self, ctx):
+        return _propagate_moved(ctx)
+
+    def rewrite_args(self, rctx):
+        if not rctx.out_changed_dims():
+            return None
+        args, kwargs = list(rctx.args), dict(rctx.kwargs)
+        dim = args[1] if len(args) > 1 else kwargs["dim"]
+        sizes = args[2] if len(args) > 2 else kwargs["sizes"]
+        new = type(sizes)(_new_sizes(rctx, list(sizes), dim % rctx.in_ndim(0)))
+        if len(args) > 2:
+            args[2] = new
+        else:
+            kwargs["sizes"] = new
+        return tuple(args), kwargs
+
+    def rewrite_module(self, module: nn.Module, rctx) -> nn.Module:
+        if not rctx.out_changed_dims():
+            return module
+        sizes = _new_sizes(rctx, list(module.unflattened_size), module.dim % rctx.in_ndim(0))
+        return nn.Unflatten(module.dim, tuple(sizes))
 
 
 @register_rule("permute", torch.permute, "transpose", torch.transpose, "swapaxes", "t", torch.t,
