@@ -6,7 +6,7 @@ in ``benchmarks/results/analysis_speed.json``: every time, the medians, the spre
 the ratio, the commit timed and the machine. A rerun skips the models this commit has recorded.
 
     pip install torch-pruning==1.6.1 --no-deps      # benchmark-only, never a runtime dependency
-    python benchmarks/analysis_speed.py [--repeats 3] [--models resnet50,densenet121] [--out FILE] [--note TEXT]
+    python benchmarks/analysis_speed.py [--protocol docs|quick] [--repeats 3] [--models resnet50,densenet121] [--out FILE] [--note TEXT]
 
 Torch-Pruning's side is ``DependencyGraph().build_dependency(model, x)`` and listing every
 group (``get_all_groups``), the same work ``analyze`` does (groups, couplings, blocks).
@@ -97,16 +97,20 @@ def _measure(G, model, inputs, theirs: Optional[Callable], repeats: int, limit: 
     return record
 
 
+#: named settings; ``docs`` is what docs/benchmarks.md reports
+PROTOCOLS = {"docs": {"repeats": 5, "models": ""}, "quick": {"repeats": 1, "models": "resnet50,vit_b_16"}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--models", default="", help="comma-separated names (default: all)")
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--models", help="comma-separated names (empty: all)")
     p.add_argument("--limit", type=int, default=240, help="seconds before a Torch-Pruning run is abandoned")
     p.add_argument("--gdp", default=str(ROOT), help="where to import gdp_graph from")
     p.add_argument("--no-peer", action="store_true", help="time gdp-graph only")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "analysis_speed.json"))
     records.add_record_flags(p)
-    args = p.parse_args()
+    args = records.parse_with_protocol(p, PROTOCOLS, "docs")
 
     sys.path.insert(0, args.gdp)
     import torch

@@ -5,7 +5,7 @@ and finalize (half of every gate vector switched off first, so the plan removes 
 rotating their order; each model's runs, medians and ratios are a record (``benchmarks/records.py``)
 in ``benchmarks/results/attach_speed.json``; a rerun skips the models this commit has recorded.
 
-    python benchmarks/attach_speed.py [--models resnet50,densenet121] [--repeats 3]
+    python benchmarks/attach_speed.py [--protocol docs|quick] [--models resnet50,densenet121] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -62,13 +62,18 @@ def _measure(model, inputs, repeats: int) -> dict[str, Any]:
     return row
 
 
+#: named settings; ``docs`` is what docs/benchmarks.md reports
+PROTOCOLS = {"docs": {"repeats": 5, "models": "resnet50,densenet121,efficientnet_b0,vit_b_16"},
+             "quick": {"repeats": 1, "models": "resnet50"}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="resnet50,densenet121,efficientnet_b0,vit_b_16")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--models")
+    p.add_argument("--repeats", type=int)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "attach_speed.json"))
     records.add_record_flags(p)
-    args = p.parse_args()
+    args = records.parse_with_protocol(p, PROTOCOLS, "docs")
     torch.set_num_threads(1)
     for name in [n for n in args.models.split(",") if n]:
         settings = {"model": name, "input": [1, 3, 224, 224], "repeats": args.repeats}

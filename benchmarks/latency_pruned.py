@@ -10,7 +10,7 @@ of each round's ratio, ``speedup_min``: of the fastest calls), ``flops_speedup``
 pruned FLOPs) and ``speedup_per_flops`` = speedup_paired / flops_speedup (1.0: as fast as the
 FLOPs say).
 
-    python benchmarks/latency_pruned.py [--models resnet50,...] [--batch 1] [--rounds 5] [--out FILE]
+    python benchmarks/latency_pruned.py [--protocol b1|b16] [--models resnet50,...] [--batch 1] [--rounds 5] [--out FILE]
 """
 
 from __future__ import annotations
@@ -115,17 +115,25 @@ def _measure(model: nn.Module, x: torch.Tensor, args: argparse.Namespace, name: 
     return {"gflops": round(base_flops / 1e9, 3), "calls_per_round": number, "plans": rows}
 
 
+#: named settings; ``b1`` and ``b16`` are the two tables of docs/benchmarks.md
+PROTOCOLS = {
+    "b1": {"models": ",".join(CNNS), "batch": 1, "rounds": 11, "ratios": "0.3,0.5", "empty_only": False},
+    "b16": {"models": "mobilenet_v3_large,efficientnet_b0,regnet_y_400mf,resnet50", "batch": 16, "rounds": 11,
+            "ratios": "", "empty_only": True},
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(CNNS))
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=11)
+    p.add_argument("--models")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--rounds", type=int)
     p.add_argument("--number", type=int, default=0, help="calls per round (default: about 0.25 s of calls)")
-    p.add_argument("--ratios", default="0.3,0.5")
-    p.add_argument("--empty-only", action="store_true", help="only the plan that removes nothing")
+    p.add_argument("--ratios")
+    p.add_argument("--empty-only", action="store_true", default=None, help="only the plan that removes nothing")
     p.add_argument("--out", default="")
     records.add_record_flags(p)
-    args = p.parse_args()
+    args = records.parse_with_protocol(p, PROTOCOLS, "b1")
     torch.set_num_threads(1)
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"latency_pruned_b{args.batch}.json")
     for name in [n for n in args.models.split(",") if n]:

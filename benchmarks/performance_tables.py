@@ -1,6 +1,7 @@
-"""Markdown tables for the README's "Performance" section, from the JSON in ``benchmarks/results/``.
+"""Markdown tables for the performance section of docs/benchmarks.md, from the JSON in ``benchmarks/results/``.
 
-    python benchmarks/performance_tables.py [--before benchmarks/results/analysis_speed_before.json]
+    python benchmarks/performance_tables.py [--section analysis|latency|attach] [--compact]
+        [--latency benchmarks/results/latency_pruned_b1.json]
 """
 
 from __future__ import annotations
@@ -121,17 +122,20 @@ def main() -> None:
     p.add_argument("--before", default=str(RESULTS / "analysis_speed_before.json"))
     p.add_argument("--previous", default=str(RESULTS / "analysis_speed_previous.json"))
     p.add_argument("--latency", nargs="*", default=sorted(str(f) for f in RESULTS.glob("latency_pruned_*.json")))
+    p.add_argument("--attach", default=str(RESULTS / "attach_speed.json"))
     p.add_argument("--compact", action="store_true", help="one latency row per model")
+    p.add_argument("--section", choices=("analysis", "latency", "attach"), help="print only this table")
     args = p.parse_args()
+    printed = []
     after = _load(Path(args.after))
-    if after:
-        print(analysis_table(after, _load(Path(args.before)), _load(Path(args.previous))), end="\n\n")
-    for path in args.latency:
-        table = latency_compact if args.compact else latency_table
-        print(table(_load(Path(path))), end="\n\n")
-    attach = _load(RESULTS / "attach_speed.json")
-    if attach:
-        print(attach_table(attach))
+    if after and args.section in (None, "analysis"):
+        printed.append(analysis_table(after, _load(Path(args.before)), _load(Path(args.previous))))
+    for path in args.latency if args.section in (None, "latency") else ():
+        printed.append((latency_compact if args.compact else latency_table)(_load(Path(path))))
+    attach = _load(Path(args.attach))
+    if attach and args.section in (None, "attach"):
+        printed.append(attach_table(attach))
+    print("\n\n".join(printed))
 
 
 if __name__ == "__main__":
