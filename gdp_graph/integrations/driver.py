@@ -6,6 +6,15 @@ task loss's backward: the gradient of a sum is the sum of the gradients; the pen
 the gates only), steps the gates with their own optimizer (``GatedModel.gate_optimizer``) and
 then clears the gates' gradients, so the framework's optimizer (which usually holds every
 parameter, gates included) skips them: torch optimizers skip parameters whose ``grad`` is None.
+
+Under data parallelism (DDP, a ``torchrun`` / ``accelerate launch`` Trainer) the gates are ordinary
+parameters of the wrapped model, so DDP averages their task gradients like any other. The
+penalty's gradient is taken with ``torch.autograd.grad`` and added by hand: a second
+``backward()`` would fire DDP's gradient hooks outside a forward. After each optimizer step rank
+0's ``theta`` is broadcast (a few kilobytes), so that what the schedule and the lambda controller
+read (the gates' cost) is the same on every rank by construction, not by floating-point luck:
+every rank makes the same cut. :meth:`GateDriver.finalize` runs on every rank (each keeps the
+pruned model it trains on) and checks that all ranks reached rank 0's plan.
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 
+from gdp_graph.gates.bank import GateError
 from gdp_graph.gates.finalize import finalize
 from gdp_graph.gates.model import GatedModel
 
@@ -47,7 +58,11 @@ class GateDriver:
             return
         penalty = self.gated.penalty()
         if penalty.requires_grad:
-            penalty.backward()
+            params = [p for p in self.gated.gate_parameters() if p.requires_grad]
+            grads = torch.autograd.grad(penalty, params, allow_unused=True)
+            for p, g in zip(params, grads):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
         self._penalty_added = True
 
     def before_optimizer_step(self) -> None:
@@ -64,6 +79,10 @@ class GateDriver:
         if global_step == self._last_step:
             return
         self._last_step = global_step
+        if world_size() > 1:
+            with torch.no_grad():
+                for p in self.gated.gate_parameters():
+                    dist.broadcast(p.data, src=0)
         self.gated.step(global_step)
 
     def metrics(self) -> dict[str, float]:
@@ -75,6 +94,21 @@ class GateDriver:
         return out
 
     def finalize(self) -> torch.nn.Module:
-        """The exact smaller model (kept as :attr:`pruned`, its report as :attr:`finalize_report`)."""
+        """The exact smaller model (kept as :attr:`pruned`, its report as :attr:`finalize_report`).
+
+        Raises:
+            GateError: under data parallelism, a rank reached another plan than rank 0's.
+        """
         self.pruned, self.finalize_report = finalize(self.gated)
+        if world_size() > 1:
+            plans = [None] * world_size()
+            dist.all_gather_object(plans, self.finalize_report.plan.to_dict())
+            differ = [rank for rank, plan in enumerate(plans) if plan != plans[0]]
+            if differ:
+                raise GateError(f"finalize: ranks {differ} reached another plan than rank 0 (the gates diverged)")
         return self.pruned
+
+
+def world_size() -> int:
+    """The number of data-parallel processes (1 outside torch.distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -18,6 +18,12 @@ In ``setup`` the callback replaces ``pl_module.<attribute>`` by the gated model 
 ``configure_optimizers``, so your optimizer holds the gated model's weights), with the gated
 phase lasting ``trainer.estimated_stepping_batches``. At the end of ``fit`` it finalizes and,
 with ``replace=True``, puts the pruned model back in the attribute.
+
+``strategy="ddp"`` works as it is: every rank attaches the same gates (DDP broadcasts rank 0's
+weights, gates included, when it wraps the module), the gates' task gradients are averaged with
+the rest, and every rank makes the same cut and ends with the same plan (see
+:mod:`gdp_graph.integrations.driver`). Use ``sync_batchnorm=True`` where the model has BatchNorm,
+so that the statistics absorbed at the end are the same on every rank.
 """
 
 from __future__ import annotations
@@ -59,10 +65,6 @@ class GdpCallback(pl.Callback):
         if "16" in str(trainer.precision) and "bf16" not in str(trainer.precision):
             raise ValueError("GdpCallback: float16 mixed precision scales the loss but not the penalty added by the "
                              "callback; use precision='bf16-mixed' or 32")
-        if trainer.world_size > 1:
-            # the penalty's separate backward would reach DDP's gradient hooks outside a forward
-            raise ValueError("GdpCallback supports single-process training; for DDP add gated.penalty() to the "
-                             "loss in training_step and call gated.step() yourself (see gdp_graph.attach)")
         model = getattr(pl_module, self.attribute, None)
         if model is None:
             raise AttributeError(f"GdpCallback: the LightningModule has no attribute {self.attribute!r} holding the model")

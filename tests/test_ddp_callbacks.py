@@ -1,0 +1,54 @@
+"""The Lightning callback under ``strategy="ddp"`` and the Hugging Face Trainer callback under
+``torchrun``: two CPU processes (gloo), different data per rank, and both ranks end with the same
+gates, lambda, controller state, plan and pruned weights (tests/fixtures/ddp_callbacks.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = "tests/fixtures/ddp_callbacks.py"
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")
+
+
+def _run(argv: list[str], out: Path, kind: str) -> list[dict]:
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [torch.load(out / f"{kind}-rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def _same_on_both_ranks(a: dict, b: dict) -> None:
+    assert a["losses"] != b["losses"]  # each rank trained on its own share of the data ...
+    assert all(torch.equal(x, y) for x, y in zip(a["theta"], b["theta"]))  # ... and the gates agree
+    assert a["lambda"] == b["lambda"] != 0.05 and a["controller"] == b["controller"]
+    assert a["fixed"] and b["fixed"] and a["plan"] == b["plan"] and a["plan"]["keep"]
+    assert a["equal"] and b["equal"]
+    assert a["pruned"].keys() == b["pruned"].keys()
+    assert all(torch.equal(a["pruned"][k], b["pruned"][k]) for k in a["pruned"])
+
+
+@pytest.mark.slow  # two Lightning processes: over a minute on a busy 2-core machine
+@pytest.mark.skipif(importlib.util.find_spec("pytorch_lightning") is None and importlib.util.find_spec("lightning") is None,
+                    reason="the 'lightning' extra is not installed")
+def test_lightning_ddp_two_ranks_end_with_the_same_plan(tmp_path):
+    a, b = _run([sys.executable, SCRIPT, "lightning", str(tmp_path)], tmp_path, "lightning")
+    _same_on_both_ranks(a, b)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None or importlib.util.find_spec("accelerate") is None,
+                    reason="the 'hf' extra is not installed")
+def test_hf_trainer_under_torchrun_two_ranks_end_with_the_same_plan(tmp_path):
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT, "hf",
+            str(tmp_path)]
+    a, b = _run(argv, tmp_path, "hf")
+    assert a["world"] == b["world"] == 2
+    _same_on_both_ranks(a, b)
