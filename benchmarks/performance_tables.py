@@ -31,8 +31,18 @@ def _load(path: Path) -> Optional[dict[str, Any]]:
     run = records.latest_run(path, benchmark)
     rec, settings = run["record"], run["record"]["settings"]
     return {**{k: v for k, v in settings.items() if k != "model"}, "benchmark": benchmark,
-            "machine": {**rec["machine"], "date": rec["date"]}, "models": run["rows"],
+            "machine": {**rec["machine"], "date": rec["date"]}, "models": run["rows"], "note": rec.get("note"),
             "gdp_graph_commit": settings.get("gdp_graph_commit") or (rec["commit"] or "?")[:7]}
+
+
+def _when(result: dict[str, Any]) -> str:
+    """Date, commit and note of a run, for a table's title."""
+    parts = [result["machine"].get("date", "?")[:10]]
+    if result.get("gdp_graph_commit"):
+        parts.append(f"commit {result['gdp_graph_commit']}")
+    if result.get("note"):
+        parts.append(result["note"])
+    return ", ".join(parts)
 
 
 def _s(x: Optional[float]) -> str:
@@ -94,8 +104,8 @@ def latency_table(result: dict[str, Any]) -> str:
 def latency_compact(result: dict[str, Any]) -> str:
     """One row per model: each plan as FLOPs ratio / measured speed-up (speed-up per FLOPs)."""
     plans = list(next(iter(result["models"].values()))["plans"])
-    lines = [f"Rewritten vs eager, batch {result['input'][0]}, one thread; each cell: FLOPs ratio / measured "
-             "speed-up (speed-up ÷ FLOPs ratio):", "",
+    lines = [f"Rewritten vs eager, batch {result['input'][0]}, one thread, {_when(result)}; each cell: FLOPs ratio / "
+             "measured speed-up (speed-up ÷ FLOPs ratio):", "",
              "| model | " + " | ".join(plans) + " |", "|---|" + "---:|" * len(plans)]
     for name, r in result["models"].items():
         cells = []
@@ -107,7 +117,7 @@ def latency_compact(result: dict[str, Any]) -> str:
 
 
 def attach_table(result: dict[str, Any]) -> str:
-    lines = [f"attach and finalize against analyze, seconds, median of {result['repeats']}:", "",
+    lines = [f"attach and finalize against analyze, seconds, median of {result['repeats']}, {_when(result)}:", "",
              "| model | analyze | attach | finalize | attach / analyze | finalize / analyze |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in result["models"].items():
