@@ -1,6 +1,11 @@
-"""Print the reference-zoo table: groups, prunable groups, params/FLOPs removed at a ratio, max diff.
+"""The reference zoo (tests/zoo) pruned at random: groups, prunable groups, blocks, parameters and
+FLOPs removed, and the largest difference to the gated reference.
 
-    python benchmarks/zoo_table.py [--ratio 0.3] [--seed 0] [--blocks 0.0]
+    python benchmarks/zoo_table.py run [--ratio 0.3] [--seed 0] [--blocks 0.5] [--note TEXT]
+    python benchmarks/zoo_table.py table          # the table, from benchmarks/results/zoo_table.json
+
+``run`` appends one record per model (``benchmarks/records.py``) and skips the models the
+current commit has recorded with the same settings; ``table`` prints the last run.
 """
 
 from __future__ import annotations
@@ -8,32 +13,77 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-import gdp_graph as G  # noqa: E402
-from gdp_graph.graph.cost import model_cost  # noqa: E402
-from tests.zoo import ZOO  # noqa: E402
+from benchmarks import records  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "zoo_table.json"
+
+
+def measure(name: str, ratio: float, seed: int, blocks: float) -> dict[str, Any]:
+    """Analyse, plan at random, rewrite and verify one zoo model."""
+    import gdp_graph as G
+    from gdp_graph.graph.cost import model_cost
+    from tests.zoo import ZOO
+
+    model, inputs = ZOO[name]()
+    a = G.analyze(model, inputs)
+    plan = G.random_plan(a, ratio, seed=seed, block_ratio=blocks or None)
+    pruned = G.rewrite(a, plan, keep_class=False)
+    result = G.verify(a, plan, pruned)
+    before, after = model_cost(a.traced.gm, inputs), model_cost(pruned, inputs)
+    return {"groups": len(a.groups), "prunable": len(a.prunable_groups()),
+            "blocks_removable": sum(b.prunable for b in a.blocks), "blocks": len(a.blocks),
+            "blocks_removed": len(plan.removed_blocks), "params_removed": 1 - after.params / before.params,
+            "flops_removed": 1 - after.flops / before.flops, "max_rel_diff": result.max_rel_diff, "ok": result.ok}
+
+
+def table(path: Path) -> str:
+    run = records.latest_run(path, "zoo_table")
+    if run is None:
+        raise SystemExit(f"{path}: no zoo_table records (run: python benchmarks/zoo_table.py run)")
+    s, rec = run["record"]["settings"], run["record"]
+    lines = [f"Random plan removing {s['ratio']:g} of every prunable group and {s['blocks']:g} of the removable "
+             f"blocks (seed {s['seed']}), {rec['date'][:10]}, commit {(rec['commit'] or '?')[:7]}:", "",
+             "| model | groups | prunable | blocks removed / removable / all | params removed | FLOPs removed "
+             "| max rel diff | verified |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, r in run["rows"].items():
+        lines.append(f"| {name} | {r['groups']} | {r['prunable']} | {r['blocks_removed']} / {r['blocks_removable']} / "
+                     f"{r['blocks']} | {r['params_removed']:.1%} | {r['flops_removed']:.1%} | {r['max_rel_diff']:.1e} "
+                     f"| {'yes' if r['ok'] else 'NO'} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ratio", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--blocks", type=float, default=0.0, help="share of removable blocks to remove")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--ratio", type=float, default=0.3)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--blocks", type=float, default=0.5, help="share of removable blocks to remove")
+    r.add_argument("--out", type=Path, default=RESULTS)
+    records.add_record_flags(r)
+    t = sub.add_parser("table")
+    t.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
-    print(f"| model | groups | prunable | blocks | params removed | FLOPs removed | max rel diff | verified |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for name, factory in ZOO.items():
-        model, inputs = factory()
-        a = G.analyze(model, inputs)
-        plan = G.random_plan(a, args.ratio, seed=args.seed, block_ratio=args.blocks or None)
-        pruned = G.rewrite(a, plan)
-        result = G.verify(a, plan, pruned)
-        before, after = model_cost(a.traced.gm, inputs), model_cost(pruned, inputs)
-        print(f"| {name} | {len(a.groups)} | {len(a.prunable_groups())} | {sum(b.prunable for b in a.blocks)}/{len(a.blocks)} "
-              f"| {1 - after.params / before.params:.1%} | {1 - after.flops / before.flops:.1%} "
-              f"| {result.max_rel_diff:.1e} | {'yes' if result.ok else 'NO'} |")
+    if args.command == "table":
+        print(table(args.results))
+        return
+    import torch
+
+    from tests.zoo import ZOO
+    torch.set_num_threads(1)
+    for name in ZOO:
+        settings = {"model": name, "ratio": args.ratio, "seed": args.seed, "blocks": args.blocks}
+        if not args.rerun and records.recorded(args.out, "zoo_table", settings):
+            continue
+        row = measure(name, args.ratio, args.seed, args.blocks)
+        print(f"{name}: {row}", flush=True)
+        records.append_record(args.out, records.new_record("zoo_table", settings, row, seed=args.seed, note=args.note))
+    print(table(args.out))
 
 
 if __name__ == "__main__":

@@ -180,3 +180,14 @@ def test_each_benchmark_appends_a_full_record_and_the_tables_read_it(script, tmp
         table = {"analysis_speed": lambda r: pt.analysis_table(r, None),
                  "attach_speed": pt.attach_table, "latency_pruned": pt.latency_compact}[script](report)
         assert "| mobilenet_v3_large |" in table
+
+
+def test_zoo_table_records_a_model_and_prints_the_table_from_the_file(tmp_path):
+    from benchmarks import zoo_table
+    row = zoo_table.measure("resnet_basic", 0.3, 0, 0.5)
+    assert row["ok"] and row["params_removed"] > 0 and row["blocks_removed"] > 0
+    path = tmp_path / "zoo.json"
+    settings = {"model": "resnet_basic", "ratio": 0.3, "seed": 0, "blocks": 0.5}
+    records.append_record(path, records.new_record("zoo_table", settings, row, seed=0))
+    text = zoo_table.table(path)
+    assert "| resnet_basic |" in text and "| yes |" in text and "0.3 of every prunable group" in text
