@@ -124,13 +124,33 @@ def cmd_check(args: argparse.Namespace) -> int:
         "tolerance": args.tolerance, "ok": result.ok, "plan_file": args.save_plan,
         "realistic_weights": args.realistic_weights, "inconclusive": result.inconclusive,
     }
+    if args.metric == "latency":
+        out.update(_latency_check(args, analysis, plan, pruned, inputs))
     if args.save_plan:
         plan.save(args.save_plan, analysis)  # with what it was made for: apply refuses another model
     if args.json:
         print_json(out)
     else:
-        print_check(make_console(args), out)
+        console = make_console(args)
+        print_check(console, out)
+        if args.metric == "latency":
+            console.print(f"latency ratio: predicted {out['latency_predicted_ratio']:.3f}, measured "
+                          f"{out['latency_measured_ratio']:.3f} (IQR {out['latency_measured_iqr'][0]:.3f}-"
+                          f"{out['latency_measured_iqr'][1]:.3f}; 1 thread, batch {batch_size(inputs)})")
     return EXIT_OK if result.ok else EXIT_DIFFERENT
+
+
+def _latency_check(args: argparse.Namespace, analysis, plan, pruned, inputs: tuple) -> dict[str, Any]:
+    """The random plan's latency ratio as the table predicts it (1 thread, the inputs' batch;
+    cached, else timed now) beside the ratio measured on the rewritten model."""
+    from gdp_graph.latency import LatencySettings
+    from gdp_graph.latency.predict import predict_plan
+    from gdp_graph.report.latency import compare_latency
+    predicted = predict_plan(analysis, plan, LatencySettings(batch=batch_size(inputs), cache=args.latency_cache),
+                             show_progress=not args.json)
+    measured = compare_latency(analysis.traced.gm, pruned, inputs, threads=1)
+    return {"latency_predicted_ratio": predicted["ratio"], "latency_measured_ratio": measured.ratio,
+            "latency_measured_iqr": [measured.ratio_q1, measured.ratio_q3]}
 
 
 def _check_on_meta(args: argparse.Namespace, analysis, plan) -> int:
@@ -177,6 +197,11 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--blocks", type=float, default=0.5,
                    help="fraction of removable residual blocks to remove as well (0 removes none)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="allowed max |diff| relative to the output scale")
+    p.add_argument("--metric", choices=("flops", "latency"), default="flops",
+                   help="latency: also the plan's latency ratio as the table predicts it (timed on this machine, "
+                        "1 thread, cached) beside the measured one")
+    p.add_argument("--latency-cache", metavar="DIR", help="folder of the cached latency tables "
+                                                          "(default ~/.cache/gdp-graph/latency)")
     p.add_argument("--save-plan", metavar="FILE", help="write the random plan as JSON (re-apply it with 'gdp-graph apply')")
     p.add_argument("--realistic-weights", action=argparse.BooleanOptionalAction, default=True,
                    help="first redraw degenerate weights of a copy of the model (constant tensors: zero biases, "

@@ -42,6 +42,10 @@ def _schedule(args: argparse.Namespace, task, policy) -> Any:
 def _policy(args: argparse.Namespace):
     from gdp_graph.policy import load_policy, policy_from_dict
     policy = load_policy(resolve_policy_argument(args.policy))
+    if args.metric is not None and args.metric != policy.target.metric:
+        data = policy.to_dict()
+        data["target"]["metric"] = args.metric
+        policy = policy_from_dict(data, source=f"{policy.source} with --metric {args.metric}", name=policy.name)
     if args.target is None:
         return policy
     if not 0 < args.target <= 1:
@@ -67,8 +71,8 @@ def _warnings(result, policy, report: dict[str, Any]) -> list[str]:
         out.append("nothing was pruned: every gate stayed above the threshold (train longer, raise lambda, or "
                    "check with 'gdp-graph inspect --policy' that the policy gates something)")
     metric = policy.target.metric
-    kept = report["cost"][f"{metric}_kept"]
-    if abs(kept - policy.target.fraction) > policy.target.tolerance:
+    kept = report["cost"].get(f"{metric}_kept")
+    if kept is not None and abs(kept - policy.target.fraction) > policy.target.tolerance:
         out.append(f"target missed: kept {kept:.3f} of {metric}, target {policy.target.fraction:g} "
                    f"± {policy.target.tolerance:g}")
     return out
@@ -108,6 +112,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from gdp_graph.report.tables import before_after_table
     device = resolve_device(args.device)
     policy = _policy(args)
+    if args.task is None:  # one-shot from the weights alone
+        from gdp_graph.cli.prune_oneshot import prune_without_task
+        return prune_without_task(args, policy)
     torch.manual_seed(args.seed)
     model, inputs = load_spec(args.spec, args.input_shape, require_inputs=False)
     task = load_task(args.task)
@@ -174,12 +181,16 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = add("prune", "prune your own model: gates from a YAML policy, the gated phase, finalize, optional "
                      "fine-tuning; writes the pruned model, plan.json, report.json and pictures to --out")
     add_model_arguments(p)
-    p.add_argument("--task", required=True, metavar="TASK",
+    p.add_argument("--task", metavar="TASK",
                    help="file.py:factory or package.module:factory returning a gdp_graph.recipes.task.Task "
-                        "(train_loader, loss(output, batch), optional eval_loader and metric)")
+                        "(train_loader, loss(output, batch), optional eval_loader and metric); without it, "
+                        "one-shot magnitude pruning of the weights alone (needs --input-shape or factory inputs)")
     p.add_argument("--policy", default="default", help="YAML policy file or shipped policy name")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--target", type=float, help="override the policy's target fraction to keep")
+    p.add_argument("--metric", choices=("flops", "params", "latency"),
+                   help="override the policy's target metric (latency: measured on this machine per the policy's "
+                        "latency: section, the table cached)")
     p.add_argument("--epochs", type=int, help="epochs of the gated phase (default: the policy's schedule, the task's, else 3)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after finalize (default: the policy's schedule, the task's, else 0)")
     p.add_argument("--lr", type=float, help="weight learning rate in the gated phase (default: the policy's schedule, the task's, else 0.01)")

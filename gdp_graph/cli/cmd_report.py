@@ -37,6 +37,10 @@ def print_report(console, report: dict[str, Any], title: str) -> None:
                      lat["candidate"]["median_ms"], "ms"))
     console.print(layers_table(report["layers"]))
     console.print(before_after_table(rows, title=title))
+    predicted = report.get("latency_predicted")
+    if predicted:
+        console.print(f"latency ratio predicted by the table: {predicted['ratio']:.3f} ({predicted['before_ms']:.2f} -> "
+                      f"{predicted['after_ms']:.2f} ms, {predicted['threads']} thread(s), batch {predicted['batch']})")
     if lat:
         note = (f"latency ratio {lat['ratio']:.3f} (median of per-round ratios; IQR {lat['ratio_q1']:.3f}-"
                 f"{lat['ratio_q3']:.3f}; {lat['baseline']['rounds']} interleaved rounds x {lat['repeat']} forwards, "
@@ -47,6 +51,20 @@ def print_report(console, report: dict[str, Any], title: str) -> None:
             console.print(f"{note}: NOT SIGNIFICANT, the spread exceeds the effect", style="yellow")
 
 
+def _predicted(args: argparse.Namespace, original: torch.nn.Module, inputs: Any) -> dict[str, Any]:
+    """The latency table's prediction for the folder's plan.json, on the measurement's threads and
+    batch (the table cached, else timed now)."""
+    from gdp_graph.cli.cmd_analysis import batch_size
+    from gdp_graph.graph.analysis import analyze
+    from gdp_graph.latency import LatencySettings
+    from gdp_graph.latency.predict import predict_plan
+    from gdp_graph.report.outputs import load_plan
+    analysis = analyze(original, inputs)
+    settings = LatencySettings(threads=args.threads, batch=batch_size(analysis.traced.example_inputs),
+                               cache=args.latency_cache)
+    return predict_plan(analysis, load_plan(args.pruned), settings, show_progress=not args.json)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from gdp_graph.cli.spec import load_spec
     from gdp_graph.report.outputs import load_pruned
@@ -55,6 +73,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = build_report(original.eval(), pruned, inputs, latency=not args.no_latency, rounds=args.rounds,
                           repeat=args.repeat, threads=args.threads)
     report.update(spec=args.spec, pruned=str(args.pruned))
+    if args.predict:
+        report["latency_predicted"] = _predicted(args, original, inputs)
     if args.json:
         print_json(report)
     else:
@@ -71,4 +91,9 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds")
     p.add_argument("--repeat", type=int, default=3, help="forwards per model per round")
     p.add_argument("--threads", type=int, default=1, help="torch threads during the measurement")
+    p.add_argument("--predict", action="store_true",
+                   help="also show the latency the table predicts for PRUNED's plan.json (the table is timed on this "
+                        "machine at --threads and the inputs' batch, once, then cached)")
+    p.add_argument("--latency-cache", metavar="DIR", help="folder of the cached latency tables "
+                                                          "(default ~/.cache/gdp-graph/latency)")
     p.set_defaults(func=cmd_report)

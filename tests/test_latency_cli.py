@@ -1,0 +1,76 @@
+"""The latency metric from the command line: one-shot pruning without a task (any metric),
+``--metric`` overriding the policy, ``check --metric latency`` and ``report --predict``. Timings
+are real here (a tiny model) but never asserted: only that predictions exist, are ratios, and
+that the cached table is reused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = "tests/fixtures/synthetic_task.py:model"
+
+
+def gdp_graph(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gdp_graph.cli.main", *argv], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture()
+def latency_policy(tmp_path) -> Path:
+    path = tmp_path / "latency.yaml"
+    path.write_text(f"version: 1\ntarget: {{metric: flops, fraction: 0.5}}\n"
+                    f"latency: {{cache: {tmp_path / 'tables'}, points: 3}}\n")
+    return path
+
+
+def test_prune_without_task_to_a_flops_budget(tmp_path):
+    out = tmp_path / "run"
+    done = gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--metric", "flops", "--target", "0.5",
+                     "--out", str(out), "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["task"] is None and report["method"] == "magnitude" and report["metric"] == "flops"
+    assert report["kept"] == pytest.approx(report["cost"]["flops_kept"], rel=1e-6)
+    assert abs(report["cost"]["flops_kept"] - 0.5) < 0.1
+    assert {"pruned.pt", "plan.json", "report.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_prune_without_task_to_a_latency_budget(tmp_path, latency_policy):
+    done = gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--policy", str(latency_policy), "--metric",
+                     "latency", "--target", "0.6", "--out", str(tmp_path / "run"), "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert len(list((tmp_path / "tables").glob("*.json"))) == 1  # the policy's cache folder
+    assert report["metric"] == "latency" and report["latency"]["points"] == 3
+    cost = report["cost"]
+    assert 0 < cost["latency_after_s"] < cost["latency_before_s"]
+    assert cost["latency_kept"] == pytest.approx(report["kept"])
+
+
+def test_prune_without_task_refuses_what_needs_data(tmp_path):
+    done = gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--epochs", "2", "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "--task" in done.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_check_and_report_show_predicted_latency(tmp_path):
+    cache = str(tmp_path / "tables")
+    done = gdp_graph("check", SPEC, "--input-shape", "1,3,8,8", "--metric", "latency", "--latency-cache", cache,
+                     "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert 0 < out["latency_predicted_ratio"] < 1.5 and out["latency_measured_ratio"] > 0
+    run = tmp_path / "run"
+    assert gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--target", "0.5", "--out", str(run),
+                     "--no-progress").returncode == 0
+    done = gdp_graph("report", SPEC, str(run), "--input-shape", "1,3,8,8", "--predict", "--latency-cache", cache,
+                     "--rounds", "3", "--repeat", "1")
+    assert done.returncode == 0, done.stderr
+    assert "predicted by the table" in done.stdout and "latency ratio" in done.stdout
