@@ -37,6 +37,7 @@ from gdp_graph.errors import GdpError
 from gdp_graph.gates import selection
 from gdp_graph.gates.absorb import absorb_scales
 from gdp_graph.gates.bank import GateBank
+from gdp_graph.gates.hooks import run_as_called
 from gdp_graph.gates.model import GatedModel
 
 __all__ = ["FinalizeError", "FinalizeReport", "absorb", "absorb_scales", "finalize", "plan_from_gates"]
@@ -71,6 +72,10 @@ def _weights_of(gated: GatedModel) -> fx.GraphModule:
                                  for p in gm.parameters()})
     prefix = f"{gated._bank_name}."
     state = {k: v for k, v in gated.module.state_dict().items() if not k.startswith(prefix)}
+    if not isinstance(gated.module, fx.GraphModule):  # the class with gate hooks (gates.hooks): the
+        # graph's constants include the class's non-persistent buffers, and not what it never reads
+        wanted = weights.state_dict().keys()
+        state = {k: v for k, v in {**dict(gated.module.named_buffers()), **state}.items() if k in wanted}
     result = weights.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise FinalizeError(f"the gated model's weights do not match its trace: missing {result.missing_keys[:5]}, "
@@ -177,7 +182,10 @@ def finalize(gated: GatedModel, *, threshold: Optional[float] = None, tolerance:
 
     example = on_device(analysis.traced.example_inputs)
     compared = on_device(inputs) if inputs is not None else example
-    expected = _run_eval(gated, compared)
+    if inputs is None and not isinstance(gated.module, fx.GraphModule):  # the class with gate hooks
+        expected = run_as_called(gated, analysis, device)
+    else:
+        expected = _run_eval(gated, compared)
     with FlopCounterMode(display=False) as counter:  # one run of the pruned model: compared and counted
         actual = _run_eval(pruned, compared)
     check = compare_outputs(expected, actual, tolerance)

@@ -18,6 +18,7 @@ import math
 from typing import Any, Mapping, Optional
 
 import torch
+import torch.fx as fx
 from torch import Tensor, nn
 
 from gdp_graph.gates.absorb import reopen_into_weights
@@ -28,7 +29,8 @@ from gdp_graph.gates.schedule import EpsilonRamp, fit_to_window
 from gdp_graph.gates.selection import group_limit, plan_for_budget, plan_fraction, plan_from_gates
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import CostModel
-from gdp_graph.graph.inject import collect_sites, insert_site_multipliers
+from gdp_graph.gates.hooks import ClassForward, gated_module
+from gdp_graph.graph.inject import collect_sites
 from gdp_graph.policy import Resolution
 from gdp_graph.vocabulary import DEFAULT_T
 
@@ -122,7 +124,10 @@ class GatedModel(nn.Module):
         bank.to(_device_of(analysis.traced.gm))
         for site in collect_sites(analysis, sorted(groups), blocks):
             bank.add_site(site)
-        self.module = insert_site_multipliers(analysis, bank, bank.sites, "gdp_gates")
+        # the user's class with gate hooks where the sites allow (any input size), else the graph
+        self.module = gated_module(analysis, bank, bank.sites, "gdp_gates")
+        if not isinstance(self.module, fx.GraphModule):
+            self.forward = ClassForward(self)  # the class's signature, for Trainer's column filter
         self._bank_name = next(n for n, m in self.module.named_children() if m is bank)
         self.cost_model = CostModel(analysis)
         if self.metric == "latency":  # the table measured on policy.latency's device (cached)
@@ -179,6 +184,17 @@ class GatedModel(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        """What the user's class has (``config``, ``generate``, ``gradient_checkpointing_enable``)
+        when the gated module is that class with gate hooks (:mod:`gdp_graph.gates.hooks`)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            module = self._modules.get("module")
+            if module is None or isinstance(module, fx.GraphModule) or name.startswith("_"):
+                raise
+            return getattr(module, name)
 
     def group_gates(self) -> dict[int, Tensor]:
         """``{gid: gate vector}`` of every gated group (differentiable)."""
