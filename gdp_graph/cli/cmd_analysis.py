@@ -164,7 +164,7 @@ def _check_on_meta(args: argparse.Namespace, analysis, plan) -> int:
            "removed_blocks": sorted(plan.removed_blocks), "params_before": cost.total.params,
            "verified": False, "plan_file": args.save_plan}
     if args.save_plan:
-        plan.save(args.save_plan)
+        plan.save(args.save_plan, analysis)  # the meta analysis has the real model's groups and blocks
     if args.json:
         print_json(out)
     else:
