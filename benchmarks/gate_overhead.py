@@ -9,6 +9,7 @@ script prints the median step time of each and the median of the per-repetition 
     python benchmarks/gate_overhead.py --model vit --threads 1     # ViT (embed 192, depth 6), batch 64
     python benchmarks/gate_overhead.py --depth 20 --reps 5 --autocast
 
+``python benchmarks/gate_overhead.py --table FILE.json`` prints every run in the file as a table.
 ``--out FILE.json`` appends a record (``benchmarks/records.py``: commit, command, machine, date;
 ``--note`` for anything else); a rerun with the same settings at the same commit is skipped.
 """
@@ -56,8 +57,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="append the result to this JSON file")
     p.add_argument("--autocast", action="store_true", help="bf16 autocast")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--table", type=Path, default=None, metavar="FILE", help="print the runs in FILE and stop")
     records.add_record_flags(p)
     args = p.parse_args()
+    if args.table is not None:
+        print(table(args.table))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -105,6 +110,22 @@ def main() -> None:
                   "gated_ms": 1e3 * statistics.median(times[1]), "ratio_median": statistics.median(ratios),
                   "ratio_min": min(ratios), "ratio_max": max(ratios), "pairs": len(ratios), "machinery_ms": machinery}
         records.append_record(args.out, records.new_record("gate_overhead", settings, result, seed=0, note=args.note))
+
+
+def table(path: Path) -> str:
+    """Every run of a results file (records, and the rows written before records) as a table."""
+    data = json.loads(path.read_text())
+    rows = [{**r, "name": r["model"], "commit": "-", "date": r["date"]} for r in data.get("legacy", [])] \
+        if isinstance(data, dict) else [{**r, "name": r["model"], "commit": "-"} for r in data]
+    for rec in records.load_records(path):
+        rows.append({**rec["settings"], **rec["result"], "date": rec["date"][:10], "commit": (rec["commit"] or "?")[:7]})
+    lines = ["| model | batch | threads | precision | gated / plain step, median (min–max) | pairs | "
+             "gate machinery, share of a plain step | date | commit |", "|---|---:|---:|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['batch']} | {r['threads']} | {r['precision']} | {r['ratio_median']:.3f} "
+                     f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {r['pairs']} | "
+                     f"{r['machinery_ms'] / r['plain_ms']:.2%} | {r['date']} | {r['commit']} |")
+    return "\n".join(lines)
 
 
 def _machinery_ms(gated, reps: int = 50) -> float:

@@ -7,7 +7,7 @@ median step time of each and the median of the per-pair ratios (channels-last / 
 
     python benchmarks/memory_format.py [--depth 20] [--batch 128] [--threads 2] [--out FILE.json] [--note TEXT]
 
-``--out`` appends a record (``benchmarks/records.py``); a rerun at the same commit is skipped.
+``--table FILE.json`` prints every run in the file; ``--out`` appends a record (``benchmarks/records.py``); a rerun at the same commit is skipped.
 """
 
 from __future__ import annotations
@@ -45,6 +45,22 @@ def compare(model: torch.nn.Module, penalty_of, x: torch.Tensor, y: torch.Tensor
             "pairs": len(ratios)}
 
 
+def table(path: Path) -> str:
+    """Every run of a results file (records, and the rows written before records) as a table."""
+    data = json.loads(path.read_text())
+    runs = [(r, r["date"], "-") for r in (data.get("legacy", []) if isinstance(data, dict) else data)]
+    runs += [({**rec["settings"], **rec["result"]}, rec["date"][:10], (rec["commit"] or "?")[:7])
+             for rec in records.load_records(path)]
+    lines = ["| model | batch | threads | model kind | channels-last / contiguous step, median (min–max) | pairs "
+             "| date | commit |", "|---|---:|---:|---|---:|---:|---|---|"]
+    for r, date, commit in runs:
+        for kind in ("plain", "gated"):
+            k = r[kind]
+            lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {kind} | {k['ratio_median']:.3f} "
+                         f"({k['ratio_min']:.2f}–{k['ratio_max']:.2f}) | {k['pairs']} | {date} | {commit} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--depth", type=int, default=20)
@@ -53,8 +69,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--out", type=Path, default=None, help="append the result to this JSON file")
+    p.add_argument("--table", type=Path, default=None, metavar="FILE", help="print the runs in FILE and stop")
     records.add_record_flags(p)
     args = p.parse_args()
+    if args.table is not None:
+        print(table(args.table))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = {"model": f"ResNet-{args.depth}", "batch": args.batch, "reps": args.reps, "warmup": args.warmup,

@@ -180,6 +180,8 @@ def test_each_benchmark_appends_a_full_record_and_the_tables_read_it(script, tmp
         table = {"analysis_speed": lambda r: pt.analysis_table(r, None),
                  "attach_speed": pt.attach_table, "latency_pruned": pt.latency_compact}[script](report)
         assert "| mobilenet_v3_large |" in table
+    else:  # gate_overhead, memory_format: a table of every run in the file
+        assert rec["date"][:10] in module.table(out) and "ResNet-8" in module.table(out)
 
 
 def test_zoo_table_records_a_model_and_prints_the_table_from_the_file(tmp_path):
