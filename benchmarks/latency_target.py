@@ -1,0 +1,176 @@
+"""Pruning to a latency target on this machine: the table's build time, the saved model's measured
+latency ratio against the target, and the FLOPs-targeted plan at the same latency beside it.
+
+For each model (224 px, batch 1, one thread): a latency table is timed (``gdp_graph.latency``,
+``--points`` widths; its build time recorded, the goal is under 60 s), then for each target the
+one-shot magnitude plan to that fraction of the *predicted* latency is rewritten (the model's own
+class where it verifies), saved with ``torch.save``, loaded back and timed against the original
+in one process (interleaved rounds, the order alternating; the ratio is the median of per-round
+ratios, with its interquartile range). Beside it, the magnitude plan to a FLOPs budget chosen so
+that the table predicts the same latency, timed in the same rounds: its FLOPs and parameters show
+what a FLOPs budget keeps at that latency. One record per (model, target) in
+``benchmarks/results/latency_target.json``; a rerun skips what this commit recorded.
+
+    python benchmarks/latency_target.py [--models resnet50,...] [--targets 0.7,0.5] [--rounds 15]
+
+Timings on a machine shared with other jobs are noisy: the records keep every round's ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import gdp_graph as G  # noqa: E402
+from benchmarks import records  # noqa: E402
+from benchmarks.models import BENCH, CNNS  # noqa: E402
+from gdp_graph.gates.selection import plan_fraction  # noqa: E402
+from gdp_graph.graph.cost import CostModel, model_cost  # noqa: E402
+from gdp_graph.importance import one_shot_plan, score_units  # noqa: E402
+from gdp_graph.latency import LatencySettings, attach_latency, load_or_build  # noqa: E402
+from gdp_graph.policy import policy_from_dict, resolve  # noqa: E402
+from gdp_graph.report.latency import time_models  # noqa: E402
+
+
+def _factory(name: str) -> Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]:
+    """A benchmark model, or ``zoo:NAME`` (a small test-zoo model, for the smoke test)."""
+    if name.startswith("zoo:"):
+        from tests.zoo import ZOO
+        make = ZOO[name[4:]]
+
+        def small() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+            model, inputs = make()
+            return model.eval(), tuple(x[:1] for x in inputs)
+        return small
+    return BENCH[name]
+
+
+def _resolution(analysis, metric: str, fraction: float, round_to: int):
+    policy = policy_from_dict({"version": 1, "target": {"metric": metric, "fraction": fraction},
+                               "defaults": {"round_to": round_to}})
+    return resolve(policy, analysis.groups, analysis.blocks)
+
+
+def _flops_plan_at(analysis, cost: CostModel, scores, latency_kept: float, round_to: int):
+    """The magnitude plan to the FLOPs fraction whose predicted latency is ``latency_kept``
+    (bisection on the FLOPs target; predicted latency falls with it)."""
+    lo, hi = 0.01, 1.0
+    best = None
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        plan, _ = one_shot_plan(analysis, scores, _resolution(analysis, "flops", mid, round_to), cost_model=cost)
+        lat = plan_fraction(cost, plan, "latency")
+        if best is None or abs(lat - latency_kept) < abs(best[2] - latency_kept):
+            best = (mid, plan, lat)
+        lo, hi = (mid, hi) if lat < latency_kept else (lo, mid)
+    assert best is not None
+    return best
+
+
+def _saved(model: nn.Module, folder: Path) -> nn.Module:
+    """The model written with torch.save and read back (what a user deploys)."""
+    path = folder / "pruned.pt"
+    torch.save(model, path)
+    return torch.load(path, weights_only=False).eval()
+
+
+def _ratios(base: list[float], other: list[float]) -> dict[str, Any]:
+    r = [o / b for b, o in zip(base, other)]
+    q1, med, q3 = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else (r[0], r[0], r[0])
+    return {"ratio": round(med, 4), "iqr": [round(q1, 4), round(q3, 4)], "rounds": [round(x, 4) for x in r]}
+
+
+def _figures(model: nn.Module, inputs: tuple, before) -> dict[str, Any]:
+    c = model_cost(model, inputs)
+    return {"params": c.params, "flops": c.flops, "params_kept": round(c.params / before.params, 4),
+            "flops_kept": round(c.flops / before.flops, 4)}
+
+
+def run_target(name: str, analysis, cost: CostModel, scores, target: float, args, model: nn.Module,
+               inputs: tuple) -> dict[str, Any]:
+    plan, predicted = one_shot_plan(analysis, scores, _resolution(analysis, "latency", target, args.round_to),
+                                    cost_model=cost)
+    f_target, f_plan, f_predicted = _flops_plan_at(analysis, cost, scores, predicted, args.round_to)
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
+        pruned = _saved(G.rewrite(analysis, plan), Path(tmp))
+        flops_model = G.rewrite(analysis, f_plan)
+        timings = time_models([model, pruned, flops_model], inputs, rounds=args.rounds, warmup=2, repeat=args.repeat,
+                              threads=1)
+    before = model_cost(analysis.traced.gm, inputs)
+    base = list(timings[0].samples)
+    result = {"target": target, "predicted": round(predicted, 4), "measured": _ratios(base, list(timings[1].samples)),
+              "original_ms": round(1e3 * timings[0].median_s, 3), "pruned_class": type(pruned).__name__,
+              "latency_plan": _figures(pruned, inputs, before),
+              "flops_plan": {"flops_target": round(f_target, 4), "predicted": round(f_predicted, 4),
+                             "measured": _ratios(base, list(timings[2].samples)),
+                             **_figures(flops_model, inputs, before)}}
+    result["within_0.05"] = abs(result["measured"]["ratio"] - target) <= 0.05
+    print(f"{name} target {target}: {json.dumps({k: v for k, v in result.items() if k != 'flops_plan'})}\n"
+          f"  flops plan: {json.dumps(result['flops_plan'])}", flush=True)
+    return result
+
+
+def run_model(name: str, args, out: Path) -> None:
+    todo = []
+    for target in args.target_list:
+        settings = {"model": name, "target": target, "batch": 1, "threads": 1, "points": args.points,
+                    "round_to": args.round_to, "rounds": args.rounds}
+        if not args.rerun and records.recorded(out, "latency_target", settings):
+            print(f"{name} target {target}: recorded by this commit, skipped (--rerun to time it again)")
+            continue
+        todo.append((target, settings))
+    if not todo:
+        return
+    torch.manual_seed(0)
+    model, inputs = _factory(name)()
+    started = time.perf_counter()
+    analysis = G.analyze(model, inputs)
+    analysis_s = time.perf_counter() - started
+    cost = CostModel(analysis)
+    settings = LatencySettings(points=args.points, round_to=args.round_to, cache=args.cache)
+    table = load_or_build(analysis, settings, cost_model=cost, rebuild=args.rebuild_table)
+    attach_latency(cost, table)
+    scores = score_units(analysis, "magnitude")
+    for target, record_settings in todo:
+        result = run_target(name, analysis, cost, scores, target, args, model, inputs)
+        result.update(table_build_s=round(table.build_s, 2), analysis_s=round(analysis_s, 2),
+                      table_whole_ms=round(1e3 * table.whole_s, 3))
+        records.append_record(out, records.new_record("latency_target", record_settings, result, note=args.note))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(CNNS))
+    p.add_argument("--targets", default="0.7,0.5")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    p.add_argument("--repeat", type=int, default=3, help="forwards per model per round")
+    p.add_argument("--points", type=int, default=8, help="widths in the latency table")
+    p.add_argument("--round-to", type=int, default=1, help="kept channel counts a multiple of this")
+    p.add_argument("--cache", default=str(ROOT / "runs" / "latency_tables"), help="latency table cache folder")
+    p.add_argument("--rebuild-table", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the table again (its build time is recorded); --no-rebuild-table reuses the cache")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency_target.json"))
+    records.add_record_flags(p)
+    args = p.parse_args(argv)
+    args.target_list = [float(t) for t in args.targets.split(",") if t]
+    torch.set_num_threads(1)
+    (ROOT / "runs").mkdir(exist_ok=True)
+    for name in [n for n in args.models.split(",") if n]:
+        run_model(name, args, Path(args.out))
+    print(f"records in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""benchmarks/latency_target.py on a small zoo model: one record per target, written through
+benchmarks/records.py, with the table's build time, the predicted and measured ratios and the
+FLOPs-targeted plan beside them (no timing is asserted)."""
+
+from __future__ import annotations
+
+from benchmarks import latency_target, records
+
+
+def test_latency_target_writes_one_record_per_target(tmp_path):
+    out = tmp_path / "latency_target.json"
+    latency_target.main(["--models", "zoo:mobilenetv2", "--targets", "0.9,0.8", "--rounds", "2", "--repeat", "1",
+                         "--points", "2", "--cache", str(tmp_path / "tables"), "--out", str(out)])
+    recs = records.load_records(out)
+    assert [r["settings"]["target"] for r in recs] == [0.9, 0.8]
+    for r in recs:
+        res = r["result"]
+        assert r["benchmark"] == "latency_target" and r["commit"] and r["machine"]
+        assert res["table_build_s"] > 0 and res["predicted"] > 0
+        assert len(res["measured"]["rounds"]) == 2 and res["measured"]["ratio"] > 0
+        assert res["pruned_class"] != "GraphModule"
+        flops = res["flops_plan"]
+        assert 0 < flops["flops_target"] <= 1 and flops["params"] > 0 and flops["flops"] > 0
+        assert abs(flops["predicted"] - res["predicted"]) < 0.1  # the same latency, as the table predicts it
