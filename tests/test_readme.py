@@ -61,3 +61,32 @@ def test_rule_blocks_register_a_working_rule(index):
     assert plan.keep, "the user's layer froze its channels: its rule did not run"
     pruned = G.rewrite(analysis, plan)
     assert pruned.gdp_verify.ok
+
+
+def setup_commands() -> list[str]:
+    """The bash commands of the README's "Set up" section."""
+    section = README.read_text(encoding="utf-8").split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", section, flags=re.S)]
+
+
+def test_the_setup_commands_install_run_the_main_job_and_the_tests_as_ci_does():
+    import shlex
+    import tomllib
+
+    from gdp_graph.cli.main import build_parser
+    root = README.parent
+    install_and_train, tests = setup_commands()
+    steps = [shlex.split(s) for s in install_and_train.split("&&")]
+    assert steps[0] == ["python3", "-m", "venv", ".venv"]
+    ci = (root / ".ci" / "run").read_text()
+    pin = next(a for a in steps[1] if a.startswith("torch=="))
+    assert steps[1][:3] == [".venv/bin/pip", "install", pin] and steps[1][3:] == ["-e", "."]
+    assert f"install -q {pin} -e '.[test]'" in ci, "the README and CI pin different torch versions"
+    assert steps[2][0] == ".venv/bin/gdp-graph"
+    args = build_parser().parse_args(steps[2][1:])  # every flag of the main command exists
+    assert args.command == "train" and args.data.endswith("cifar-10-python.tar.gz")
+    install, run_tests = (shlex.split(s) for s in tests.split("&&"))
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert install[:3] == [".venv/bin/pip", "install", "-e"] and install[3] == ".[test]" and "test" in extras
+    assert run_tests == [".venv/bin/python", "-m", "pytest"]
+    assert '"$venv/bin/python" -m pytest' in ci

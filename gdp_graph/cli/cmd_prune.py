@@ -204,8 +204,9 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0, help="torch seed")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_MISSED} when the target is missed or nothing is pruned")
     p.add_argument("--graph-module", action="store_true",
-                   help="save the pruned fx.GraphModule (what 'export --format source' takes) instead of the model's "
-                        "own class, which is saved where its forward reproduces the GraphModule")
+                   help="save the pruned fx.GraphModule instead of the model's own class, which is saved where its "
+                        "forward reproduces the GraphModule ('export --format source' traces the class with torch.fx, "
+                        "so only a class fx cannot trace needs this)")
     p.add_argument("--no-pictures", action="store_true", help="do not draw gates.png and trajectory.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print report.json's content instead of tables")
