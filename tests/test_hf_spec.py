@@ -118,3 +118,19 @@ def test_a_folder_whose_weights_do_not_load_is_one_line_exit_2(tmp_path):
     done = gdp_graph("inspect", f"hf:{broken}")
     assert done.returncode == 2 and "transformers cannot load" in done.stderr and done.stderr.count("\n") == 1, \
         done.stderr
+
+
+def test_on_the_meta_device_bias_free_blocks_are_removable_and_biased_ones_say_why(folder, tmp_path):
+    import warnings
+
+    import gdp_graph as G
+    gpt2 = tmp_path / "gpt2"
+    T.GPT2LMHeadModel(T.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4)).save_pretrained(gpt2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        llama = G.analyze(*load_spec(f"hf:{folder}", meta=True))
+        biased = G.analyze(*load_spec(f"hf:{gpt2}", "1,8", meta=True))
+    assert len(llama.blocks) == 4 and all(b.prunable and not b.frozen_reasons for b in llama.blocks)
+    assert biased.blocks and all(not b.prunable for b in biased.blocks)
+    assert all("on the meta device the branch's constant on zero input needs the weights" in r
+               for b in biased.blocks for r in b.frozen_reasons)

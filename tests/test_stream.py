@@ -24,14 +24,39 @@ pytest.importorskip("gdp_graph.prune.slices")
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
 
-def meta_plan(folder: Path, path: Path, seed: int = 0, ratio: float = 0.4) -> Path:
-    """A random plan made on the meta device (no weights), saved."""
+def meta_plan(folder: Path, path: Path, seed: int = 0, ratio: float = 0.4, layers: tuple[str, ...] = ()) -> Path:
+    """A random plan made on the meta device (no weights), saved; ``layers``: remove every block
+    of these layers too (``model.layers.1``)."""
     model, inputs = load_hf(f"hf:{folder}", meta=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         analysis = G.analyze(model, inputs)
-        G.random_plan(analysis, ratio, seed=seed).save(path, analysis)
+    plan = G.random_plan(analysis, ratio, seed=seed)
+    blocks = frozenset(b.id for b in analysis.blocks if b.name in layers)
+    assert len(blocks) == 2 * len(layers) and all(analysis.blocks[b].prunable for b in blocks)  # no weights needed
+    G.PruningPlan(plan.keep, blocks).save(path, analysis)
     return path
+
+
+def in_memory(folder: Path, plan_file: Path, out: Path):
+    """The in-memory path: load, analyse, rewrite (the model's class), save_pretrained (hf_save)."""
+    from gdp_graph.prune.hf_save import save_hf
+    model, inputs = load_hf(f"hf:{folder}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analysis = G.analyze(model, inputs)
+        pruned = G.rewrite(analysis, G.PruningPlan.load(plan_file))
+    assert type(pruned) is T.LlamaForCausalLM and pruned.gdp_verify.ok, getattr(pruned, "gdp_kept_class_reason", "")
+    assert save_hf(pruned, analysis, G.PruningPlan.load(plan_file), out)  # uniform: a plain folder
+    return model, inputs, pruned
+
+
+def same_tensors(a: Path, b: Path) -> None:
+    from safetensors.torch import load_file
+    left = {k: v for p in sorted(a.glob("*.safetensors")) for k, v in load_file(p).items()}
+    right = {k: v for p in sorted(b.glob("*.safetensors")) for k, v in load_file(p).items()}
+    assert left.keys() == right.keys()
+    assert all(left[k].dtype == right[k].dtype and torch.equal(left[k], right[k]) for k in left)
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -62,14 +87,12 @@ def streamed(source, tmp_path_factory):
     return plan, work / "out"
 
 
-def test_streamed_checkpoint_equals_the_in_memory_rewrite(source, streamed):
+def test_streamed_checkpoint_equals_the_in_memory_rewrite(source, streamed, tmp_path):
     plan_file, out = streamed
-    model, inputs = load_hf(f"hf:{source}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        analysis = G.analyze(model, inputs)
-        pruned = G.rewrite(analysis, G.PruningPlan.load(plan_file))
-    assert type(pruned) is T.LlamaForCausalLM and pruned.gdp_verify.ok
+    model, inputs, pruned = in_memory(source, plan_file, tmp_path / "in_memory")
+    same_tensors(out, tmp_path / "in_memory")
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == \
+        json.loads((tmp_path / "in_memory" / "config.json").read_text())["intermediate_size"]
     loaded, info = T.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
     expected, actual = pruned.state_dict(), loaded.state_dict()
@@ -97,6 +120,27 @@ def test_streamed_folder_has_its_shards_index_config_and_other_files(source, str
         assert (out / name).read_bytes() == (source / name).read_bytes()
     assert G.PruningPlan.load(out / "gdp_plan.json") == G.PruningPlan.load(plan_file)
     assert not list(out.parent.glob(".out.partial*"))
+
+
+def test_whole_layers_removed_on_the_meta_device_are_dropped_and_renumbered(source, tmp_path, capsys):
+    plan = meta_plan(source, tmp_path / "plan.json", seed=2, layers=("model.layers.0",))
+    code, _, err = run(capsys, "apply", f"hf:{source}", str(plan), "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    _, inputs, pruned = in_memory(source, plan, tmp_path / "in_memory")
+    same_tensors(tmp_path / "out", tmp_path / "in_memory")
+    loaded, info = T.AutoModelForCausalLM.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info.values()) and loaded.config.num_hidden_layers == 1
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, pruned(**inputs).logits)  # the stand-ins add exact zeros
+
+
+def test_half_a_layer_removed_is_refused_before_anything_is_written(source, tmp_path, capsys):
+    model, inputs = load_hf(f"hf:{source}", meta=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analysis = G.analyze(model, inputs)
+    G.PruningPlan(removed_blocks=frozenset({analysis.blocks[-1].id})).save(tmp_path / "plan.json", analysis)
+    _refused(capsys, tmp_path, source, tmp_path / "plan.json", "no plain config.json describes the pruned model")
 
 
 def test_a_single_file_checkpoint_with_tied_embeddings_streams(tmp_path, capsys):

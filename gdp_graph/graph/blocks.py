@@ -180,7 +180,12 @@ def _branch_block(traced, nodes, ancestors: _Ancestry, add: fx.Node, arg: int, b
     try:
         constant = branch_constant(traced, block)
     except Exception as exc:  # noqa: BLE001 - recorded as the reason the block stays
-        block.frozen_reasons.append(f"cannot evaluate the branch on zero input: {type(exc).__name__}: {exc}")
+        if any(p.is_meta for p in traced.gm.parameters()):
+            block.frozen_reasons.append(f"on the meta device the branch's constant on zero input needs the weights "
+                                        f"(only a branch ending in a bias-free linear or convolution is known to "
+                                        f"give zero): {type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
+        else:
+            block.frozen_reasons.append(f"cannot evaluate the branch on zero input: {type(exc).__name__}: {exc}")
         return block
     if constant is None:
         block.frozen_reasons.append("the branch output on zero input is not a per-channel constant")
@@ -190,6 +195,10 @@ def _branch_block(traced, nodes, ancestors: _Ancestry, add: fx.Node, arg: int, b
 #: layers whose output on an all-zero input is their bias at every position (zero padding pads
 #: zeros too): a ViT's 24 branch constants cost 0.17 s of dense matmuls on zeros before this
 _BIAS_ON_ZERO = {nn.Linear: 0, nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}  # type -> spatial dims
+#: the same layers as functions (torch.export writes every nn.Linear as aten.linear): function ->
+#: (spatial dims, position of the bias argument)
+_BIAS_ON_ZERO_FUNCTIONS = {torch.ops.aten.linear.default: (0, 2), torch.nn.functional.linear: (0, 2),
+                           torch.ops.aten.conv2d.default: (2, 2), torch.ops.aten.conv1d.default: (1, 2)}
 
 
 class _ZeroedInputs(fx.Interpreter):
@@ -212,16 +221,24 @@ class _ZeroedInputs(fx.Interpreter):
                 layer = self.fetch_attr(str(n.target))
                 spatial = _BIAS_ON_ZERO.get(type(layer))
                 if spatial is not None:
-                    return _bias_everywhere(layer, self.recorded[n.name].shape, spatial, args[0])
+                    return _bias_everywhere(getattr(layer, "bias", None), self.recorded[n.name].shape, spatial, args[0])
+            if n.op == "call_function" and n.target in _BIAS_ON_ZERO_FUNCTIONS and (n.name, 0) in self.zeroed \
+                    and isinstance(self.recorded.get(n.name), torch.Tensor):
+                spatial, at = _BIAS_ON_ZERO_FUNCTIONS[n.target]
+                bias = args[at] if len(args) > at else kwargs.get("bias")
+                return _bias_everywhere(bias, self.recorded[n.name].shape, spatial, args[0])
             args = tuple(torch.zeros_like(a) if (n.name, i) in self.zeroed else a for i, a in enumerate(args))
             return getattr(self, n.op)(n.target, args, kwargs)
 
 
-def _bias_everywhere(layer: nn.Module, shape: torch.Size, spatial: int, x: torch.Tensor) -> torch.Tensor:
-    """What ``layer`` returns on an all-zero input: its bias broadcast over ``shape``."""
-    bias = getattr(layer, "bias", None)
+def _bias_everywhere(bias: Optional[torch.Tensor], shape: torch.Size, spatial: int, x: torch.Tensor) -> torch.Tensor:
+    """What a layer returns on an all-zero input: its bias broadcast over ``shape``. Without a
+    bias that is zero whatever the weights, so a model on the meta device gets a real zero
+    (on the CPU) there: a bias-free branch's constant needs no weights."""
     if bias is None:
-        return torch.zeros(shape, dtype=x.dtype, device=x.device)
+        return torch.zeros(shape, dtype=x.dtype, device="cpu" if x.is_meta else x.device)
+    if bias.is_meta:
+        raise ValueError("it is its last layer's bias")
     return bias.detach().to(x.dtype).reshape(-1, *[1] * spatial).expand(shape).contiguous()
 
 
