@@ -6,7 +6,8 @@ in ``benchmarks/results/analysis_speed.json``: every time, the medians, the spre
 the ratio, the commit timed and the machine. A rerun skips the models this commit has recorded.
 
     pip install torch-pruning==1.6.1 --no-deps      # benchmark-only, never a runtime dependency
-    python benchmarks/analysis_speed.py [--protocol docs|quick] [--repeats 3] [--models resnet50,densenet121] [--out FILE] [--note TEXT]
+    python benchmarks/analysis_speed.py [--protocol docs|quick] [--repeats 3] [--models resnet50,densenet121]
+        [--out FILE] [--note TEXT]
 
 Torch-Pruning's side is ``DependencyGraph().build_dependency(model, x)`` and listing every
 group (``get_all_groups``), the same work ``analyze`` does (groups, couplings, blocks).

@@ -118,7 +118,8 @@ def table(path: Path) -> str:
     rows = [{**r, "name": r["model"], "commit": "-", "date": r["date"]} for r in data.get("legacy", [])] \
         if isinstance(data, dict) else [{**r, "name": r["model"], "commit": "-"} for r in data]
     for rec in records.load_records(path):
-        rows.append({**rec["settings"], **rec["result"], "date": rec["date"][:10], "commit": (rec["commit"] or "?")[:7]})
+        commit = (rec["commit"] or "?")[:7]
+        rows.append({**rec["settings"], **rec["result"], "date": rec["date"][:10], "commit": commit})
     lines = ["| model | batch | threads | precision | gated / plain step, median (min–max) | pairs | "
              "gate machinery, share of a plain step | date | commit |", "|---|---:|---:|---|---:|---:|---:|---|---|"]
     for r in rows:

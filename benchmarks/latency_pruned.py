@@ -5,12 +5,13 @@ that removes nothing (it should cost nothing for being rewritten), and pruned at
 of every prunable group's free units, each with and without ``round_to 8`` (kept channel counts
 multiples of 8). Original and rewritten models run in one process, alternating; each model's
 record (``benchmarks/records.py``, in ``benchmarks/results/latency_pruned_b<batch>.json``) keeps
-every round's median per call, the medians, the spread and the ratios: ``speedup`` (original time / pruned time, of the medians; ``speedup_paired``: the median
-of each round's ratio, ``speedup_min``: of the fastest calls), ``flops_speedup`` (original FLOPs /
+every round's median per call, the medians, the spread and the ratios: ``speedup`` (original
+time / pruned time, of the medians; ``speedup_paired``: the median of each round's ratio, ``speedup_min``: of the fastest calls), ``flops_speedup`` (original FLOPs /
 pruned FLOPs) and ``speedup_per_flops`` = speedup_paired / flops_speedup (1.0: as fast as the
 FLOPs say).
 
-    python benchmarks/latency_pruned.py [--protocol b1|b16] [--models resnet50,...] [--batch 1] [--rounds 5] [--out FILE]
+    python benchmarks/latency_pruned.py [--protocol b1|b16] [--models resnet50,...] [--batch 1] [--rounds 5]
+        [--out FILE] [--note TEXT]
 """
 
 from __future__ import annotations

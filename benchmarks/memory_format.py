@@ -7,7 +7,8 @@ median step time of each and the median of the per-pair ratios (channels-last / 
 
     python benchmarks/memory_format.py [--depth 20] [--batch 128] [--threads 2] [--out FILE.json] [--note TEXT]
 
-``--table FILE.json`` prints every run in the file; ``--out`` appends a record (``benchmarks/records.py``); a rerun at the same commit is skipped.
+``--table FILE.json`` prints every run in the file; ``--out`` appends a record
+(``benchmarks/records.py``); a rerun at the same commit is skipped.
 """
 
 from __future__ import annotations

@@ -66,21 +66,31 @@ def _relative_index(resolution: int, stride: int = 1) -> torch.Tensor:
     return offset[0] * resolution + offset[1]
 
 
-class Attention(nn.Module):
-    def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int):
+class _BiasedAttention(nn.Module):
+    """What timm's Attention and AttentionSubsample share: head sizes, the output projection
+    and the bias table indexed by relative position."""
+
+    def __init__(self, out_dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int,
+                 stride: int = 1):
         super().__init__()
         self.num_heads = num_heads
         self.scale = key_dim ** -0.5
         self.key_dim = key_dim
         self.val_dim = int(attn_ratio * key_dim)
         self.val_attn_dim = self.val_dim * num_heads
-        self.qkv = LinearNorm(dim, self.val_attn_dim + 2 * key_dim * num_heads)
-        self.proj = nn.Sequential(OrderedDict([("act", nn.Hardswish()), ("ln", LinearNorm(self.val_attn_dim, dim))]))
+        self.proj = nn.Sequential(OrderedDict([("act", nn.Hardswish()),
+                                               ("ln", LinearNorm(self.val_attn_dim, out_dim))]))
         self.attention_biases = nn.Parameter(torch.randn(num_heads, resolution * resolution) * 0.5)
-        self.register_buffer("attention_bias_idxs", _relative_index(resolution), persistent=False)
+        self.register_buffer("attention_bias_idxs", _relative_index(resolution, stride), persistent=False)
 
     def get_attention_biases(self, device: torch.device) -> torch.Tensor:
         return self.attention_biases[:, self.attention_bias_idxs]
+
+
+class Attention(_BiasedAttention):
+    def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int):
+        super().__init__(dim, key_dim, num_heads, attn_ratio, resolution)
+        self.qkv = LinearNorm(dim, self.val_attn_dim + 2 * key_dim * num_heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
@@ -106,25 +116,14 @@ class Subsample(nn.Module):
         return x.reshape(B, -1, C)
 
 
-class AttentionSubsample(nn.Module):
+class AttentionSubsample(_BiasedAttention):
     def __init__(self, in_dim: int, out_dim: int, key_dim: int, num_heads: int, attn_ratio: float,
                  stride: int, resolution: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.scale = key_dim ** -0.5
-        self.key_dim = key_dim
-        self.val_dim = int(attn_ratio * key_dim)
-        self.val_attn_dim = self.val_dim * num_heads
+        super().__init__(out_dim, key_dim, num_heads, attn_ratio, resolution, stride)
         self.resolution_out = (resolution - 1) // stride + 1
         self.kv = LinearNorm(in_dim, self.val_attn_dim + key_dim * num_heads)
         self.q = nn.Sequential(OrderedDict([("down", Subsample(stride, resolution)),
                                             ("ln", LinearNorm(in_dim, key_dim * num_heads))]))
-        self.proj = nn.Sequential(OrderedDict([("act", nn.Hardswish()), ("ln", LinearNorm(self.val_attn_dim, out_dim))]))
-        self.attention_biases = nn.Parameter(torch.randn(num_heads, resolution * resolution) * 0.5)
-        self.register_buffer("attention_bias_idxs", _relative_index(resolution, stride), persistent=False)
-
-    def get_attention_biases(self, device: torch.device) -> torch.Tensor:
-        return self.attention_biases[:, self.attention_bias_idxs]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
