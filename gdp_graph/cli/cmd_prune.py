@@ -31,12 +31,25 @@ def _schedule(args: argparse.Namespace, task, policy) -> Any:
                 return value
         return getattr(base, key)
 
-    epochs = pick("epochs", task.epochs)
-    if epochs < 1:
+    epochs, steps = pick("epochs", task.epochs), pick("steps")
+    if epochs < 1 and steps is None and args.method == "gdp":
         raise UsageError(f"--epochs must be at least 1 (the gated phase), got {epochs}")
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {steps}")
+    if args.calibration_batches < 1:
+        raise UsageError(f"--calibration-batches must be at least 1, got {args.calibration_batches}")
     return Schedule(epochs=epochs, finetune_epochs=pick("finetune_epochs", task.finetune_epochs),
                     lr=pick("lr", task.lr), finetune_lr=pick("finetune_lr", task.finetune_lr),
-                    gate_lr=pick("gate_lr"), optimizer=pick("optimizer"), weight_decay=pick("weight_decay"))
+                    gate_lr=pick("gate_lr"), optimizer=pick("optimizer"), weight_decay=pick("weight_decay"),
+                    steps=steps, method=args.method, calibration_batches=args.calibration_batches)
+
+
+def _budget_text(schedule: Any) -> str:
+    if schedule.steps is not None:
+        return (f"{schedule.steps} steps in all (gates up to the cut, then recovery)" if schedule.method == "gdp"
+                else f"{schedule.steps} recovery steps")
+    gated = f"{schedule.epochs} gated + " if schedule.method == "gdp" else ""
+    return f"{gated}{schedule.finetune_epochs} fine-tuning epochs"
 
 
 def _policy(args: argparse.Namespace):
@@ -123,12 +136,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
         inputs = kwargs_ or args_
     schedule = _schedule(args, task, policy)
     console = make_console(args, stderr=args.json)
-    console.print(styled((args.spec, "bold"), f" with task {args.task}; policy {policy.name} ({policy.regularizer.name}, "
-                         f"keep {policy.target.fraction:g} of {policy.target.metric}); {schedule.epochs} gated + "
-                         f"{schedule.finetune_epochs} fine-tuning epochs on {device}"))
+    console.print(styled((args.spec, "bold"), f" with task {args.task}; policy {policy.name} (method {schedule.method}"
+                         + (f", {policy.regularizer.name}" if schedule.method == "gdp" else "")
+                         + f", keep {policy.target.fraction:g} of {policy.target.metric}); " + _budget_text(schedule)
+                         + (f"; distillation T {policy.distill.temperature:g}, alpha {policy.distill.alpha:g}"
+                            if args.distill else "") + f" on {device}"))
     started = time.perf_counter()
     with GateProgress(console=console, disable=args.no_progress) as progress:
-        result = run_prune(model, inputs, task, policy, schedule, device, on_progress=progress.update_phase)
+        result = run_prune(model, inputs, task, policy, schedule, device, on_progress=progress.update_phase,
+                           distill=policy.distill if args.distill else None)
     fr = result.finalize_report
     n = max(batch_length(inputs), 1)
     cost = {"flops_per_sample_before": fr.before.flops / n, "flops_per_sample_after": fr.after.flops / n,
@@ -142,6 +158,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "spec": args.spec, "task": args.task, "policy": policy.name, "regularizer": policy.regularizer.name,
         "target": policy.target.fraction, "metric": policy.target.metric, "device": str(device),
+        "method": schedule.method, "distill": asdict(policy.distill) if args.distill else None,
         "schedule": asdict(schedule),
         "task_metric": result.metrics, "cost": cost, "finalize": _per_sample(fr.to_dict(), n), "gates": result.gates_report,
         "history": result.history.to_dict(), "layers": layers, "seconds": result.seconds,
@@ -191,6 +208,19 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--metric", choices=("flops", "params", "latency"),
                    help="override the policy's target metric (latency: measured on this machine per the policy's "
                         "latency: section, the table cached)")
+    p.add_argument("--method", default="gdp", choices=("gdp", "magnitude", "activation", "taylor", "depth"),
+                   help="gdp: train gates (the policy's regularizer), then finalize; magnitude (weights), activation "
+                        "(mean |activation| on training batches, Minitron), taylor (|gradient x gate|): one-shot "
+                        "unit importance cut to the budget, no gate phase; depth: whole removable blocks only, by "
+                        "block importance. Every method then gets the same recovery (default: gdp)")
+    p.add_argument("--steps", type=int, help="step budget instead of epochs: gdp trains gates up to the cut "
+                                             "(fix_at of the budget), then recovers the pruned model for the rest; "
+                                             "one-shot methods recover for all of it (default: the policy's schedule)")
+    p.add_argument("--distill", action="store_true",
+                   help="logit distillation from the frozen original model during training: alpha * T^2 * KL + "
+                        "(1 - alpha) * task loss (the policy's distill: {temperature, alpha}; default 2.0, 0.5)")
+    p.add_argument("--calibration-batches", type=int, default=8,
+                   help="training batches the one-shot importance (activation, taylor, depth) is measured on")
     p.add_argument("--epochs", type=int, help="epochs of the gated phase (default: the policy's schedule, the task's, else 3)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after finalize (default: the policy's schedule, the task's, else 0)")
     p.add_argument("--lr", type=float, help="weight learning rate in the gated phase (default: the policy's schedule, the task's, else 0.01)")

@@ -160,7 +160,9 @@ class CostModel:
 
         if not _has_node_flops(gm):
             annotate_flops(gm, values)
-        for node in gm.graph.nodes:
+        # a tied parameter (input and output embeddings) is counted once, at a node that uses
+        # it: an unused alias (torch.export keeps one) would count it with no gate scaling it
+        for node in sorted(gm.graph.nodes, key=lambda n: n.op == "get_attr" and not n.users):
             if node.op not in ("call_module", "call_function", "call_method", "get_attr"):
                 continue
             f = node.meta.get("flops", 0.0)

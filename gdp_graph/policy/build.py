@@ -20,6 +20,7 @@ from gdp_graph.policy.schema import (
     DEFAULT_T,
     POLICY_SPEC,
     Defaults,
+    Distill,
     EpsilonSchedule,
     LambdaController,
     LatencySettings,
@@ -69,7 +70,8 @@ class _PolicyBuilder:
         self.contradictions([c for _, c in valid], rules)
         return Policy(version=values.get("version", 1), target=self.target(),
                       regularizer=self.regularizer(), defaults=self.defaults(),
-                      rules=tuple(rules), schedule=self.schedule(), latency=self.latency(), description=values.get("description", ""),
+                      rules=tuple(rules), schedule=self.schedule(), latency=self.latency(), distill=self.distill(),
+                      description=values.get("description", ""),
                       name=name, source=source, locations=self.locations)
 
     def target(self) -> Target:
@@ -83,6 +85,9 @@ class _PolicyBuilder:
     def latency(self) -> LatencySettings:
         sub = self.section("latency")
         return LatencySettings(**sub.values) if sub else LatencySettings()
+    def distill(self) -> Distill:
+        sub = self.section("distill")
+        return Distill(**sub.values) if sub else Distill()
 
     def defaults(self) -> Defaults:
         sub = self.section("defaults")

@@ -14,6 +14,7 @@ from gdp_graph.policy.schema import (
     GROUP_SELECTOR_SPEC,
     Defaults,
     LatencySettings,
+    Distill,
     Regularizer,
     Target,
     TrainingSchedule,
@@ -91,6 +92,7 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     schedule: TrainingSchedule = field(default_factory=TrainingSchedule)
     latency: LatencySettings = field(default_factory=LatencySettings)
+    distill: Distill = field(default_factory=Distill)
     description: str = ""
     name: str = field(default="default", compare=False)
     source: str = field(default="<default>", compare=False)
@@ -136,6 +138,8 @@ class Policy:
             out["schedule"] = schedule
         if self.latency != LatencySettings():
             out["latency"] = {k: v for k, v in _fields_dict(self.latency).items() if v is not None}
+        if self.distill != Distill():
+            out["distill"] = _fields_dict(self.distill)
         return out
 
 

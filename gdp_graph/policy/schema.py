@@ -133,6 +133,16 @@ class TrainingSchedule:
     gate_lr: Optional[float] = None
     optimizer: Optional[str] = None
     weight_decay: Optional[float] = None
+    steps: Optional[int] = None  #: a step budget instead of epochs (gated + recovery steps in all)
+
+
+@dataclass(frozen=True)
+class Distill:
+    """Logit distillation from the frozen original during training (``gdp-graph prune
+    --distill``): loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * task loss."""
+
+    temperature: float = 2.0
+    alpha: float = 0.5
 
 
 OPTIMIZERS = ("sgd", "adam")
@@ -323,6 +333,8 @@ SCHEDULE_SPEC = Struct("schedule", {
     "gate_lr": Field(Number(minimum=0, exclusive_minimum=True), "Learning rate of the gates' Adam."),
     "optimizer": Field(Enum(OPTIMIZERS), "sgd: SGD with momentum 0.9; adam: AdamW (the weights)."),
     "weight_decay": Field(Number(minimum=0), "Weight decay of the weight optimizer."),
+    "steps": Field(Int(minimum=1), "Step budget of all training (gated phase up to the cut, then recovery); "
+                                   "replaces epochs."),
 }, doc="Training schedule of 'gdp-graph prune' (its flags override these keys).", nullable=True)
 
 LATENCY_SPEC = Struct("latency", {
@@ -338,6 +350,12 @@ LATENCY_SPEC = Struct("latency", {
     "round_to": Field(Int(minimum=1), "Kept channel counts of the timed widths are multiples of this.",
                       LatencySettings.round_to),
 }, doc="How latency is measured when target.metric is latency (a table timed on this device).", nullable=True)
+DISTILL_SPEC = Struct("distill", {
+    "temperature": Field(Number(minimum=0, exclusive_minimum=True), "Softmax temperature T of teacher and "
+                         "student logits.", Distill.temperature),
+    "alpha": Field(Number(minimum=0, maximum=1), "Weight of the distillation term (1 - alpha: the task loss).",
+                   Distill.alpha),
+}, doc="Logit distillation from the frozen original model ('gdp-graph prune --distill').", nullable=True)
 
 RULE_SPEC = Variant("rule", {"match": ("group", GROUP_RULE_SPEC),
                              "blocks": ("block", BLOCK_RULE_SPEC)})
@@ -354,6 +372,7 @@ POLICY_SPEC = Struct("policy", {
                    "earlier one for the keys it sets."),
     "schedule": Field(SCHEDULE_SPEC, "Training schedule of 'gdp-graph prune'."),
     "latency": Field(LATENCY_SPEC, "How latency is measured (target.metric: latency)."),
+    "distill": Field(DISTILL_SPEC, "Logit distillation settings of 'gdp-graph prune --distill'."),
 }, doc="A gdp-graph pruning policy (GDP: gates with differentiable polarization). Cross-field "
        "constraints (epsilon start > end, keys specific to one regularizer, contradictory rules) "
        "are checked by gdp-graph itself.", required=("version",))

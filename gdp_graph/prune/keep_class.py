@@ -227,16 +227,26 @@ def _swap_tensors(model: nn.Module, new_tensors: dict[str, torch.Tensor]) -> set
     """Put every parameter/buffer of ``new_tensors`` that differs (shrunk, or trained since the
     analysis) in place; return the owners' names."""
     changed: set[str] = set()
-    for name, old in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        new = new_tensors.get(name)
+    entries = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    # tied tensors (input and output embeddings): the graph keeps one name, and all of them
+    # must get that one new tensor, still shared
+    aliases: dict[int, list[str]] = {}
+    for name, t in entries:
+        aliases.setdefault(id(t), []).append(name)
+    made: dict[int, torch.Tensor] = {}
+    for name, old in entries:
+        new = next((new_tensors[a] for a in [name, *aliases[id(old)]] if a in new_tensors), None)
         if new is None or _same(new, old):
             continue
         owner_name, _, leaf = name.rpartition(".")
         owner = model.get_submodule(owner_name)
+        if id(old) not in made:
+            made[id(old)] = (nn.Parameter(new.detach().clone(), requires_grad=old.requires_grad)
+                             if isinstance(old, nn.Parameter) else new.detach().clone())
         if isinstance(old, nn.Parameter):
-            setattr(owner, leaf, nn.Parameter(new.detach().clone(), requires_grad=old.requires_grad))
+            setattr(owner, leaf, made[id(old)])
         else:
-            owner._buffers[leaf] = new.detach().clone()
+            owner._buffers[leaf] = made[id(old)]
         changed.add(owner_name)
     return changed
 

@@ -35,6 +35,11 @@ class Schedule:
     optimizer: str = "sgd"  #: sgd (momentum 0.9) or adam
     weight_decay: float = 0.0
     snapshots_per_epoch: int = 4  #: gate-value snapshots per epoch for the pictures
+    #: a step budget replacing epochs: gdp trains gates up to the cut (fix_at of the budget),
+    #: then every method recovers for the rest; one-shot methods recover for all of it
+    steps: Optional[int] = None
+    method: str = "gdp"  #: gdp, or a one-shot method of gdp_graph.recipes.oneshot
+    calibration_batches: int = 8  #: training batches the one-shot importance is measured on
 
 
 @dataclass
@@ -183,17 +188,53 @@ def train_epochs(model: nn.Module, task: Task, device: torch.device, epochs: int
 
 
 def run_prune(model: nn.Module, example_inputs: Any, task: Task, policy: Any, schedule: Schedule,
-              device: torch.device, *, on_progress: Optional[Callable[[str, int, int, dict], None]] = None) -> PruneResult:
-    """The whole pipeline on ``model`` (left untouched: gates go on a traced copy)."""
-    from gdp_graph.gates.attach import attach
-    from gdp_graph.gates.finalize import finalize
+              device: torch.device, *, on_progress: Optional[Callable[[str, int, int, dict], None]] = None,
+              distill: Optional[Any] = None) -> PruneResult:
+    """The whole pipeline on ``model`` (left untouched: gates go on a traced copy).
+
+    ``schedule.method`` ``gdp`` trains gates (for ``schedule.epochs``, or up to the cut when
+    ``schedule.steps`` is a step budget) and finalizes them; a one-shot method prunes from
+    importance scores instead. Recovery then trains the pruned model (``finetune_epochs``, or the
+    rest of the step budget). ``distill``: a policy's ``distill`` settings (temperature, alpha):
+    every training step then mixes in logit distillation from a frozen copy of ``model``.
+    """
+    from gdp_graph.recipes.recovery import Distillation, frozen_teacher
     seconds: dict[str, float] = {}
+    teacher = None if distill is None else Distillation(frozen_teacher(model, device), distill.temperature, distill.alpha)
     model = copy.deepcopy(model).to(device)
     # positional inputs (a tuple) or keyword inputs (a dict, as Hugging Face models take)
     inputs = move_to(example_inputs if isinstance(example_inputs, dict) else tuple(example_inputs), device)
-    n = steps_per_epoch(task)
     metrics: dict[str, Optional[float]] = {"original": evaluate(model, task, device)}
-    total = schedule.epochs * n
+    started = time.perf_counter()
+    if schedule.method == "gdp":
+        pruned, report, history, gates_report, analysis, used = _gdp_phase(model, inputs, task, policy, schedule,
+                                                                           device, on_progress, teacher, metrics)
+    else:
+        from gdp_graph.recipes.oneshot import one_shot_prune
+        pruned, report, analysis = one_shot_prune(model, inputs, task, policy, schedule.method,
+                                                  calibration_batches=schedule.calibration_batches)
+        history, used = History(target=policy.target.fraction, metric=policy.target.metric), 0
+        gates_report = {"method": schedule.method, "calibration_batches": schedule.calibration_batches}
+    seconds["gated" if schedule.method == "gdp" else "one_shot"] = time.perf_counter() - started
+    pruned.to(device)
+    metrics["finalized"] = evaluate(pruned, task, device)
+    started = time.perf_counter()
+    if _recover(pruned, task, schedule, device, on_progress, teacher, report, policy, used):
+        metrics["fine_tuned"] = evaluate(pruned, task, device)
+    seconds["finetune"] = time.perf_counter() - started
+    pruned.eval()
+    return PruneResult(pruned, report.plan, report, history, metrics, gates_report, seconds, analysis)
+
+
+def _gdp_phase(model: nn.Module, inputs: Any, task: Task, policy: Any, schedule: Schedule, device: torch.device,
+               on_progress: Optional[Callable], teacher: Any, metrics: dict) -> tuple:
+    """Gates attached, trained (epochs, or steps up to the cut), finalized: (pruned, report,
+    history, the gates' report, analysis, steps used)."""
+    from gdp_graph.gates.attach import attach
+    from gdp_graph.gates.finalize import finalize
+    from gdp_graph.recipes.recovery import train_steps
+    n = steps_per_epoch(task) if schedule.steps is None else max(1, schedule.steps)
+    total = schedule.epochs * n if schedule.steps is None else schedule.steps
     gated = attach(model, policy, example_inputs=inputs, total_steps=total, steps_per_epoch=n)
     gated.to(device).train()
     gate_ids = {id(p) for p in gated.gate_parameters()}
@@ -204,39 +245,56 @@ def run_prune(model: nn.Module, example_inputs: Any, task: Task, policy: Any, sc
     history.record(gated)
     every = max(1, n // max(1, schedule.snapshots_per_epoch))
 
-    def after_gated_step(step: int, loss: float) -> None:
+    def after_gated_step(step: int, loss: float, speed: Optional[dict] = None) -> None:
         gated.step()
-        snapshot = step % every == 0 or step == total
+        snapshot = step % every == 0 or step == total or bool(gated.fixed)
         if snapshot:
             history.record(gated)
         if on_progress is not None:
             info = {"loss": loss, "lambda": history.lam[-1], "epsilon": history.epsilon[-1],
                     "kept": history.hard_fraction[-1], "soft": history.soft_fraction[-1], "target": history.target,
-                    "zeros": history.zero_gates[-1]}
+                    "zeros": history.zero_gates[-1], **(speed or {})}
             if snapshot or step == 1:
                 info["groups"] = group_gate_values(gated)
             on_progress("gated", step, total, info)
 
-    started = time.perf_counter()
-    if schedule.epochs > 0:
+    if schedule.steps is None and teacher is None:
         train_epochs(gated, task, device, schedule.epochs, optimizer, extra_loss=gated.penalty,
                      after_step=after_gated_step, extra_optimizers=(gate_opt,))
-    seconds["gated"] = time.perf_counter() - started
-    metrics["gated"] = evaluate(gated, task, device)
+        metrics["gated"] = evaluate(gated, task, device)
+    else:  # with a step budget the gated phase ends at the cut: the rest recovers the smaller model
+        stop = None if schedule.steps is None else (lambda: bool(gated.fixed))
+        train_steps(gated, task, device, total, optimizer, extra_loss=gated.penalty, after_step=after_gated_step,
+                    extra_optimizers=(gate_opt,), distill=teacher, stop=stop)
+        if schedule.steps is None:
+            metrics["gated"] = evaluate(gated, task, device)
+    used = int(gated.report()["step"])
     pruned, report = finalize(gated)
-    metrics["finalized"] = evaluate(pruned, task, device)
-    started = time.perf_counter()
-    if schedule.finetune_epochs > 0:
-        ft_total = schedule.finetune_epochs * n
+    return pruned, report, history, gated.report(), gated.analysis, used
 
-        def after_finetune_step(step: int, loss: float) -> None:
-            if on_progress is not None:
-                on_progress("fine-tune", step, ft_total, {"loss": loss})
 
-        params = [p for p in pruned.parameters() if p.requires_grad]
-        train_epochs(pruned, task, device, schedule.finetune_epochs, make_optimizer(params, schedule, schedule.finetune_lr),
-                     after_step=after_finetune_step)
-        metrics["fine_tuned"] = evaluate(pruned, task, device)
-    seconds["finetune"] = time.perf_counter() - started
-    pruned.eval()
-    return PruneResult(pruned, report.plan, report, history, metrics, gated.report(), seconds, gated.analysis)
+def _recover(pruned: nn.Module, task: Task, schedule: Schedule, device: torch.device, on_progress: Optional[Callable],
+             teacher: Any, report: Any, policy: Any, used: int) -> bool:
+    """Fine-tune the pruned model (epochs, or the rest of the step budget); False when there is
+    nothing to do."""
+    from gdp_graph.recipes.oneshot import kept_fraction
+    from gdp_graph.recipes.recovery import train_steps
+    steps = (schedule.steps - used) if schedule.steps is not None else None
+    if (steps is not None and steps <= 0) or (steps is None and schedule.finetune_epochs <= 0):
+        return False
+    total = steps if steps is not None else schedule.finetune_epochs * steps_per_epoch(task)
+    kept = kept_fraction(report, policy.target.metric)
+
+    def after_step(step: int, loss: float, speed: Optional[dict] = None) -> None:
+        if on_progress is not None:
+            on_progress("fine-tune", step, total, {"loss": loss, "kept_model": kept, **(speed or {})})
+
+    for p in pruned.parameters():
+        p.requires_grad_(True)
+    params = [p for p in pruned.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, schedule, schedule.finetune_lr)
+    if steps is None and teacher is None:
+        train_epochs(pruned, task, device, schedule.finetune_epochs, optimizer, after_step=after_step)
+    else:
+        train_steps(pruned, task, device, total, optimizer, after_step=after_step, distill=teacher)
+    return True

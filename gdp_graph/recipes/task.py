@@ -17,7 +17,8 @@ that takes no arguments and returns a :class:`Task` (or a dict with the same key
 
 * ``loss(output, batch)`` returns the task loss tensor for one batch; ``output`` is the model's
   output on ``inputs(batch)``.
-* ``inputs(batch)`` (optional) gives the model's positional inputs. By default a tuple or list
+* ``inputs(batch)`` (optional) gives the model's positional inputs (a tuple or one value) or
+  its keyword inputs (a dict, e.g. ``{"input_ids": batch, "use_cache": False}``). By default a tuple or list
   batch feeds its first element (``(images, labels)`` -> ``model(images)``), a dict batch is
   passed as keyword arguments, and a tensor batch is the input itself.
 * ``metric(output, batch)`` (optional, higher is better) is averaged over ``eval_loader``,
@@ -114,6 +115,8 @@ def model_inputs(task: Task, batch: Any) -> tuple[tuple, dict]:
     """(args, kwargs) the model is called with on ``batch`` (see the module docstring)."""
     if task.inputs is not None:
         made = task.inputs(batch)
+        if isinstance(made, Mapping):  # keyword inputs, as Hugging Face models take them
+            return (), dict(made)
         return (made if isinstance(made, tuple) else (made,)), {}
     if isinstance(batch, Mapping):
         return (), dict(batch)

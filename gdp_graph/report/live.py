@@ -56,6 +56,11 @@ class GateProgress(Progress):
             eps = f", eps {info['epsilon']:.1e}" if info.get("epsilon") is not None else ""
             status += (f", lambda {info['lambda']:.3g}{eps}, zero gates {info['zeros']}, kept {info['kept']:.3f} "
                        f"(projected {info['soft']:.3f}, target {info['target']:g})")
+        if "kept_model" in info:
+            status += f", kept {info['kept_model']:.3f}"
+        for unit in ("tokens", "samples"):
+            if f"{unit}_per_s" in info:
+                status += f", {info[f'{unit}_per_s']:.0f} {unit}/s"
         if "groups" in info:
             self.groups = groups_table(info["groups"])
         self.update(self._bars[phase], completed=step, status=status)

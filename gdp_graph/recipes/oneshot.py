@@ -1,0 +1,62 @@
+"""One-shot pruning for ``gdp-graph prune --method magnitude|activation|taylor|depth``: score the
+units (or, for ``depth``, only the removable blocks) with :mod:`gdp_graph.importance` on the
+TASK's training batches, cut to the policy's budget, and rewrite. No gate is trained; recovery
+(fine-tuning, distillation) is the driver's, the same for every method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+from gdp_graph.recipes.task import Task, model_inputs
+
+__all__ = ["ONE_SHOT_METHODS", "one_shot_prune"]
+
+#: methods without a gate phase (``gdp`` is the gated one)
+ONE_SHOT_METHODS = ("magnitude", "activation", "taylor", "depth")
+
+
+def _feed(task: Task):
+    """How a TASK batch feeds the model, in the importance package's form (a dict or a tuple)."""
+    def inputs(batch: Any) -> Any:
+        args, kwargs = model_inputs(task, batch)
+        return kwargs if kwargs else args
+    return inputs
+
+
+def one_shot_prune(model: nn.Module, inputs: Any, task: Task, policy: Any, method: str, *,
+                   calibration_batches: int = 8) -> tuple[fx.GraphModule, Any, Any]:
+    """(pruned GraphModule, a :class:`~gdp_graph.gates.finalize.FinalizeReport`, the analysis)
+    for ``method`` on ``model`` (analysed on ``inputs``; left untouched). The report's check
+    compares the pruned model with the gated reference: exact plans are equal, a plan that
+    removes hidden channels through a norm (allowed by the policy) reports its difference."""
+    from gdp_graph.gates.finalize import FinalizeReport
+    from gdp_graph.graph.analysis import analyze
+    from gdp_graph.graph.cost import CostModel
+    from gdp_graph.importance import one_shot_plan, score_units
+    from gdp_graph.policy import resolve
+    from gdp_graph.prune.rewrite import rewrite
+    from gdp_graph.prune.verify import verify
+    from gdp_graph.recipes.recovery import cycle
+    if method not in ONE_SHOT_METHODS:
+        raise ValueError(f"unknown one-shot method {method!r}: expected one of {', '.join(ONE_SHOT_METHODS)}")
+    analysis = analyze(model, inputs, count_flops=True)
+    resolution = resolve(policy, analysis.groups, analysis.blocks)
+    batches = None if method == "magnitude" else cycle(task.train_loader, calibration_batches)
+    scores = score_units(analysis, method, batches, task.loss, inputs=_feed(task), max_batches=calibration_batches)
+    cost_model = CostModel(analysis)
+    plan, _ = one_shot_plan(analysis, scores, resolution, metric=policy.target.metric, cost_model=cost_model)
+    pruned = rewrite(analysis, plan, keep_class=False)
+    check = verify(analysis, plan, pruned)
+    report = FinalizeReport(plan=plan, check=check, threshold=0.0, before=cost_model.total,
+                            after=cost_model.plan_cost(plan.keep, sorted(plan.removed_blocks)),
+                            removed_units={g: len(plan.removed_units(analysis, g)) for g in plan.keep})
+    return pruned, report, analysis
+
+
+def kept_fraction(report: Any, metric: str) -> float:
+    """The share of ``metric`` a finalize report's model keeps."""
+    before = report.before.metric(metric)
+    return report.after.metric(metric) / before if before else 1.0
