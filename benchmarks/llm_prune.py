@@ -1,0 +1,256 @@
+"""SmolLM2-135M pruned by every method to a share of its parameters, all recovered alike, on
+Shakespeare: validation perplexity before and after recovery, parameters, FLOPs per token and
+CPU prefill / decode speed of the saved model against the original.
+
+Each run (target, method, seed) appends one record (``benchmarks/records.py``) to
+``benchmarks/results/llm_prune.json`` and is skipped on a rerun when the same clean commit
+already recorded the same settings, so an interrupted benchmark resumes. Every method gets the
+same recovery: ``--steps`` AdamW steps (gdp: its gated steps up to the cut count in them) on
+batches of 2 x 256 training tokens, the same learning rate, and logit distillation from the
+frozen original (policy ``llm``'s ``distill``) unless ``--no-distill``. The ``unpruned`` row is
+the original model trained the same steps. Perplexity: the first ``--eval-windows`` windows of
+256 tokens of valid.txt. Speed: the saved folder (``save_pretrained``, reloaded by plain
+transformers) against the original, one thread, alternating rounds in this process.
+
+    python benchmarks/llm_prune.py --targets 0.7 0.5 --methods unpruned activation gdp magnitude depth taylor
+    python benchmarks/llm_prune.py --table          # the markdown table of the recorded runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "examples"))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from benchmarks import records  # noqa: E402
+
+BENCH = "llm_prune"
+OUT = ROOT / "benchmarks" / "results" / "llm_prune.json"
+METHODS = ("unpruned", "gdp", "activation", "magnitude", "taylor", "depth")
+
+
+def _ppl(loss: Optional[float]) -> Optional[float]:
+    return None if loss is None else float(math.exp(loss))
+
+
+def flops_per_token(model: nn.Module, length: int = 256) -> float:
+    ids = torch.zeros(1, length, dtype=torch.long)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, use_cache=False)
+    return float(counter.get_total_flops()) / length
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def speed(models: dict[str, nn.Module], rounds: int = 3, prompt: int = 128, new: int = 32) -> dict[str, Any]:
+    """Prefill (one forward of ``prompt`` tokens) and decode (greedy ``new`` tokens with the KV
+    cache) tokens/s per model, the models alternating round by round; medians."""
+    ids = torch.randint(0, 1000, (1, prompt), generator=torch.Generator().manual_seed(0))
+    times: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in models}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, m in models.items():
+                m.eval()
+                times[name]["prefill"].append(_timed(lambda: m(input_ids=ids, use_cache=False)))
+                total = _timed(lambda: m.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                                  pad_token_id=0))
+                times[name]["decode"].append(max(total - times[name]["prefill"][-1], 1e-9))
+    out: dict[str, Any] = {}
+    for name, t in times.items():
+        out[name] = {"prefill_tokens_per_s": prompt / statistics.median(t["prefill"]),
+                     "decode_tokens_per_s": new / statistics.median(t["decode"])}
+    return out
+
+
+def _saved_model(pruned: nn.Module, folder: Path, check_ids: torch.Tensor) -> tuple[nn.Module, str]:
+    """The pruned model reloaded from ``save_pretrained`` with plain transformers when that
+    reproduces it, else the in-memory model and why not."""
+    import transformers as T
+    try:
+        pruned.save_pretrained(folder)
+        loaded = T.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        with torch.no_grad():
+            same = torch.allclose(loaded(input_ids=check_ids, use_cache=False).logits,
+                                  pruned.eval()(input_ids=check_ids, use_cache=False).logits, atol=1e-4, rtol=1e-3)
+        return (loaded, "") if same else (pruned, "the reloaded folder computes other logits")
+    except Exception as exc:  # noqa: BLE001 - report why the folder is not usable, measure in memory
+        return pruned, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+
+def _reference_run(original: nn.Module, task: Any, args: argparse.Namespace, policy: Any) -> dict[str, Any]:
+    """The unpruned model trained the same steps (with the same distillation)."""
+    from gdp_graph.recipes.driver import evaluate, make_optimizer, Schedule
+    from gdp_graph.recipes.recovery import Distillation, frozen_teacher, train_steps
+    device = torch.device("cpu")
+    model = copy.deepcopy(original)
+    schedule = Schedule(optimizer="adam", finetune_lr=args.lr)
+    teacher = (None if args.no_distill else
+               Distillation(frozen_teacher(original, device), policy.distill.temperature, policy.distill.alpha))
+    started = time.perf_counter()
+    before = evaluate(model, task, device)
+    train_steps(model, task, device, args.steps, make_optimizer(list(model.parameters()), schedule, args.lr),
+                distill=teacher)
+    return {"model": model.eval(), "metrics": {"finalized": before, "fine_tuned": evaluate(model, task, device)},
+            "seconds": time.perf_counter() - started, "extra": {}}
+
+
+def _prune_run(original: nn.Module, task: Any, args: argparse.Namespace, policy: Any, method: str) -> dict[str, Any]:
+    from gdp_graph.prune.keep_class import keep_class_of
+    from gdp_graph.recipes.driver import Schedule, run_prune
+    from gdp_graph.recipes.task import model_inputs
+    _, example = model_inputs(task, next(iter(task.train_loader)))
+    schedule = Schedule(steps=args.steps, method=method, optimizer="adam", lr=args.lr, finetune_lr=args.lr,
+                        calibration_batches=args.calibration_batches)
+    started = time.perf_counter()
+    result = run_prune(original, example, task, policy, schedule, torch.device("cpu"),
+                       distill=None if args.no_distill else policy.distill)
+    kept = keep_class_of(result.analysis, result.plan, result.pruned)
+    model = kept.model if kept.model is not None else result.pruned
+    extra = {"class_kept": kept.model is not None, "class_reason": kept.reason, "check": str(result.finalize_report.check),
+             "removed_blocks": sorted(result.plan.removed_blocks), "seconds": result.seconds}
+    if method == "gdp":
+        history = result.history.to_dict()
+        extra["gates"] = {"fix": result.gates_report.get("fix"), "soft_fraction": history["soft_fraction"],
+                          "hard_fraction": history["hard_fraction"], "step": history["step"],
+                          "report": {k: v for k, v in result.gates_report.items() if isinstance(v, (int, float, str))}}
+    return {"model": model.eval(), "metrics": result.metrics, "seconds": time.perf_counter() - started, "extra": extra}
+
+
+def run_one(original: nn.Module, task: Any, args: argparse.Namespace, target: float, method: str,
+            seed: int) -> dict[str, Any]:
+    from gdp_graph.graph.cost import count_params
+    from gdp_graph.policy import load_policy, policy_from_dict
+    base = load_policy(args.policy)
+    data = base.to_dict()
+    data["target"]["fraction"] = target
+    policy = policy_from_dict(data, source=f"{base.source} at {target}", name=base.name)
+    torch.manual_seed(seed)
+    run = (_reference_run(original, task, args, policy) if method == "unpruned"
+           else _prune_run(original, task, args, policy, method))
+    folder = ROOT / "runs" / "llm_prune" / f"{method}-{target}-s{seed}"
+    check_ids = torch.randint(0, 1000, (1, 32), generator=torch.Generator().manual_seed(1))
+    saved, why_not = _saved_model(run["model"], folder / "hf", check_ids)
+    fast = speed({"original": original, "pruned": saved}, rounds=args.speed_rounds)
+    params, params0 = count_params(saved), count_params(original)
+    return {"ppl_before_recovery": _ppl(run["metrics"].get("finalized")),
+            "ppl_after_recovery": _ppl(run["metrics"].get("fine_tuned")),
+            "ppl_original": _ppl(run["metrics"].get("original")),
+            "params": params, "params_original": params0, "params_kept": params / params0,
+            "flops_per_token": flops_per_token(saved), "flops_per_token_original": flops_per_token(original),
+            "speed": fast, "decode_speedup": fast["pruned"]["decode_tokens_per_s"] / fast["original"]["decode_tokens_per_s"],
+            "prefill_speedup": fast["pruned"]["prefill_tokens_per_s"] / fast["original"]["prefill_tokens_per_s"],
+            "ideal_speedup": params0 / params, "saved_folder_loads": not why_not, "saved_folder_problem": why_not or None,
+            "seconds": run["seconds"], **run["extra"]}
+
+
+def settings_of(args: argparse.Namespace, target: float, method: str, seed: int) -> dict[str, Any]:
+    from gdp_graph.policy import load_policy
+    distill = None if args.no_distill else vars_of(load_policy(args.policy).distill)
+    return {"model": "SmolLM2-135M-Instruct", "data": "shakespeare", "target": target if method != "unpruned" else 1.0,
+            "method": method, "seed": seed, "steps": args.steps, "batch": 2, "length": 256, "lr": args.lr,
+            "distill": distill, "eval_windows": args.eval_windows, "calibration_batches": args.calibration_batches,
+            "policy": str(args.policy)}
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+    return asdict(obj)
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values or any(v is None for v in values):
+        return "-"
+    mean = statistics.fmean(values)
+    return f"{mean:.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+
+
+def table(path: Path = OUT) -> str:
+    """Markdown table of the latest record per settings (seeds pooled per target and method)."""
+    latest: dict[str, dict] = {}
+    for r in records.load_records(path):
+        if r.get("benchmark") == BENCH:
+            latest[repr(sorted(r["settings"].items()))] = r
+    rows: dict[tuple, list[dict]] = {}
+    for r in latest.values():
+        s = r["settings"]
+        rows.setdefault((s["target"], s["method"], s["steps"], repr(s["distill"])), []).append(r)
+    lines = ["| target | method | seeds | valid ppl before recovery | valid ppl after | params kept | "
+             "GFLOPs/token | decode speed-up (ideal) | prefill speed-up |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (target, method, steps, _), rs in sorted(rows.items(), key=lambda kv: (-kv[0][0], kv[0][1] != "unpruned",
+                                                                             kv[0][1])):
+        res = [r["result"] for r in rs]
+        lines.append(f"| {target:g} | {method} | {len(rs)} | {_mean_sd([x['ppl_before_recovery'] for x in res])} | "
+                     f"{_mean_sd([x['ppl_after_recovery'] for x in res])} | "
+                     f"{statistics.fmean(x['params_kept'] for x in res):.3f} | "
+                     f"{statistics.fmean(x['flops_per_token'] for x in res) / 1e9:.3f} | "
+                     f"{statistics.fmean(x['decode_speedup'] for x in res):.2f} "
+                     f"({statistics.fmean(x['ideal_speedup'] for x in res):.2f}) | "
+                     f"{statistics.fmean(x['prefill_speedup'] for x in res):.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=["unpruned", "activation", "gdp", "magnitude",
+                                                                     "depth", "taylor"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=30, help="training steps of every run (batches of 2 x 256 tokens)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of every run")
+    p.add_argument("--no-distill", action="store_true", help="recover with the task loss only")
+    p.add_argument("--eval-windows", type=int, default=24, help="windows of 256 tokens of valid.txt evaluated")
+    p.add_argument("--calibration-batches", type=int, default=8)
+    p.add_argument("--speed-rounds", type=int, default=3)
+    p.add_argument("--policy", default=str(ROOT / "policies" / "llm.yaml"))
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--table", action="store_true", help="print the table of the recorded runs and stop")
+    records.add_record_flags(p)
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(args.out))
+        return 0
+    torch.set_num_threads(1)
+    import os
+    os.environ["LM_EVAL_WINDOWS"] = str(args.eval_windows)
+    import smollm2
+    original, task = None, None
+    for target in args.targets:
+        for method in args.methods:
+            if method == "unpruned" and target != args.targets[0]:
+                continue  # one reference row
+            for seed in args.seeds:
+                settings = settings_of(args, target, method, seed)
+                if not args.rerun and records.recorded(args.out, BENCH, settings):
+                    print(f"skip {method} at {target} seed {seed}: recorded by this commit", flush=True)
+                    continue
+                if original is None:
+                    original, task = smollm2.model().eval(), smollm2.task()
+                print(f"run {method} at {target} seed {seed} ({args.steps} steps)", flush=True)
+                result = run_one(original, task, args, target, method, seed)
+                records.append_record(args.out, records.new_record(BENCH, settings, result, seed=seed, note=args.note))
+                print(f"  ppl {result['ppl_before_recovery']} -> {result['ppl_after_recovery']}, params kept "
+                      f"{result['params_kept']:.3f}, decode x{result['decode_speedup']:.2f}", flush=True)
+    print(table(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""Pruning decoder language models: policies/llm.yaml on tiny random Llama and Qwen2 configs (no
+download), every ``--method``, the step budget, logit distillation, hidden (residual stream)
+channels through RMSNorm, layer removal, and the save_pretrained round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import gdp_graph as G
+from gdp_graph.graph.cost import CostModel, count_params
+from gdp_graph.policy import load_policy, policy_from_dict, resolve
+from gdp_graph.recipes.driver import Schedule, run_prune
+from gdp_graph.recipes.recovery import Distillation, cycle, distill_loss, frozen_teacher, train_steps
+from gdp_graph.recipes.task import model_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+import tiny_lm  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _policy(target: float = 0.6):
+    data = load_policy("llm").to_dict()
+    data["target"]["fraction"] = target
+    return policy_from_dict(data, name="llm")
+
+
+def _run(model, method: str, target: float = 0.6, steps: int = 3, distill: bool = True):
+    task = tiny_lm.task()
+    _, example = model_inputs(task, next(iter(task.train_loader)))
+    policy = _policy(target)
+    schedule = Schedule(steps=steps, method=method, optimizer="adam", lr=1e-3, finetune_lr=1e-3, calibration_batches=2)
+    return run_prune(model, example, task, policy, schedule, torch.device("cpu"),
+                     distill=policy.distill if distill else None)
+
+
+@pytest.fixture(scope="module")
+def llama_analysis():
+    model = tiny_lm.llama().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analysis = G.analyze(model, {"input_ids": torch.randint(0, tiny_lm.VOCAB, (2, 16)), "use_cache": False},
+                             count_flops=True)
+    return model, analysis
+
+
+def test_llm_policy_gates_heads_mlp_hidden_and_layers(llama_analysis):
+    _, analysis = llama_analysis
+    resolution = resolve(_policy(), analysis.groups, analysis.blocks)
+    gated = [analysis.groups[g] for g in resolution.gated_groups()]
+    assert sorted({g.unit for g in gated}) == ["channel", "head"]
+    hidden = [g for g in gated if "residual" in g.couplings]
+    assert len(hidden) == 1 and not hidden[0].exact  # the stream through the norms, allowed as inexact
+    assert len([g for g in gated if g.unit == "channel"]) == 4  # 3 MLPs + the stream
+    assert len(resolution.gated_blocks()) == 6  # attention and MLP branch of each of 3 layers
+    assert [len(s) for s in resolution.uniform_sets] == [3, 3]  # heads and MLP widths tied across layers
+
+
+def test_params_budget_counts_the_tied_embedding_once_and_scales_it(llama_analysis):
+    model, analysis = llama_analysis
+    cost = CostModel(analysis)
+    assert cost.total.params == count_params(model)
+    hidden = next(g for g in analysis.groups if "residual" in g.couplings)
+    plan = G.PruningPlan(keep={hidden.id: tuple(range(96))}, allow_inexact=True)
+    pruned = G.rewrite(analysis, plan, keep_class=False)
+    assert cost.plan_cost(plan.keep).params == count_params(pruned)  # embedding shrinks with the stream
+
+
+def test_hidden_channels_keep_the_class_and_verify_reports_the_difference(llama_analysis, tmp_path):
+    import transformers as T
+    from gdp_graph.prune.keep_class import keep_class_of
+    from gdp_graph.prune.verify import verify
+    _, analysis = llama_analysis
+    hidden = next(g for g in analysis.groups if "residual" in g.couplings)
+    plan = G.PruningPlan(keep={hidden.id: tuple(range(0, 128, 2)) + tuple(range(1, 64, 2))}, allow_inexact=True)
+    pruned = G.rewrite(analysis, plan, keep_class=False)
+    assert not verify(analysis, plan, pruned).ok  # inexact through RMSNorm: reported, never called equal
+    kept = keep_class_of(analysis, plan, pruned)
+    assert isinstance(kept.model, T.LlamaForCausalLM), kept.reason
+    assert kept.model.config.hidden_size == 96
+    assert kept.model.model.embed_tokens.weight is kept.model.lm_head.weight  # still tied
+    kept.model.save_pretrained(tmp_path / "hf")
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, tiny_lm.VOCAB, (2, 11))
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, kept.model.eval()(input_ids=ids).logits, atol=1e-5)
+    heads = next(g for g in analysis.groups if g.unit == "head")
+    exact = G.PruningPlan(keep={heads.id: (1,)})
+    assert verify(analysis, exact, G.rewrite(analysis, exact, keep_class=False)).ok  # exact plans stay exact
+
+
+@pytest.mark.parametrize("method", ["activation", "magnitude", "taylor"])
+def test_one_shot_width_methods_reach_the_budget_and_recover(method):
+    result = _run(tiny_lm.llama(), method)
+    kept = result.finalize_report.after.params / result.finalize_report.before.params
+    assert abs(kept - 0.6) <= 0.03, kept
+    assert result.plan.keep and not result.plan.removed_blocks
+    assert result.metrics["fine_tuned"] is not None and result.history.step == []  # no gate phase
+    assert count_params(result.pruned) == result.finalize_report.after.params
+
+
+def test_depth_removes_whole_blocks_only():
+    result = _run(tiny_lm.llama(), "depth", target=0.8, distill=False)
+    assert result.plan.removed_blocks and not result.plan.keep
+    assert result.finalize_report.check.ok  # removing branches is exact against the gated reference
+
+
+def test_gdp_with_a_step_budget_cuts_then_recovers_with_distillation():
+    result = _run(tiny_lm.qwen2(), "gdp", steps=6)
+    report = result.gates_report
+    assert report["step"] < 6  # the gated phase ended at the cut, the rest recovered the pruned model
+    assert result.metrics["fine_tuned"] is not None
+    kept = result.finalize_report.after.params / result.finalize_report.before.params
+    assert abs(kept - 0.6) <= 0.07, kept  # the cut ranks by theta: one key/value head is 9% of this model
+
+
+def test_distill_loss_is_zero_for_equal_logits_and_the_teacher_stays_frozen():
+    a = torch.randn(2, 5, 7)
+    assert float(distill_loss(a, a, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(a, torch.randn(2, 5, 7), 2.0)) > 0
+    model = tiny_lm.llama()
+    teacher = frozen_teacher(model, torch.device("cpu"))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # the original is left alone
+    before = [p.clone() for p in teacher.parameters()]
+    task = tiny_lm.task()
+    student = tiny_lm.llama()
+    train_steps(student, task, torch.device("cpu"), 2, torch.optim.AdamW(student.parameters(), lr=1e-2),
+                distill=Distillation(teacher, 2.0, 1.0))
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_step_budget_cycles_the_loader():
+    assert len(list(cycle([1, 2, 3], 7))) == 7
+    task = tiny_lm.task()
+    seen = []
+    model = tiny_lm.llama()
+    train_steps(model, task, torch.device("cpu"), 40, torch.optim.SGD(model.parameters(), lr=0.0),
+                after_step=lambda step, loss, info: seen.append((step, info)))
+    assert [s for s, _ in seen] == list(range(1, 41))  # 32 windows / 2 = 16 batches per pass, cycled
+    assert "tokens_per_s" in seen[-1][1]
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gdp_graph.cli.main", *argv], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=600)
+
+
+def test_cli_prune_a_language_model_one_shot_with_distillation(tmp_path):
+    done = _cli("prune", "tests/fixtures/tiny_lm.py:llama", "--task", "tests/fixtures/tiny_lm.py:task", "--policy",
+                "llm", "--target", "0.6", "--method", "activation", "--steps", "2", "--distill", "--out",
+                str(tmp_path / "o"), "--json", "--no-progress", "--no-pictures")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["method"] == "activation" and report["distill"] == {"temperature": 2.0, "alpha": 0.5}
+    assert report["pruned_class"] == "LlamaForCausalLM" and abs(report["cost"]["params_kept"] - 0.6) <= 0.03
+    assert report["schedule"]["steps"] == 2 and report["task_metric"]["fine_tuned"] is not None
+
+
+def test_cli_method_works_for_any_model(tmp_path):
+    done = _cli("prune", "tests/fixtures/synthetic_task.py:model", "--task", "tests/fixtures/synthetic_task.py:task",
+                "--target", "0.5", "--method", "taylor", "--finetune-epochs", "1", "--out", str(tmp_path / "o"),
+                "--json", "--no-progress", "--no-pictures")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["method"] == "taylor" and report["finalize"]["equal"] is True
+    assert abs(report["cost"]["flops_kept"] - 0.5) <= 0.05
+    assert report["task_metric"]["fine_tuned"] is not None
