@@ -39,7 +39,7 @@ from benchmarks import records  # noqa: E402
 
 BENCH = "llm_prune"
 OUT = ROOT / "benchmarks" / "results" / "llm_prune.json"
-METHODS = ("unpruned", "gdp", "activation", "magnitude", "taylor", "depth")
+METHODS = ("unpruned", "gdp", "gdp@activation", "activation", "magnitude", "taylor", "depth")
 
 
 def _ppl(loss: Optional[float]) -> Optional[float]:
@@ -62,7 +62,8 @@ def _timed(fn) -> float:
 def speed(models: dict[str, nn.Module], rounds: int = 3, prompt: int = 128, new: int = 32) -> dict[str, Any]:
     """Prefill (one forward of ``prompt`` tokens) and decode (greedy ``new`` tokens with the KV
     cache) tokens/s per model, the models alternating round by round; medians."""
-    ids = torch.randint(0, 1000, (1, prompt), generator=torch.Generator().manual_seed(0))
+    vocab = min(getattr(m.config, "vocab_size", 1000) for m in models.values())
+    ids = torch.randint(0, vocab, (1, prompt), generator=torch.Generator().manual_seed(0))
     times: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in models}
     with torch.no_grad():
         for _ in range(rounds):
@@ -79,13 +80,18 @@ def speed(models: dict[str, nn.Module], rounds: int = 3, prompt: int = 128, new:
     return out
 
 
-def _saved_model(pruned: nn.Module, folder: Path, check_ids: torch.Tensor) -> tuple[nn.Module, str]:
-    """The pruned model reloaded from ``save_pretrained`` with plain transformers when that
-    reproduces it, else the in-memory model and why not."""
+def _saved_model(pruned: nn.Module, run: dict, folder: Path, check_ids: torch.Tensor) -> tuple[nn.Module, str]:
+    """The pruned model reloaded from its saved folder (``save_hf``; the reference row:
+    ``save_pretrained``) with plain transformers when that reproduces it, else the in-memory
+    model and why not."""
     import transformers as T
+    from gdp_graph.prune.hf_save import save_hf
     try:
-        pruned.save_pretrained(folder)
-        loaded = T.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        if run.get("analysis") is None:
+            pruned.save_pretrained(folder)
+        else:
+            save_hf(pruned, run["analysis"], run["plan"], folder)
+        loaded = T.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=True).eval()
         with torch.no_grad():
             same = torch.allclose(loaded(input_ids=check_ids, use_cache=False).logits,
                                   pruned.eval()(input_ids=check_ids, use_cache=False).logits, atol=1e-4, rtol=1e-3)
@@ -104,10 +110,9 @@ def _reference_run(original: nn.Module, task: Any, args: argparse.Namespace, pol
     teacher = (None if args.no_distill else
                Distillation(frozen_teacher(original, device), policy.distill.temperature, policy.distill.alpha))
     started = time.perf_counter()
-    before = evaluate(model, task, device)
     train_steps(model, task, device, args.steps, make_optimizer(list(model.parameters()), schedule, args.lr),
                 distill=teacher)
-    return {"model": model.eval(), "metrics": {"finalized": before, "fine_tuned": evaluate(model, task, device)},
+    return {"model": model.eval(), "metrics": {"fine_tuned": evaluate(model, task, device)},
             "seconds": time.perf_counter() - started, "extra": {}}
 
 
@@ -116,8 +121,10 @@ def _prune_run(original: nn.Module, task: Any, args: argparse.Namespace, policy:
     from gdp_graph.recipes.driver import Schedule, run_prune
     from gdp_graph.recipes.task import model_inputs
     _, example = model_inputs(task, next(iter(task.train_loader)))
+    method, _, init_from = method.partition("@")  # gdp@activation: gates started in activation's order
     schedule = Schedule(steps=args.steps, method=method, optimizer="adam", lr=args.lr, finetune_lr=args.lr,
-                        calibration_batches=args.calibration_batches)
+                        calibration_batches=args.calibration_batches, init_from=init_from or None,
+                        evaluate_original=False)
     started = time.perf_counter()
     result = run_prune(original, example, task, policy, schedule, torch.device("cpu"),
                        distill=None if args.no_distill else policy.distill)
@@ -126,11 +133,24 @@ def _prune_run(original: nn.Module, task: Any, args: argparse.Namespace, policy:
     extra = {"class_kept": kept.model is not None, "class_reason": kept.reason, "check": str(result.finalize_report.check),
              "removed_blocks": sorted(result.plan.removed_blocks), "seconds": result.seconds}
     if method == "gdp":
+        extra["init_from"] = init_from or None
         history = result.history.to_dict()
         extra["gates"] = {"fix": result.gates_report.get("fix"), "soft_fraction": history["soft_fraction"],
                           "hard_fraction": history["hard_fraction"], "step": history["step"],
                           "report": {k: v for k, v in result.gates_report.items() if isinstance(v, (int, float, str))}}
-    return {"model": model.eval(), "metrics": result.metrics, "seconds": time.perf_counter() - started, "extra": extra}
+    return {"model": model.eval(), "metrics": result.metrics, "seconds": time.perf_counter() - started, "extra": extra,
+            "analysis": result.analysis, "plan": result.plan}
+
+
+_ORIGINAL: dict[int, float] = {}
+
+
+def original_ppl(original: nn.Module, task: Any) -> Optional[float]:
+    """The unpruned model's validation perplexity (evaluated once per process)."""
+    from gdp_graph.recipes.driver import evaluate
+    if id(original) not in _ORIGINAL:
+        _ORIGINAL[id(original)] = _ppl(evaluate(original, task, torch.device("cpu")))
+    return _ORIGINAL[id(original)]
 
 
 def run_one(original: nn.Module, task: Any, args: argparse.Namespace, target: float, method: str,
@@ -145,13 +165,14 @@ def run_one(original: nn.Module, task: Any, args: argparse.Namespace, target: fl
     run = (_reference_run(original, task, args, policy) if method == "unpruned"
            else _prune_run(original, task, args, policy, method))
     folder = ROOT / "runs" / "llm_prune" / f"{method}-{target}-s{seed}"
-    check_ids = torch.randint(0, 1000, (1, 32), generator=torch.Generator().manual_seed(1))
-    saved, why_not = _saved_model(run["model"], folder / "hf", check_ids)
+    check_ids = torch.randint(0, original.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(1))
+    saved, why_not = _saved_model(run["model"], run, folder / "hf", check_ids)
     fast = speed({"original": original, "pruned": saved}, rounds=args.speed_rounds)
     params, params0 = count_params(saved), count_params(original)
-    return {"ppl_before_recovery": _ppl(run["metrics"].get("finalized")),
+    before = original_ppl(original, task) if method == "unpruned" else _ppl(run["metrics"].get("finalized"))
+    return {"ppl_before_recovery": before,
             "ppl_after_recovery": _ppl(run["metrics"].get("fine_tuned")),
-            "ppl_original": _ppl(run["metrics"].get("original")),
+            "ppl_original": original_ppl(original, task),
             "params": params, "params_original": params0, "params_kept": params / params0,
             "flops_per_token": flops_per_token(saved), "flops_per_token_original": flops_per_token(original),
             "speed": fast, "decode_speedup": fast["pruned"]["decode_tokens_per_s"] / fast["original"]["decode_tokens_per_s"],
@@ -210,14 +231,14 @@ def table(path: Path = OUT) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5])
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=["unpruned", "activation", "gdp", "magnitude",
-                                                                     "depth", "taylor"])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=["activation", "gdp@activation", "gdp", "depth",
+                                                                     "magnitude", "unpruned", "taylor"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--steps", type=int, default=30, help="training steps of every run (batches of 2 x 256 tokens)")
+    p.add_argument("--steps", type=int, default=20, help="training steps of every run (batches of 2 x 256 tokens)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of every run")
     p.add_argument("--no-distill", action="store_true", help="recover with the task loss only")
-    p.add_argument("--eval-windows", type=int, default=24, help="windows of 256 tokens of valid.txt evaluated")
-    p.add_argument("--calibration-batches", type=int, default=8)
+    p.add_argument("--eval-windows", type=int, default=16, help="windows of 256 tokens of valid.txt evaluated")
+    p.add_argument("--calibration-batches", type=int, default=4)
     p.add_argument("--speed-rounds", type=int, default=3)
     p.add_argument("--policy", default=str(ROOT / "policies" / "llm.yaml"))
     p.add_argument("--out", type=Path, default=OUT)

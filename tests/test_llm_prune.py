@@ -108,10 +108,19 @@ def test_one_shot_width_methods_reach_the_budget_and_recover(method):
     assert count_params(result.pruned) == result.finalize_report.after.params
 
 
-def test_depth_removes_whole_blocks_only():
+def test_depth_removes_whole_layers_only(tmp_path):
+    import transformers as T
+    from gdp_graph.prune.hf_save import save_hf
+    from gdp_graph.prune.keep_class import keep_class_of
     result = _run(tiny_lm.llama(), "depth", target=0.8, distill=False)
     assert result.plan.removed_blocks and not result.plan.keep
+    names = [result.analysis.blocks[b].name for b in result.plan.removed_blocks]
+    assert len(names) == 2 and len(set(names)) == 1  # attention and MLP of one decoder layer
     assert result.finalize_report.check.ok  # removing branches is exact against the gated reference
+    kept = keep_class_of(result.analysis, result.plan, result.pruned)
+    assert save_hf(kept.model, result.analysis, result.plan, tmp_path / "hf")
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert loaded.config.num_hidden_layers == 2
 
 
 def test_gdp_with_a_step_budget_cuts_then_recovers_with_distillation():
@@ -176,3 +185,18 @@ def test_cli_method_works_for_any_model(tmp_path):
     assert report["method"] == "taylor" and report["finalize"]["equal"] is True
     assert abs(report["cost"]["flops_kept"] - 0.5) <= 0.05
     assert report["task_metric"]["fine_tuned"] is not None
+
+
+def test_gdp_gates_can_start_in_a_one_shot_importance_order():
+    from gdp_graph.importance import score_units
+    from gdp_graph.recipes.oneshot import seed_gates
+    task = tiny_lm.task()
+    _, example = model_inputs(task, next(iter(task.train_loader)))
+    gated = G.attach(tiny_lm.llama(), _policy(), example_inputs=example, total_steps=10)
+    seed_gates(gated, task, "magnitude")
+    scores = score_units(gated.analysis, "magnitude")
+    bank = gated.bank
+    for key, theta in bank.group_theta.items():
+        order = scores.units[int(key)].argsort(stable=True)
+        assert bool((theta.detach()[order].diff() >= 0).all())  # theta rises with the importance
+        assert float(theta.detach().min()) > 0.9 * bank.theta_start  # gates still about init_gate

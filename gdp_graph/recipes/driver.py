@@ -40,6 +40,9 @@ class Schedule:
     steps: Optional[int] = None
     method: str = "gdp"  #: gdp, or a one-shot method of gdp_graph.recipes.oneshot
     calibration_batches: int = 8  #: training batches the one-shot importance is measured on
+    #: gdp: start the gates in the order of this one-shot importance (activation, taylor, magnitude)
+    init_from: Optional[str] = None
+    evaluate_original: bool = True  #: evaluate the unpruned model first (metrics["original"])
 
 
 @dataclass
@@ -204,7 +207,8 @@ def run_prune(model: nn.Module, example_inputs: Any, task: Task, policy: Any, sc
     model = copy.deepcopy(model).to(device)
     # positional inputs (a tuple) or keyword inputs (a dict, as Hugging Face models take)
     inputs = move_to(example_inputs if isinstance(example_inputs, dict) else tuple(example_inputs), device)
-    metrics: dict[str, Optional[float]] = {"original": evaluate(model, task, device)}
+    metrics: dict[str, Optional[float]] = {"original": evaluate(model, task, device) if schedule.evaluate_original
+                                           else None}
     started = time.perf_counter()
     if schedule.method == "gdp":
         pruned, report, history, gates_report, analysis, used = _gdp_phase(model, inputs, task, policy, schedule,
@@ -237,6 +241,9 @@ def _gdp_phase(model: nn.Module, inputs: Any, task: Task, policy: Any, schedule:
     total = schedule.epochs * n if schedule.steps is None else schedule.steps
     gated = attach(model, policy, example_inputs=inputs, total_steps=total, steps_per_epoch=n)
     gated.to(device).train()
+    if schedule.init_from is not None:
+        from gdp_graph.recipes.oneshot import seed_gates
+        seed_gates(gated, task, schedule.init_from, schedule.calibration_batches)
     gate_ids = {id(p) for p in gated.gate_parameters()}
     weights = [p for p in gated.parameters() if id(p) not in gate_ids and p.requires_grad]
     optimizer = make_optimizer(weights, schedule, schedule.lr)

@@ -47,7 +47,10 @@ def one_shot_prune(model: nn.Module, inputs: Any, task: Task, policy: Any, metho
     batches = None if method == "magnitude" else cycle(task.train_loader, calibration_batches)
     scores = score_units(analysis, method, batches, task.loss, inputs=_feed(task), max_batches=calibration_batches)
     cost_model = CostModel(analysis)
-    plan, _ = one_shot_plan(analysis, scores, resolution, metric=policy.target.metric, cost_model=cost_model)
+    if method == "depth":
+        plan = whole_layers_plan(analysis, scores.blocks, resolution, cost_model, policy.target)
+    else:
+        plan, _ = one_shot_plan(analysis, scores, resolution, metric=policy.target.metric, cost_model=cost_model)
     pruned = rewrite(analysis, plan, keep_class=False)
     check = verify(analysis, plan, pruned)
     report = FinalizeReport(plan=plan, check=check, threshold=0.0, before=cost_model.total,
@@ -60,3 +63,62 @@ def kept_fraction(report: Any, metric: str) -> float:
     """The share of ``metric`` a finalize report's model keeps."""
     before = report.before.metric(metric)
     return report.after.metric(metric) / before if before else 1.0
+
+
+def whole_layers_plan(analysis: Any, block_scores: Any, resolution: Any, cost_model: Any, target: Any) -> Any:
+    """Remove whole layers, least important first, until the cost is closest to the target. A
+    layer is every removable block of one module (a decoder layer's attention and MLP
+    branches), scored by the sum of its blocks' scores; it goes only when the policy lets every
+    one of its blocks go (half a layer has no form in a Hugging Face config)."""
+    from gdp_graph.gates.selection import plan_fraction
+    from gdp_graph.prune.plan import PruningPlan
+    allowed = set(resolution.gated_blocks()) | set(resolution.inner_blocks)
+    layers: dict[str, list[int]] = {}
+    for b in analysis.blocks:
+        layers.setdefault(b.name, []).append(b.id)
+    ranked = sorted((sum(float(block_scores[b]) for b in ids), name) for name, ids in layers.items()
+                    if all(b in allowed and b in block_scores for b in ids))
+    best, removed = None, []
+    for _, name in [(0.0, None), *ranked]:
+        removed = removed + (layers[name] if name is not None else [])
+        plan = PruningPlan(keep={}, removed_blocks=frozenset(removed))
+        kept = plan_fraction(cost_model, plan, target.metric)
+        if best is None or abs(kept - target.fraction) < best[0]:
+            best = (abs(kept - target.fraction), plan)
+        if kept <= target.fraction:
+            break
+    return best[1]
+
+
+def seed_gates(gated: Any, task: Task, method: str, calibration_batches: int = 8, spread: float = 0.1) -> None:
+    """Start ``gated``'s unit gates in the order of a one-shot importance: each free unit's
+    theta becomes ``theta0 * (1 + spread * (r - 0.5))``, ``r`` in [0, 1] its rank among all the
+    free units of the gated groups by ``method``'s scores (each group's divided by their mean,
+    as the one-shot cut ranks them). Untrained, the cut at ``fix_at`` (lowest theta first) then
+    removes what the one-shot method would; training moves the gates from there."""
+    import torch
+    from gdp_graph.importance import score_units
+    from gdp_graph.recipes.recovery import cycle
+    analysis, bank = gated.analysis, gated.bank
+    batches = None if method == "magnitude" else cycle(task.train_loader, calibration_batches)
+    scores = score_units(analysis, method, batches, task.loss, inputs=_feed(task), max_batches=calibration_batches)
+    parts = []
+    for key, theta in bank.group_theta.items():
+        free = ~analysis.groups[int(key)].frozen_units
+        s = scores.units.get(int(key))
+        if s is not None and bool(free.any()):
+            s = s.double().cpu()
+            parts.append((theta, free, s / max(float(s[free].abs().mean()), 1e-12)))
+    if not parts:
+        return
+    pooled = torch.cat([s[free] for _, free, s in parts])
+    ranks = torch.empty_like(pooled)
+    ranks[pooled.argsort(stable=True)] = torch.linspace(0.0, 1.0, pooled.numel(), dtype=pooled.dtype)
+    start = 0
+    with torch.no_grad():
+        for theta, free, s in parts:
+            n = int(free.sum())
+            r = ranks[start:start + n].to(theta.dtype).to(theta.device)
+            theta[free.to(theta.device)] = float(bank.theta_start) * (1.0 + spread * (r - 0.5))
+            start += n
+

@@ -1,0 +1,48 @@
+"""benchmarks/llm_prune.py on a tiny random Llama (the real run loads SmolLM2): one run per kind
+of row, its record fields, the saved folder, and the table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+import tiny_lm  # noqa: E402
+
+from benchmarks import llm_prune, records  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _args(tmp_path, *extra: str):
+    parser_args = ["--steps", "3", "--eval-windows", "2", "--calibration-batches", "2", "--speed-rounds", "1",
+                   "--out", str(tmp_path / "r.json"), *extra]
+    import argparse
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int); p.add_argument("--eval-windows", type=int)  # noqa: E702
+    p.add_argument("--calibration-batches", type=int); p.add_argument("--speed-rounds", type=int)  # noqa: E702
+    p.add_argument("--out"); p.add_argument("--lr", type=float, default=1e-3)  # noqa: E702
+    p.add_argument("--no-distill", action="store_true"); p.add_argument("--policy", default="llm")  # noqa: E702
+    return p.parse_args(parser_args)
+
+
+@pytest.mark.parametrize("method", ["gdp@activation", "depth", "unpruned"])
+def test_one_run_per_kind_of_row(tmp_path, monkeypatch, method):
+    monkeypatch.setattr(llm_prune, "ROOT", tmp_path)
+    args = _args(tmp_path)
+    result = llm_prune.run_one(tiny_lm.llama().eval(), tiny_lm.task(), args, 0.6, method, 0)
+    assert result["ppl_after_recovery"] > 1 and result["ppl_original"] > 1
+    assert result["saved_folder_loads"], result["saved_folder_problem"]
+    assert result["decode_speedup"] > 0 and result["flops_per_token"] <= result["flops_per_token_original"]
+    if method == "unpruned":
+        assert result["params_kept"] == 1.0
+    else:
+        assert result["params_kept"] < 0.9
+    if method.startswith("gdp"):
+        assert result["init_from"] == "activation" and len(result["gates"]["soft_fraction"]) >= 2
+    record = records.new_record(llm_prune.BENCH, llm_prune.settings_of(args, 0.6, method, 0), result, seed=0)
+    records.append_record(tmp_path / "r.json", record)
+    assert method in llm_prune.table(tmp_path / "r.json")
