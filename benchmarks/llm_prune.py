@@ -117,14 +117,18 @@ def _reference_run(original: nn.Module, task: Any, args: argparse.Namespace, pol
 
 
 def _prune_run(original: nn.Module, task: Any, args: argparse.Namespace, policy: Any, method: str) -> dict[str, Any]:
+    from gdp_graph.policy import policy_from_dict
     from gdp_graph.prune.keep_class import keep_class_of
     from gdp_graph.recipes.driver import Schedule, run_prune
     from gdp_graph.recipes.task import model_inputs
     _, example = model_inputs(task, next(iter(task.train_loader)))
-    method, _, init_from = method.partition("@")  # gdp@activation: gates started in activation's order
+    method, _, init_from = method.partition("@")  # gdp@activation: regularizer.init activation
+    if init_from:
+        data = policy.to_dict()
+        data["regularizer"]["init"] = init_from
+        policy = policy_from_dict(data, source=f"{policy.source} with init {init_from}", name=policy.name)
     schedule = Schedule(steps=args.steps, method=method, optimizer="adam", lr=args.lr, finetune_lr=args.lr,
-                        calibration_batches=args.calibration_batches, init_from=init_from or None,
-                        evaluate_original=False)
+                        calibration_batches=args.calibration_batches, evaluate_original=False)
     started = time.perf_counter()
     result = run_prune(original, example, task, policy, schedule, torch.device("cpu"),
                        distill=None if args.no_distill else policy.distill)

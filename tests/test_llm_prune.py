@@ -185,18 +185,3 @@ def test_cli_method_works_for_any_model(tmp_path):
     assert report["method"] == "taylor" and report["finalize"]["equal"] is True
     assert abs(report["cost"]["flops_kept"] - 0.5) <= 0.05
     assert report["task_metric"]["fine_tuned"] is not None
-
-
-def test_gdp_gates_can_start_in_a_one_shot_importance_order():
-    from gdp_graph.importance import score_units
-    from gdp_graph.recipes.oneshot import seed_gates
-    task = tiny_lm.task()
-    _, example = model_inputs(task, next(iter(task.train_loader)))
-    gated = G.attach(tiny_lm.llama(), _policy(), example_inputs=example, total_steps=10)
-    seed_gates(gated, task, "magnitude")
-    scores = score_units(gated.analysis, "magnitude")
-    bank = gated.bank
-    for key, theta in bank.group_theta.items():
-        order = scores.units[int(key)].argsort(stable=True)
-        assert bool((theta.detach()[order].diff() >= 0).all())  # theta rises with the importance
-        assert float(theta.detach().min()) > 0.9 * bank.theta_start  # gates still about init_gate

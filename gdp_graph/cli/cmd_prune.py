@@ -36,15 +36,12 @@ def _schedule(args: argparse.Namespace, task, policy) -> Any:
         raise UsageError(f"--epochs must be at least 1 (the gated phase), got {epochs}")
     if steps is not None and steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
-    if args.init_from is not None and args.method != "gdp":
-        raise UsageError(f"--init-from seeds the gates of --method gdp, not of {args.method}")
     if args.calibration_batches < 1:
         raise UsageError(f"--calibration-batches must be at least 1, got {args.calibration_batches}")
     return Schedule(epochs=epochs, finetune_epochs=pick("finetune_epochs", task.finetune_epochs),
                     lr=pick("lr", task.lr), finetune_lr=pick("finetune_lr", task.finetune_lr),
                     gate_lr=pick("gate_lr"), optimizer=pick("optimizer"), weight_decay=pick("weight_decay"),
-                    steps=steps, method=args.method, calibration_batches=args.calibration_batches,
-                    init_from=args.init_from)
+                    steps=steps, method=args.method, calibration_batches=args.calibration_batches)
 
 
 def _budget_text(schedule: Any) -> str:
@@ -222,11 +219,9 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--distill", action="store_true",
                    help="logit distillation from the frozen original model during training: alpha * T^2 * KL + "
                         "(1 - alpha) * task loss (the policy's distill: {temperature, alpha}; default 2.0, 0.5)")
-    p.add_argument("--init-from", choices=("magnitude", "activation", "taylor"),
-                   help="gdp only: start the gates in the order of this one-shot importance (untrained, the cut "
-                        "removes what that method would; the gated phase refines it)")
     p.add_argument("--calibration-batches", type=int, default=8,
-                   help="training batches the one-shot importance (activation, taylor, depth) is measured on")
+                   help="training batches the one-shot importance (activation, taylor, depth; gdp's "
+                        "regularizer.init) is measured on")
     p.add_argument("--epochs", type=int, help="epochs of the gated phase (default: the policy's schedule, the task's, else 3)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after finalize (default: the policy's schedule, the task's, else 0)")
     p.add_argument("--lr", type=float, help="weight learning rate in the gated phase (default: the policy's schedule, the task's, else 0.01)")

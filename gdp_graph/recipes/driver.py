@@ -40,8 +40,6 @@ class Schedule:
     steps: Optional[int] = None
     method: str = "gdp"  #: gdp, or a one-shot method of gdp_graph.recipes.oneshot
     calibration_batches: int = 8  #: training batches the one-shot importance is measured on
-    #: gdp: start the gates in the order of this one-shot importance (activation, taylor, magnitude)
-    init_from: Optional[str] = None
     evaluate_original: bool = True  #: evaluate the unpruned model first (metrics["original"])
 
 
@@ -241,9 +239,12 @@ def _gdp_phase(model: nn.Module, inputs: Any, task: Task, policy: Any, schedule:
     total = schedule.epochs * n if schedule.steps is None else schedule.steps
     gated = attach(model, policy, example_inputs=inputs, total_steps=total, steps_per_epoch=n)
     gated.to(device).train()
-    if schedule.init_from is not None:
-        from gdp_graph.recipes.oneshot import seed_gates
-        seed_gates(gated, task, schedule.init_from, schedule.calibration_batches)
+    from gdp_graph.importance import init_gates
+    from gdp_graph.recipes.oneshot import _feed
+    from gdp_graph.recipes.recovery import cycle
+    # the policy's regularizer.init: gates start ranked by a one-shot importance
+    init_gates(gated, cycle(task.train_loader, schedule.calibration_batches), task.loss, inputs=_feed(task),
+               max_batches=schedule.calibration_batches)
     gate_ids = {id(p) for p in gated.gate_parameters()}
     weights = [p for p in gated.parameters() if id(p) not in gate_ids and p.requires_grad]
     optimizer = make_optimizer(weights, schedule, schedule.lr)

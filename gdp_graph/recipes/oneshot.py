@@ -88,37 +88,3 @@ def whole_layers_plan(analysis: Any, block_scores: Any, resolution: Any, cost_mo
         if kept <= target.fraction:
             break
     return best[1]
-
-
-def seed_gates(gated: Any, task: Task, method: str, calibration_batches: int = 8, spread: float = 0.1) -> None:
-    """Start ``gated``'s unit gates in the order of a one-shot importance: each free unit's
-    theta becomes ``theta0 * (1 + spread * (r - 0.5))``, ``r`` in [0, 1] its rank among all the
-    free units of the gated groups by ``method``'s scores (each group's divided by their mean,
-    as the one-shot cut ranks them). Untrained, the cut at ``fix_at`` (lowest theta first) then
-    removes what the one-shot method would; training moves the gates from there."""
-    import torch
-    from gdp_graph.importance import score_units
-    from gdp_graph.recipes.recovery import cycle
-    analysis, bank = gated.analysis, gated.bank
-    batches = None if method == "magnitude" else cycle(task.train_loader, calibration_batches)
-    scores = score_units(analysis, method, batches, task.loss, inputs=_feed(task), max_batches=calibration_batches)
-    parts = []
-    for key, theta in bank.group_theta.items():
-        free = ~analysis.groups[int(key)].frozen_units
-        s = scores.units.get(int(key))
-        if s is not None and bool(free.any()):
-            s = s.double().cpu()
-            parts.append((theta, free, s / max(float(s[free].abs().mean()), 1e-12)))
-    if not parts:
-        return
-    pooled = torch.cat([s[free] for _, free, s in parts])
-    ranks = torch.empty_like(pooled)
-    ranks[pooled.argsort(stable=True)] = torch.linspace(0.0, 1.0, pooled.numel(), dtype=pooled.dtype)
-    start = 0
-    with torch.no_grad():
-        for theta, free, s in parts:
-            n = int(free.sum())
-            r = ranks[start:start + n].to(theta.dtype).to(theta.device)
-            theta[free.to(theta.device)] = float(bank.theta_start) * (1.0 + spread * (r - 0.5))
-            start += n
-
