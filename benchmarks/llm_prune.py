@@ -111,9 +111,16 @@ def _reference_run(original: nn.Module, task: Any, args: argparse.Namespace, pol
                Distillation(frozen_teacher(original, device), policy.distill.temperature, policy.distill.alpha))
     started = time.perf_counter()
     train_steps(model, task, device, args.steps, make_optimizer(list(model.parameters()), schedule, args.lr),
-                distill=teacher)
+                distill=teacher, after_step=lambda step, loss, info: _progress("train", step, args.steps,
+                                                                               {"loss": loss, **info}))
     return {"model": model.eval(), "metrics": {"fine_tuned": evaluate(model, task, device)},
             "seconds": time.perf_counter() - started, "extra": {}}
+
+
+def _progress(phase: str, step: int, total: int, info: dict) -> None:
+    kept = info.get("kept_model", info.get("soft"))
+    print(f"  {phase} {step}/{total}: loss {info['loss']:.3f}, {info.get('tokens_per_s', 0):.0f} tokens/s"
+          + (f", kept {kept:.3f}" if kept is not None else ""), flush=True)
 
 
 def _prune_run(original: nn.Module, task: Any, args: argparse.Namespace, policy: Any, method: str) -> dict[str, Any]:
@@ -130,7 +137,7 @@ def _prune_run(original: nn.Module, task: Any, args: argparse.Namespace, policy:
     schedule = Schedule(steps=args.steps, method=method, optimizer="adam", lr=args.lr, finetune_lr=args.lr,
                         calibration_batches=args.calibration_batches, evaluate_original=False)
     started = time.perf_counter()
-    result = run_prune(original, example, task, policy, schedule, torch.device("cpu"),
+    result = run_prune(original, example, task, policy, schedule, torch.device("cpu"), on_progress=_progress,
                        distill=None if args.no_distill else policy.distill)
     kept = keep_class_of(result.analysis, result.plan, result.pruned)
     model = kept.model if kept.model is not None else result.pruned
