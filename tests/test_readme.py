@@ -90,3 +90,14 @@ def test_the_setup_commands_install_run_the_main_job_and_the_tests_as_ci_does():
     assert install[:3] == [".venv/bin/pip", "install", "-e"] and install[3] == ".[test]" and "test" in extras
     assert run_tests == [".venv/bin/python", "-m", "pytest"]
     assert '"$venv/bin/python" -m pytest' in ci
+
+
+def test_the_policy_example_is_valid_and_the_shipped_policies_it_names_exist():
+    from gdp_graph.policy import available_policies, load_policy
+    text = README.read_text(encoding="utf-8")
+    (example,) = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    policy = load_policy(example, name="README example")
+    assert policy.target.fraction == 0.5 and policy.regularizer.name == "gdp"
+    section = text.split("## Policies", 1)[1].split("```yaml", 1)[0]
+    named = set(re.findall(r"`([a-z0-9_]+)`", section.split("Shipped policies", 1)[1]))
+    assert named and named <= set(available_policies()), named - set(available_policies())
