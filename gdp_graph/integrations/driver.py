@@ -35,11 +35,14 @@ class GateDriver:
     """Call :meth:`after_backward`, :meth:`before_optimizer_step` and :meth:`after_optimizer_step`
     around the framework's step, and :meth:`finalize` at the end."""
 
-    def __init__(self, gated: GatedModel, gate_lr: Optional[float] = None):
+    def __init__(self, gated: GatedModel, gate_lr: Optional[float] = None, reduce_gate_grads: bool = False):
         if not isinstance(gated, GatedModel):
             raise TypeError(f"GateDriver needs a GatedModel (gdp_graph.attach), got {type(gated).__name__}")
         self.gated = gated
         self.gate_lr = gate_lr
+        #: average the gates' gradients over the ranks before stepping them: for FSDP2 with
+        #: replicated gates (integrations.fsdp.shard_weights), where nothing else does; DDP does
+        self.reduce_gate_grads = reduce_gate_grads
         self.gate_optimizer: Optional[torch.optim.Optimizer] = None
         self._penalty_added = False
         self._last_step: Optional[int] = None
@@ -68,6 +71,11 @@ class GateDriver:
     def before_optimizer_step(self) -> None:
         """Step the gates, then hide their gradients from the framework's optimizer."""
         self.start()
+        if self.reduce_gate_grads and world_size() > 1:  # a penalty part already added is the same on every rank
+            for p in self.gated.gate_parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world_size()
         self.after_backward()  # frameworks that skip the backward hook still get the penalty
         self.gate_optimizer.step()
         for p in self.gated.gate_parameters():
@@ -99,6 +107,9 @@ class GateDriver:
         Raises:
             GateError: under data parallelism, a rank reached another plan than rank 0's.
         """
+        from gdp_graph.integrations.fsdp import gather_full_weights, is_sharded
+        if is_sharded(self.gated):
+            gather_full_weights(self.gated)
         self.pruned, self.finalize_report = finalize(self.gated)
         if world_size() > 1:
             plans = [None] * world_size()
