@@ -45,38 +45,47 @@ def export_graph(work: nn.Module, bound: BoundInputs) -> tuple[fx.GraphModule, t
                                            dynamic_shapes=_dynamic_batch(work, bound)).module()
         except Exception:  # noqa: BLE001 - some models only export at the example's sizes
             exported = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False).module()
-    # a plain GraphModule (the exported one refuses .eval()/.train(), which every stage calls)
-    gm = fx.GraphModule(exported, exported.graph, type(work).__name__)
+    # the graph is edited before it becomes a plain GraphModule (the exported one refuses
+    # .eval()/.train(), which every stage calls): building one generates its code, once
+    graph = exported.graph
+    info = getattr(graph._codegen, "pytree_info", None)
+    flat: tuple[Any, ...] = tuple(bound.args)
+    positional_spec = None
+    if info is not None:
+        flat = tuple(tree_flatten_spec((tuple(bound.args), dict(bound.kwargs)), info.in_spec))
+        # positional inputs, one per placeholder: the rest of the pipeline calls gm(*inputs)
+        positional_spec = pytree.tree_structure((flat, {}))
+        graph._codegen.pytree_info = info._replace(in_spec=positional_spec)
+        _drop_guard_calls(graph)
+    gm = fx.GraphModule(exported, graph, type(work).__name__)
     for spec in ("_in_spec", "_out_spec"):
         if hasattr(exported, spec):
             setattr(gm, spec, getattr(exported, spec))
-    codegen = gm.graph._codegen
-    info = getattr(codegen, "pytree_info", None)
-    if info is None:
-        return gm, tuple(bound.args)
-    flat = tuple(tree_flatten_spec((tuple(bound.args), dict(bound.kwargs)), info.in_spec))
-    # positional inputs, one per placeholder: the rest of the pipeline calls gm(*inputs)
-    positional_spec = pytree.tree_structure((flat, {}))
-    codegen.pytree_info = info._replace(in_spec=positional_spec)
-    gm._in_spec = positional_spec
-    _drop_guard_calls(gm)
-    mark_constant_buffers(gm, work)
-    gm.recompile()
+    if positional_spec is not None:
+        gm._in_spec = positional_spec
+        mark_constant_buffers(gm, work)
     return gm, flat
 
 
 @contextlib.contextmanager
 def _quiet_torch_logs() -> Iterator[None]:
     """torch.export logs warnings and whole graphs when it gives up or specializes a size; a
-    failed attempt is reported once, in the analysis's own words (``front_end_reason``)."""
+    failed attempt is reported once, in the analysis's own words (``front_end_reason``). Nor
+    does it record a Python stack trace per node, which nothing here reads (a sixth of the
+    export of a 30-layer decoder)."""
+    import torch.fx.config as fx_config
+
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("torch")]
     levels = [lg.level for lg in loggers]
+    stack_traces = fx_config.do_not_emit_stack_traces
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    fx_config.do_not_emit_stack_traces = True
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # the graph dump of a data-dependent guard
             yield
     finally:
+        fx_config.do_not_emit_stack_traces = stack_traces
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
 
@@ -92,14 +101,12 @@ def _dynamic_batch(work: nn.Module, bound: BoundInputs) -> dict[str, Any]:
     return {name: pytree.tree_map(spec, value) for name, value in arguments.items()}
 
 
-def _drop_guard_calls(gm: fx.GraphModule) -> None:
+def _drop_guard_calls(graph: fx.Graph) -> None:
     """``torch.export`` inserts a call of its input-guard module; the inputs are positional and
-    fixed here, so the check has nothing left to guard."""
-    for node in list(gm.graph.nodes):
+    fixed here, so the check has nothing left to guard (the GraphModule then never copies it)."""
+    for node in list(graph.nodes):
         if node.op == "call_module" and str(node.target) == "_guards_fn" and not node.users:
-            gm.graph.erase_node(node)
-    if hasattr(gm, "_guards_fn"):
-        delattr(gm, "_guards_fn")
+            graph.erase_node(node)
 
 
 def mark_constant_buffers(gm: fx.GraphModule, work: nn.Module) -> None:
