@@ -255,3 +255,17 @@ def test_cache_object_asked_for_in_the_output_is_a_clear_error(analyses):
     model, inputs, _ = analyses("llama")
     with pytest.raises(G.TraceError, match="use_cache=False"):
         G.analyze(model, {"input_ids": inputs["input_ids"], "use_cache": True})
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_pruned_graph_of_a_decoder_takes_any_sequence_length(analyses, name):
+    model, inputs, a = analyses(name)
+    plan = G.random_plan(a, 0.5, seed=0)
+    pruned = G.rewrite(a, plan, keep_class=False)
+    ids = inputs["input_ids"]
+    longer = torch.cat([ids, ids.flip(1)], dim=1)
+    flat = [longer if t is ids else t for t in a.traced.example_inputs]
+    with torch.no_grad():
+        out = pruned(*a.traced.example_inputs)[0]
+        long_out = pruned(*flat)[0]
+    assert long_out.shape[1] == 14 and torch.allclose(long_out[:, :7], out, atol=1e-5)  # causal: the prefix is unchanged

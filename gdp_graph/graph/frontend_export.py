@@ -9,8 +9,9 @@ their original qualified names (``model.layers.0.self_attn.q_proj.weight``), so 
 the same module names as with fx; every op node also carries ``nn_module_stack``, from which
 :func:`module_of` names the module it was called in.
 
-The batch size is captured symbolic where the model allows it (``Dim.AUTO``); other sizes (the
-sequence length, the image size) are those of the example inputs. The model's output structure
+The batch size, and the sequence length of integer inputs (token ids, masks), are captured
+symbolic where the model allows it (``Dim.AUTO``); other sizes (the image size) are those of the
+example inputs. The model's output structure
 (a ``ModelOutput``, a dict) is kept.
 """
 
@@ -91,11 +92,17 @@ def _quiet_torch_logs() -> Iterator[None]:
 
 
 def _dynamic_batch(work: nn.Module, bound: BoundInputs) -> dict[str, Any]:
-    """``Dim.AUTO`` on dim 0 of every tensor input, keyed by forward's parameter names: export
-    keeps it symbolic unless the program fixes it. (Every dim symbolic costs minutes of symbolic
-    reasoning on window-attention models; the batch is what a pruned graph must not fix.)"""
+    """``Dim.AUTO`` on dim 0 of every tensor input, and on every dim of integer ones (token ids,
+    attention masks: the sequence length), keyed by forward's parameter names: export keeps them
+    symbolic unless the program fixes them. (Every dim of a float input symbolic costs minutes
+    of symbolic reasoning on window-attention models; batch and length are what a pruned or
+    gated graph must not fix.)"""
     def spec(value: Any) -> Any:
-        return {0: torch.export.Dim.AUTO} if isinstance(value, torch.Tensor) and value.dim() else None
+        if not isinstance(value, torch.Tensor) or not value.dim():
+            return None
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            return {0: torch.export.Dim.AUTO}
+        return {d: torch.export.Dim.AUTO for d in range(value.dim())}
 
     arguments = inspect.signature(work.forward).bind(*bound.args, **bound.kwargs).arguments
     return {name: pytree.tree_map(spec, value) for name, value in arguments.items()}
