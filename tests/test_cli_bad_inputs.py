@@ -104,3 +104,16 @@ def test_a_failed_write_leaves_the_output_folder_as_it_was(saved, tmp_path, monk
         outputs.write_outputs(folder, torch.nn.Linear(2, 2), PruningPlan(), {"x": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "a staging folder was left behind"
     assert [p.name for p in folder.iterdir()] == ["plan.json"] and (folder / "plan.json").read_text() == "old"
+
+
+def test_an_export_that_fails_half_way_leaves_nothing(saved, capsys, tmp_path, monkeypatch):
+    from gdp_graph.prune import export
+
+    def broken(module, path):  # after fx's to_folder wrote the package, as a crash there would
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "_import_wrapped_functions", broken)
+    target = tmp_path / "exported"
+    fails_in_one_line(capsys, ["export", str(saved / "applied"), "--format", "source", "--out", str(target)],
+                      "exporting")
+    assert not target.exists()

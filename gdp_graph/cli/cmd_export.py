@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -88,11 +89,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         if inputs is None:
             raise UsageError(f"{args.pruned}: no example_inputs.pt next to the model; pass --input-shape")
     target = Path(args.out) if args.out else pruned_path(args.pruned).parent / f"pruned{SUFFIX[args.format]}"
+    existed = target.exists()
     try:
         exported = EXPORTERS[args.format](module, target, inputs)
-    except UsageError:
-        raise
     except Exception as exc:  # noqa: BLE001 - the exporter's own error, named with the format
+        if not existed:  # nothing half-written: what the failed export began goes
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        if isinstance(exc, UsageError):
+            raise
         raise UsageError(f"--format {args.format}: exporting {args.pruned} failed: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     result = compare_outputs(_run(module, inputs), exported, args.tolerance) if exported is not None else None
