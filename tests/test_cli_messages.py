@@ -110,3 +110,13 @@ def test_styled_lines_and_tables_keep_brackets():
     for fragment in ("runs/[a]/x [/b] tail", "warning: [yellow]", "layer[0]", "apply runs/[a]/plan.json", "t[x]",
                      "module[0]", "blocks[1].attn", "phase [gdp]", "[x] kept"):
         assert fragment in text, (fragment, text)
+
+
+def test_no_print_through_the_console_relies_on_markup():
+    """The console prints strings as they are, so a style tag in a printed literal would show
+    as text: styling goes through ``style=`` or ``report.console.styled``."""
+    import re
+    tag = re.compile(r"\.print\(.*[\"'].*\[/?(bold|dim|italic|red|green|yellow|blue|cyan|magenta)\b[^\]]*\]|\[/\]")
+    found = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "gdp_graph").rglob("*.py"))
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if tag.search(line)]
+    assert not found, found

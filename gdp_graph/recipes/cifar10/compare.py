@@ -56,8 +56,10 @@ def run_comparison(method: str, *, model: nn.Module, policy: Any, s: dict[str, A
     from gdp_graph.recipes.cifar10.gdp_phase import gdp_phase
     from gdp_graph.recipes.cifar10.training import evaluate
 
+    from gdp_graph.report.console import styled
+
     torch.manual_seed(seed)
-    console.print(f"[bold]compare: {method}[/] on the same schedule")
+    console.print(styled((f"compare: {method}", "bold"), " on the same schedule"))
     before = model_cost(model, (example[:1],)).flops
     if method == "polarization":
         gated = attach(model, policy=policy, example_inputs=example, total_steps=max(1, s["gdp_epochs"] * len(train)),
