@@ -193,3 +193,14 @@ def test_zoo_table_records_a_model_and_prints_the_table_from_the_file(tmp_path):
     records.append_record(path, records.new_record("zoo_table", settings, row, seed=0))
     text = zoo_table.table(path)
     assert "| resnet_basic |" in text and "| yes |" in text and "0.3 of every prunable group" in text
+
+
+def test_the_cifar_table_protocol_is_one_word_and_flags_still_win(monkeypatch):
+    from benchmarks import cifar_methods
+    seen: list = []
+    monkeypatch.setattr(cifar_methods, "cmd_run", lambda args: seen.append(vars(args)))
+    cifar_methods.main(["run", "--data", "d.tar.gz", "--protocol", "cpu-short"])
+    cifar_methods.main(["run", "--data", "d.tar.gz", "--protocol", "cpu-short", "--sparse-epochs", "5"])
+    cifar_methods.main(["run", "--data", "d.tar.gz"])
+    assert [(s["sparse_epochs"], s["finetune_epochs"], s["pretrain_epochs"]) for s in seen] == \
+        [(3, 1, 15), (5, 1, 15), (6, 2, 15)]
