@@ -192,3 +192,21 @@ def test_interpolation_goes_through_the_points_and_is_flat_outside():
     assert seconds == [[3.0, 0.5], [3.0, 0.5], [2.0, 0.5], [1.0, 0.5]]
     assert fit.remainder_scale == pytest.approx(2.0)  # the whole model over its nodes at full width
     assert float(fit.evaluate(torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))) == 3.0
+
+
+def test_gated_model_trains_against_the_cached_latency_table(tmp_path):
+    model, inputs = ZOO["resnet_basic"]()
+    policy = {"version": 1, "target": {"metric": "latency", "fraction": 0.5},
+              "latency": {"cache": str(tmp_path), "points": 2}}
+    timer = FakeTimer()  # the table GatedModel finds in the cache is the fake one
+    load_or_build(G.analyze(model, inputs), policy_from_dict(policy).latency, timer=timer, show_progress=False)
+    gated = G.attach(model, policy, example_inputs=inputs, total_steps=50)
+    assert gated.cost_model.latency is not None and gated.cost_model.latency.table.key["points"] == 2
+    hard, soft = gated.fractions()
+    assert hard == pytest.approx(1.0) and 0 < soft <= 1.0
+    optimizer = gated.gate_optimizer()
+    for _ in range(20):  # the penalty alone: the gates fall, the soft latency with them
+        optimizer.zero_grad()
+        gated.penalty().backward()
+        optimizer.step()
+    assert gated.fractions()[1] < soft
