@@ -21,9 +21,9 @@ from gdp_graph.latency.build import LatencyError, build_table, grid_plan
 from gdp_graph.latency.cache import fingerprint, load_or_build, table_key
 from gdp_graph.latency.fit import LatencyFit, attach_latency, latency_cost_model
 from gdp_graph.latency.table import LatencyTable
-from gdp_graph.latency.timing import NodeTimer, Timer, WallTimer
+from gdp_graph.latency.timing import ClockTimer, NodeTimer, Timer, default_timer
 from gdp_graph.policy.schema import LatencySettings
 
-__all__ = ["LatencyError", "LatencyFit", "LatencySettings", "LatencyTable", "NodeTimer", "Timer", "WallTimer",
-           "attach_latency", "build_table", "fingerprint", "grid_plan", "latency_cost_model", "load_or_build",
+__all__ = ["ClockTimer", "LatencyError", "LatencyFit", "LatencySettings", "LatencyTable", "NodeTimer", "Timer",
+           "attach_latency", "default_timer", "build_table", "fingerprint", "grid_plan", "latency_cost_model", "load_or_build",
            "table_key"]

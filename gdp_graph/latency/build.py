@@ -18,7 +18,7 @@ from gdp_graph.errors import GdpError
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import CostModel
 from gdp_graph.latency.table import LatencyTable
-from gdp_graph.latency.timing import Timer, WallTimer, time_nodes, trimmed_mean, typical_run
+from gdp_graph.latency.timing import Timer, default_timer, fastest_run, time_nodes
 from gdp_graph.policy.schema import LatencySettings
 from gdp_graph.prune.plan import PruningPlan
 
@@ -127,13 +127,13 @@ def build_table(analysis: Analysis, settings: Optional[LatencySettings] = None, 
 
     Every pass runs each width once with its nodes timed and the unpruned model once whole, the
     order alternating between passes, so that a machine busy with other work slows every width
-    alike; each node keeps its mean over the typical passes (:func:`~gdp_graph.latency.timing.typical_run`). ``timer`` defaults to the
-    wall clock on ``settings.device``; ``progress(label, done, total)`` is called after each
-    step. Raises :class:`LatencyError` naming the width that failed."""
+    alike; each node keeps its fastest time (:func:`~gdp_graph.latency.timing.fastest_run`), the
+    whole model too. ``timer`` defaults to :func:`~gdp_graph.latency.timing.default_timer`;
+    ``progress(label, done, total)`` is called after each step. Raises :class:`LatencyError` naming the width that failed."""
     settings = settings or LatencySettings()
     started = time.perf_counter()
     cost_model = cost_model or CostModel(analysis)
-    timer = timer or WallTimer(settings.device)
+    timer = timer or default_timer(settings.device, settings.threads)
     fractions = grid_fractions(settings.points)
     inputs = _batched(analysis.traced.example_inputs, settings.batch)
     passes = max(int(timer.passes), 1)
@@ -160,10 +160,10 @@ def build_table(analysis: Analysis, settings: Optional[LatencySettings] = None, 
         torch.set_num_threads(previous)
     points: dict[str, list[tuple[float, float]]] = {n: [] for n in cost_model.node_names}
     for (plan, _, _), per_pass in zip(variants, runs):
-        seconds = typical_run(per_pass)
+        seconds = fastest_run(per_pass)
         for name, scale in zip(cost_model.node_names, plan_scales(cost_model, plan).tolist()):
             points[name].append((float(scale), float(seconds.get(name, 0.0))))
-    return LatencyTable(key=dict(key or {}), whole_s=trimmed_mean(whole),
+    return LatencyTable(key=dict(key or {}), whole_s=min(whole),
                         points={n: tuple(p) for n, p in points.items()}, fractions=fractions,
                         build_s=time.perf_counter() - started)
 

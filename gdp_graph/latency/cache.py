@@ -22,6 +22,10 @@ from gdp_graph.latency.timing import Timer
 from gdp_graph.policy.schema import LatencySettings
 
 
+#: how a table turns timed passes into seconds (a table made another way is measured again)
+ESTIMATOR = "fastest-pass/whole-scaled/thread-cpu-time-at-1-thread"
+
+
 def fingerprint(analysis: Analysis) -> str:
     """sha256 of the traced graph's code and the shapes and dtypes of its parameters, buffers
     and example inputs (not the weights' values: they do not change the time)."""
@@ -53,7 +57,8 @@ def device_name(device: str) -> str:
 def table_key(analysis: Analysis, settings: LatencySettings) -> dict[str, Any]:
     return {"graph": fingerprint(analysis), "device": device_name(settings.device), "torch": torch.__version__,
             "threads": settings.threads, "batch": settings.batch, "dtype": settings.dtype,
-            "memory_format": settings.memory_format, "points": settings.points, "round_to": settings.round_to}
+            "memory_format": settings.memory_format, "points": settings.points, "round_to": settings.round_to,
+            "estimator": ESTIMATOR}
 
 
 def cache_folder(settings: LatencySettings) -> Path:

@@ -4,7 +4,6 @@ values that really reach it."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any, Callable, Protocol, Sequence
 
@@ -31,12 +30,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class WallTimer:
-    """``perf_counter`` around each call (on CUDA the device is synchronised around it). A table
-    build runs every graph ``passes`` times and keeps each node's median, so a node is timed
-    where it runs in the model (weights and inputs as cold or warm as there), not in a hot loop."""
+class ClockTimer:
+    """``clock`` around each call (on CUDA the device is synchronised around it). A table build
+    runs every graph ``passes`` times and keeps each node's fastest time, so a node is timed where
+    it runs in the model (weights and inputs as cold or warm as there), not in a hot loop.
 
-    def __init__(self, device: torch.device | str = "cpu", *, passes: int = 7,
+    :func:`default_timer` picks the clock: on a CPU at one thread, the thread's CPU time, which
+    other processes on a shared machine do not inflate (torch then runs every op on the calling
+    thread); otherwise the wall clock."""
+
+    def __init__(self, device: torch.device | str = "cpu", *, passes: int = 9,
                  clock: Callable[[], float] = time.perf_counter):
         self.device = torch.device(device)
         self.passes, self.clock = passes, clock
@@ -82,6 +85,12 @@ class NodeTimer(fx.Interpreter):
         return out
 
 
+def default_timer(device: str, threads: int) -> ClockTimer:
+    """CPU time of the calling thread on a CPU at one thread, the wall clock otherwise."""
+    dev = torch.device(device)
+    return ClockTimer(dev, clock=time.thread_time if dev.type == "cpu" and threads == 1 else time.perf_counter)
+
+
 def time_nodes(gm: fx.GraphModule, inputs: Sequence[Any], timer: Timer) -> dict[str, float]:
     """Seconds of every computing node of ``gm`` in one run on ``inputs``."""
     runner = NodeTimer(gm, timer)
@@ -89,22 +98,10 @@ def time_nodes(gm: fx.GraphModule, inputs: Sequence[Any], timer: Timer) -> dict[
     return runner.seconds
 
 
-def typical_run(runs: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Each node's median over the runs, all scaled so that they add up to a typical run (the
-    trimmed mean of the runs' totals): on a busy machine a run is stalled now in one node, now
-    in another; the medians keep each node's share free of those stalls, the scaling keeps the
-    nodes additive (a sum of medians alone is an unusually lucky run)."""
+def fastest_run(runs: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each node's fastest time over the runs. Another process can only add time to a node
+    (it was descheduled, its cache was evicted), never take any away, so on a shared machine
+    the minimum is the node's own cost: medians of long nodes were still inflated 5-10x on a
+    2-core machine running ten jobs, where their minima matched a quiet rerun."""
     names = sorted({n for r in runs for n in r})
-    med = {n: statistics.median(r.get(n, 0.0) for r in runs) for n in names}
-    total = sum(med.values())
-    typical = trimmed_mean([sum(r.values()) for r in runs])
-    factor = typical / total if total > 0 else 1.0
-    return {n: v * factor for n, v in med.items()}
-
-
-def trimmed_mean(values: Sequence[float]) -> float:
-    """Mean of the middle half of ``values`` (the lowest and highest quarter dropped)."""
-    ranked = sorted(values)
-    cut = len(ranked) // 4
-    kept = ranked[cut: len(ranked) - cut] or ranked
-    return sum(kept) / len(kept)
+    return {n: min(r[n] for r in runs if n in r) for n in names}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -79,11 +79,14 @@ def _timing(samples: list[float]) -> Timing:
 
 
 def time_models(models: Sequence[nn.Module], inputs: Sequence[Any], *, rounds: int = 15, warmup: int = 3,
-                repeat: int = 1, threads: int | None = 1) -> list[Timing]:
+                repeat: int = 1, threads: int | None = 1, clock: Callable[[], float] = time.perf_counter
+                ) -> list[Timing]:
     """Per-model :class:`Timing` of interleaved rounds (eval mode, inference mode).
 
     ``threads`` fixes ``torch.set_num_threads`` for the measurement (None keeps the current
     setting); each round runs the models in alternating order, ``repeat`` forwards each.
+    ``clock``: the wall clock; ``time.thread_time`` (CPU time, one thread) leaves out the time
+    other processes take on a shared machine.
     """
     if rounds < 1 or repeat < 1:
         raise ValueError(f"rounds and repeat must be >= 1, got {rounds} and {repeat}")
@@ -105,10 +108,10 @@ def time_models(models: Sequence[nn.Module], inputs: Sequence[Any], *, rounds: i
             order = list(range(len(models)))
             for r in range(rounds):
                 for i in (order if r % 2 == 0 else order[::-1]):
-                    start = time.perf_counter()
+                    start = clock()
                     for _ in range(repeat):
                         call(models[i])
-                    times[i].append((time.perf_counter() - start) / repeat)
+                    times[i].append((clock() - start) / repeat)
     finally:
         torch.set_num_threads(previous_threads)
         for m, s in zip(models, states):
