@@ -204,3 +204,14 @@ def test_the_cifar_table_protocol_is_one_word_and_flags_still_win(monkeypatch):
     cifar_methods.main(["run", "--data", "d.tar.gz"])
     assert [(s["sparse_epochs"], s["finetune_epochs"], s["pretrain_epochs"]) for s in seen] == \
         [(3, 1, 15), (5, 1, 15), (6, 2, 15)]
+
+
+def test_hf_models_records_a_model_and_prints_the_table_from_the_file(tmp_path):
+    pytest.importorskip("transformers")
+    from benchmarks import hf_models
+    from tests.test_hf_models import MODELS
+    row = hf_models.measure(MODELS["gpt2"], 0.5, 0)
+    assert row["ok"] and row["ok_with_blocks"] and row["blocks_removed"] > 0
+    path = tmp_path / "hf.json"
+    records.append_record(path, records.new_record("hf_models", {"model": "gpt2", "ratio": 0.5, "seed": 0}, row))
+    assert "| gpt2 | " in hf_models.table(path)
