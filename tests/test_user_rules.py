@@ -3,13 +3,12 @@ propagates channels and rewrites it, and the pruned model is exact."""
 
 from __future__ import annotations
 
-import copy
-
+import pytest
 import torch
 from torch import nn
 
 import gdp_graph as G
-from gdp_graph.graph.rules import OpRule, has_leaf_rule, register_channelwise, register_rule
+from gdp_graph.graph.rules import OpRule, Resize, has_leaf_rule, register_channelwise, register_rule, register_sizes
 
 
 class MyChannelScale(nn.Module):
@@ -37,11 +36,9 @@ class MyChannelScaleRule(OpRule):
         ctx.member(out.on(1).labels, "param", 0, "weight")
         return out
 
-    def rewrite_module(self, module, rctx):
+    def resize(self, module, rctx):
         CALLS["rewrite"] += 1
-        new = copy.deepcopy(module)
-        new.weight = torch.nn.Parameter(module.weight[rctx.out_keep(1)])
-        return new
+        return Resize({"weight": ((0, rctx.out_kept(1)),)})
 
 
 class ScaleNet(nn.Module):
@@ -135,7 +132,72 @@ def test_subclass_overriding_forward_is_not_a_leaf():
 
 
 def test_register_channelwise_refuses_non_modules():
-    import pytest
-
     with pytest.raises(ValueError, match="nn.Module subclass"):
         register_channelwise(torch.relu)
+
+
+class MemberOnlyScale(MyChannelScale):
+    """The same layer with a rule that names its members and nothing else."""
+
+
+@register_rule(MemberOnlyScale)
+def member_only_rule(ctx):
+    out = ctx.passthrough(0)
+    ctx.member(out.on(1).labels, "param", 0, "weight")
+    return out
+
+
+def test_a_rule_without_resize_slices_the_tensors_its_members_name():
+    model = ScaleNet(MemberOnlyScale)
+    analysis, pruned = _prune_and_check(model)
+    smap = G.slice_map(analysis, G.PruningPlan(keep={next(g.id for g in analysis.groups if "scale" in g.modules):
+                                                     (0, 2, 3, 7)}))
+    assert smap.entries["scale.weight"][0][0] == 0 and smap.entries["scale.weight"][0][1].tolist() == [0, 2, 3, 7]
+    assert torch.equal(pruned.get_submodule("scale").weight, model.scale.weight.detach()[[0, 2, 3, 7]])
+
+
+def test_a_rule_with_the_old_rewrite_module_hook_is_refused_with_the_new_name():
+    with pytest.raises(TypeError, match=r"rewrite_module is no longer called.*resize\(module, rctx\)"):
+        @register_rule(type("Other", (nn.Module,), {}))
+        class OldRule(OpRule):
+            def propagate(self, ctx):
+                return ctx.passthrough(0)
+
+            def rewrite_module(self, module, rctx):
+                return module
+
+
+class Projection(nn.Module):
+    """A layer traced through (no rule) whose forward reads a size attribute: ``x @ w`` viewed
+    to ``width`` columns, like Hugging Face's Conv1D."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.width = n_out
+        self.w = nn.Parameter(torch.randn(n_in, n_out))
+
+    def forward(self, x):
+        return (x.reshape(-1, x.shape[-1]) @ self.w).view(*x.shape[:-1], self.width)
+
+
+class Projected(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = Projection(6, 10)
+        self.down = nn.Linear(10, 3)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+def test_register_sizes_keeps_a_traced_through_layers_attribute_in_step():
+    register_sizes(Projection, lambda m, shapes: {"width": shapes["w"][1]})
+    model = Projected().eval()
+    x = torch.randn(2, 5, 6)
+    analysis = G.analyze(model, x)
+    group = next(g for g in analysis.groups if g.size == 10 and g.prunable)
+    plan = G.PruningPlan(keep={group.id: (1, 4, 5, 8)})
+    smap = G.slice_map(analysis, plan)
+    assert smap.attribute_changes["up"] == {"width": 4}
+    pruned = G.rewrite(analysis, plan)
+    assert type(pruned) is Projected and pruned.up.width == 4 and pruned.gdp_verify.ok

@@ -1,16 +1,17 @@
 """A pruned model that keeps the user's class: ``LlamaForCausalLM`` stays ``LlamaForCausalLM``.
 
-The plan is applied to a deep copy of the traced model (its own class, code, hooks and, for a
-Hugging Face model, its config and ``generate``): every parameter and buffer of the GraphModule
-rewrite that differs is swapped in under the same qualified name, the size attributes of the
-layers that hold them follow (``in_features``, ``out_channels``, ``num_features``,
-``normalized_shape``, ...), and attention modules' head counts are scaled by the share of heads
-kept (``num_heads``, ``num_key_value_heads``, ``all_head_size``, ``split_size``, ...). The
-submodules of removed residual branches are replaced in place by stand-ins that return the
-branch's constant term (:mod:`gdp_graph.prune.removed_branch`). The Hugging Face config is
-updated where the result is uniform (every layer keeps the same heads and MLP width, no block
-removed) and the class builds those shapes from it (:mod:`gdp_graph.prune.hf_config`), so
-``save_pretrained`` / ``from_pretrained`` round-trip.
+The plan's slice map (:mod:`gdp_graph.prune.slices`) is applied to a deep copy of the traced
+model (its own class, code, hooks and, for a Hugging Face model, its config and ``generate``):
+every parameter and buffer is sliced as the map says (or replaced by the same-named tensor of a
+GraphModule trained since), and the attributes the map changes follow: the layers' sizes that
+their rules' ``sizes`` hooks derive (``in_features``, ``out_channels``, ``num_features``,
+``normalized_shape``, ...) and attention modules' head counts (``num_heads``,
+``num_key_value_heads``, ``all_head_size``, ``split_size``, ...). The submodules of removed
+residual branches are replaced in place by stand-ins that return the branch's constant term
+(:mod:`gdp_graph.prune.removed_branch`). The Hugging Face config is updated where the result is uniform
+(every layer keeps the same heads and MLP width, no block removed) and the class builds those
+shapes from it (:mod:`gdp_graph.prune.hf_config`), so ``save_pretrained`` / ``from_pretrained``
+round-trip.
 
 Then the real forward runs on the example inputs and is compared with the gated reference (or
 with the output the caller gives). The class's Python code may hold constants the plan breaks (a
@@ -21,28 +22,27 @@ says why and the caller keeps the GraphModule.
 from __future__ import annotations
 
 import copy
-import os
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from gdp_graph.graph.analysis import Analysis
-from gdp_graph.prune.hf_config import update_config_widths
 from gdp_graph.prune.plan import PruningPlan
-from gdp_graph.prune.removed_branch import KeepClassError, StandIns, channel_dims_shape, plan_stand_ins
+from gdp_graph.graph.frontend_export import first_line
+from gdp_graph.prune.removed_branch import KeepClassError, StandIns, plan_stand_ins
+from gdp_graph.prune.slices import SliceMap, slice_map
+from gdp_graph.prune.hf_config import update_config_widths
 from gdp_graph.prune.verify import VerifyResult, compare_outputs, reference_output, run_for_comparison
 
-#: the buffer of the GraphModule rewrite holding a removed block's constant term (absent: zero)
-BLOCK_CONSTANT = "_gdp_constant_block{}"
-
-#: attributes of attention modules that count heads (or heads x head_dim): scaled by the share
-#: of head units kept. ``embed_dim``/``hidden_size`` are the residual width and never scaled.
-HEAD_COUNT_ATTRIBUTES = ("num_heads", "num_attention_heads", "n_head", "num_key_value_heads", "all_head_size",
-                         "split_size", "inner_dim")
+#: ``node.meta`` keys the GraphModule rewrite puts on the ``get_attr`` nodes it adds: a removed
+#: block's constant term (the block id), a kept gate scale (True)
+BLOCK_CONSTANT_META = "gdp_removed_block"
+SITE_SCALE_META = "gdp_site_scale"
 
 
 class KeepClassWarning(UserWarning):
@@ -64,30 +64,33 @@ class KeptClass:
     dropped_hooks: list[str] = field(default_factory=list)
 
 
-def keep_class(analysis: Analysis, plan: PruningPlan, pruned: nn.Module, tolerance: float = 1e-4,
-               expected: Any = None, *, against_pruned: bool = False) -> KeptClass:
-    """Apply ``plan`` to a copy of the traced model's own class, using the tensors of
-    ``pruned`` (the GraphModule :func:`~gdp_graph.prune.rewrite.rewrite` made, possibly trained
-    since), and verify it against ``expected``: the gated reference's output on the example
-    inputs (computed when not given), or with ``against_pruned`` the output of ``pruned``."""
+def keep_class(analysis: Analysis, plan: PruningPlan, smap: SliceMap, tolerance: float = 1e-4,
+               expected: Any = None, *, tensors: Optional[Mapping[str, torch.Tensor]] = None,
+               against_pruned: bool = False) -> KeptClass:
+    """Apply the slice map ``smap`` of ``plan`` to a copy of the traced model's own class and
+    verify it against ``expected``: the gated reference's output on the example inputs (computed
+    when not given), or with ``against_pruned`` the output the caller gives.
+
+    The copy's tensors are the map applied to the original ones, or ``tensors`` (by the same
+    names: a GraphModule's, possibly trained since) where given; its attributes and config
+    change as the map says, and removed branches become stand-ins returning their constants."""
     traced = analysis.traced
     if traced.module is None or traced.inputs is None:
         return KeptClass(None, "the analysis holds no copy of the model's class")
     if getattr(plan, "allow_inexact", False) and not against_pruned:
         return KeptClass(None, "an inexact plan cannot be verified against the gated reference")
-    new_tensors = {**dict(pruned.named_parameters()), **dict(pruned.named_buffers())}
     model = copy.deepcopy(traced.module)
     try:
-        new_tensors.update(_fold_site_scales(pruned, new_tensors))
-        stand_ins = _stand_ins(model, analysis, plan, new_tensors)
+        stand_ins = _stand_ins(model, analysis, plan, smap)
     except KeepClassError as exc:
         return KeptClass(None, str(exc))
     except Exception as exc:  # noqa: BLE001 - the class's forward, run to see what its submodules return
-        return KeptClass(None, f"the class's forward fails on the example inputs: {_first_line(exc)}")
-    changed = _swap_tensors(model, new_tensors)
-    for name in sorted(changed):
-        _sync_size_attributes(model.get_submodule(name))
-    _scale_head_counts(model, analysis, plan)
+        return KeptClass(None, f"the class's forward fails on the example inputs: {first_line(exc)}")
+    _swap_tensors(model, tensors if tensors is not None else _sliced_tensors(model, smap))
+    for name, changes in smap.attribute_changes.items():
+        module = _submodule(model, name)
+        for key, value in changes.items() if module is not None else ():
+            setattr(module, key, value)
     stand_ins.apply(model)
     # a config describes every layer alike: it cannot say that a layer lost its attention
     config_updated = False if plan.removed_blocks else update_config_widths(model, analysis, plan)
@@ -97,7 +100,7 @@ def keep_class(analysis: Analysis, plan: PruningPlan, pruned: nn.Module, toleran
         actual = run_for_comparison(model.eval(), traced.inputs.args, traced.inputs.kwargs)  # float32 if half
         result = compare_outputs(expected, actual, tolerance)
     except Exception as exc:  # noqa: BLE001 - the class's code did not accept the new sizes
-        return KeptClass(None, f"the class's forward fails on the pruned sizes: {_first_line(exc)}")
+        return KeptClass(None, f"the class's forward fails on the pruned sizes: {first_line(exc)}")
     if not result.ok:
         reference = "the pruned GraphModule" if against_pruned else "the gated reference"
         return KeptClass(None, f"the class's forward differs from {reference} ({result})", result)
@@ -108,18 +111,27 @@ def keep_class_of(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphModule,
     """The class with the tensors of ``pruned`` as they are now (finalized with absorbed gates,
     fine-tuned since), verified against ``pruned`` itself on the example inputs."""
     expected = run_for_comparison(pruned, analysis.traced.example_inputs)
-    return keep_class(analysis, plan, pruned, tolerance, expected, against_pruned=True)
+    tensors = {**dict(pruned.named_parameters()), **dict(pruned.named_buffers())}
+    try:
+        tensors.update(_fold_site_scales(pruned, tensors))
+    except KeepClassError as exc:
+        return KeptClass(None, str(exc))
+    smap = slice_map(analysis, plan, constants=False)
+    found = _graph_constants(pruned)
+    smap = dataclasses.replace(smap, removed_branches={
+        b: dataclasses.replace(r, constant=found.get(b)) for b, r in smap.removed_branches.items()})
+    return keep_class(analysis, plan, smap, tolerance, expected, tensors=tensors, against_pruned=True)
 
 
-def class_or_graph(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphModule, *, wanted: Optional[bool],
-                   tolerance: float, expected: Any, own_weights: bool, check: bool) -> nn.Module:
+def class_or_graph(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphModule, smap: SliceMap, *,
+                   wanted: Optional[bool], tolerance: float, expected: Any, own_weights: bool, check: bool) -> nn.Module:
     """What ``rewrite`` returns: the kept class when asked for (``wanted``: rewrite's
     ``keep_class``) or by default where it verifies, else ``pruned`` with
     ``gdp_kept_class_reason`` saying why; a :class:`KeepClassWarning` names what is lost either
     way (the class, hooks)."""
     why_not = _why_not_the_class(analysis, plan, pruned, wanted, own_weights, check)
     if why_not is None:
-        kept = keep_class(analysis, plan, pruned, tolerance, expected)
+        kept = keep_class(analysis, plan, smap, tolerance, expected)
         if kept.model is not None:
             kept.model.gdp_verify = kept.verify
             if kept.dropped_hooks:
@@ -184,7 +196,7 @@ def _fold_site_scales(pruned: nn.Module, tensors: dict[str, torch.Tensor]) -> di
     if not isinstance(pruned, fx.GraphModule):
         return folded
     for node in pruned.graph.nodes:
-        if node.op != "get_attr" or not str(node.target).startswith("_gdp_scale"):
+        if node.op != "get_attr" or not node.meta.get(SITE_SCALE_META):
             continue
         scale = tensors[str(node.target)]
         muls = list(node.users)
@@ -202,31 +214,42 @@ def _fold_site_scales(pruned: nn.Module, tensors: dict[str, torch.Tensor]) -> di
     return folded
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+def _graph_constants(pruned: nn.Module) -> dict[int, torch.Tensor]:
+    """The removed blocks' constant terms the GraphModule adds, by block id."""
+    if not isinstance(pruned, fx.GraphModule):
+        return {}
+    return {node.meta[BLOCK_CONSTANT_META]: pruned.get_buffer(str(node.target)) for node in pruned.graph.nodes
+            if node.op == "get_attr" and BLOCK_CONSTANT_META in node.meta}
 
 
-def _stand_ins(model: nn.Module, analysis: Analysis, plan: PruningPlan, tensors: dict[str, torch.Tensor]) -> StandIns:
-    """The stand-ins of the removed branches, with the constant terms the GraphModule adds."""
+def _stand_ins(model: nn.Module, analysis: Analysis, plan: PruningPlan, smap: SliceMap) -> StandIns:
+    """The stand-ins of the removed branches, returning their constant terms."""
     if not plan.removed_blocks:
         return StandIns()
-    keep = plan.element_keep(analysis)
     constants = {}
-    for bid in sorted(plan.removed_blocks):
-        constant = tensors.get(BLOCK_CONSTANT.format(bid))
+    for bid, branch in smap.removed_branches.items():
         # a zero constant in the dtype the block adds (a bfloat16 model's stand-ins stay bfloat16)
         added = analysis.traced.values.get(analysis.blocks[bid].add_node)
         dtype = added.dtype if isinstance(added, torch.Tensor) else None
-        constants[bid] = constant if constant is not None else \
-            torch.zeros(channel_dims_shape(analysis, analysis.blocks[bid], keep), dtype=dtype)
+        constants[bid] = branch.constant if branch.constant is not None else torch.zeros(branch.shape, dtype=dtype)
     return plan_stand_ins(model, analysis, sorted(plan.removed_blocks), constants)
 
 
-def _swap_tensors(model: nn.Module, new_tensors: dict[str, torch.Tensor]) -> set[str]:
+def _sliced_tensors(model: nn.Module, smap: SliceMap) -> dict[str, torch.Tensor]:
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return {name: smap.apply_to_tensor(name, t) for name, t in named if smap.keeps(name)}
+
+
+def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _swap_tensors(model: nn.Module, new_tensors: Mapping[str, torch.Tensor]) -> None:
     """Put every parameter/buffer of ``new_tensors`` that differs (shrunk, or trained since the
-    analysis) in place; return the owners' names."""
-    changed: set[str] = set()
+    analysis) in place."""
     entries = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
     # tied tensors (input and output embeddings): the graph keeps one name, and all of them
     # must get that one new tensor, still shared
@@ -247,59 +270,7 @@ def _swap_tensors(model: nn.Module, new_tensors: dict[str, torch.Tensor]) -> set
             setattr(owner, leaf, made[id(old)])
         else:
             owner._buffers[leaf] = made[id(old)]
-        changed.add(owner_name)
-    return changed
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-
-
-def _sync_size_attributes(m: nn.Module) -> None:
-    """Size attributes of a layer from its (shrunk) tensors."""
-    w = getattr(m, "weight", None)
-    if isinstance(m, nn.Linear):
-        m.out_features, m.in_features = w.shape
-    elif isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
-        per_group_out = m.out_channels // m.groups
-        groups = max(1, w.shape[0] // per_group_out) if m.groups > 1 else 1
-        m.out_channels, m.groups, m.in_channels = w.shape[0], groups, w.shape[1] * groups
-    elif isinstance(m, nn.modules.conv._ConvNd):  # transposed: weight [in, out / groups, ...]
-        per_group_in = m.in_channels // m.groups
-        groups = max(1, w.shape[0] // per_group_in) if m.groups > 1 else 1
-        m.in_channels, m.groups, m.out_channels = w.shape[0], groups, w.shape[1] * groups
-    elif isinstance(m, nn.modules.batchnorm._NormBase):
-        m.num_features = (w if w is not None else m.running_mean).shape[0]
-    elif isinstance(m, nn.GroupNorm):
-        per = m.num_channels // m.num_groups
-        m.num_channels = w.shape[0]
-        m.num_groups = m.num_channels // per
-    elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and w is not None:
-        m.normalized_shape = (w.shape[0],)
-    elif isinstance(m, nn.Embedding):
-        m.num_embeddings, m.embedding_dim = w.shape
-    elif type(m).__name__ == "Conv1D" and hasattr(m, "nf"):  # Hugging Face GPT-2: x @ W + b
-        m.nx, m.nf = w.shape
-
-
-def _owner_of(modules: list[str]) -> Optional[str]:
-    """The deepest module containing every one of ``modules`` (the attention block of a head
-    group's projections)."""
-    if not modules:
-        return None
-    return ".".join(os.path.commonprefix([m.split(".") for m in modules]))
-
-
-def _scale_head_counts(model: nn.Module, analysis: Analysis, plan: PruningPlan) -> None:
-    for gid, kept in plan.keep.items():
-        group = analysis.groups[gid]
-        if group.unit != "head" or len(kept) == group.size:
-            continue
-        owner = _owner_of(group.modules)
-        if owner is None:
-            continue
-        module = model.get_submodule(owner)
-        for attr in HEAD_COUNT_ATTRIBUTES:
-            value = getattr(module, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value % group.size == 0:
-                setattr(module, attr, value * len(kept) // group.size)

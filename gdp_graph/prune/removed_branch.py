@@ -364,20 +364,4 @@ def plan_stand_ins(model: nn.Module, analysis: Analysis, removed: list[int],
     return out
 
 
-def channel_dims_shape(analysis: Analysis, block: Block, keep: torch.Tensor) -> list[int]:
-    """The shape of a block's constant term after the plan: the kept channel count on the
-    branch output's channel dims, 1 elsewhere."""
-    branch = analysis.traced.node(block.nodes[-1])
-    value = analysis.traced.values[branch.name]
-    chan = branch.meta.get("channels")
-    shape = [1] * value.dim()
-    if isinstance(chan, Chan):
-        for track in chan.tracks:
-            grid = keep[track.labels]
-            for k, d in enumerate(track.dims):
-                along = grid.movedim(k, 0).reshape(grid.shape[k], -1).any(1) if grid.dim() > 1 else grid
-                shape[d] = int(along.sum())
-    return shape
-
-
-__all__ = ["KeepClassError", "RemovedBranch", "StandIns", "branch_modules", "plan_stand_ins", "channel_dims_shape"]
+__all__ = ["KeepClassError", "RemovedBranch", "StandIns", "branch_modules", "plan_stand_ins"]

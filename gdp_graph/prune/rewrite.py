@@ -1,10 +1,11 @@
 """Stage 5: apply a pruning plan and emit a new, smaller ``fx.GraphModule``.
 
-One walk over the traced graph copies each live node; the node's rule slices the module's
-parameters (``rewrite_module``) or patches size arguments (``rewrite_args``). Removed blocks
-become ``shortcut + c`` with the branch's constant output ``c``. Shape queries of dims whose
-channel count changed are pinned to their original values, so arithmetic such as
-``C // num_heads`` keeps its meaning while view sizes take the new counts.
+The plan is compiled to its slice map (:mod:`gdp_graph.prune.slices`); one walk over the traced
+graph then copies each live node: a module call gets the module resized as the map says, a
+``get_attr`` tensor is sliced, and a call's size arguments are patched by its rule's
+``rewrite_args``. Removed blocks become ``shortcut + c`` with the branch's constant output ``c``.
+Shape queries of dims whose channel count changed are pinned to their original values, so
+arithmetic such as ``C // num_heads`` keeps its meaning while view sizes take the new counts.
 
 The GraphModule's tensors are then put into a copy of the model's own class where that verifies
 (:mod:`gdp_graph.prune.keep_class`), which is what ``rewrite`` returns by default.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import copy
 import operator
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.fx as fx
@@ -23,115 +24,16 @@ from torch import nn
 
 from gdp_graph.graph import rules
 from gdp_graph.graph.analysis import Analysis
-from gdp_graph.graph.blocks import branch_constant
-from gdp_graph.graph.channels import UNTRACKED, Chan
-from gdp_graph.prune.keep_class import KeepClassWarning, class_or_graph  # noqa: F401 - the warning was defined here
+from gdp_graph.graph.channels import Chan
+from gdp_graph.prune.keep_class import (  # noqa: F401 - the warning was defined here
+    BLOCK_CONSTANT_META, SITE_SCALE_META, KeepClassWarning, class_or_graph)
 from gdp_graph.prune.plan import PruningPlan
-from gdp_graph.errors import GdpError
-
-
-class RewriteError(GdpError, RuntimeError):
-    """The plan could not be applied at some node (the message names it)."""
+from gdp_graph.prune.resize_context import ResizeContext
+from gdp_graph.prune.slices import RewriteError, slice_map
 
 
 class VerifyWarning(UserWarning):
     """``rewrite(check=True)`` found that the pruned model differs from the gated reference."""
-
-
-class RewriteContext:
-    """What a rule's rewrite hook sees: the original node, its new args, and keep masks."""
-
-    def __init__(self, node: fx.Node, args: tuple, kwargs: dict, analysis: Analysis, keep: torch.Tensor):
-        self.node = node
-        self.args = args
-        self.kwargs = kwargs
-        self._analysis = analysis
-        self._keep = keep
-        self._values = analysis.traced.values
-        self.new_target: Optional[Callable] = None
-
-    # -- values and shapes ----------------------------------------------------------------------
-    def original_value(self) -> Any:
-        return self._values[self.node.name]
-
-    def _in_node(self, i: int) -> fx.Node:
-        return self.node.args[i]
-
-    def in_value(self, i: int) -> Any:
-        a = self.node.args[i]
-        return self._values[a.name] if isinstance(a, fx.Node) else a
-
-    def for_node(self, node: fx.Node) -> "RewriteContext":
-        """The context of another node of the original graph (e.g. the view a shape feeds)."""
-        return RewriteContext(node, node.args, node.kwargs, self._analysis, self._keep)
-
-    def in_value_of(self, node: fx.Node) -> Any:
-        """The value any node of the original graph had on the example inputs."""
-        return self._values[node.name]
-
-    def in_ndim(self, i: int) -> int:
-        return self.in_value(i).dim()
-
-    def out_ndim(self) -> int:
-        return self.original_value().dim()
-
-    # -- keep masks -----------------------------------------------------------------------------
-    def keep_of(self, labels: torch.Tensor) -> torch.Tensor:
-        return self._keep[labels]
-
-    def chan_keep(self, chan: Any, dim: int, size: int) -> torch.Tensor:
-        track = chan.on(dim) if isinstance(chan, Chan) else None
-        if track is None:
-            return torch.ones(size, dtype=torch.bool)
-        grid = self.keep_of(track.labels)
-        k = track.dims.index(dim)
-        if grid.dim() == 1:
-            return grid
-        moved = grid.movedim(k, 0).reshape(grid.shape[k], -1)
-        return moved.any(1)
-
-    def out_keep(self, dim: int) -> torch.Tensor:
-        value = self.original_value()
-        value = value[0] if isinstance(value, (tuple, list)) else value
-        return self.chan_keep(self._out_chan(), dim % value.dim(), value.shape[dim])
-
-    def in_keep(self, i: int, dim: int) -> torch.Tensor:
-        a = self.node.args[i]
-        value = self.in_value(i)
-        chan = a.meta.get("channels", UNTRACKED) if isinstance(a, fx.Node) else UNTRACKED
-        return self.chan_keep(chan, dim % value.dim(), value.shape[dim])
-
-    def _out_chan(self) -> Any:
-        chan = self.node.meta.get("channels", UNTRACKED)
-        return chan[0] if isinstance(chan, tuple) else chan
-
-    def _changed(self, chan: Any, shape) -> set[int]:
-        if not isinstance(chan, Chan):
-            return set()
-        return {d for d in chan.dims() if not bool(self.chan_keep(chan, d, shape[d]).all())}
-
-    def out_changed_dims(self) -> set[int]:
-        value = self.original_value()
-        if not isinstance(value, torch.Tensor):
-            return set()
-        return self._changed(self._out_chan(), value.shape)
-
-    def in_changed_dims(self, i: int) -> set[int]:
-        a = self.node.args[i]
-        if not isinstance(a, fx.Node):
-            return set()
-        return self._changed(a.meta.get("channels"), self.in_value(i).shape)
-
-    def new_out_shape(self) -> list[int]:
-        value = self.original_value()
-        shape = list(value.shape)
-        for d in self.out_changed_dims():
-            shape[d] = int(self.out_keep(d).sum())
-        return shape
-
-    def replace_target(self, target: Callable) -> None:
-        """Emit the node as a call of another function (e.g. chunk -> split)."""
-        self.new_target = target
 
 
 def _set_submodule(root: nn.Module, qualname: str, module: nn.Module) -> None:
@@ -151,21 +53,6 @@ def _set_attr(root: nn.Module, qualname: str, value: torch.Tensor) -> None:
         parent._buffers[leaf] = value
     else:
         setattr(parent, leaf, value)
-
-
-def _slice_tensor(t: torch.Tensor, chan: Any, keep: torch.Tensor) -> torch.Tensor:
-    if not isinstance(chan, Chan):
-        return t
-    out = t.detach()
-    for track in chan.tracks:
-        grid = keep[track.labels]
-        if grid.dim() == 1:
-            out = out.index_select(track.dims[0], grid.nonzero().flatten())
-        else:
-            for k, d in enumerate(track.dims):
-                along = grid.movedim(k, 0).reshape(grid.shape[k], -1).any(1)
-                out = out.index_select(d, along.nonzero().flatten())
-    return out.clone()
 
 
 def _is_shape_query(node: fx.Node) -> bool:
@@ -206,35 +93,28 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
         copy_weights: False hands ``weights`` over (a private copy, e.g. finalize's absorbed
             one): it becomes the pruned model, edited in place, instead of being copied.
     """
-    plan.validate(analysis)
+    if not copy_weights and weights is None:
+        raise RewriteError("copy_weights=False needs weights to hand over (the traced module is shared)")
+    smap = slice_map(analysis, plan, weights=weights)  # validates the plan
     keep = plan.element_keep(analysis)
     gm = analysis.traced.gm
     source = weights if weights is not None else gm
     values = dict(analysis.traced.values)
-    if not copy_weights and weights is None:
-        raise RewriteError("copy_weights=False needs weights to hand over (the traced module is shared)")
     # a handed-over ``weights`` becomes the pruned model in place (copying its module tree cost
     # a third of finalize on an EfficientNet): everything the loop reads from ``source`` -
-    # modules, attributes, the removed branches' constants - is taken before it edits ``root``
+    # modules, attributes - is taken before it edits ``root``
     root = copy.deepcopy(source) if copy_weights else source
     modules = dict(source.named_modules())
     attributes = {n.target: _read_attr(source, str(n.target)) for n in gm.graph.nodes if n.op == "get_attr"}
     site_scales = site_scales or {}
     removed = {analysis.blocks[b].add_node: analysis.blocks[b] for b in plan.removed_blocks}
     dead = {n for b in removed.values() for n in b.nodes}
-    constants = {}
-    for add, block in removed.items():
-        if add not in dead:  # a block inside another removed one goes with it
-            try:
-                constants[add] = branch_constant(analysis.traced, block, root=source)
-            except Exception as exc:  # noqa: BLE001 - re-raised with the block named
-                raise RewriteError(f"cannot evaluate the constant of removed block {block.id} ({block.name}): "
-                                   f"{type(exc).__name__}: {exc}") from exc
     graph = fx.Graph()
     graph._codegen = copy.copy(gm.graph._codegen)  # torch.export graphs: the output structure
     env: dict[str, Any] = {}
     shape_source: dict[str, fx.Node] = {}
     const_count = 0
+    added: list[str] = []  # buffers of constants and scales this rewrite registers
 
     def load(a):
         return fx.node.map_arg(a, lambda n: env[n.name])
@@ -246,14 +126,15 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
             if node.name in removed:
                 block = removed[node.name]
                 shortcut = load(node.args[1 - block.arg])
-                branch_node = next(n for n in gm.graph.nodes if n.name == block.nodes[-1])
-                constant = _slice_tensor(constants[node.name], branch_node.meta.get("channels"), keep)
-                if bool((constant == 0).all()):
+                constant = smap.removed_branches[block.id].constant
+                if constant is None:
                     env[node.name] = shortcut
                     continue
-                name = f"_gdp_constant_block{block.id}"  # read back by keep_class
-                root.register_buffer(name, constant)
+                name = f"_gdp_constant_block{block.id}"
+                root.register_buffer(name, constant.clone())
+                added.append(name)
                 const = graph.get_attr(name)
+                const.meta[BLOCK_CONSTANT_META] = block.id
                 env[node.name] = graph.call_function(torch.add, (shortcut, const))
                 continue
             args, kwargs = load(node.args), load(node.kwargs)
@@ -261,38 +142,37 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
             if pinned is not None:
                 env[node.name] = pinned
                 continue
-            if node.op == "get_attr" and isinstance(values.get(node.name), torch.Tensor):
-                chan = node.meta.get("channels")
-                sliced = _slice_tensor(attributes[node.target], chan, keep)
-                if sliced.shape != values[node.name].shape:
-                    _set_attr(root, node.target, sliced)
+            if node.op == "get_attr" and str(node.target) in smap.entries:
+                _set_attr(root, node.target, smap.apply_to_tensor(str(node.target), attributes[node.target]))
             for (site_node, arg), (dim, scale) in site_scales.items():
                 if site_node == node.name:
                     args = list(args)
-                    kept = RewriteContext(node, tuple(args), kwargs, analysis, keep).in_keep(arg, dim)
+                    kept = ResizeContext(node, tuple(args), kwargs, analysis, keep).in_keep(arg, dim)
                     ndim = values[node.args[arg].name].dim()
                     shape = [1] * ndim
                     shape[dim % ndim] = int(kept.sum())
                     name = f"_gdp_scale_{const_count}"
                     const_count += 1
                     root.register_buffer(name, scale[kept].reshape(shape).clone())
-                    args[arg] = graph.call_function(torch.mul, (args[arg], graph.get_attr(name)))
+                    added.append(name)
+                    scale_node = graph.get_attr(name)
+                    scale_node.meta[SITE_SCALE_META] = True
+                    args[arg] = graph.call_function(torch.mul, (args[arg], scale_node))
                     args = tuple(args)
             new_target = node.target
-            if node.op in ("call_module", "call_function", "call_method"):
-                module = modules.get(node.target) if node.op == "call_module" else None
-                rule = rules.lookup(module if module is not None else node.target)
+            if node.op == "call_module":
+                module = modules[node.target]
+                new_module = smap.apply_to_module(node.target, module)
+                if new_module is not module:
+                    _set_submodule(root, node.target, new_module)
+            elif node.op in ("call_function", "call_method"):
+                rule = rules.lookup(node.target)
                 if rule is not None:
-                    rctx = RewriteContext(node, args, kwargs, analysis, keep)
-                    if module is not None:
-                        new_module = rule.rewrite_module(module, rctx)
-                        if new_module is not module:
-                            _set_submodule(root, node.target, new_module)
-                    else:
-                        patched = rule.rewrite_args(rctx)
-                        if patched is not None:
-                            args, kwargs = patched
-                        new_target = rctx.new_target or node.target
+                    rctx = ResizeContext(node, args, kwargs, analysis, keep)
+                    patched = rule.rewrite_args(rctx)
+                    if patched is not None:
+                        args, kwargs = patched
+                    new_target = rctx.new_target or node.target
             new_node = graph.create_node("call_function" if new_target is not node.target else node.op, new_target, tuple(args) if isinstance(args, (list, tuple)) else args,
                                          dict(kwargs), name=node.name)
             new_node.meta = {k: v for k, v in node.meta.items() if k != "channels"}
@@ -306,6 +186,9 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
         if hasattr(gm, spec):
             setattr(pruned, spec, getattr(gm, spec))
     pruned.graph.eliminate_dead_code(is_impure_node=_has_side_effect)
+    read = {str(n.target) for n in pruned.graph.nodes if n.op == "get_attr"}
+    for name in [n for n in added if n not in read]:
+        del pruned._buffers[name]  # a removed block's constant whose sum nothing reads
     pruned.graph.lint()
     pruned.recompile()
     pruned.delete_all_unused_submodules()
@@ -320,7 +203,7 @@ def rewrite(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Modul
         if not pruned.gdp_verify.ok:
             warnings.warn(f"the pruned model differs from the gated reference: {pruned.gdp_verify}",
                           VerifyWarning, stacklevel=2)
-    return class_or_graph(analysis, plan, pruned, wanted=keep_class, tolerance=tolerance, expected=expected,
+    return class_or_graph(analysis, plan, pruned, smap, wanted=keep_class, tolerance=tolerance, expected=expected,
                           own_weights=weights is not None or bool(site_scales), check=check)
 
 

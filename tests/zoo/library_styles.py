@@ -19,6 +19,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from gdp_graph.graph.rules import register_sizes
+
 from ._common import images, zoo_factory
 
 
@@ -379,6 +381,11 @@ class Conv1D(nn.Module):
         size_out = x.size()[:-1] + (self.nf,)
         x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
         return x.view(size_out)
+
+
+# traced through (no rule): how its forward's ``nf`` follows its weight, as gdp_graph registers
+# for transformers' own Conv1D
+register_sizes(Conv1D, lambda m, shapes: dict(zip(("nx", "nf"), shapes["weight"])))
 
 
 class GPT2Attention(nn.Module):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gdp_graph.graph.channels import NULL, Chan, Track
-from gdp_graph.graph.rules.registry import OpRule, copy_to_resize, keep_along, own_storage, register_rule
+from gdp_graph.graph.rules.registry import OpRule, Resize, kept_slices, register_rule, register_sizes
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -76,31 +76,23 @@ class ConvRule(OpRule):
             ctx.member(out, "param", 0, "bias")
         return Chan(tuple([Track((1,), out)]))
 
-    def rewrite_module(self, m, rctx):
-        keep_out = rctx.out_keep(1)
-        keep_in = rctx.in_keep(0, 1)
-        g = m.groups
+    def resize(self, m, rctx):
+        keep_out, keep_in = rctx.out_keep(1), rctx.in_keep(0, 1)
         transposed = isinstance(m, _TRANSPOSED)
-        if bool(keep_out.all()) and bool(keep_in.all()):
-            return m
-        new = copy_to_resize(m, ("weight", "bias"))
-        w = m.weight.detach()
-        if g == 1:
+        if m.groups == 1:
             out_dim, in_dim = (1, 0) if transposed else (0, 1)
-            w = keep_along(keep_along(w, out_dim, keep_out), in_dim, keep_in)
-            new_groups = 1
-        else:
-            kept_groups = keep_out.view(g, -1).any(1)
-            new_groups = int(kept_groups.sum())
-            # weight [in, out/g, ...] when transposed: input rows of kept groups; else [out, in/g, ...]
-            w = keep_along(w, 0, keep_in if transposed else keep_out)
-        new.weight = nn.Parameter(own_storage(w, m.weight), requires_grad=m.weight.requires_grad)
-        if m.bias is not None:
-            new.bias = nn.Parameter(own_storage(keep_along(m.bias.detach(), 0, keep_out), m.bias), requires_grad=m.bias.requires_grad)
-        new.in_channels = int(keep_in.sum())
-        new.out_channels = int(keep_out.sum())
-        new.groups = new_groups
-        return new
+            weight = ((out_dim, keep_out), (in_dim, keep_in))
+        else:  # weight [in, out/g, ...] when transposed: input rows of kept groups; else [out, in/g, ...]
+            weight = ((0, keep_in if transposed else keep_out),)
+        return Resize(kept_slices(m, {"weight": weight, "bias": ((0, keep_out),)}))
+
+    def sizes(self, m, shapes):
+        rows, columns = shapes["weight"][:2]  # [out, in/groups] ([in, out/groups] when transposed)
+        per_group = (m.in_channels if m.transposed else m.out_channels) // m.groups
+        groups = max(1, rows // per_group) if m.groups > 1 else 1
+        if m.transposed:
+            return {"in_channels": rows, "groups": groups, "out_channels": columns * groups}
+        return {"out_channels": rows, "groups": groups, "in_channels": columns * groups}
 
 
 @register_rule(nn.Linear)
@@ -121,36 +113,18 @@ class LinearRule(OpRule):
             ctx.member(out, "param", 0, "bias")
         return Chan(tuple(_other_tracks(x, last)) + (Track((last,), out),))
 
-    def rewrite_module(self, m, rctx):
+    def resize(self, m, rctx):
         last = rctx.out_ndim() - 1
         keep_out, keep_in = rctx.out_keep(last), rctx.in_keep(0, last)
-        if bool(keep_out.all()) and bool(keep_in.all()):
-            return m
-        new = copy_to_resize(m, ("weight", "bias"))
-        w = keep_along(keep_along(m.weight.detach(), 0, keep_out), 1, keep_in)
-        new.weight = nn.Parameter(own_storage(w, m.weight), requires_grad=m.weight.requires_grad)
-        if m.bias is not None:
-            new.bias = nn.Parameter(own_storage(keep_along(m.bias.detach(), 0, keep_out), m.bias), requires_grad=m.bias.requires_grad)
-        new.in_features, new.out_features = int(keep_in.sum()), int(keep_out.sum())
-        return new
+        return Resize(kept_slices(m, {"weight": ((0, keep_out), (1, keep_in)), "bias": ((0, keep_out),)}))
+
+    def sizes(self, m, shapes):
+        out_features, in_features = shapes["weight"]
+        return {"out_features": out_features, "in_features": in_features}
 
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-
-
-def _slice_module_tensors(m: nn.Module, names: tuple[str, ...], keep: torch.Tensor, dim: int = 0) -> nn.Module:
-    new = copy_to_resize(m, names)
-    for name in names:
-        t = getattr(m, name, None)
-        if t is None:
-            continue
-        sliced = t.detach().index_select(dim, keep.nonzero().flatten())  # index_select copies
-        if isinstance(t, nn.Parameter):
-            setattr(new, name, nn.Parameter(sliced, requires_grad=t.requires_grad))
-        else:
-            setattr(new, name, sliced)
-    return new
 
 
 @register_rule(*_BATCHNORMS)
@@ -165,11 +139,15 @@ class BatchNormRule(OpRule):
             ctx.tag(t.labels, "norm")
         return x
 
-    def rewrite_module(self, m, rctx):
+    def resize(self, m, rctx):
         keep = rctx.out_keep(1)
-        new = _slice_module_tensors(m, ("weight", "bias", "running_mean", "running_var"), keep)
-        new.num_features = int(keep.sum())
-        return new
+        names = ("weight", "bias", "running_mean", "running_var")
+        # a norm without tensors (no affine, no running stats) still has a size
+        return Resize(kept_slices(m, {name: ((0, keep),) for name in names}), {"num_features": int(keep.sum())})
+
+    def sizes(self, m, shapes):
+        tensor = shapes.get("weight", shapes.get("running_mean"))
+        return {} if tensor is None else {"num_features": tensor[0]}
 
 
 def _tie_norm_groups(ctx, t: Track, num_groups: int, what: str) -> bool:
@@ -200,13 +178,17 @@ class GroupNormRule(OpRule):
             ctx.member(t.labels, "param", 0, "weight")
         return x
 
-    def rewrite_module(self, m, rctx):
+    def resize(self, m, rctx):
         keep = rctx.out_keep(1)
-        per = m.num_channels // m.num_groups
-        new = _slice_module_tensors(m, ("weight", "bias"), keep)
-        new.num_channels = int(keep.sum())
-        new.num_groups = new.num_channels // per
-        return new
+        kept = int(keep.sum())
+        return Resize(kept_slices(m, {"weight": ((0, keep),), "bias": ((0, keep),)}),
+                      {"num_channels": kept, "num_groups": kept // (m.num_channels // m.num_groups)})
+
+    def sizes(self, m, shapes):
+        if "weight" not in shapes:
+            return {}
+        channels = shapes["weight"][0]
+        return {"num_channels": channels, "num_groups": channels // (m.num_channels // m.num_groups)}
 
 
 @register_rule(nn.LayerNorm, nn.RMSNorm)
@@ -228,12 +210,13 @@ class LayerNormRule(OpRule):
                 ctx.tag(t.labels, "norm")
         return x
 
-    def rewrite_module(self, m, rctx):
-        last = rctx.out_ndim() - 1
-        keep = rctx.out_keep(last)
-        new = _slice_module_tensors(m, ("weight", "bias"), keep)
-        new.normalized_shape = (int(keep.sum()),)
-        return new
+    def resize(self, m, rctx):
+        keep = rctx.out_keep(rctx.out_ndim() - 1)
+        return Resize(kept_slices(m, {"weight": ((0, keep),), "bias": ((0, keep),)}),
+                      {"normalized_shape": (int(keep.sum()),)})
+
+    def sizes(self, m, shapes):
+        return {"normalized_shape": (shapes["weight"][0],)} if "weight" in shapes else {}
 
 
 @register_rule(nn.Embedding)
@@ -247,11 +230,12 @@ class EmbeddingRule(OpRule):
         ctx.member(out, "produce", 1, "weight")
         return Chan((Track((ndim - 1,), out),))
 
-    def rewrite_module(self, m, rctx):
-        keep = rctx.out_keep(rctx.out_ndim() - 1)
-        new = _slice_module_tensors(m, ("weight",), keep, dim=1)
-        new.embedding_dim = int(keep.sum())
-        return new
+    def resize(self, m, rctx):
+        return Resize(kept_slices(m, {"weight": ((1, rctx.out_keep(rctx.out_ndim() - 1)),)}))
+
+    def sizes(self, m, shapes):
+        num_embeddings, embedding_dim = shapes["weight"]
+        return {"num_embeddings": num_embeddings, "embedding_dim": embedding_dim}
 
 
 @register_rule(nn.PixelShuffle, F.pixel_shuffle, torch.pixel_shuffle)
@@ -286,13 +270,17 @@ class PReLURule(OpRule):
             ctx.member(t.labels, "param", 0, "weight")
         return x
 
-    def rewrite_module(self, m, rctx):
-        if m.num_parameters == 1:
-            return m
-        keep = rctx.out_keep(1)
-        new = _slice_module_tensors(m, ("weight",), keep)
-        new.num_parameters = int(keep.sum())
-        return new
+    def resize(self, m, rctx):
+        return Resize(kept_slices(m, {"weight": ((0, rctx.out_keep(1)),)}) if m.num_parameters > 1 else {})
+
+    def sizes(self, m, shapes):
+        return {"num_parameters": shapes["weight"][0]} if m.num_parameters > 1 else {}
+
+
+# Hugging Face's Conv1D (GPT-2: ``x @ weight + bias``, weight [nx, nf]) is traced through; its
+# forward builds the output shape from ``nf``
+register_sizes("transformers.pytorch_utils.Conv1D",
+               lambda m, shapes: dict(zip(("nx", "nf"), shapes["weight"])) if "weight" in shapes else {})
 
 
 @register_rule(nn.MultiheadAttention)

@@ -1,9 +1,12 @@
 """The one registry of op rules, keyed by module type, function, or method name.
 
 A rule says how an op moves, ties, consumes or creates channels (``propagate``) and, where the
-op carries channel counts in its parameters or arguments, how to rewrite it once some channels
-are gone (``rewrite_module`` for a module's parameters, ``rewrite_args`` for a call's
-arguments). Adding support for an op is adding one small rule::
+op carries channel counts in its parameters or arguments, what changes once some channels are
+gone: ``resize`` describes which indices of a module's tensors are kept (a :class:`Resize`;
+every consumer of the plan's slice map, :mod:`gdp_graph.prune.slices`, applies it), ``sizes``
+gives the module's size attributes (``in_features``) for the new tensor shapes, and
+``rewrite_args`` patches a call's arguments in the pruned graph. Adding support for an op is
+adding one small rule::
 
     from gdp_graph.graph.rules import OpRule, register_rule
 
@@ -13,12 +16,15 @@ arguments). Adding support for an op is adding one small rule::
             out = ctx.passthrough(0)             # channels flow through unchanged
             track = out.on(1)                    # None when the input's channels are untracked
             if track is not None:
-                ctx.member(track.labels, "param", 0, "weight")
+                ctx.member(track.labels, "param", 0, "weight")   # weight's dim 0 follows them
             return out
-        def rewrite_module(self, module, rctx):
-            new = copy_to_resize(module, ("weight",))   # a deep copy that skips the old weight
-            new.weight = nn.Parameter(module.weight.detach()[rctx.out_keep(1)])
-            return new
+
+The default ``resize`` slices every tensor a ``member(labels, role, dim, param)`` of the module's
+node names along that dim (here ``weight`` along 0), so a rule that records its members needs
+no more; override it for anything else (a weight whose input dim shrinks too)::
+
+        def resize(self, module, rctx):
+            return Resize({"weight": ((0, rctx.out_kept(1)),)})   # kept indices per dim
 
 The common case of a channel-wise layer is one line (:func:`register_channelwise`)::
 
@@ -26,14 +32,16 @@ The common case of a channel-wise layer is one line (:func:`register_channelwise
 
 A module type with a rule is traced as one leaf (its forward is not traced through), so the
 rule is what the analysis sees. An op with no rule is refused: every channel touching it is
-frozen, with the op named.
+frozen, with the op named. A module traced through (no rule) whose tensors shrink keeps its
+size attributes in step through :func:`register_sizes`.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Callable, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -49,20 +57,37 @@ def copy_to_resize(module: nn.Module, replaced: Sequence[str]) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def keep_along(t: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
-    """``t`` restricted to the kept positions of ``dim`` (index_select: 4-6x faster than a
-    boolean mask on large weights), or ``t`` itself when every position is kept."""
-    return t if bool(keep.all()) else t.index_select(dim, keep.nonzero().flatten())
+def kept_slices(module: nn.Module, masks: Mapping[str, Sequence[tuple[int, torch.Tensor]]]) -> dict:
+    """:data:`Slices` from keep masks (a bool per position of a dim) of the tensors ``module``
+    has (a bias may be None): dims where every position is kept are left out, and tensors left
+    with none."""
+    out = {}
+    for name, pairs in masks.items():
+        if getattr(module, name, None) is None:
+            continue
+        kept = tuple((dim, mask.nonzero().flatten()) for dim, mask in pairs if not bool(mask.all()))
+        if kept:
+            out[name] = kept
+    return out
 
 
-def own_storage(t: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """``t`` in storage of its own: a rewritten layer never shares the source's weights (the
-    traced model's are the user's)."""
-    return t.clone() if t.data_ptr() == original.data_ptr() else t
+Slices = Mapping[str, tuple[tuple[int, torch.Tensor], ...]]
+"""Tensor name -> ``(dim, kept indices)`` pairs, applied in order with ``index_select``."""
+
+
+@dataclass(frozen=True)
+class Resize:
+    """What a rule's ``resize`` says about a module: the kept indices per dim of its tensors
+    (local names: ``"weight"``; only tensors that lose something), and attributes to set beyond
+    what ``sizes`` derives from the new shapes (e.g. a LayerNorm without weights)."""
+
+    slices: Slices = field(default_factory=dict)
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 class OpRule:
-    """Base class of op rules. ``propagate`` is required; rewrite hooks default to no change."""
+    """Base class of op rules. ``propagate`` is required; the other hooks default to what the
+    members recorded by ``propagate`` say (``resize``) or to no change."""
 
     #: True when the op can run unchanged whatever the channel counts (activations, adds).
     resizable: bool = True
@@ -70,9 +95,17 @@ class OpRule:
     def propagate(self, ctx):  # pragma: no cover - interface
         raise NotImplementedError
 
-    def rewrite_module(self, module: nn.Module, rctx) -> nn.Module:
-        """Return the module to use in the pruned model (default: the same module)."""
-        return module
+    def resize(self, module: nn.Module, rctx) -> Resize:
+        """The slices of ``module``'s tensors once the plan is applied (``rctx``: a
+        :class:`~gdp_graph.prune.slices.ResizeContext` of the module's call). Default: each
+        tensor named by a member of the call (``ctx.member(labels, role, dim, "weight")``)
+        keeps the kept positions of its labels along that dim."""
+        return Resize(rctx.member_slices())
+
+    def sizes(self, module: nn.Module, shapes: Mapping[str, torch.Size]) -> dict[str, Any]:
+        """The size attributes of ``module`` (``in_features``...) given the new shapes of its
+        tensors (every tensor, changed or not, by local name). Default: none."""
+        return {}
 
     def rewrite_args(self, rctx) -> Optional[tuple[tuple, dict]]:
         """Return new ``(args, kwargs)`` for the pruned node, or None to keep them."""
@@ -105,6 +138,9 @@ def register_rule(*keys: RuleKey, replace: bool = False):
         raise ValueError("register_rule needs at least one key")
 
     def decorator(obj):
+        if inspect.isclass(obj) and "rewrite_module" in vars(obj):
+            raise TypeError(f"{obj.__qualname__}.rewrite_module is no longer called: describe the kept indices "
+                            f"with resize(module, rctx) -> Resize instead (see gdp_graph.graph.rules.registry)")
         _store(keys, obj() if inspect.isclass(obj) else _FunctionRule(obj), replace)
         return obj
 
@@ -185,21 +221,6 @@ class _ChannelwiseRule(OpRule):
             ctx.freeze(track.labels, "a channel-wise layer over channels tied to another dimension")
         return out
 
-    def rewrite_module(self, module: nn.Module, rctx) -> nn.Module:
-        keep = rctx.out_keep(self.dim)
-        if bool(keep.all()):
-            return module
-        new = copy_to_resize(module, self.tensors)
-        index = keep.nonzero().flatten()
-        for name in self.tensors:
-            old = getattr(module, name)
-            sliced = old.detach().index_select(0, index)  # index_select copies
-            if isinstance(old, nn.Parameter):
-                setattr(new, name, nn.Parameter(sliced, requires_grad=old.requires_grad))
-            else:
-                setattr(new, name, sliced)  # a registered buffer stays a buffer
-        return new
-
 
 def register_channelwise(module_type: type, params: Sequence[str] = ("weight",), dim: int = 1,
                          replace: bool = False) -> type:
@@ -214,3 +235,33 @@ def register_channelwise(module_type: type, params: Sequence[str] = ("weight",),
         raise ValueError(f"register_channelwise needs an nn.Module subclass, got {module_type!r}")
     _store((module_type,), _ChannelwiseRule(tuple(params), dim), replace)
     return module_type
+
+
+SizesFn = Callable[[nn.Module, Mapping[str, torch.Size]], dict[str, Any]]
+#: size attributes of modules traced through (no rule), by type or "module.QualName" path
+_SIZES: dict[Union[type, str], SizesFn] = {}
+
+
+def register_sizes(key: Union[type, str], sizes: SizesFn) -> None:
+    """Register how a module type that is traced through (it has no rule; its tensors shrink as
+    the ``get_attr`` nodes of the graph say) sets its size attributes from its tensors' new
+    shapes: ``sizes(module, {"weight": torch.Size([...]), ...}) -> {"attribute": value}``.
+
+    ``key`` is the class, or its import path (``"package.module.Class"``) for a class of an
+    optional library: it is matched against the classes of the model, and never imported here.
+    """
+    _SIZES[key] = sizes
+
+
+def sizes_of(module: nn.Module) -> Optional[SizesFn]:
+    """The size hook of ``module``: its rule's ``sizes`` where its class (or a base) has a rule,
+    else one registered with :func:`register_sizes` (by class or import path), else None."""
+    rule = lookup(module)
+    if rule is not None:
+        return rule.sizes
+    for cls in type(module).__mro__:
+        found = _SIZES.get(cls) or _SIZES.get(f"{cls.__module__}.{cls.__qualname__}")
+        if found is not None:
+            return found
+    return None
+
