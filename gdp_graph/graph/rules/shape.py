@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from gdp_graph.graph.channels import Chan, Track
-from gdp_graph.graph.rules.registry import OpRule, register_class_rule, register_rule
+from gdp_graph.graph.rules.registry import OpRule, Resize, register_class_rule, register_rule
 
 
 def _substitute(value: Any, sub, ctx) -> Any:
@@ -168,11 +168,11 @@ class UnflattenRule(OpRule):
             kwargs["sizes"] = new
         return tuple(args), kwargs
 
-    def rewrite_module(self, module: nn.Module, rctx) -> nn.Module:
+    def resize(self, module: nn.Module, rctx) -> Resize:
         if not rctx.out_changed_dims():
-            return module
+            return Resize()
         sizes = _new_sizes(rctx, list(module.unflattened_size), module.dim % rctx.in_ndim(0))
-        return nn.Unflatten(module.dim, tuple(sizes))
+        return Resize(attributes={"unflattened_size": tuple(sizes)})
 
 
 @register_rule("permute", torch.permute, "transpose", torch.transpose, "swapaxes", "t", torch.t,
