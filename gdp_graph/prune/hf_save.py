@@ -161,7 +161,10 @@ def save_hf(model: nn.Module, analysis: Analysis, plan: PruningPlan, folder: str
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "save_pretrained"):
         raise HfConfigError(f"{type(model).__name__} is not a Hugging Face PreTrainedModel (no config)")
-    new_config, renames = pruned_hf_config(config, analysis, plan)
+    # the original config: the kept class's own may already hold the pruned widths (keep_class
+    # updates a uniform plan's), which pruned_hf_config would scale a second time
+    original = getattr(analysis.traced.module, "config", None) or config
+    new_config, renames = pruned_hf_config(original, analysis, plan)
     state = _pruned_state(model, renames)
     cls = type(model)
     uniform = not hasattr(new_config, "gdp_layers") and builds_shapes(cls, new_config, shapes_of_state(state))
