@@ -16,7 +16,7 @@ KNOWN_GOOD = Spec(channels=4, size=6, head="gap_linear", ops=[
     {"op": "conv", "src": 2, "out": 8, "k": 1}])
 
 
-@pytest.mark.parametrize("stage", ["propagate", "rewrite_module"])
+@pytest.mark.parametrize("stage", ["propagate", "resize"])
 def test_a_bug_inside_a_rule_fails_the_property_instead_of_counting_as_a_refusal(stage, monkeypatch):
     """A rule that raises (here IndexError, as a slicing bug would) reaches the user as an
     AnalysisError / RewriteError naming the node; the fuzzer must call that a bug."""
@@ -26,7 +26,7 @@ def test_a_bug_inside_a_rule_fails_the_property_instead_of_counting_as_a_refusal
 
     def broken(*args, **kwargs):
         calls.append(1)
-        if stage == "rewrite_module" and len(calls) == 1:  # the empty plan's rewrite (a bug there fails anyway)
+        if stage == "resize" and len(calls) == 1:  # the empty plan's rewrite (a bug there fails anyway)
             return original(*args, **kwargs)
         raise IndexError("index 5 is out of bounds for dimension 0 with size 4")
 
