@@ -32,8 +32,8 @@ def latency_policy(tmp_path) -> Path:
 
 def test_prune_without_task_to_a_flops_budget(tmp_path):
     out = tmp_path / "run"
-    done = gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--metric", "flops", "--target", "0.5",
-                     "--out", str(out), "--json", "--no-progress")
+    done = gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--method", "magnitude", "--metric", "flops",
+                     "--target", "0.5", "--out", str(out), "--json", "--no-progress")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["task"] is None and report["method"] == "magnitude" and report["metric"] == "flops"
@@ -43,8 +43,8 @@ def test_prune_without_task_to_a_flops_budget(tmp_path):
 
 
 def test_prune_without_task_to_a_latency_budget(tmp_path, latency_policy):
-    done = gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--policy", str(latency_policy), "--metric",
-                     "latency", "--target", "0.6", "--out", str(tmp_path / "run"), "--json", "--no-progress")
+    done = gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--policy", str(latency_policy), "--method",
+                     "magnitude", "--metric", "latency", "--target", "0.6", "--out", str(tmp_path / "run"), "--json", "--no-progress")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert len(list((tmp_path / "tables").glob("*.json"))) == 1  # the policy's cache folder
@@ -55,8 +55,9 @@ def test_prune_without_task_to_a_latency_budget(tmp_path, latency_policy):
 
 
 def test_prune_without_task_refuses_what_needs_data(tmp_path):
-    done = gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--epochs", "2", "--out", str(tmp_path / "x"))
-    assert done.returncode == 2 and "--task" in done.stderr
+    for extra in (["--method", "taylor"], ["--method", "gdp"], ["--method", "magnitude", "--epochs", "2"]):
+        done = gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", *extra, "--out", str(tmp_path / "x"))
+        assert done.returncode == 2 and "--task" in done.stderr, (extra, done.stderr)
     assert not (tmp_path / "x").exists()
 
 
@@ -68,8 +69,8 @@ def test_check_and_report_show_predicted_latency(tmp_path):
     out = json.loads(done.stdout)
     assert 0 < out["latency_predicted_ratio"] < 1.5 and out["latency_measured_ratio"] > 0
     run = tmp_path / "run"
-    assert gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--target", "0.5", "--out", str(run),
-                     "--no-progress").returncode == 0
+    assert gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--method", "magnitude", "--target", "0.5",
+                     "--out", str(run), "--no-progress").returncode == 0
     done = gdp_graph("report", SPEC, str(run), "--input-shape", "1,3,8,8", "--predict", "--latency-cache", cache,
                      "--rounds", "3", "--repeat", "1")
     assert done.returncode == 0, done.stderr
