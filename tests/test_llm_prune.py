@@ -185,3 +185,18 @@ def test_cli_method_works_for_any_model(tmp_path):
     assert report["method"] == "taylor" and report["finalize"]["equal"] is True
     assert abs(report["cost"]["flops_kept"] - 0.5) <= 0.05
     assert report["task_metric"]["fine_tuned"] is not None
+
+
+def test_a_hidden_size_transformers_refuses_saves_in_the_per_layer_form(llama_analysis, tmp_path):
+    import transformers as T
+    from gdp_graph.prune.hf_save import save_hf
+    from gdp_graph.prune.keep_class import keep_class_of
+    _, analysis = llama_analysis
+    hidden = next(g for g in analysis.groups if "residual" in g.couplings)
+    plan = G.PruningPlan(keep={hidden.id: tuple(range(100))}, allow_inexact=True)  # 100 % 8 heads != 0
+    kept = keep_class_of(analysis, plan, G.rewrite(analysis, plan, keep_class=False)).model
+    assert save_hf(kept, analysis, plan, tmp_path / "hf") is False  # needs trust_remote_code
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    ids = torch.randint(0, tiny_lm.VOCAB, (1, 9))
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, kept.eval()(input_ids=ids).logits, atol=1e-5)

@@ -148,6 +148,18 @@ def _build(cls: type, config: Any) -> nn.Module:
         return cls(copy.deepcopy(config))
 
 
+def _saves(config: Any) -> bool:
+    """Whether transformers accepts ``config`` for saving (its own checks, e.g. Llama's hidden
+    size a multiple of the heads)."""
+    validate = getattr(config, "validate", None)
+    try:
+        if callable(validate):
+            validate()
+    except Exception:  # noqa: BLE001 - any refusal means the plain form cannot be written
+        return False
+    return True
+
+
 def save_hf(model: nn.Module, analysis: Analysis, plan: PruningPlan, folder: str | Path,
             tokenizer: Any = None) -> bool:
     """Write ``folder`` (see the module docstring) from ``model``, the pruned model of the
@@ -167,7 +179,12 @@ def save_hf(model: nn.Module, analysis: Analysis, plan: PruningPlan, folder: str
     new_config, renames = pruned_hf_config(original, analysis, plan)
     state = _pruned_state(model, renames)
     cls = type(model)
-    uniform = not hasattr(new_config, "gdp_layers") and builds_shapes(cls, new_config, shapes_of_state(state))
+    refused = not _saves(new_config)
+    if refused:  # e.g. a hidden size that is no multiple of the heads: the config keeps the original
+        original = getattr(analysis.traced.module, "config", config)  # width and the pruned shapes go in gdp_pruned
+        new_config.hidden_size = original.hidden_size
+    uniform = not refused and not hasattr(new_config, "gdp_layers") and builds_shapes(cls, new_config,
+                                                                                    shapes_of_state(state))
     if not uniform:
         built = _build(cls, new_config)
         base = shapes_of(built)
