@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     p.add_argument("--repeat", type=int, default=2, help="forwards per model per round")
     p.add_argument("--points", type=int, default=8, help="widths in the latency table")
-    p.add_argument("--round-to", type=int, default=1, help="kept channel counts a multiple of this")
+    p.add_argument("--round-to", default="1", help="kept channel counts a multiple of this; auto: the step of this "
+                                                    "device's convolution staircase (gdp_graph.latency.probe)")
     p.add_argument("--cache", default=str(ROOT / "runs" / "latency_tables"), help="latency table cache folder")
     p.add_argument("--rebuild-table", action=argparse.BooleanOptionalAction, default=True,
                    help="time the table again (its build time is recorded); --no-rebuild-table reuses the cache")
@@ -173,6 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     args.target_list = [float(t) for t in args.targets.split(",") if t]
     torch.set_num_threads(1)
+    if args.round_to == "auto":
+        from gdp_graph.latency.probe import preferred_round_to
+        args.round_to = preferred_round_to()
+        print(f"round_to auto: {args.round_to}")
+    args.round_to = int(args.round_to)
     (ROOT / "runs").mkdir(exist_ok=True)
     for name in [n for n in args.models.split(",") if n]:
         run_model(name, args, Path(args.out))

@@ -208,3 +208,14 @@ def test_gated_model_trains_against_the_cached_latency_table(tmp_path):
         gated.penalty().backward()
         optimizer.step()
     assert gated.fractions()[1] < soft
+
+
+def test_channel_step_finds_the_staircase_and_ignores_single_spikes():
+    from gdp_graph.latency.probe import channel_step
+    widths = list(range(20, 90))
+    stairs = [1.0 + (w - 1) // 16 for w in widths]  # flat within blocks of 16 channels
+    assert channel_step(stairs, widths) == 16
+    spiky = list(stairs)
+    spiky[widths.index(40)] *= 3  # one slow measurement is not an edge
+    assert channel_step(spiky, widths) == 16
+    assert channel_step([1.0 + 0.01 * w for w in widths], widths) == 1  # smooth: no preference

@@ -45,6 +45,10 @@ def prune_without_task(args: argparse.Namespace, policy: Any) -> int:
         table = load_or_build(analysis, policy.latency, cost_model=cost_model, show_progress=not args.no_progress,
                               console=console)
         attach_latency(cost_model, table)
+        step = int(table.extra.get("channel_step", 1))
+        if step > 1 and policy.defaults.round_to % step:
+            console.print(f"hint: convolutions on this device take as long for any width up to the next multiple of "
+                          f"{step} channels: defaults.round_to: {step} keeps only widths that pay off", style="yellow")
     scores = score_units(analysis, method)
     plan, kept = one_shot_plan(analysis, scores, resolution, cost_model=cost_model)
     pruned = rewrite(analysis, plan, keep_class=None if not args.graph_module else False).eval()

@@ -133,6 +133,10 @@ def build_table(analysis: Analysis, settings: Optional[LatencySettings] = None, 
     settings = settings or LatencySettings()
     started = time.perf_counter()
     cost_model = cost_model or CostModel(analysis)
+    extra = {}
+    if timer is None:  # the device's channel staircase, for the round_to hint (cached with the table)
+        from gdp_graph.latency.probe import preferred_round_to
+        extra["channel_step"] = preferred_round_to(settings.device)
     timer = timer or default_timer(settings.device, settings.threads)
     fractions = grid_fractions(settings.points)
     inputs = _batched(analysis.traced.example_inputs, settings.batch)
@@ -165,7 +169,7 @@ def build_table(analysis: Analysis, settings: Optional[LatencySettings] = None, 
             points[name].append((float(scale), float(seconds.get(name, 0.0))))
     return LatencyTable(key=dict(key or {}), whole_s=min(whole),
                         points={n: tuple(p) for n, p in points.items()}, fractions=fractions,
-                        build_s=time.perf_counter() - started)
+                        build_s=time.perf_counter() - started, extra=extra)
 
 
 def _timed(variant: tuple[PruningPlan, nn.Module, list[Any]], timer: Timer, fraction: float) -> dict[str, float]:
