@@ -84,3 +84,41 @@ def test_deadline_policy_aims_the_controller_at_epsilons_end_and_sizes_the_gain(
     state.pop("deadline")  # a controller saved before deadlines existed still loads
     gated.controller.load_state_dict(state)
     assert gated.controller.deadline is None
+
+
+def _train_window(policy, steps: int = 40, seed: int = 0):
+    """Train ``Net`` with gates on a fixed synthetic task until the cut; returns the gated model,
+    the hard fraction (gates <= 0.5 removed) after every step before the cut and the free gates
+    after the last one."""
+    torch.manual_seed(seed)
+    x = torch.randn(64, 3, 8, 8)
+    y = (x[:, 0].mean((1, 2)) > x[:, 1].mean((1, 2))).long() + 2 * (x[:, 2].mean((1, 2)) > 0).long()
+    gated = G.attach(Net(), policy, example_inputs=x[:2], total_steps=steps)
+    weights = [p for p in gated.parameters() if all(p is not q for q in gated.gate_parameters())]
+    opt, gate_opt = torch.optim.SGD(weights, lr=0.05, momentum=0.9), gated.gate_optimizer()
+    hard, last = [], None
+    while not bool(gated.fixed):
+        i = torch.randint(0, 64, (16,))
+        loss = torch.nn.functional.cross_entropy(gated(x[i]), y[i]) + gated.penalty()
+        opt.zero_grad(), gate_opt.zero_grad()
+        loss.backward()
+        opt.step(), gate_opt.step()
+        gated.step()
+        if not bool(gated.fixed):
+            hard.append(gated.fractions()[0])
+            last = torch.cat([g[~gated.analysis.groups[gid].frozen_units] for gid, g in gated.group_gates().items()])
+    return gated, hard, last.detach()
+
+
+def test_holding_the_budget_polarizes_the_gates_at_the_target_before_the_cut():
+    """A 20-step gate window: with hold_budget the gates never fall below the target, reach it
+    before the cut, are polarized (< 0.05 or > 0.95) then, and the cut changes few units."""
+    policy = _policy(fix_at=0.5, hold_budget=True, lambda_controller__gain=0.2,
+                     epsilon__max_travel=0.75, epsilon__end_at=0.8)
+    gated, hard, last = _train_window(policy)
+    target, tol = policy.target.fraction, policy.target.tolerance
+    assert min(hard) >= target - tol - 0.05  # no collapse below the budget
+    assert abs(hard[-1] - target) <= tol + 0.05  # at the target before the cut
+    assert float(((last < 0.05) | (last > 0.95)).float().mean()) >= 0.9
+    cut = torch.cat([g[~gated.analysis.groups[gid].frozen_units] for gid, g in gated.group_gates().items()]) == 0
+    assert int(((last <= 0.5) != cut).sum()) <= 2  # the cut confirms the gates

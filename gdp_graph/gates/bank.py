@@ -216,12 +216,18 @@ class GateBank(nn.Module):
 
     # -- schedule hooks -------------------------------------------------------------------------
     @torch.no_grad()
-    def set_epsilon(self, value: float) -> None:
+    def set_epsilon(self, value: float, carry: Optional[Tensor] = None) -> None:
         """Set epsilon; gates sitting at their :meth:`floor` stay there (at gate 0.0099) instead
-        of opening as epsilon shrinks below their ``theta^2``."""
+        of opening as epsilon shrinks below their ``theta^2``. ``carry`` (a flat bool mask, for
+        smoothed-L0 gates): those gates keep their value too (``theta`` scaled by
+        ``sqrt(new / old)``), so annealing alone opens none of them."""
         if not (math.isfinite(value) and value > 0):
             raise GateError(f"epsilon must be finite and > 0, got {value!r}")
         old_floor = self.floor()
+        if carry is not None and self.kind == "smoothed_l0" and bool(carry.any()):
+            theta = self._theta().detach()
+            scale = math.sqrt(value / float(self.epsilon))
+            self._write_theta(torch.where(carry.to(theta.device), theta * scale, theta))
         self.epsilon.fill_(value)
         if self.kind == "smoothed_l0" and value < old_floor ** 2 * 100:
             theta = self._theta().detach()
@@ -235,6 +241,13 @@ class GateBank(nn.Module):
             return 0.9
         return 3.0 * math.sqrt(float(self.epsilon))  # theta^2 / (theta^2 + eps) = 9 / 10
 
+    def hold_floor(self) -> float:
+        """The ``theta`` below which a gate held for the budget is not let go: its gate stays
+        >= 0.99 (polarized; ``regularizer.hold_budget``)."""
+        if self.kind == "clamped":
+            return 0.99
+        return 9.95 * math.sqrt(float(self.epsilon))  # theta^2 / (theta^2 + eps) = 0.99
+
     def floor(self) -> float:
         """The smallest ``theta`` of a live gate: ``0.1 * sqrt(epsilon)`` (a gate of 0.0099) for
         smoothed-L0 gates, where the gate still has a gradient and can come back; 0 for clamped
@@ -242,16 +255,19 @@ class GateBank(nn.Module):
         return 0.0 if self.kind == "clamped" else 0.1 * math.sqrt(float(self.epsilon))
 
     @torch.no_grad()
-    def project(self, protected: Optional[Tensor] = None) -> None:
+    def project(self, protected: Optional[Tensor] = None, held: Optional[Tensor] = None) -> None:
         """Put every ``theta`` back into its domain after an optimizer step:
         ``[floor(), theta_max]`` (``theta_max`` is 1 for clamped gates, unbounded for smoothed-L0
         ones, whose rank at the cut is their ``theta``; the gate function is
         symmetric, so the sign carries nothing, and a step cannot throw a gate across 0), dead
         gates at exactly 0, and ``protected`` positions (a flat bool mask: units a group's limits
-        force to stay) at least at :meth:`keep_floor`."""
+        force to stay) at least at :meth:`keep_floor`, ``held`` positions (units held for the
+        budget) at least at :meth:`hold_floor`."""
         theta = self._theta().detach().clamp(self.floor(), self.theta_max)
         if protected is not None:
             theta = torch.where(protected.to(theta.device), theta.clamp_min(self.keep_floor()), theta)
+        if held is not None:
+            theta = torch.where(held.to(theta.device), theta.clamp_min(min(self.hold_floor(), self.theta_max)), theta)
         theta = torch.where(self.dead, torch.zeros_like(theta), theta)
         self._write_theta(theta)
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from gdp_graph.gates.absorb import reopen_into_weights
 from gdp_graph.gates.bank import GateBank, GateError
 from gdp_graph.gates.budget import BudgetController, soft_fraction
+from gdp_graph.gates.hold import budget_keep_mask
 from gdp_graph.gates.regularizers import make_regularizer
 from gdp_graph.gates.schedule import EpsilonRamp, fit_to_window
 from gdp_graph.gates.selection import group_limit, plan_for_budget, plan_fraction, plan_from_gates
@@ -326,13 +327,20 @@ class GatedModel(nn.Module):
             if self.epsilon_schedule is None:
                 raise GateError("the gdp regularizer anneals epsilon over the gated phase: pass total_steps= "
                                 "(training iterations) to attach() so that the schedule knows its length")
-            self.bank.set_epsilon(self.epsilon_schedule.value(count))
+            # regularizer.hold_budget: what a cut to the target would not keep keeps its gate value
+            # as epsilon shrinks (only lambda and the task move it), see gates.hold
+            held = budget_keep_mask(self) if self.policy.regularizer.hold_budget else None
+            self.bank.set_epsilon(self.epsilon_schedule.value(count), None if held is None else ~held)
         if unit == "iteration" or scheduled:
-            self.bank.project(self.protected())
+            # and what it would keep now stays at >= 0.99
+            held = budget_keep_mask(self) if self.policy.regularizer.hold_budget else None
+            self.bank.project(self.protected(), held)
         if self.controller is not None and self.controller_per == unit:
-            _, soft = self.fractions()
+            hard, soft = self.fractions()
             lead = self.travel_fraction() if self.lead == "travel" else None
-            self.controller.update(count, soft, soft, lead=lead)
+            # with hold_budget the gap is the hard fraction's (what the cut would keep: held units
+            # are polarized, the others are not pulled open by epsilon), the look-ahead the soft one's
+            self.controller.update(count, hard if self.policy.regularizer.hold_budget else soft, soft, lead=lead)
         if scheduled and self.fix_step is not None and count >= self.fix_step:
             self.fix_gates()
 

@@ -122,7 +122,8 @@ class _PolicyBuilder:
                            fix_at=values.get("fix_at", Regularizer.fix_at),
                            reopen=values.get("reopen", Regularizer.reopen),
                            init=values.get("init", Regularizer.init),
-                           init_spread=values.get("init_spread", Regularizer.init_spread))
+                           init_spread=values.get("init_spread", Regularizer.init_spread),
+                           hold_budget=values.get("hold_budget", Regularizer.hold_budget))
 
     def only_for(self, sub: Checked, key: str, reg_name: str, wanted: str) -> None:
         if key in sub.entries and reg_name != wanted:

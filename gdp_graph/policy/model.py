@@ -118,7 +118,8 @@ class Policy:
         policy."""
         reg = self.regularizer
         regularizer: dict[str, Any] = {"name": reg.name, "lambda": reg.lambda_,
-                                       "threshold": reg.threshold, "fix_at": reg.fix_at, "reopen": reg.reopen}
+                                       "threshold": reg.threshold, "fix_at": reg.fix_at, "reopen": reg.reopen,
+                                       "hold_budget": reg.hold_budget}
         ctrl = reg.lambda_controller
         regularizer["lambda_controller"] = (
             {"kind": ctrl.kind} if ctrl.kind == "constant" else _fields_dict(ctrl))

@@ -106,6 +106,7 @@ class Regularizer:
     reopen: bool = False
     init: str = "uniform"
     init_spread: float = 0.9
+    hold_budget: bool = False
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,11 @@ REGULARIZER_SPEC = Struct("regularizer", {
                          "init: theta starts at theta_start * (1 - init_spread * (1 - q)), q the unit's "
                          "rank quantile (0: least important); 0.9 starts the least important gate near "
                          "0.5.", Regularizer.init_spread),
+    "hold_budget": Field(Bool(), "With a steered lambda: after every step the units that a cut to the "
+                         "target would keep now (ranked by theta, as the cut ranks them) keep a gate >= 0.9, "
+                         "so the gates can never collapse below the target; only the others go to 0, and "
+                         "the cut at fix_at confirms what the gates did (gdp_graph.gates.hold).",
+                         Regularizer.hold_budget),
 }, doc="The sparsity regularizer on the gates.", nullable=True)
 
 DEFAULTS_SPEC = Struct("defaults", {
