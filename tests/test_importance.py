@@ -177,3 +177,26 @@ def test_bad_requests_are_one_clear_error():
     resolution = resolve(Policy.default(), analysis.groups, analysis.blocks)
     with pytest.raises(ImportanceError, match="no gated group"):
         one_shot_plan(analysis, Scores("depth"), resolution)
+
+
+def test_init_gates_starts_the_gates_ranked_by_the_policys_importance():
+    from gdp_graph.importance import init_gates
+
+    torch.manual_seed(0)
+    model = ConvNet()
+    with torch.no_grad():
+        model.conv1.weight[5].zero_(), model.conv1.bias[5].zero_(), model.bn1.weight[5].zero_()
+    x = torch.randn(2, 3, 8, 8)
+    uniform = G.attach(model, None, example_inputs=x, total_steps=10)
+    assert init_gates(uniform) is None
+    data = Policy.default().to_dict()
+    data["regularizer"]["init"] = "taylor"
+    with pytest.raises(ImportanceError, match="pass batches"):
+        init_gates(G.attach(model, policy_from_dict(data), example_inputs=x, total_steps=10))
+    data["regularizer"]["init"] = "magnitude"
+    gated = G.attach(model, policy_from_dict(data), example_inputs=x, total_steps=10)
+    scores = init_gates(gated)
+    gid = _hidden_group(gated.analysis, "conv1").id
+    theta = gated.bank.group_theta[str(gid)].detach()
+    assert scores is not None and scores.method == "magnitude"
+    assert int(theta.argmin()) == 5 and float(theta.max()) == pytest.approx(gated.bank.theta_start)

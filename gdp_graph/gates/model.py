@@ -26,7 +26,7 @@ from gdp_graph.gates.bank import GateBank, GateError
 from gdp_graph.gates.budget import BudgetController, soft_fraction
 from gdp_graph.gates.hold import budget_keep_mask
 from gdp_graph.gates.regularizers import make_regularizer
-from gdp_graph.gates.schedule import EpsilonRamp, fit_to_window
+from gdp_graph.gates.schedule import EpsilonRamp, fit_to_window, in_updates
 from gdp_graph.gates.selection import group_limit, plan_for_budget, plan_fraction, plan_from_gates
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import CostModel
@@ -142,24 +142,14 @@ class GatedModel(nn.Module):
         self.lead = ctrl.lead
         self._lambda = float(reg.lambda_)
         if ctrl.kind == "proportional":
-            deadline = self._deadline(ctrl)
+            deadline = None if not ctrl.deadline or self.epsilon_schedule is None else in_updates(
+                self.epsilon_schedule.total_steps, self.schedule_per, ctrl.step, self.steps_per_epoch)
             gain = ctrl.gain if deadline is None else max(ctrl.gain, math.log(10.0) / max(deadline, 1))
             self.controller = BudgetController(policy.target.fraction, metric=self.metric, lambda_init=reg.lambda_,
                                                tolerance=policy.target.tolerance, gain=gain,
                                                lambda_min=ctrl.min, lambda_max=ctrl.max, deadline=deadline)
         self.fix_report: dict[str, Any] = {}
         self.train()
-
-    def _deadline(self, ctrl: Any) -> Optional[int]:
-        """``lambda_controller.deadline``: the controller update at which epsilon reaches its end."""
-        if not ctrl.deadline or self.epsilon_schedule is None:
-            return None
-        ramp = self.epsilon_schedule.total_steps
-        if self.schedule_per == "epoch" and ctrl.step == "iteration":
-            return ramp * (self.steps_per_epoch or 1)
-        if self.schedule_per == "iteration" and ctrl.step == "epoch":
-            return max(1, ramp // (self.steps_per_epoch or 1))
-        return ramp
 
     def _phase_length(self, total_steps: Optional[int]) -> Optional[int]:
         """The gated phase in the unit the schedules step in (iterations or epochs)."""

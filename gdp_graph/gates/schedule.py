@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Optional
 
 from gdp_graph.gates.bank import GateError
 from gdp_graph.policy import EpsilonSchedule
 from gdp_graph.vocabulary import SCHEDULES
 
-__all__ = ["EpsilonRamp", "fit_to_window"]
+__all__ = ["EpsilonRamp", "fit_to_window", "in_updates"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,14 @@ def fit_to_window(curve: EpsilonSchedule, *, init_gate: float, gate_lr: float, s
         raise GateError(f"epsilon.max_travel {curve.max_travel:g}: {steps} gate steps at learning rate {gate_lr:g} "
                         f"would need epsilon to start at {start:.3g}, not above its end {curve.end:g}")
     return replace(curve, start=start)
+
+
+def in_updates(steps: int, unit: str, update_unit: str, steps_per_epoch: Optional[int]) -> int:
+    """``steps`` counted in ``unit`` (``iteration`` or ``epoch``) as a number of updates made
+    every ``update_unit`` (e.g. epsilon's ramp, stepped per epoch, for a controller updated per
+    iteration: ``lambda_controller.deadline``)."""
+    if unit == "epoch" and update_unit == "iteration":
+        return steps * (steps_per_epoch or 1)
+    if unit == "iteration" and update_unit == "epoch":
+        return max(1, steps // (steps_per_epoch or 1))
+    return steps
