@@ -107,3 +107,33 @@ def test_a_torch_fx_graph_keeps_its_gates_in_the_graph():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     gated = G.attach(model, POLICY, example_inputs=torch.randn(2, 8), total_steps=4)
     assert isinstance(gated.module, torch.fx.GraphModule) and "torch.fx" in gated.module.gdp_hooks_reason
+
+
+class _Functional(torch.nn.Module):
+    """Token ids in, a gated channel read by a functional linear at the root (no submodule takes
+    it as input: no gate hook), a reshape by the sequence length: an export pins it unless the
+    length is symbolic."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 8)
+        self.w1 = torch.nn.Parameter(torch.randn(12, 8))
+        self.w2 = torch.nn.Parameter(torch.randn(4, 12))
+
+    def forward(self, input_ids):
+        assert len(input_ids.shape) == 2  # len() of a shape: torch.fx cannot, torch.export can
+        h = torch.relu(torch.nn.functional.linear(self.embed(input_ids), self.w1))
+        flat = h.reshape(h.shape[0], h.shape[1] * 12)
+        return torch.nn.functional.linear(flat.reshape(h.shape[0], -1, 12), self.w2).sum(1)
+
+
+def test_gates_left_in_an_exported_graph_take_any_sequence_length():
+    torch.manual_seed(0)
+    policy = {**POLICY, "defaults": {"level": "channel", "block_level": "none"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gated = G.attach(_Functional(), policy, example_inputs={"input_ids": ids((2, 5)) % 16}, total_steps=4)
+    assert isinstance(gated.module, torch.fx.GraphModule) and "not the input of one submodule" in gated.module.gdp_hooks_reason
+    assert gated.gate_parameters()
+    out = gated(ids((3, 9)) % 16)
+    assert out.shape == (3, 4)

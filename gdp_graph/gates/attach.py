@@ -17,9 +17,11 @@ import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from gdp_graph.graph.analysis import analyze
+from gdp_graph.graph.frontend_export import has_token_inputs
 from gdp_graph.gates.model import DEFAULT_GATE_LR, GatedModel
 from gdp_graph.policy import Policy, load_policy, policy_from_dict, resolve
 
@@ -68,9 +70,16 @@ def attach(model: nn.Module, policy: PolicyLike = None, *,
     if not isinstance(model, nn.Module):
         raise TypeError(f"attach() needs an nn.Module, got {type(model).__name__}")
     resolved = as_policy(policy)
-    analysis = analyze(model, example_inputs, count_flops=True)  # the cost model needs them
-    resolution = resolve(resolved, analysis.groups, analysis.blocks)
-    gated = GatedModel(analysis, resolution, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                       init_gate=init_gate, gate_lr=gate_lr)
+    gated = None
+    for dynamic in ("batch", "tokens"):
+        analysis = analyze(model, example_inputs, count_flops=True, dynamic=dynamic)  # the cost model needs them
+        resolution = resolve(resolved, analysis.groups, analysis.blocks)
+        gated = GatedModel(analysis, resolution, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                           init_gate=init_gate, gate_lr=gate_lr)
+        # the gates stay in an exported graph (no class with gate hooks, gates.hooks): export it
+        # again with the sequence length of token inputs symbolic, so it trains at any length
+        if not (isinstance(gated.module, fx.GraphModule) and analysis.traced.front_end == "export"
+                and analysis.traced.inputs is not None and has_token_inputs(analysis.traced.inputs)):
+            break
     gated.train(model.training)
     return gated

@@ -201,14 +201,17 @@ def _freeze_partial_slices(joint: list[Track], store: ElementStore) -> None:
                 store.freeze(row, "channels sharing a reshaped slice with untracked channels")
 
 
-def analyze(model: nn.Module, example_inputs: Any, *, front_end: str = "auto", count_flops: bool = False) -> Analysis:
+def analyze(model: nn.Module, example_inputs: Any, *, front_end: str = "auto", count_flops: bool = False,
+            dynamic: str = "batch") -> Analysis:
     """Trace ``model`` (a copy) and find its channel groups and removable blocks.
 
     ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs.
     ``front_end``: ``"auto"`` (torch.fx, else torch.export), ``"fx"`` or ``"export"``.
     ``count_flops``: count each node's FLOPs while tracing (``node.meta["flops"]``, which the
-    gates' cost model reads; otherwise it runs the graph again to count them)."""
-    traced = trace(model, example_inputs, front_end=front_end, count_flops=count_flops)
+    gates' cost model reads; otherwise it runs the graph again to count them).
+    ``dynamic``: ``"tokens"`` exports integer inputs with a symbolic sequence length too (see
+    :func:`~gdp_graph.graph.trace.trace`)."""
+    traced = trace(model, example_inputs, front_end=front_end, count_flops=count_flops, dynamic=dynamic)
     return analyze_traced(traced)
 
 

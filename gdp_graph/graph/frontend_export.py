@@ -9,9 +9,9 @@ their original qualified names (``model.layers.0.self_attn.q_proj.weight``), so 
 the same module names as with fx; every op node also carries ``nn_module_stack``, from which
 :func:`module_of` names the module it was called in.
 
-The batch size, and the sequence length of integer inputs (token ids, masks), are captured
-symbolic where the model allows it (``Dim.AUTO``); other sizes (the image size) are those of the
-example inputs. The model's output structure
+The batch size is captured symbolic where the model allows it (``Dim.AUTO``), and on request
+(``dynamic="tokens"``) the sequence length of integer inputs (token ids, masks) too; other sizes
+(the image size) are those of the example inputs. The model's output structure
 (a ``ModelOutput``, a dict) is kept.
 """
 
@@ -34,8 +34,15 @@ from gdp_graph.graph.inputs import BoundInputs
 CONSTANT_BUFFER = "gdp_constant_buffer"  #: node.meta key: a non-persistent buffer (not channels)
 
 
-def export_graph(work: nn.Module, bound: BoundInputs) -> tuple[fx.GraphModule, tuple[Any, ...]]:
-    """Capture ``work`` (already a private eval-mode copy) on the example inputs.
+#: which input dims an export keeps symbolic: "batch" (dim 0 of every tensor input) or "tokens"
+#: (also every dim of integer inputs: token ids and masks, so the sequence length)
+DYNAMIC = ("batch", "tokens")
+
+
+def export_graph(work: nn.Module, bound: BoundInputs, dynamic: str = "batch") -> tuple[fx.GraphModule, tuple[Any, ...]]:
+    """Capture ``work`` (already a private eval-mode copy) on the example inputs, with the dims
+    ``dynamic`` names symbolic where the model allows (see :data:`DYNAMIC`; "tokens" costs a
+    decoder's export two to three times as long).
 
     Returns a GraphModule that takes the flattened inputs positionally (one per placeholder) and
     returns the model's own output structure, and those flattened inputs.
@@ -43,7 +50,7 @@ def export_graph(work: nn.Module, bound: BoundInputs) -> tuple[fx.GraphModule, t
     with _quiet_torch_logs():
         try:  # the batch size symbolic where the model allows, so the graph is not tied to it
             exported = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False,
-                                           dynamic_shapes=_dynamic_batch(work, bound)).module()
+                                           dynamic_shapes=_dynamic_dims(work, bound, dynamic)).module()
         except Exception:  # noqa: BLE001 - some models only export at the example's sizes
             exported = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False).module()
     # the graph is edited before it becomes a plain GraphModule (the exported one refuses
@@ -91,21 +98,28 @@ def _quiet_torch_logs() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _dynamic_batch(work: nn.Module, bound: BoundInputs) -> dict[str, Any]:
-    """``Dim.AUTO`` on dim 0 of every tensor input, and on every dim of integer ones (token ids,
-    attention masks: the sequence length), keyed by forward's parameter names: export keeps them
-    symbolic unless the program fixes them. (Every dim of a float input symbolic costs minutes
-    of symbolic reasoning on window-attention models; batch and length are what a pruned or
-    gated graph must not fix.)"""
+def _dynamic_dims(work: nn.Module, bound: BoundInputs, dynamic: str) -> dict[str, Any]:
+    """``Dim.AUTO`` on dim 0 of every tensor input, and with ``dynamic="tokens"`` on every dim
+    of integer ones (token ids, attention masks), keyed by forward's parameter names: export
+    keeps them symbolic unless the program fixes them. (Every dim of a float input symbolic costs
+    minutes of symbolic reasoning on window-attention models; batch and length are what a pruned
+    or gated graph must not fix.)"""
     def spec(value: Any) -> Any:
         if not isinstance(value, torch.Tensor) or not value.dim():
             return None
-        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        if dynamic == "batch" or value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
             return {0: torch.export.Dim.AUTO}
         return {d: torch.export.Dim.AUTO for d in range(value.dim())}
 
     arguments = inspect.signature(work.forward).bind(*bound.args, **bound.kwargs).arguments
     return {name: pytree.tree_map(spec, value) for name, value in arguments.items()}
+
+
+def has_token_inputs(bound: BoundInputs) -> bool:
+    """Whether the inputs hold an integer tensor with more than one dim (ids of a sequence)."""
+    leaves = pytree.tree_leaves((bound.args, bound.kwargs))
+    return any(isinstance(t, torch.Tensor) and t.dim() > 1 and not (t.dtype.is_floating_point or t.dtype.is_complex
+                                                                      or t.dtype == torch.bool) for t in leaves)
 
 
 def _drop_guard_calls(graph: fx.Graph) -> None:

@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from gdp_graph.graph.frontend_export import export_graph, mark_constant_buffers
+from gdp_graph.graph.frontend_export import DYNAMIC, export_graph, mark_constant_buffers
 from gdp_graph.graph.groups import OpaqueLeaf
 from gdp_graph.graph.inputs import BoundInputs, InputError, bind_inputs, is_flag
 from gdp_graph.graph.lowering import lower_multihead_attention
@@ -143,12 +143,13 @@ def private_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo).eval()
 
 
-def _trace_exported(model: nn.Module, bound: BoundInputs, reason: str, count_flops: bool = False) -> TracedModel:
+def _trace_exported(model: nn.Module, bound: BoundInputs, reason: str, count_flops: bool = False,
+                    dynamic: str = "batch") -> TracedModel:
     """The ``torch.export`` front end on a fresh private copy (fx may have left marks on its)."""
     work = private_copy(model)
     try:
         with torch.no_grad():
-            gm, flat = export_graph(work, bound)
+            gm, flat = export_graph(work, bound, dynamic)
         gm.eval()
         recorder = _Recorder(gm, count_flops)
         with torch.no_grad():
@@ -220,7 +221,8 @@ def _record(gm: fx.GraphModule, bound: BoundInputs, count_flops: bool = False) -
 FRONT_ENDS = ("auto", "fx", "export")
 
 
-def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_flops: bool = False) -> TracedModel:
+def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_flops: bool = False,
+          dynamic: str = "batch") -> TracedModel:
     """Trace a deep copy of ``model`` in eval mode and run it on ``example_inputs``.
 
     The user's model is never modified. Example inputs are a tensor, a tuple of positional
@@ -230,10 +232,14 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_
     (``torch.export``, an ATen graph: :mod:`gdp_graph.graph.frontend_export`), or ``"auto"``:
     fx first, export where fx fails or leaves a submodule opaque. The traced model says which
     front end was used and why (``front_end``, ``front_end_reason``). ``count_flops``: also
-    leave each node's FLOPs in ``node.meta["flops"]`` (see :class:`_Recorder`).
+    leave each node's FLOPs in ``node.meta["flops"]`` (see :class:`_Recorder`). ``dynamic``: the
+    input dims an export keeps symbolic, ``"batch"`` or ``"tokens"`` (the sequence length of
+    integer inputs too; :data:`~gdp_graph.graph.frontend_export.DYNAMIC`).
     """
     if front_end not in FRONT_ENDS:
         raise TraceError(f"front_end must be one of {', '.join(FRONT_ENDS)}, got {front_end!r}")
+    if dynamic not in DYNAMIC:
+        raise TraceError(f"dynamic must be one of {', '.join(DYNAMIC)}, got {dynamic!r}")
     if not isinstance(model, nn.Module):
         raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
     try:
@@ -249,12 +255,12 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_
         eager_output = _run_eagerly(model, work, bound)
     fixed = {k: v for k, v in bound.fixed.items() if is_flag(v)}
     if front_end == "export":
-        return _trace_exported(model, bound, "requested (front_end='export')", count_flops)
+        return _trace_exported(model, bound, "requested (front_end='export')", count_flops, dynamic)
     if bound.variadic:
         reason = f"inputs given to {', '.join(bound.variadic)}, which torch.fx cannot trace"
         if front_end == "fx":
             raise TraceError(f"{type(model).__name__}: {reason}")
-        return _trace_exported(model, bound, reason, count_flops)
+        return _trace_exported(model, bound, reason, count_flops, dynamic)
     try:
         gm, opaque = symbolic_trace_with_fallback(work, fixed=fixed)
         lower_multihead_attention(gm)
@@ -266,11 +272,11 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_
             _run_eagerly(model, work, bound)
         if front_end == "fx":
             raise
-        return _trace_exported(model, bound, f"torch.fx could not trace it ({exc})", count_flops)
+        return _trace_exported(model, bound, f"torch.fx could not trace it ({exc})", count_flops, dynamic)
     if opaque and front_end == "auto":
         reason = f"torch.fx left {len(opaque)} submodule(s) opaque ({opaque[0].module}: {opaque[0].reason})"
         try:
-            return _trace_exported(model, bound, reason, count_flops)
+            return _trace_exported(model, bound, reason, count_flops, dynamic)
         except TraceError:
             pass  # keep the fx graph with its opaque leaves, reported as such
     if isinstance(recorder.values.get(next(reversed(gm.graph.nodes)).name), dict):
