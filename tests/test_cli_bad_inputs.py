@@ -117,3 +117,8 @@ def test_an_export_that_fails_half_way_leaves_nothing(saved, capsys, tmp_path, m
     fails_in_one_line(capsys, ["export", str(saved / "applied"), "--format", "source", "--out", str(target)],
                       "exporting")
     assert not target.exists()
+
+
+def test_report_refuses_a_pruned_folder_of_another_model(saved, capsys):
+    fails_in_one_line(capsys, ["report", OTHER, str(saved / "applied"), "--no-latency"], "pruned from another model")
+    assert main(["report", SMALL, str(saved / "applied"), "--no-latency", "--json"]) == 0

@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 import torch
 
-from gdp_graph.cli.common import EXIT_OK, add_model_arguments, add_output_arguments, make_console, print_json
+from gdp_graph.cli.common import (EXIT_OK, UsageError, add_model_arguments, add_output_arguments, make_console,
+                                  print_json)
 
 
 def build_report(original: torch.nn.Module, pruned: torch.nn.Module, inputs: Any, *, latency: bool = True,
@@ -65,11 +66,28 @@ def _predicted(args: argparse.Namespace, original: torch.nn.Module, inputs: Any)
     return predict_plan(analysis, load_plan(args.pruned), settings, show_progress=not args.json)
 
 
+def _check_same_model(args: argparse.Namespace, original: torch.nn.Module, inputs: Any) -> None:
+    """A pruned folder whose plan.json says which model it was made for is compared with that
+    model only (the per-layer table of another model's pruning would be silently wrong)."""
+    from gdp_graph.graph.analysis import analyze
+    from gdp_graph.prune.plan import model_fingerprint
+    from gdp_graph.report.outputs import PLAN_FILE, load_plan, pruned_path
+    folder = pruned_path(args.pruned).parent
+    if not (folder / PLAN_FILE).is_file():
+        return
+    made_for = load_plan(folder).made_for
+    if made_for is not None and dict(made_for) != model_fingerprint(analyze(original, inputs)):
+        raise UsageError(f"{args.pruned} was pruned from another model than {args.spec} "
+                         f"(its {PLAN_FILE} was made for {len(made_for.get('group_sizes', []))} groups of sizes "
+                         f"{list(made_for.get('group_sizes', []))[:8]})")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from gdp_graph.cli.spec import load_spec
     from gdp_graph.report.outputs import load_pruned
     original, inputs = load_spec(args.spec, args.input_shape)
     pruned = load_pruned(args.pruned)
+    _check_same_model(args, original, inputs)
     report = build_report(original.eval(), pruned, inputs, latency=not args.no_latency, rounds=args.rounds,
                           repeat=args.repeat, threads=args.threads)
     report.update(spec=args.spec, pruned=str(args.pruned))
