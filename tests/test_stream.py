@@ -164,30 +164,28 @@ def test_a_plan_for_another_model_is_refused_before_anything_is_written(source, 
     _refused(capsys, tmp_path, source, meta_plan(other, tmp_path / "other.json"), "invalid pruning plan")
 
 
-def test_a_missing_index_is_refused(source, tmp_path, capsys):
-    broken = tmp_path / "noindex"
-    broken.mkdir()
+def copy_of(source: Path, folder: Path, leave_out: str = "") -> Path:
+    folder.mkdir()
     for p in source.iterdir():
-        if p.name != "model.safetensors.index.json":
-            (broken / p.name).write_bytes(p.read_bytes())
+        if p.name != leave_out:
+            (folder / p.name).write_bytes(p.read_bytes())
+    return folder
+
+
+def test_a_missing_index_is_refused(source, tmp_path, capsys):
+    broken = copy_of(source, tmp_path / "noindex", leave_out="model.safetensors.index.json")
     _refused(capsys, tmp_path, broken, meta_plan(source, tmp_path / "plan.json"), "no model.safetensors.index.json")
 
 
 def test_a_truncated_shard_is_refused(source, tmp_path, capsys):
-    broken = tmp_path / "truncated"
-    broken.mkdir()
-    for p in source.iterdir():
-        (broken / p.name).write_bytes(p.read_bytes())
+    broken = copy_of(source, tmp_path / "truncated")
     last = sorted(broken.glob("*.safetensors"))[-1]
     last.write_bytes(last.read_bytes()[:-10])
     _refused(capsys, tmp_path, broken, meta_plan(source, tmp_path / "plan.json"), "not a readable safetensors file")
 
 
 def test_a_checkpoint_that_does_not_match_its_config_is_refused(source, tmp_path, capsys):
-    broken = tmp_path / "mismatch"
-    broken.mkdir()
-    for p in source.iterdir():
-        (broken / p.name).write_bytes(p.read_bytes())
+    broken = copy_of(source, tmp_path / "mismatch")
     config = json.loads((broken / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
     _refused(capsys, tmp_path, broken, meta_plan(broken, tmp_path / "plan.json"), "the model built from config.json")
