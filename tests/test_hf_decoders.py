@@ -72,3 +72,19 @@ def test_a_state_flag_given_by_the_user_is_kept():
     model = decoder("llama")
     with pytest.raises(G.TraceError, match="not tensors"):
         G.analyze(model, {"input_ids": ids(), "use_cache": True})
+
+
+def test_the_command_line_takes_a_factory_returning_a_batch_encoding():
+    import json
+
+    from gdp_graph.cli.main import main
+
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["check", "tests/fixtures/hf_models.py:tiny_llama_tokenized", "--ratio", "0.5", "--json"])
+    data = json.loads(out.getvalue())
+    assert code == 0 and data["ok"] is True and data["params_after"] < data["params_before"]

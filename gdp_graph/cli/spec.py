@@ -14,6 +14,7 @@ no weights, for analysis and plans of checkpoints that do not fit in memory.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -126,8 +127,10 @@ def load_spec(spec: str, input_shape: Optional[str] = None, *, require_inputs: b
     inputs: Optional[tuple] = None
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):
         model, given = made
-        # a dict is keyword inputs (model(**inputs)), kept as is for analyze
-        inputs = (given,) if isinstance(given, torch.Tensor) else given if isinstance(given, dict) else tuple(given)
+        # a dict is keyword inputs (model(**inputs)), kept as is for analyze; so is a tokenizer's
+        # BatchEncoding (a Mapping, not a dict), as a plain dict
+        inputs = (given,) if isinstance(given, torch.Tensor) else dict(given) if isinstance(given, Mapping) \
+            else tuple(given)
     else:
         model = made
     if not isinstance(model, nn.Module):
