@@ -157,6 +157,27 @@ def run_model(name: str, args, out: Path) -> None:
         records.append_record(out, records.new_record("latency_target", record_settings, result, note=args.note))
 
 
+def table(path: Path) -> str:
+    """The latest record of each (model, target, round_to) as a markdown table."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for r in records.load_records(path):
+        if r.get("benchmark") == "latency_target":
+            st = r["settings"]
+            rows[(st["model"], st["target"], st["round_to"])] = r
+    lines = ["| model | round_to | target | predicted | measured (wall) [IQR] | measured (CPU time) [IQR] | table build s "
+             "| FLOPs / params kept | FLOPs plan at that latency: FLOPs / params kept, measured (CPU) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (model, target, round_to), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2], -kv[0][1])):
+        res, fp = r["result"], r["result"]["flops_plan"]
+        wall, cpu = res["measured"], res["measured_cpu"]
+        lines.append(f"| {model} | {round_to} | {target} | {res['predicted']:.3f} | {wall['ratio']:.3f} "
+                     f"[{wall['iqr'][0]:.3f}-{wall['iqr'][1]:.3f}] | {cpu['ratio']:.3f} [{cpu['iqr'][0]:.3f}-"
+                     f"{cpu['iqr'][1]:.3f}] | {res['table_build_s']:.1f} | {res['latency_plan']['flops_kept']:.3f} / "
+                     f"{res['latency_plan']['params_kept']:.3f} | {fp['flops_kept']:.3f} / {fp['params_kept']:.3f}, "
+                     f"{fp['measured_cpu']['ratio']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(CNNS))
@@ -170,8 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rebuild-table", action=argparse.BooleanOptionalAction, default=True,
                    help="time the table again (its build time is recorded); --no-rebuild-table reuses the cache")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency_target.json"))
+    p.add_argument("--table", action="store_true", help="print the records of --out as a markdown table and stop")
     records.add_record_flags(p)
     args = p.parse_args(argv)
+    if args.table:
+        print(table(Path(args.out)))
+        return
     args.target_list = [float(t) for t in args.targets.split(",") if t]
     torch.set_num_threads(1)
     if args.round_to == "auto":
