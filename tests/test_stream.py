@@ -143,6 +143,19 @@ def test_half_a_layer_removed_is_refused_before_anything_is_written(source, tmp_
     _refused(capsys, tmp_path, source, tmp_path / "plan.json", "no plain config.json describes the pruned model")
 
 
+def test_head_counts_transformers_refuses_are_refused_before_anything_is_written(tmp_path, capsys):
+    source = write_llama(tmp_path / "src", hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+                         tokenizer=False)
+    model, inputs = load_hf(f"hf:{source}", meta=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analysis = G.analyze(model, inputs)
+    heads = [g.id for g in analysis.groups if g.unit == "head"]
+    assert len(heads) == 2 and all(analysis.groups[g].size == 4 for g in heads)
+    G.PruningPlan({g: (0, 1, 2) for g in heads}).save(tmp_path / "plan.json", analysis)  # 64 / 3 heads
+    _refused(capsys, tmp_path, source, tmp_path / "plan.json", "transformers refuses the pruned config")
+
+
 def test_a_single_file_checkpoint_with_tied_embeddings_streams(tmp_path, capsys):
     source = write_llama(tmp_path / "tied", tie_word_embeddings=True, shard_size="10GB", tokenizer=False)
     assert (source / "model.safetensors").is_file()

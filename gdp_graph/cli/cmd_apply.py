@@ -75,8 +75,11 @@ def _pruned_config(args: argparse.Namespace, model, analysis, plan, checkpoint, 
     from gdp_graph.prune.stream import pruned_shapes, shape_mismatch
     config, renames = pruned_hf_config(model.config, analysis, plan)
     rename = (lambda name: rename_key(name, renames)) if renames else None
+    refused = _refusal(config)
     if getattr(config, "gdp_layers", None) is not None:
         why = "its layers keep different widths"
+    elif refused:
+        why = f"transformers refuses the pruned config: {refused}"
     else:
         with torch.device("meta"):
             why = shape_mismatch(type(model)(config), pruned_shapes(checkpoint, smap, rename))
@@ -85,6 +88,18 @@ def _pruned_config(args: argparse.Namespace, model, analysis, plan, checkpoint, 
                          f"writer takes plans whose layers keep the same widths and lose whole layers only "
                          f"(save such a model in memory: gdp-graph prune --out)")
     return config, rename
+
+
+def _refusal(config) -> str:
+    """Why transformers' own checks refuse ``config`` (a Llama's hidden size must be a multiple
+    of its heads, even with head_dim given), or ""."""
+    validate = getattr(config, "validate", None)
+    try:
+        if callable(validate):
+            validate()
+    except Exception as exc:  # noqa: BLE001 - any refusal: from_pretrained would fail the same way
+        return str(exc).strip().splitlines()[-1].strip()
+    return ""
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
