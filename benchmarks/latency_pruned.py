@@ -24,7 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -103,13 +103,13 @@ def _measure(model: nn.Module, x: torch.Tensor, args: argparse.Namespace, name: 
                          (f"{ratio:.0%} round_to 8", ratio_plan(analysis, ratio, round_to=8))]
     rows: dict[str, Any] = {}
     for label, plan in variants:
-        pruned = G.rewrite(analysis, plan, keep_class=False if "GraphModule" in label else None)
+        applied = G.apply_plan(analysis, plan, keep_class=False if "GraphModule" in label else None)
+        pruned = applied.model
         flops = model_cost(pruned, inputs).flops
         row = compare(model, pruned, inputs, args.rounds, number)
         row["flops_speedup"] = round(base_flops / flops, 4)
         row["speedup_per_flops"] = round(row["speedup_paired"] / row["flops_speedup"], 4)
-        verified: Optional[Any] = getattr(pruned, "gdp_verify", None)
-        row["verified"] = bool(verified.ok) if verified is not None else None
+        row["verified"] = bool(applied.verify.ok) if applied.verify is not None else None
         row["returned"] = type(pruned).__name__  # the model's class, or GraphModule
         rows[label] = row
         print(f"{name} [{label}] {json.dumps(row)}", flush=True)

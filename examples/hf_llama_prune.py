@@ -35,9 +35,10 @@ def main() -> None:
         print(f"  group {g.id}: {g.size} x {g.unit:8s} {state:10s} {', '.join(g.modules[:3])}")
 
     plan = G.random_plan(analysis, 0.5, seed=0)
-    pruned = G.rewrite(analysis, plan, keep_class=True)
+    applied = G.apply_plan(analysis, plan, keep_class=True)
+    pruned = applied.model
     print(f"{type(pruned).__name__}: {sum(p.numel() for p in model.parameters()):,} -> "
-          f"{sum(p.numel() for p in pruned.parameters()):,} parameters; {pruned.gdp_verify}")
+          f"{sum(p.numel() for p in pruned.parameters()):,} parameters; {applied.verify}")
     print(f"config: {pruned.config.num_attention_heads} heads, {pruned.config.num_key_value_heads} kv heads, "
           f"MLP {pruned.config.intermediate_size}")
     prompt = inputs["input_ids"]

@@ -20,7 +20,7 @@ from gdp_graph.graph.groups import Block, ChannelGroup, GateSite, Member, Opaque
 from gdp_graph.graph.rules import OpRule, RuleContext, register_channelwise, register_rule
 from gdp_graph.graph.trace import TraceError, trace
 from gdp_graph.prune.plan import PlanError, PruningPlan, random_plan
-from gdp_graph.prune.rewrite import RewriteError, rewrite
+from gdp_graph.prune.rewrite import RewriteError, Rewritten, apply_plan, rewrite
 from gdp_graph.prune.slices import SliceMap, slice_map
 from gdp_graph.prune.verify import VerifyResult, verify
 from gdp_graph.policy import Policy, PolicyError, load_policy
@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Analysis", "AnalysisError", "Block", "ChannelGroup", "FinalizeError", "GateError", "GateSite",
     "GatedModel", "GdpError", "Member", "OpRule", "OpaqueLeaf", "PlanError", "Policy", "PolicyError",
-    "PruningPlan", "RewriteError", "RuleContext", "SliceMap", "TraceError", "VerifyResult", "analyze", "attach",
+    "PruningPlan", "RewriteError", "Rewritten", "RuleContext", "SliceMap", "TraceError", "VerifyResult", "analyze", "apply_plan", "attach",
     "finalize", "load_policy", "random_plan", "register_channelwise", "register_rule", "rewrite", "slice_map", "trace",
     "verify",
 ]

@@ -119,20 +119,21 @@ def test_channel_tracks_of_a_window_partition_keep_their_dims(dtype):
 
 
 def test_rewrite_takes_over_only_weights_it_is_handed():
+    from gdp_graph.prune.rewrite import rewrite_graph
     model = _model()
     analysis = G.analyze(model, torch.randn(1, 3, 8, 8))
     keep = G.random_plan(analysis, 0.5, seed=1).keep
     local = min(keep, key=lambda gid: len(analysis.groups[gid].modules))
     plan = G.PruningPlan(keep={local: keep[local]})  # one layer's group pruned, the other layers left whole
     with pytest.raises(G.RewriteError, match="copy_weights=False"):
-        G.rewrite(analysis, plan, copy_weights=False)
+        rewrite_graph(analysis, plan, copy_weights=False)
     lent = private_copy(analysis.traced.gm)
     before = {k: v.clone() for k, v in lent.state_dict().items()}
-    copied = G.rewrite(analysis, plan, weights=lent, keep_class=False)
+    copied = rewrite_graph(analysis, plan, weights=lent)
     assert all(torch.equal(before[k], v) for k, v in lent.state_dict().items())  # copied, never edited
     handed = private_copy(analysis.traced.gm)
     lent_storage = {p.data_ptr() for p in handed.parameters()}
-    taken = G.rewrite(analysis, plan, weights=handed, copy_weights=False, keep_class=False)
+    taken = rewrite_graph(analysis, plan, weights=handed, copy_weights=False)
     assert {p.data_ptr() for p in taken.parameters()} & lent_storage  # layers left whole were not cloned
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():

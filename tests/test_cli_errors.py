@@ -43,8 +43,8 @@ def test_rewrite_reports_a_difference_instead_of_raising():
         "m, x = model(); a = G.analyze(m, x)\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
-        "    p = G.rewrite(a, G.random_plan(a, 0.5, seed=1))\n"
-        "print(p.gdp_verify.ok, any('differs from the gated reference' in str(x.message) for x in w))\n")],
+        "    p = G.apply_plan(a, G.random_plan(a, 0.5, seed=1))\n"
+        "print(p.verify.ok, any('differs from the gated reference' in str(x.message) for x in w))\n")],
         capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]

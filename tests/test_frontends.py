@@ -251,8 +251,9 @@ def test_cnn_keeps_its_class_sizes_and_hooks():
     analysis = G.analyze(model, inputs)
     seen.clear()
     plan = G.random_plan(analysis, 0.5, seed=0)
-    pruned = G.rewrite(analysis, plan, keep_class=True)
-    assert type(pruned) is type(model) and pruned.gdp_verify.ok
+    pruned_applied = G.apply_plan(analysis, plan, keep_class=True)
+    pruned = pruned_applied.model
+    assert type(pruned) is type(model) and pruned_applied.verify.ok
     for m in pruned.modules():
         if isinstance(m, nn.Conv2d):
             assert m.weight.shape[0] == m.out_channels and m.weight.shape[1] * m.groups == m.in_channels
@@ -271,8 +272,9 @@ def test_class_that_fixes_its_width_falls_back_with_the_reason():
     analysis = G.analyze(model, inputs)
     heads = next(g for g in analysis.groups if g.unit == "head")
     with pytest.warns(UserWarning, match="the class's forward fails on the pruned sizes"):
-        pruned = G.rewrite(analysis, G.PruningPlan(keep={heads.id: (0, 1)}), keep_class=True)
-    assert isinstance(pruned, torch.fx.GraphModule) and pruned.gdp_verify.ok
+        pruned_applied = G.apply_plan(analysis, G.PruningPlan(keep={heads.id: (0, 1)}), keep_class=True)
+        pruned = pruned_applied.model
+    assert isinstance(pruned, torch.fx.GraphModule) and pruned_applied.verify.ok
 
 
 def test_dropped_hooks_are_named():

@@ -127,9 +127,10 @@ def test_llama_gqa_head_unit_removes_query_and_key_value_rows_together(analyses)
 def test_pruned_model_keeps_its_class(analyses, name):
     model, inputs, a = analyses(name)
     plan = G.random_plan(a, 0.5, seed=0)  # heads and MLP channels, no blocks
-    pruned = G.rewrite(a, plan, keep_class=True)
+    pruned_applied = G.apply_plan(a, plan, keep_class=True)
+    pruned = pruned_applied.model
     assert type(pruned) is type(model) and pruned is not model
-    assert pruned.gdp_verify.ok and pruned.gdp_verify.max_rel_diff < 1e-5, pruned.gdp_verify
+    assert pruned_applied.verify.ok and pruned_applied.verify.max_rel_diff < 1e-5, pruned_applied.verify
     assert count_params(pruned) < count_params(model)
     with torch.no_grad():
         out = pruned(**inputs)
@@ -178,8 +179,9 @@ def test_removed_layers_keep_the_class_by_default(analyses):
     model, inputs, a = analyses("bert")  # post-norm: the add sits in BertSelfOutput, after its dense
     plan = G.random_plan(a, 0.3, seed=0, block_ratio=0.5)
     assert plan.removed_blocks
-    pruned = G.rewrite(a, plan)
-    assert type(pruned) is type(model) and pruned.gdp_verify.ok, getattr(pruned, "gdp_kept_class_reason", "")
+    pruned_applied = G.apply_plan(a, plan)
+    pruned = pruned_applied.model
+    assert type(pruned) is type(model) and pruned_applied.verify.ok, pruned_applied.kept_class_reason
     assert pruned.config.num_attention_heads == model.config.num_attention_heads  # no config says "no attention"
 
 
@@ -193,8 +195,9 @@ def test_meta_device_analysis_gives_a_plan_for_the_real_model(analyses):
     assert [(g.size, g.unit, g.prunable, g.modules) for g in meta.groups] == \
         [(g.size, g.unit, g.prunable, g.modules) for g in real.groups]
     plan = G.random_plan(meta, 0.5, seed=2)
-    pruned = G.rewrite(real, plan, keep_class=True)
-    assert type(pruned) is type(model) and pruned.gdp_verify.ok
+    pruned_applied = G.apply_plan(real, plan, keep_class=True)
+    pruned = pruned_applied.model
+    assert type(pruned) is type(model) and pruned_applied.verify.ok
 
 
 def test_shipped_vit_policy_selects_heads_and_mlp_by_the_real_module_types(analyses):

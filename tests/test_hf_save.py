@@ -56,8 +56,9 @@ def layer_blocks(a, prefix):
 def prune(a, plan):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruned = G.rewrite(a, plan)
-    assert pruned.gdp_verify.ok, getattr(pruned, "gdp_kept_class_reason", "")
+        pruned_applied = G.apply_plan(a, plan)
+        pruned = pruned_applied.model
+    assert pruned_applied.verify.ok, pruned_applied.kept_class_reason
     return pruned
 
 

@@ -57,9 +57,10 @@ def test_heads_channels_and_halves_removed_keep_the_class(hf, name, tmp_path):
     assert any(a.groups[g].unit == "head" for g in plan.keep) and any(a.groups[g].unit == "channel" for g in plan.keep)
     with warnings.catch_warnings():
         warnings.simplefilter("error", KeepClassWarning)  # the class is kept: nothing to warn about
-        pruned = G.rewrite(a, plan)  # the default
+        pruned_applied = G.apply_plan(a, plan)  # the default
+        pruned = pruned_applied.model
     assert isinstance(pruned, type(model)) and type(pruned) is type(model)
-    assert pruned.gdp_verify.ok and pruned.gdp_verify.max_rel_diff <= 1e-5, pruned.gdp_verify
+    assert pruned_applied.verify.ok and pruned_applied.verify.max_rel_diff <= 1e-5, pruned_applied.verify
     assert G.verify(a, plan, pruned).max_rel_diff <= 1e-5
     stand_ins = {n: m for n, m in pruned.named_modules() if isinstance(m, RemovedBranch)}
     assert any(m.constant is not None for m in stand_ins.values()), stand_ins
@@ -99,8 +100,9 @@ def test_resnet_loses_a_plain_and_a_strided_block_and_keeps_its_class():
     plain = next(b.id for b in a.blocks if b.shortcut_is_identity)
     strided = next(b.id for b in a.blocks if not b.shortcut_is_identity)
     plan = G.PruningPlan(keep=G.random_plan(a, 0.3, seed=0).keep, removed_blocks=frozenset({plain, strided}))
-    pruned = G.rewrite(a, plan)
-    assert type(pruned) is type(model) and pruned.gdp_verify.max_rel_diff <= 1e-5, pruned.gdp_verify
+    pruned_applied = G.apply_plan(a, plan)
+    pruned = pruned_applied.model
+    assert type(pruned) is type(model) and pruned_applied.verify.max_rel_diff <= 1e-5, pruned_applied.verify
     assert isinstance(pruned.get_submodule(f"{a.blocks[strided].name}.bn2"), RemovedBranch)
     graph = G.rewrite(a, plan, keep_class=False)
     assert count_params(pruned) == count_params(graph)
@@ -156,11 +158,13 @@ def test_branch_no_submodule_returns_falls_back_and_says_why():
     plan = G.random_plan(a, 0.5, seed=0, block_ratio=1.0)
     with pytest.warns(KeepClassWarning, match=r"returning a GraphModule, not LayerScaled: block 0 \(block\): its "
                                               r"output \(node '\w+'\) is computed in block's own forward"):
-        pruned = G.rewrite(a, plan)
-    assert isinstance(pruned, torch.fx.GraphModule) and pruned.gdp_verify.ok
-    assert "computed in block's own forward" in pruned.gdp_kept_class_reason
-    asked = G.rewrite(a, plan, keep_class=False)
-    assert isinstance(asked, torch.fx.GraphModule) and "keep_class=False" in asked.gdp_kept_class_reason
+        pruned_applied = G.apply_plan(a, plan)
+        pruned = pruned_applied.model
+    assert isinstance(pruned, torch.fx.GraphModule) and pruned_applied.verify.ok
+    assert "computed in block's own forward" in pruned_applied.kept_class_reason
+    asked_applied = G.apply_plan(a, plan, keep_class=False)
+    asked = asked_applied.model
+    assert isinstance(asked, torch.fx.GraphModule) and "keep_class=False" in asked_applied.kept_class_reason
 
 
 def test_hooks_survive_unless_their_module_is_replaced():
@@ -183,15 +187,16 @@ def test_hooks_survive_unless_their_module_is_replaced():
 def test_trained_graph_module_goes_back_into_the_class_with_its_gate_scales_folded():
     """What ``gdp-graph prune`` does after finalize and fine-tuning: the GraphModule's current
     weights go into the class, a kept gate scale into the linear layer it feeds."""
-    from gdp_graph.prune.keep_class import keep_class_of
+    from gdp_graph.prune.keep_class import SITE_SCALE_META, keep_class_of
+    from gdp_graph.prune.rewrite import rewrite_graph
     torch.manual_seed(0)
     model = LayerScaled().eval()
     x = torch.randn(5, 4)
     a = G.analyze(model, x)
     plan = G.random_plan(a, 0.5, seed=0)
     scale = torch.linspace(0.2, 1.8, 16)
-    graph = G.rewrite(a, plan, site_scales={("block_fc2", 0): (1, scale)})
-    assert any(n.startswith("_gdp_scale") for n, _ in graph.named_buffers())
+    graph = rewrite_graph(a, plan, site_scales={("block_fc2", 0): (1, scale)})
+    assert sum(SITE_SCALE_META in n.meta for n in graph.graph.nodes) == 1
     with torch.no_grad():
         graph.get_submodule("head").weight.mul_(2.0)  # "fine-tuned" since the analysis
     kept = keep_class_of(a, plan, graph)

@@ -66,10 +66,12 @@ def test_hf4_style_decoder_prunes_gqa_heads_through_computed_view_shapes(analyse
     assert [g.size for g in heads] == [2, 2] and all(g.prunable and g.exact for g in heads)
     assert not any("inv_freq" in m for g in a.groups for m in g.modules)  # a constant, not channels
     plan = G.PruningPlan(keep={heads[0].id: (1,), heads[1].id: (0,)})
-    pruned = G.rewrite(a, plan)
-    assert pruned.gdp_verify.ok and pruned.gdp_verify.max_rel_diff < 1e-5
-    kept = G.rewrite(a, plan, keep_class=True)
-    assert type(kept).__name__ == "HandWrittenDecoder" and kept.gdp_verify.ok
+    pruned_applied = G.apply_plan(a, plan)
+    pruned = pruned_applied.model
+    assert pruned_applied.verify.ok and pruned_applied.verify.max_rel_diff < 1e-5
+    kept_applied = G.apply_plan(a, plan, keep_class=True)
+    kept = kept_applied.model
+    assert type(kept).__name__ == "HandWrittenDecoder" and kept_applied.verify.ok
     attn = kept.layers[0].self_attn
     assert (attn.num_heads, attn.num_key_value_heads) == (2, 1) and attn.q_proj.out_features == 16
 
@@ -87,11 +89,13 @@ def test_gpt2_conv1d_and_in_place_causal_mask(analyses):
     heads = [g for g in a.groups if g.unit == "head"]
     mlp = [g for g in a.groups if g.size == 128]
     assert len(heads) == 2 and len(mlp) == 2 and all(g.prunable and g.exact for g in heads + mlp)
-    pruned = G.rewrite(a, G.random_plan(a, 0.5, seed=0), keep_class=False)  # the graph is under test
+    pruned_applied = G.apply_plan(a, G.random_plan(a, 0.5, seed=0), keep_class=False)  # the graph is under test
+    pruned = pruned_applied.model
     assert sum("masked_fill_" in str(n.target) for n in pruned.graph.nodes) == 2  # side effects: kept
-    assert pruned.gdp_verify.ok and pruned.gdp_verify.max_rel_diff < 1e-5
-    pruned = G.rewrite(a, G.random_plan(a, 0.5, seed=1, block_ratio=0.5))
-    assert pruned.gdp_verify.ok and pruned.gdp_verify.max_rel_diff < 1e-5
+    assert pruned_applied.verify.ok and pruned_applied.verify.max_rel_diff < 1e-5
+    pruned_applied = G.apply_plan(a, G.random_plan(a, 0.5, seed=1, block_ratio=0.5))
+    pruned = pruned_applied.model
+    assert pruned_applied.verify.ok and pruned_applied.verify.max_rel_diff < 1e-5
 
 
 def test_conv1d_addmm_under_fx():
@@ -109,8 +113,10 @@ def test_conv1d_addmm_under_fx():
     hidden = next(g for g in a.groups if g.size == 24)
     assert hidden.prunable and hidden.exact and {"c_fc", "c_proj"} <= set(hidden.modules)
     plan = G.PruningPlan(keep={hidden.id: tuple(range(0, 24, 3))})
-    pruned = G.rewrite(a, plan)
+    pruned_applied = G.apply_plan(a, plan)
+    pruned = pruned_applied.model
     assert pruned.c_fc.weight.shape == (8, 8) and pruned.c_proj.weight.shape == (8, 8)
-    assert pruned.gdp_verify.ok
-    kept = G.rewrite(a, plan, keep_class=True)
-    assert (kept.c_fc.nf, kept.c_proj.nx) == (8, 8) and kept.gdp_verify.ok
+    assert pruned_applied.verify.ok
+    kept_applied = G.apply_plan(a, plan, keep_class=True)
+    kept = kept_applied.model
+    assert (kept.c_fc.nf, kept.c_proj.nx) == (8, 8) and kept_applied.verify.ok

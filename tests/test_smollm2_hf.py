@@ -67,8 +67,9 @@ def test_pruned_smollm2_saves_a_folder_plain_transformers_loads(smollm2, tmp_pat
         assert len(heads) == 30 and len(mlps) == 30
         plan = G.PruningPlan(keep={**{g.id: (0, 2) for g in heads}, **{g.id: tuple(range(0, 1536, 2)) for g in mlps}},
                              removed_blocks=frozenset(b.id for b in a.blocks if b.name == "model.layers.28"))
-        pruned = G.rewrite(a, plan)
-    assert type(pruned) is type(smollm2) and pruned.gdp_verify.ok, getattr(pruned, "gdp_kept_class_reason", "")
+        applied = G.apply_plan(a, plan)
+    pruned = applied.model
+    assert type(pruned) is type(smollm2) and applied.verify.ok, applied.kept_class_reason
     assert save_hf(pruned, a, plan, tmp_path / "hf") is True
     info, logits = load_elsewhere(tmp_path / "hf")
     assert info == {"gdp": False, "same": True, "layers": 29, "class": "LlamaForCausalLM"}

@@ -45,8 +45,9 @@ def in_memory(folder: Path, plan_file: Path, out: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         analysis = G.analyze(model, inputs)
-        pruned = G.rewrite(analysis, G.PruningPlan.load(plan_file))
-    assert type(pruned) is T.LlamaForCausalLM and pruned.gdp_verify.ok, getattr(pruned, "gdp_kept_class_reason", "")
+        pruned_applied = G.apply_plan(analysis, G.PruningPlan.load(plan_file))
+        pruned = pruned_applied.model
+    assert type(pruned) is T.LlamaForCausalLM and pruned_applied.verify.ok, pruned_applied.kept_class_reason
     assert save_hf(pruned, analysis, G.PruningPlan.load(plan_file), out)  # uniform: a plain folder
     return model, inputs, pruned
 

@@ -129,8 +129,9 @@ def test_uniform_llama_fits_a_standard_config(setups, tmp_path):
     scores = {g: torch.rand(a.groups[g].size, generator=gen) for g in res.gated_groups()}
     plan, _ = plan_for_budget(a, CostModel(a), res, scores, 0.5)
     heads, mlp = sorted(res.uniform_sets, key=lambda s: a.groups[s[0]].size)
-    pruned = G.rewrite(a, plan, keep_class=True)
-    assert type(pruned) is type(model) and pruned.gdp_verify.ok, pruned.gdp_verify
+    pruned_applied = G.apply_plan(a, plan, keep_class=True)
+    pruned = pruned_applied.model
+    assert type(pruned) is type(model) and pruned_applied.verify.ok, pruned_applied.verify
     assert pruned.config.intermediate_size == _kept(a, plan, mlp)[0] < 48
     assert pruned.config.num_key_value_heads == _kept(a, plan, heads)[0]
     pruned.save_pretrained(tmp_path)

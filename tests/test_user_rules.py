@@ -199,5 +199,6 @@ def test_register_sizes_keeps_a_traced_through_layers_attribute_in_step():
     plan = G.PruningPlan(keep={group.id: (1, 4, 5, 8)})
     smap = G.slice_map(analysis, plan)
     assert smap.attribute_changes["up"] == {"width": 4}
-    pruned = G.rewrite(analysis, plan)
-    assert type(pruned) is Projected and pruned.up.width == 4 and pruned.gdp_verify.ok
+    pruned_applied = G.apply_plan(analysis, plan)
+    pruned = pruned_applied.model
+    assert type(pruned) is Projected and pruned.up.width == 4 and pruned_applied.verify.ok

@@ -87,7 +87,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from gdp_graph.graph.cost import model_cost
     from gdp_graph.prune.plan import random_plan
-    from gdp_graph.prune.rewrite import VerifyWarning, rewrite
+    from gdp_graph.prune.rewrite import VerifyWarning, apply_plan
     from gdp_graph.prune.verify import verify
     from gdp_graph.report.tables import print_check
     if not 0 <= args.ratio < 1:
@@ -103,8 +103,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VerifyWarning)  # the verdict is the exit code and the report
         # the GraphModule is what is checked; it takes the graph's positional inputs the cost uses
-        pruned = rewrite(analysis, plan, tolerance=args.tolerance, keep_class=False)
-    result = pruned.gdp_verify or verify(analysis, plan, pruned, tolerance=args.tolerance)
+        applied = apply_plan(analysis, plan, tolerance=args.tolerance, keep_class=False)
+    pruned = applied.model
+    result = applied.verify or verify(analysis, plan, pruned, tolerance=args.tolerance)
     if result.inconclusive:  # neither "equal" nor "different": the check cannot tell
         hint = "" if args.realistic_weights else " (drop --no-realistic-weights, or give the model real weights)"
         raise UsageError(f"{args.spec}: cannot verify: {result.inconclusive}{hint}")

@@ -106,7 +106,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if is_hf_spec(args.spec) and args.out:
         return cmd_stream(args)
     from gdp_graph.graph.cost import model_cost
-    from gdp_graph.prune.rewrite import VerifyWarning, rewrite
+    from gdp_graph.prune.rewrite import VerifyWarning, apply_plan
     from gdp_graph.prune.verify import verify
     from gdp_graph.report.outputs import load_plan, write_outputs
     from gdp_graph.report.tables import before_after_table
@@ -115,8 +115,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VerifyWarning)  # the verdict is the exit code
         # the GraphModule: it takes the graph's positional inputs saved for 'export' (source too)
-        pruned = rewrite(analysis, plan, tolerance=args.tolerance, keep_class=False)
-    result = pruned.gdp_verify or verify(analysis, plan, pruned, tolerance=args.tolerance)
+        applied = apply_plan(analysis, plan, tolerance=args.tolerance, keep_class=False)
+    pruned = applied.model
+    result = applied.verify or verify(analysis, plan, pruned, tolerance=args.tolerance)
     before, after = model_cost(analysis.traced.gm, inputs), model_cost(pruned, inputs)
     n = batch_size(inputs)
     report = {"spec": args.spec, "plan": str(args.plan), "groups_pruned": len(plan.keep),

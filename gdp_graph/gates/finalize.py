@@ -31,7 +31,7 @@ from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import Cost, count_params, model_cost, traced_cost
 from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.policy import Resolution
-from gdp_graph.prune.rewrite import SiteScales, rewrite
+from gdp_graph.prune.rewrite import SiteScales, rewrite_graph
 from gdp_graph.prune.verify import VerifyResult, compare_outputs
 from gdp_graph.errors import GdpError
 from gdp_graph.gates import selection
@@ -173,7 +173,7 @@ def finalize(gated: GatedModel, *, threshold: Optional[float] = None, tolerance:
     threshold = gated.threshold if threshold is None else float(threshold)
     plan = plan_from_gates(analysis, gated.bank, gated.resolution, threshold)
     weights, site_scales = absorb(gated, plan)
-    pruned = rewrite(analysis, plan, weights=weights, site_scales=site_scales, copy_weights=False)
+    pruned = rewrite_graph(analysis, plan, weights=weights, site_scales=site_scales, copy_weights=False)
     device = _device_of(gated)
     pruned.to(device)
 

@@ -35,9 +35,6 @@ class Track:
     def shifted(self, offset: int) -> "Track":
         return Track(tuple(d + offset for d in self.dims), self.labels)
 
-    def with_dims(self, dims: Sequence[int]) -> "Track":
-        return Track(tuple(dims), self.labels)
-
     def single(self) -> bool:
         return len(self.dims) == 1
 
@@ -127,11 +124,6 @@ def infer_tracks(labels: torch.Tensor) -> tuple[list[Track], torch.Tensor]:
     else:
         projected = labels.amax(dim=others)
     return [Track(tuple(varying), projected.to(torch.long).contiguous())], empty
-
-
-def tracks_to_labels(tracks: Sequence[Track], shape: Sequence[int]) -> list[torch.Tensor]:
-    """Full-shape label tensors, one per track (materialized, contiguous)."""
-    return [expand_labels(t, shape).contiguous() for t in tracks]
 
 
 def map_structure(fn, value: Any) -> Any:

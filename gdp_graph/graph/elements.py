@@ -102,13 +102,6 @@ class ElementStore:
         if bool(keep.any()):
             self._pending.append(torch.stack([a[keep], b[keep]]))
 
-    def union_all(self, labels: torch.Tensor) -> None:
-        """Make every non-null element of ``labels`` one unit."""
-        flat = labels.reshape(-1)
-        flat = flat[flat != 0]
-        if flat.numel() > 1:
-            self.union(flat[:1].expand(flat.numel() - 1), flat[1:])
-
     def union_along(self, labels: torch.Tensor, keep_dim: int) -> torch.Tensor:
         """Union all elements that share an index along ``keep_dim``; return one label per index
         (its first non-null element, 0 where it has none)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -100,10 +99,8 @@ def _placed(settings: LatencySettings, model: nn.Module, inputs: Sequence[Any]) 
 def _variant(analysis: Analysis, plan: PruningPlan) -> nn.Module:
     if not plan.keep:
         return copy.deepcopy(analysis.traced.gm)
-    from gdp_graph.prune.rewrite import rewrite
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return rewrite(analysis, plan, check=False, keep_class=False)
+    from gdp_graph.prune.rewrite import rewrite_graph
+    return rewrite_graph(analysis, plan)
 
 
 def _variants(analysis: Analysis, settings: LatencySettings, fractions: Sequence[float], inputs: list[Any]

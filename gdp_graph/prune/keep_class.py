@@ -123,42 +123,38 @@ def keep_class_of(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphModule,
     return keep_class(analysis, plan, smap, tolerance, expected, tensors=tensors, against_pruned=True)
 
 
-def class_or_graph(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphModule, smap: SliceMap, *,
-                   wanted: Optional[bool], tolerance: float, expected: Any, own_weights: bool, check: bool) -> nn.Module:
-    """What ``rewrite`` returns: the kept class when asked for (``wanted``: rewrite's
-    ``keep_class``) or by default where it verifies, else ``pruned`` with
-    ``gdp_kept_class_reason`` saying why; a :class:`KeepClassWarning` names what is lost either
-    way (the class, hooks)."""
-    why_not = _why_not_the_class(analysis, plan, pruned, wanted, own_weights, check)
+def class_or_graph(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphModule, smap: SliceMap,
+                   checked: Optional[VerifyResult], *, wanted: Optional[bool], tolerance: float, expected: Any,
+                   check: bool) -> KeptClass:
+    """The kept class when asked for (``wanted``: ``apply_plan``'s ``keep_class``) or by default
+    where it verifies (``checked``: the GraphModule's verification); its ``model`` is None with
+    the ``reason`` otherwise. A :class:`KeepClassWarning` names what is lost either way (the
+    class, hooks)."""
+    why_not = _why_not_the_class(analysis, plan, checked, wanted, check)
     if why_not is None:
         kept = keep_class(analysis, plan, smap, tolerance, expected)
         if kept.model is not None:
-            kept.model.gdp_verify = kept.verify
             if kept.dropped_hooks:
                 warnings.warn(f"hooks on {', '.join(kept.dropped_hooks)} are dropped: those modules belong to removed "
-                              f"residual branches and were replaced by stand-ins", KeepClassWarning, stacklevel=3)
-            return kept.model
-        pruned.gdp_kept_class_reason = kept.reason
+                              f"residual branches and were replaced by stand-ins", KeepClassWarning, stacklevel=4)
+            return kept
         hooked = _hooks_missing_from(analysis, pruned)
         dropped = f"; hooks on {', '.join(hooked)} are not in the GraphModule" if hooked else ""
         warnings.warn(f"returning a GraphModule, not {type(analysis.traced.module).__name__}: {kept.reason}{dropped}",
-                      KeepClassWarning, stacklevel=3)
-        return pruned
-    pruned.gdp_kept_class_reason = why_not
+                      KeepClassWarning, stacklevel=4)
+        return KeptClass(None, kept.reason, kept.verify, dropped_hooks=hooked)
     hooked = _hooks_missing_from(analysis, pruned)
     if hooked:
         warnings.warn(f"hooks on {', '.join(hooked)} are not in the pruned GraphModule ({why_not}; a rewrite that "
-                      f"keeps the class keeps them)", KeepClassWarning, stacklevel=3)
-    return pruned
+                      f"keeps the class keeps them)", KeepClassWarning, stacklevel=4)
+    return KeptClass(None, why_not, dropped_hooks=hooked)
 
 
-def _why_not_the_class(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphModule, wanted: Optional[bool],
-                       own_weights: bool, check: bool) -> Optional[str]:
+def _why_not_the_class(analysis: Analysis, plan: PruningPlan, checked: Optional[VerifyResult],
+                       wanted: Optional[bool], check: bool) -> Optional[str]:
     """Why the class is not tried (None: try it)."""
     if wanted is False:
         return "keep_class=False asked for the GraphModule"
-    if own_weights:
-        return "weights or site scales were given: the caller verifies the GraphModule"
     if wanted:
         return None
     if analysis.traced.module is None or analysis.traced.inputs is None:
@@ -167,7 +163,7 @@ def _why_not_the_class(analysis: Analysis, plan: PruningPlan, pruned: fx.GraphMo
         return "an inexact plan cannot be verified against the gated reference"
     if not check:
         return "check=False: nothing verifies the class's forward"
-    if pruned.gdp_verify is None or not pruned.gdp_verify.ok:
+    if checked is None or not checked.ok:
         return "the GraphModule itself differs from the gated reference"
     return None
 
@@ -203,7 +199,8 @@ def _fold_site_scales(pruned: nn.Module, tensors: dict[str, torch.Tensor]) -> di
         layer = next(iter(muls[0].users)) if len(muls) == 1 and len(muls[0].users) == 1 else None
         weight = None
         if layer is not None and layer.args and layer.args[0] is muls[0]:
-            if layer.op == "call_function" and layer.target in _LINEAR and getattr(layer.args[1], "op", "") == "get_attr":
+            if layer.op == "call_function" and layer.target in _LINEAR \
+                    and getattr(layer.args[1], "op", "") == "get_attr":
                 weight = str(layer.args[1].target)
             elif layer.op == "call_module" and isinstance(pruned.get_submodule(str(layer.target)), nn.Linear):
                 weight = f"{layer.target}.weight"

@@ -38,8 +38,6 @@ def write_outputs(folder: str | Path, pruned: nn.Module, plan: PruningPlan, repo
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    # a verification result attached by rewrite() would make the file need gdp_graph to load
-    verify_result = pruned.__dict__.pop("gdp_verify", None)
     try:
         save(pruned, staging / PRUNED_FILE)
         plan.save(staging / PLAN_FILE, analysis)
@@ -50,8 +48,6 @@ def write_outputs(folder: str | Path, pruned: nn.Module, plan: PruningPlan, repo
         for file in staging.iterdir():
             os.replace(file, folder / file.name)
     finally:
-        if verify_result is not None:
-            pruned.gdp_verify = verify_result
         shutil.rmtree(staging, ignore_errors=True)
     return folder
 
