@@ -4,7 +4,7 @@
   through it, and nothing it returns may alias the user's weights.
 - Branch constants skip running a linear/conv layer on zeros (its bias everywhere): the
   constants must equal what running the layer gives.
-- ``rewrite(copy_weights=False)`` (finalize) builds on the weights it is handed, never on the
+- ``rewrite_graph(copy_weights=False)`` (finalize) builds on the weights it is handed, never on the
   traced module that shares the user's storage.
 """
 
