@@ -38,6 +38,8 @@ def grid_plan(analysis: Analysis, fraction: float, round_to: int = 1) -> Pruning
     lowest-numbered free ones), the count a multiple of ``round_to`` channels and of the group's
     divisor, at least one step; a layer left without input gets one unit back."""
     keep: dict[int, tuple[int, ...]] = {}
+    if fraction >= 1.0:
+        return PruningPlan(keep=keep)  # the top of the grid is the model itself, whatever round_to says
     for g in analysis.prunable_groups():
         if not g.exact:
             continue
@@ -122,8 +124,8 @@ def build_table(analysis: Analysis, settings: Optional[LatencySettings] = None, 
                 progress: Optional[Callable[[str, int, int], None]] = None) -> LatencyTable:
     """Measure ``analysis``'s model at ``settings.points`` kept widths (see the module docstring).
 
-    Every pass runs each width once with its nodes timed and the unpruned model once whole, the
-    order alternating between passes, so that a machine busy with other work slows every width
+    Every pass runs each width once with its nodes timed and once whole, the order alternating
+    between passes, so that a machine busy with other work slows every width
     alike; each node keeps its fastest time (:func:`~gdp_graph.latency.timing.fastest_run`), the
     whole model too. ``timer`` defaults to :func:`~gdp_graph.latency.timing.default_timer`;
     ``progress(label, done, total)`` is called after each step. Raises :class:`LatencyError` naming the width that failed."""
@@ -142,31 +144,32 @@ def build_table(analysis: Analysis, settings: Optional[LatencySettings] = None, 
     torch.set_num_threads(settings.threads)
     try:
         with torch.inference_mode():
-            variants = _variants(analysis, settings, fractions, inputs)
-            full, placed_full = _placed(settings, copy.deepcopy(analysis.traced.gm), inputs)
+            variants = _variants(analysis, settings, fractions, inputs)  # the first: the model itself
             if progress:
                 progress("rewritten", 0, passes)
             runs: list[list[dict[str, float]]] = [[] for _ in variants]
-            whole = []
+            wholes: list[list[float]] = [[] for _ in variants]
             for _, model, placed in variants:  # warm-up
                 model(*placed)
             for p in range(passes):
                 order = list(range(len(variants)))
                 for i in (order if p % 2 == 0 else order[::-1]):
                     runs[i].append(_timed(variants[i], timer, fractions[i]))
-                whole.append(float(timer.model(full, placed_full)))
+                    wholes[i].append(float(timer.model(variants[i][1], variants[i][2])))
                 if progress:
                     progress(f"pass {p + 1}/{passes}", p + 1, passes)
     finally:
         torch.set_num_threads(previous)
     points: dict[str, list[tuple[float, float]]] = {n: [] for n in cost_model.node_names}
-    for (plan, _, _), per_pass in zip(variants, runs):
+    whole_points = []
+    for (plan, _, _), per_pass, whole in zip(variants, runs, wholes):
         seconds = fastest_run(per_pass)
         for name, scale in zip(cost_model.node_names, plan_scales(cost_model, plan).tolist()):
             points[name].append((float(scale), float(seconds.get(name, 0.0))))
-    return LatencyTable(key=dict(key or {}), whole_s=min(whole),
+        whole_points.append((sum(seconds.get(n, 0.0) for n in cost_model.node_names), min(whole)))
+    return LatencyTable(key=dict(key or {}), whole_s=whole_points[0][1],
                         points={n: tuple(p) for n, p in points.items()}, fractions=fractions,
-                        build_s=time.perf_counter() - started, extra=extra)
+                        build_s=time.perf_counter() - started, extra=extra, whole_points=tuple(whole_points))
 
 
 def _timed(variant: tuple[PruningPlan, nn.Module, list[Any]], timer: Timer, fraction: float) -> dict[str, float]:

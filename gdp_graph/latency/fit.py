@@ -45,11 +45,16 @@ class LatencyFit:
         self.ys = torch.tensor(ys_all, dtype=torch.float64).reshape(len(fitted), width)
         self.table = table
         full = float(self._interpolate(torch.ones(len(fitted), dtype=torch.float64)).sum()) if fitted else 0.0
-        #: the whole model's time over its nodes' sum. The gap (a whole forward ran 10-20% slower
-        #: than its timed nodes on a busy 2-core machine) moved with the work on every grid width,
-        #: not as a constant: it is spread over the nodes in proportion, not added
+        #: the whole model's time over its nodes' sum at full width
         self.remainder_scale = float(table.whole_s / full) if full > 0 else 1.0
-        self.total = float(table.whole_s)
+        # the same ratio at every grid width, against the nodes' sum there: a whole forward took
+        # 20% longer than its nodes at full width and 34% at 1/8 (RegNetY-400MF, CPU time), partly
+        # in proportion to the work, partly per node
+        pairs = sorted((x, w / x) for x, w in table.whole_points if x > 0) or [(max(full, 1e-12), self.remainder_scale)]
+        self._sums = torch.tensor([x for x, _ in pairs], dtype=torch.float64)
+        self._ratios = torch.tensor([r for _, r in pairs], dtype=torch.float64)
+        ones = torch.ones(len(fitted), dtype=torch.float64)
+        self.total = float(self.evaluate(ones, ones)) if fitted else float(table.whole_s)
 
     def _interpolate(self, scales: Tensor) -> Tensor:
         xs, ys = self.xs.to(scales), self.ys.to(scales)
@@ -68,8 +73,21 @@ class LatencyFit:
         return self._interpolate(scales) * block_scale
 
     def evaluate(self, scales: Tensor, block_scale: Tensor) -> Tensor:
-        """Predicted seconds per forward of the model at these term scales."""
-        return self.per_term(scales, block_scale).sum() * self.remainder_scale
+        """Predicted seconds per forward of the model at these term scales: the nodes' sum times
+        the whole model's ratio to it, interpolated between the grid widths (flat outside)."""
+        nodes = self.per_term(scales, block_scale).sum()
+        return nodes * _piecewise(self._sums.to(nodes), self._ratios.to(nodes), nodes)
+
+
+def _piecewise(xs: Tensor, ys: Tensor, x: Tensor) -> Tensor:
+    """Linear interpolation of (xs, ys) at the scalar ``x``, flat outside; xs ascending."""
+    if xs.numel() == 1:
+        return ys[0] + 0.0 * x
+    xc = torch.minimum(torch.maximum(x, xs[0]), xs[-1])
+    i = int(torch.searchsorted(xs, xc.detach().reshape(1)).clamp(1, xs.numel() - 1))
+    if xs[i] == xs[i - 1]:
+        return ys[i] + 0.0 * x
+    return ys[i - 1] + (ys[i] - ys[i - 1]) / (xs[i] - xs[i - 1]) * (xc - xs[i - 1])
 
 
 def attach_latency(cost_model: CostModel, table: LatencyTable) -> CostModel:
