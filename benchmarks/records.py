@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 __all__ = ["RecordsError", "ROOT", "add_record_flags", "append_record", "git_state", "latest_run", "load_records",
-           "machine", "new_record", "parse_with_protocol", "recorded", "sha256_file"]
+           "machine", "new_record", "parse_with_protocol", "recorded", "run_and_table_commands", "sha256_file"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PathLike = Union[str, Path]
@@ -228,3 +228,15 @@ def latest_run(path: PathLike, benchmark: str, by: str = "model") -> Optional[di
         if r.get("commit") == last.get("commit") and rest(r) == rest(last):
             rows[r["settings"][by]] = r["result"]  # a rerun replaces the earlier result in place
     return {"record": last, "rows": rows}
+
+
+def run_and_table_commands(parser: argparse.ArgumentParser, results: Path) -> argparse.ArgumentParser:
+    """The two subcommands of a benchmark whose table is printed from its records: ``run``
+    (``--out FILE``, ``--note``, ``--rerun``; returned, for the benchmark's own settings) and
+    ``table`` (``--results FILE``)."""
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="measure and append records")
+    run.add_argument("--out", type=Path, default=results)
+    add_record_flags(run)
+    sub.add_parser("table", help="print the last run's table").add_argument("--results", type=Path, default=results)
+    return run

@@ -59,15 +59,10 @@ def table(path: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run")
+    r = records.run_and_table_commands(p, RESULTS)
     r.add_argument("--ratio", type=float, default=0.3)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--blocks", type=float, default=0.5, help="share of removable blocks to remove")
-    r.add_argument("--out", type=Path, default=RESULTS)
-    records.add_record_flags(r)
-    t = sub.add_parser("table")
-    t.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
     if args.command == "table":
         print(table(args.results))

@@ -215,3 +215,14 @@ def test_hf_models_records_a_model_and_prints_the_table_from_the_file(tmp_path):
     path = tmp_path / "hf.json"
     records.append_record(path, records.new_record("hf_models", {"model": "gpt2", "ratio": 0.5, "seed": 0}, row))
     assert "| gpt2 | " in hf_models.table(path)
+
+
+def test_run_and_table_commands(tmp_path):
+    p = argparse.ArgumentParser()
+    run = records.run_and_table_commands(p, tmp_path / "r.json")
+    run.add_argument("--ratio", type=float, default=0.3)
+    args = p.parse_args(["run", "--note", "[x]", "--ratio", "0.5"])
+    assert (args.command, args.out, args.note, args.rerun, args.ratio) == ("run", tmp_path / "r.json", "[x]", False, 0.5)
+    assert p.parse_args(["table"]).results == tmp_path / "r.json"
+    with pytest.raises(SystemExit):
+        p.parse_args([])
