@@ -1,9 +1,9 @@
 """Stage 2: propagate channels through the traced graph and form channel groups.
 
-One walk over the graph dispatches each node to its rule (:mod:`gdp_graph.graph.rules`), storing
-what it learns on the node (``node.meta["channels"]``). The union-find over elements then gives
-units; units of the same kind (made of elements of the same spaces) form a group. The
-dependency graph (networkx) links groups to the layers they touch.
+One walk over the graph (an ``fx.Interpreter``) dispatches each node to its rule
+(:mod:`gdp_graph.graph.rules`), storing what it learns on the node (``node.meta["channels"]``).
+The union-find over elements then gives units; units of the same kind (made of elements of the
+same spaces) form a group. The dependency graph (networkx) links groups to the layers they touch.
 """
 
 from __future__ import annotations
@@ -84,49 +84,72 @@ def _contains_tensor(value: Any) -> bool:
 def propagate(traced: TracedModel) -> ElementStore:
     """Run every node's rule; facts land in ``node.meta['channels']`` and the returned store."""
     store = ElementStore()
-    gm = traced.gm
-    modules = dict(gm.named_modules())
-    opaque = {o.module: o.reason for o in traced.opaque}
-    chans: dict[str, Any] = {}
-    params_seen: dict[str, Chan] = {}
-    for node in gm.graph.nodes:
-        value = traced.values.get(node.name)
-        module = modules.get(node.target) if node.op == "call_module" else None
-        ctx = RuleContext(node, module, store, traced.values, chans)
-        if node.op == "placeholder":
-            chan = map_structure(lambda _: UNTRACKED, value)
-        elif node.op == "get_attr":
-            chan = _param_chan(store, node, value, params_seen) if isinstance(value, torch.Tensor) else None
-        elif node.op == "output":
-            ctx.freeze_inputs("reaches the model output")
-            chan = None
-        elif not _contains_tensor(value):
-            chan = None  # shape arithmetic; the rewriter pins channel sizes it reads
-        elif node.op == "call_module" and node.target in opaque:
-            ctx.freeze_inputs(f"enters opaque module '{node.target}' ({opaque[node.target]})")
-            chan = map_structure(lambda _: UNTRACKED, value)
-        else:
-            rule = rules.lookup(module if module is not None else node.target)
-            same = returns_an_input(ctx) if rule is None else None
-            if same is not None:
-                chan = same  # e.g. stochastic_depth in eval mode: returned its input as is
-            elif rule is None:
-                kind = f"module type {type(module).__name__}" if module is not None else target_name(node)
-                ctx.freeze_inputs(f"no rule for {kind}")
-                chan = map_structure(lambda _: UNTRACKED, value)
-            else:
-                try:
-                    chan = rule.propagate(ctx)
-                except Exception as exc:  # noqa: BLE001 - re-raised with the node named
-                    raise AnalysisError(f"channel rule failed on {ctx.where}: {type(exc).__name__}: {exc}\n  {node.format_node()}") from exc
-                if chan is None and isinstance(value, torch.Tensor):
-                    chan = UNTRACKED
-        chans[node.name] = chan
-        node.meta["channels"] = chan
-    _tie_shared_modules(gm, store)
-    _resolve_joint_tracks(gm, store)
+    _Propagation(traced, store).run(enable_io_processing=False)
+    _tie_shared_modules(traced.gm, store)
+    _resolve_joint_tracks(traced.gm, store)
     _check_uniform(store)
     return store
+
+
+class _Propagation(fx.Interpreter):
+    """One walk over the traced graph, dispatched per opcode: each node's value is its channels
+    (the Interpreter's env, keyed by Node), also kept in ``node.meta['channels']``."""
+
+    def __init__(self, traced: TracedModel, store: ElementStore):
+        super().__init__(traced.gm, garbage_collect_values=False)
+        self.extra_traceback = False  # the AnalysisError names the node itself
+        self.traced, self.store = traced, store
+        self.opaque = {o.module: o.reason for o in traced.opaque}
+        self.params_seen: dict[str, Chan] = {}
+        self.ctx: Optional[RuleContext] = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        module = self.submodules.get(n.target) if n.op == "call_module" else None
+        self.ctx = RuleContext(n, module, self.store, self.traced.values, self.env)
+        chan = super().run_node(n)
+        n.meta["channels"] = chan
+        return chan
+
+    def placeholder(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        return map_structure(lambda _: UNTRACKED, self.ctx.out)
+
+    def get_attr(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        value = self.ctx.out
+        if not isinstance(value, torch.Tensor):
+            return None
+        return _param_chan(self.store, self.ctx.node, value, self.params_seen)
+
+    def output(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        self.ctx.freeze_inputs("reaches the model output")
+        return None
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        return self._call(self.ctx)
+
+    call_method = call_function
+    call_module = call_function
+
+    def _call(self, ctx: RuleContext) -> Any:
+        node, value, module = ctx.node, ctx.out, ctx.module
+        if not _contains_tensor(value):
+            return None  # shape arithmetic; the rewriter pins channel sizes it reads
+        if node.op == "call_module" and node.target in self.opaque:
+            ctx.freeze_inputs(f"enters opaque module '{node.target}' ({self.opaque[node.target]})")
+            return map_structure(lambda _: UNTRACKED, value)
+        rule = rules.lookup(module if module is not None else node.target)
+        same = returns_an_input(ctx) if rule is None else None
+        if same is not None:
+            return same  # e.g. stochastic_depth in eval mode: returned its input as is
+        if rule is None:
+            kind = f"module type {type(module).__name__}" if module is not None else target_name(node)
+            ctx.freeze_inputs(f"no rule for {kind}")
+            return map_structure(lambda _: UNTRACKED, value)
+        try:
+            chan = rule.propagate(ctx)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the node named
+            raise AnalysisError(f"channel rule failed on {ctx.where}: {type(exc).__name__}: {exc}\n"
+                                f"  {node.format_node()}") from exc
+        return UNTRACKED if chan is None and isinstance(value, torch.Tensor) else chan
 
 
 def _check_uniform(store: ElementStore) -> None:
@@ -175,7 +198,8 @@ def _depends_on_one_dim(track: Track, roots: torch.Tensor) -> bool:
 def _resolve_joint_tracks(gm: fx.GraphModule, store: ElementStore) -> None:
     """A joint track (e.g. ``(groups, channels_per_group)`` in a channel shuffle) can only lose
     whole slices along one dim. Where no rule chose the dim, tie along the innermost one."""
-    joint = [t for n in gm.graph.nodes for c in flatten_chans(n.meta.get("channels")) for t in c.tracks if not t.single()]
+    joint = [t for n in gm.graph.nodes for c in flatten_chans(n.meta.get("channels")) for t in c.tracks
+             if not t.single()]
     for _ in range(len(joint) + 1):
         roots = store.roots()
         unresolved = [t for t in joint if not _depends_on_one_dim(t, roots)]

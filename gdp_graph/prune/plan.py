@@ -65,7 +65,8 @@ class PruningPlan:
             if bid >= len(analysis.blocks):
                 problems.append(f"block {bid} does not exist")
             elif not analysis.blocks[bid].prunable:
-                problems.append(f"block {bid} ({analysis.blocks[bid].name}) cannot be removed: {'; '.join(analysis.blocks[bid].frozen_reasons)}")
+                problems.append(f"block {bid} ({analysis.blocks[bid].name}) cannot be removed: "
+                                f"{'; '.join(analysis.blocks[bid].frozen_reasons)}")
         for gid, kept in self.keep.items():
             if gid >= len(analysis.groups):
                 problems.append(f"group {gid} does not exist")
@@ -85,14 +86,16 @@ class PruningPlan:
             if frozen:
                 problems.append(f"group {gid}: units {frozen[:5]} are frozen ({g.describe_frozen()})")
             if not g.exact and not self.allow_inexact:
-                problems.append(f"group {gid}: removal is inexact ({'; '.join(g.inexact_reasons)}); allow_inexact is off")
+                problems.append(f"group {gid}: removal is inexact ({'; '.join(g.inexact_reasons)}); "
+                                f"allow_inexact is off")
             if not kept_set:
                 problems.append(f"group {gid}: every unit removed; keep at least one or remove its block")
             if g.divisor > 1 and len(kept_set) % g.divisor:
                 problems.append(f"group {gid}: {len(kept_set)} kept units is not a multiple of {g.divisor}")
         # starved_sites indexes units, which is only safe once every index is known valid
         for node, group, unit in ([] if problems else self.starved_sites(analysis)):
-            problems.append(f"node '{node}' would receive no input channels (keep a unit of group {group}, e.g. {unit})")
+            problems.append(f"node '{node}' would receive no input channels (keep a unit of group {group}, "
+                            f"e.g. {unit})")
         if problems:
             raise PlanError("invalid pruning plan:\n  " + "\n  ".join(problems))
 
@@ -122,7 +125,8 @@ class PruningPlan:
             unit_kept[int(offsets[gid]):int(offsets[gid]) + analysis.groups[gid].size] = False
             unit_kept[int(offsets[gid]) + torch.tensor(list(kept), dtype=torch.long)] = True
         groups = analysis.group_of_element.long()
-        index = torch.where(groups >= 0, offsets[groups.clamp(min=0)] + analysis.unit_of_element.long(), len(unit_kept) - 1)
+        index = torch.where(groups >= 0, offsets[groups.clamp(min=0)] + analysis.unit_of_element.long(),
+                            len(unit_kept) - 1)
         keep = unit_kept[index]
         keep[0] = True
         return keep

@@ -56,7 +56,8 @@ def windows_of(module: nn.Module) -> Optional[tuple[Window, ...]]:
     if isinstance(module, conv._ConvNd) and not module.transposed:
         padding = module.padding
         if isinstance(padding, str):  # "valid": none; "same": the size is kept (stride 1)
-            padding = (0,) if padding == "valid" else tuple(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size))
+            padding = (0,) if padding == "valid" else \
+                tuple(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size))
         return ((_tuple(module.kernel_size), _tuple(module.stride), _tuple(padding), _tuple(module.dilation), False),)
     if isinstance(module, (pooling._MaxPoolNd, pooling._AvgPoolNd)):
         stride = module.stride if module.stride is not None else module.kernel_size
@@ -283,7 +284,8 @@ def _returning(calls: list[_Call], expected: torch.Tensor, name: str) -> Optiona
              if isinstance(t, torch.Tensor) and t.shape == expected.shape]
     if not found:
         return None
-    call, i, _ = min(found, key=lambda f: float((f[2].double() - expected.double()).abs().max()) if f[2].numel() else 0.0)
+    call, i, _ = min(found, key=lambda f: float((f[2].double() - expected.double()).abs().max())
+                     if f[2].numel() else 0.0)
     return call, i
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch import nn
 
-from gdp_graph.graph.channels import LABEL_DTYPE, NULL, UNTRACKED, Chan, Track, expand_labels, infer_tracks, map_structure
+from gdp_graph.graph.channels import (LABEL_DTYPE, NULL, UNTRACKED, Chan, Track, expand_labels, infer_tracks,
+                                      map_structure)
 from gdp_graph.graph.elements import ElementStore
 from gdp_graph.graph.groups import Member
 
@@ -27,7 +29,7 @@ class RuleContext:
     """Per-node view given to ``OpRule.propagate``."""
 
     def __init__(self, node: fx.Node, module: Optional[nn.Module], store: ElementStore,
-                 values: dict[str, Any], chans: dict[str, Any]):
+                 values: dict[str, Any], chans: Mapping[fx.Node, Any]):
         self.node = node
         self.module = module
         self.store = store
@@ -65,7 +67,7 @@ class RuleContext:
     def chan(self, a: Any) -> Any:
         """The channel description of an argument (a :class:`Chan`, or nested for tuples)."""
         if isinstance(a, fx.Node):
-            return self._chans.get(a.name, UNTRACKED)
+            return self._chans.get(a, UNTRACKED)
         if isinstance(a, (list, tuple)):
             return tuple(self.chan(x) for x in a)
         return UNTRACKED
@@ -76,23 +78,9 @@ class RuleContext:
                 if isinstance(a, fx.Node) and isinstance(self._values.get(a.name), torch.Tensor)]
 
     def all_input_chans(self) -> list[Chan]:
-        found: list[Chan] = []
-
-        def visit(a):
-            if isinstance(a, fx.Node):
-                c = self._chans.get(a.name)
-                from gdp_graph.graph.channels import flatten_chans
-                found.extend(flatten_chans(c))
-            elif isinstance(a, (list, tuple)):
-                for x in a:
-                    visit(x)
-            elif isinstance(a, dict):
-                for x in a.values():
-                    visit(x)
-
-        visit(self.node.args)
-        visit(self.node.kwargs)
-        return found
+        from gdp_graph.graph.channels import flatten_chans
+        return [c for a in pytree.tree_leaves((self.node.args, self.node.kwargs)) if isinstance(a, fx.Node)
+                for c in flatten_chans(self._chans.get(a))]
 
     # -- element operations ---------------------------------------------------------------------
     def fresh(self, size: int, description: str) -> torch.Tensor:
@@ -158,25 +146,14 @@ class RuleContext:
         tracked = {d for c in chans.values() if isinstance(c, Chan) for d in c.dims()}
         shrink = set(positionwise) - tracked
 
-        def sub(n: fx.Node, given: dict[str, Track], broadcast: bool = True) -> torch.Tensor:
-            value = self._values[n.name]
-            shape = [1 if d in shrink else size for d, size in enumerate(value.shape)]
-            # labels run as int32 (half the memory traffic of int64); integer inputs (indices)
-            # keep their int64, which an index needs
-            dtype = torch.long if not (value.is_floating_point() or value.is_complex()) else LABEL_DTYPE
-            track = given.get(n.name)
-            if track is None:
-                return torch.zeros(shape, dtype=dtype)
-            labels = expand_labels(Track(track.dims, track.labels.to(dtype)), shape)
-            return labels if broadcast else labels.contiguous()
-
         def run_with(given: dict[str, Track]) -> None:
+            sub = functools.partial(_label_input, self._values, shrink, given)
             try:
                 # first as broadcast views: views and permutes keep their stride-0 dims, so
                 # nothing is materialized and infer_tracks reads them off the strides
-                results.append(run(functools.partial(sub, given=given)))
+                results.append(run(sub))
             except Exception:  # noqa: BLE001 - e.g. an in-place op or .view() on a broadcast
-                results.append(run(functools.partial(sub, given=given, broadcast=False)))
+                results.append(run(functools.partial(sub, broadcast=False)))
 
         tracks = {name: c.tracks for name, c in chans.items() if isinstance(c, Chan) and c.tracks}
         if side_by_side is not None and tracks and all(ts[0].dims == (side_by_side,) and len(ts) == 1
@@ -252,6 +229,22 @@ class RuleContext:
                 self.store.require_uniform(t.labels, t.dims.index(d), f"an untracked operand at {self.where}")
         merged = merge_tracks(aligned, self.store, kind)
         return merged
+
+
+def _label_input(values: dict[str, Any], shrink: set[int], given: dict[str, Track], n: fx.Node,
+                 broadcast: bool = True) -> torch.Tensor:
+    """The labels standing in for input ``n`` of a :meth:`RuleContext.movement` run: its track in
+    ``given`` expanded to its shape (size 1 on the ``shrink`` dims), nulls when it has none."""
+    value = values[n.name]
+    shape = [1 if d in shrink else size for d, size in enumerate(value.shape)]
+    # labels run as int32 (half the memory traffic of int64); integer inputs (indices) keep
+    # their int64, which an index needs
+    dtype = torch.long if not (value.is_floating_point() or value.is_complex()) else LABEL_DTYPE
+    track = given.get(n.name)
+    if track is None:
+        return torch.zeros(shape, dtype=dtype)
+    labels = expand_labels(Track(track.dims, track.labels.to(dtype)), shape)
+    return labels if broadcast else labels.contiguous()
 
 
 def _labels_of(x: Any) -> list[torch.Tensor]:
