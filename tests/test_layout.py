@@ -10,7 +10,7 @@ import networkx as nx
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gdp_graph"
 #: the stages in dependency order: a stage may import those before it, never those after
-STAGES = ["errors", "vocabulary", "graph", "prune", "policy", "gates", "importance", "report", "integrations", "recipes", "cli"]
+STAGES = ["errors", "vocabulary", "graph", "prune", "policy", "latency", "gates", "importance", "report", "integrations", "recipes", "cli"]
 
 
 def _module_name(path: Path) -> str:
