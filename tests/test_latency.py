@@ -19,7 +19,7 @@ from gdp_graph.gates.selection import plan_for_budget, plan_fraction
 from gdp_graph.graph.cost import CostModel
 from gdp_graph.latency import (LatencySettings, LatencyTable, attach_latency, build_table, grid_plan, load_or_build,
                                table_key)
-from gdp_graph.latency.build import _batched
+from gdp_graph.latency.build import _batched, mixed_plan
 from gdp_graph.latency.timing import fastest_run, time_nodes
 from gdp_graph.policy import policy_from_dict, resolve
 from tests.zoo import ZOO
@@ -73,15 +73,19 @@ def _measured(analysis, plan) -> float:
     return FakeTimer().model(pruned, _batched(analysis.traced.example_inputs, 1))  # the table's batch
 
 
-def test_prediction_equals_measurement_at_the_grid_widths(mobilenet):
+def test_prediction_matches_measurement_at_the_grid_widths(mobilenet):
     analysis, cost, table = mobilenet
-    assert cost.total.latency == pytest.approx(table.whole_s)
-    assert cost.total.latency == pytest.approx(_measured(analysis, G.PruningPlan(keep={})), rel=1e-9)
+    assert cost.total.latency == pytest.approx(table.whole_s, rel=0.01)
+    assert table.whole_s == pytest.approx(_measured(analysis, G.PruningPlan(keep={})), rel=1e-9)
     for fraction in table.fractions[1:]:
         plan = grid_plan(analysis, fraction)
         assert plan.keep, "the grid prunes something"
         predicted = cost.plan_cost(plan.keep, plan.removed_blocks).latency
-        assert predicted == pytest.approx(_measured(analysis, plan), rel=1e-6)
+        # exact but for the mixed widths' points, which share scales with the grid's
+        assert predicted == pytest.approx(_measured(analysis, plan), rel=0.03)
+    mixed = mixed_plan(analysis, table.fractions, seed=0)
+    assert {len(k) for k in mixed.keep.values()} != {len(k) for k in grid_plan(analysis, 0.5).keep.values()}
+    assert cost.plan_cost(mixed.keep, ()).latency == pytest.approx(_measured(analysis, mixed), rel=0.03)
 
 
 def test_prediction_between_grid_widths_is_close(mobilenet):

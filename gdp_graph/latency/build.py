@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -33,23 +34,18 @@ def grid_fractions(points: int) -> tuple[float, ...]:
     return tuple((points - i) / points for i in range(points))
 
 
-def grid_plan(analysis: Analysis, fraction: float, round_to: int = 1) -> PruningPlan:
-    """Every prunable exact group keeps ``fraction`` of its units (its frozen units and then its
-    lowest-numbered free ones), the count a multiple of ``round_to`` channels and of the group's
-    divisor, at least one step; a layer left without input gets one unit back."""
-    keep: dict[int, tuple[int, ...]] = {}
-    if fraction >= 1.0:
-        return PruningPlan(keep=keep)  # the top of the grid is the model itself, whatever round_to says
-    for g in analysis.prunable_groups():
-        if not g.exact:
-            continue
-        step = math.lcm(max(round_to // math.gcd(round_to, max(g.unit_width, 1)), 1), max(g.divisor, 1))
-        count = max(step, int(round(fraction * g.size / step)) * step)
-        frozen = [u for u in range(g.size) if bool(g.frozen_units[u])]
-        free = [u for u in range(g.size) if not bool(g.frozen_units[u])]
-        kept = sorted(frozen + free[: max(count - len(frozen), 0)])
-        if len(kept) < g.size:
-            keep[g.id] = tuple(kept)
+def _group_keep(g: Any, fraction: float, round_to: int) -> tuple[int, ...]:
+    """Group ``g``'s frozen units and then its lowest-numbered free ones, ``fraction`` of its
+    size, a multiple of ``round_to`` channels and of its divisor, at least one step."""
+    step = math.lcm(max(round_to // math.gcd(round_to, max(g.unit_width, 1)), 1), max(g.divisor, 1))
+    count = max(step, int(round(fraction * g.size / step)) * step)
+    frozen = [u for u in range(g.size) if bool(g.frozen_units[u])]
+    free = [u for u in range(g.size) if not bool(g.frozen_units[u])]
+    return tuple(sorted(frozen + free[: max(count - len(frozen), 0)]))
+
+
+def _fed(analysis: Analysis, keep: dict[int, tuple[int, ...]]) -> PruningPlan:
+    """The plan, with one unit given back to every layer it would leave without input."""
     plan = PruningPlan(keep=keep)
     for _ in range(len(analysis.groups) + len(analysis.store.sites)):
         starved = plan.starved_sites(analysis)
@@ -59,6 +55,29 @@ def grid_plan(analysis: Analysis, fraction: float, round_to: int = 1) -> Pruning
         keep[gid] = tuple(sorted(set(keep[gid]) | {unit}))
         plan = PruningPlan(keep=keep)
     return plan
+
+
+def grid_plan(analysis: Analysis, fraction: float, round_to: int = 1) -> PruningPlan:
+    """Every prunable exact group keeps ``fraction`` of its units (see :func:`_group_keep`); a
+    layer left without input gets one unit back; 1 is the model itself."""
+    if fraction >= 1.0:
+        return PruningPlan(keep={})  # the top of the grid is the model itself, whatever round_to says
+    return mixed_plan(analysis, [fraction], round_to)
+
+
+def mixed_plan(analysis: Analysis, fractions: Sequence[float], round_to: int = 1, seed: int = 0) -> PruningPlan:
+    """Every prunable exact group keeps one of ``fractions`` of its units, drawn with ``seed``:
+    layers whose input and output widths differ, as in the plans pruning makes (a table built
+    on uniform widths alone under-predicted them)."""
+    rng = random.Random(seed)
+    keep: dict[int, tuple[int, ...]] = {}
+    for g in analysis.prunable_groups():
+        if g.exact:
+            kept = _group_keep(g, fractions[rng.randrange(len(fractions))] if len(fractions) > 1 else fractions[0],
+                               round_to)
+            if len(kept) < g.size:
+                keep[g.id] = kept
+    return _fed(analysis, keep)
 
 
 def plan_scales(cost_model: CostModel, plan: PruningPlan) -> torch.Tensor:
@@ -105,16 +124,22 @@ def _variant(analysis: Analysis, plan: PruningPlan) -> nn.Module:
     return rewrite_graph(analysis, plan)
 
 
+#: plans with mixed widths timed besides the uniform grid
+MIXED = 2
+
+
 def _variants(analysis: Analysis, settings: LatencySettings, fractions: Sequence[float], inputs: list[Any]
               ) -> list[tuple[PruningPlan, nn.Module, list[Any]]]:
-    """The model rewritten at every grid width, placed on the table's device."""
+    """The model rewritten at every grid width and at :data:`MIXED` mixed ones, placed on the
+    table's device; the first is the model itself."""
+    plans = [(f"{f:.3g} of its widths", grid_plan(analysis, f, settings.round_to)) for f in fractions]
+    plans += [(f"mixed widths {i}", mixed_plan(analysis, fractions, settings.round_to, seed=i)) for i in range(MIXED)]
     out = []
-    for fraction in fractions:
-        plan = grid_plan(analysis, fraction, settings.round_to)
+    for label, plan in plans:
         try:
             out.append((plan, *_placed(settings, _variant(analysis, plan), inputs)))
         except Exception as exc:  # noqa: BLE001 - re-raised with the width named
-            raise LatencyError(f"latency table: the model at {fraction:.3g} of its widths cannot be built: "
+            raise LatencyError(f"latency table: the model at {label} cannot be built: "
                                f"{type(exc).__name__}: {exc}") from exc
     return out
 
@@ -154,7 +179,7 @@ def build_table(analysis: Analysis, settings: Optional[LatencySettings] = None, 
             for p in range(passes):
                 order = list(range(len(variants)))
                 for i in (order if p % 2 == 0 else order[::-1]):
-                    runs[i].append(_timed(variants[i], timer, fractions[i]))
+                    runs[i].append(_timed(variants[i], timer, i))
                     wholes[i].append(float(timer.model(variants[i][1], variants[i][2])))
                 if progress:
                     progress(f"pass {p + 1}/{passes}", p + 1, passes)
@@ -172,9 +197,9 @@ def build_table(analysis: Analysis, settings: Optional[LatencySettings] = None, 
                         build_s=time.perf_counter() - started, extra=extra, whole_points=tuple(whole_points))
 
 
-def _timed(variant: tuple[PruningPlan, nn.Module, list[Any]], timer: Timer, fraction: float) -> dict[str, float]:
+def _timed(variant: tuple[PruningPlan, nn.Module, list[Any]], timer: Timer, index: int) -> dict[str, float]:
     try:
         return time_nodes(variant[1], variant[2], timer)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the width named
-        raise LatencyError(f"latency table: the model at {fraction:.3g} of its widths failed: "
-                           f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - re-raised with the variant named
+        raise LatencyError(f"latency table: timing variant {index} of the model (0: unpruned, then the narrower grid "
+                           f"widths, then the mixed ones) failed: {type(exc).__name__}: {exc}") from exc

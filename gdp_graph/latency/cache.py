@@ -23,7 +23,7 @@ from gdp_graph.policy.schema import LatencySettings
 
 
 #: how a table turns timed passes into seconds (a table made another way is measured again)
-ESTIMATOR = "fastest-pass/whole-per-width/thread-cpu-time-at-1-thread"
+ESTIMATOR = "fastest-of-7/whole-per-width/2-mixed/thread-cpu-time-at-1-thread"
 
 
 def fingerprint(analysis: Analysis) -> str:

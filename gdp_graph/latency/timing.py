@@ -39,7 +39,7 @@ class ClockTimer:
     other processes on a shared machine do not inflate (torch then runs every op on the calling
     thread); otherwise the wall clock."""
 
-    def __init__(self, device: torch.device | str = "cpu", *, passes: int = 9,
+    def __init__(self, device: torch.device | str = "cpu", *, passes: int = 7,
                  clock: Callable[[], float] = time.perf_counter):
         self.device = torch.device(device)
         self.passes, self.clock = passes, clock
