@@ -42,14 +42,29 @@ def llama3_config(model: str, layers: int | None = None) -> T.LlamaConfig:
     return T.LlamaConfig(**settings, dtype="bfloat16")
 
 
+def table(path: str) -> str:
+    """Every recorded run of the file as a table (docs/scale.md shows it)."""
+    lines = ["| config | analyze | random plan | peak RSS | date | commit |", "|---|---:|---:|---:|---|---|"]
+    for r in records.load_records(path):
+        if r.get("benchmark") == "meta_llama":
+            s, x = r["settings"], r["result"]
+            lines.append(f"| {s['model'].upper()}, {s['layers']} layers | {x['analyze_seconds']:.0f} s | "
+                         f"{x['plan_seconds']:.1f} s | {x['peak_rss_gb']:.2f} GB | {r['date'][:10]} | "
+                         f"{(r['commit'] or '?')[:7]} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(CONFIGS), default="8b")
     parser.add_argument("--layers", type=int, default=None, help="default: the model's own count")
     parser.add_argument("--seq", type=int, default=8)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/meta_llama.json"))
+    parser.add_argument("--table", action="store_true", help="print every run recorded in --out and stop")
     records.add_record_flags(parser)
     args = parser.parse_args()
+    if args.table:
+        return print(table(args.out))
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     config = llama3_config(args.model, args.layers)

@@ -81,6 +81,22 @@ def timed(argv: list[str]) -> tuple[dict, float, float]:
     return (json.loads(text[start_json:]) if start_json >= 0 else {}), wall, rss_kb / 2 ** 20
 
 
+def table(path: Path) -> str:
+    """The stages of the last full run recorded in the file (docs/scale.md shows it)."""
+    runs = [r for r in records.load_records(path)
+            if r.get("benchmark") == "stream_llama" and r["result"].get("in_memory")]
+    if not runs:
+        raise SystemExit(f"{path}: no full stream_llama run recorded")
+    r = runs[-1]
+    x = r["result"]
+    rows = [("plan from config.json on the meta device", x["plan_meta"]),
+            (f"streaming apply (the writer itself {x['stream']['writer_seconds']:.1f} s)", x["stream"]),
+            ("in-memory rewrite, compared with the streamed folder", x["in_memory"])]
+    return "\n".join([f"ratio {r['settings']['ratio']:g}, {r['date'][:10]}, commit {(r['commit'] or '?')[:7]}:", "",
+                      "| stage | wall | peak RSS |", "|---|---:|---:|",
+                      *(f"| {name} | {v['seconds']:.0f} s | {v['peak_rss_gb']:.2f} GB |" for name, v in rows)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", default="runs/llama1b")
@@ -88,8 +104,11 @@ def main() -> None:
     parser.add_argument("--stage", choices=["create", "equal"], help=argparse.SUPPRESS)
     parser.add_argument("--skip-in-memory", action="store_true", help="skip stage 4 (it holds the model twice)")
     parser.add_argument("--only-in-memory", action="store_true", help="stage 4 alone, against the last streamed folder")
+    parser.add_argument("--table", action="store_true", help="print the last recorded run's stages and stop")
     records.add_record_flags(parser)
     args = parser.parse_args()
+    if args.table:
+        return print(table(ROOT / "benchmarks/results/stream_llama.json"))
     folder, work = ROOT / args.folder, ROOT / f"{args.folder}_work"
     if args.stage == "create":
         return create(folder)
