@@ -138,7 +138,7 @@ def rewrite_graph(analysis: Analysis, plan: PruningPlan, smap: Optional[SliceMap
     # before it edits ``root``
     root = copy.deepcopy(source) if copy_weights else source
     walk = _PlanPass(analysis, plan, smap, source, root, site_scales or {})
-    pruned = fx.GraphModule(root, walk.transform().graph, f"Pruned{type(gm).__name__}")
+    pruned = fx.GraphModule(root, walk.emit(), f"Pruned{type(gm).__name__}")
     for spec in ("_in_spec", "_out_spec"):  # read by the generated code of an exported graph
         if hasattr(gm, spec):
             setattr(pruned, spec, getattr(gm, spec))
@@ -174,6 +174,15 @@ class _PlanPass(fx.Transformer):
             self.scales.setdefault(nodes[name], []).append((arg, dim, scale))
         self.shape_source: dict[fx.Node, fx.Node] = {}
         self.added: list[str] = []  # buffers of constants and scales this pass registers
+
+    def emit(self) -> fx.Graph:
+        """The pruned graph (``transform()`` without the GraphModule it would build)."""
+        result = self.run(enable_io_processing=False)
+        output = self.new_graph.output(fx.node.map_aggregate(result, lambda a: a.node if isinstance(a, fx.Proxy)
+                                                             else a))
+        old = next(n for n in reversed(self.graph.nodes) if n.op == "output")
+        output.meta = {k: v for k, v in old.meta.items() if k != "channels"}
+        return self.new_graph
 
     def run_node(self, n: fx.Node) -> Any:
         if n in self.dead:

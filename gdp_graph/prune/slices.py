@@ -23,6 +23,7 @@ original shape, so applying a map twice fails loudly.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,7 @@ class SliceMap:
         """A resized copy of the original model's submodule ``name`` (its own tensors sliced, its
         attributes changed), or ``module`` itself when nothing of it changes."""
         prefix = f"{name}." if name else ""
-        local = {n: p for n, p in self.entries.items() if n.startswith(prefix) and "." not in n[len(prefix):]}
+        local = self._by_owner.get(name, ())
         attributes = self.attribute_changes.get(name, {})
         if not local and all(getattr(module, k, None) == v for k, v in attributes.items()):
             return module
@@ -131,6 +132,14 @@ class SliceMap:
         for key, value in attributes.items():
             setattr(new, key, value)
         return new
+
+    @functools.cached_property
+    def _by_owner(self) -> dict[str, list[str]]:
+        """The names in ``entries`` by the module that owns the tensor."""
+        owners: dict[str, list[str]] = {}
+        for name in self.entries:
+            owners.setdefault(name.rpartition(".")[0], []).append(name)
+        return owners
 
     # -- serialization --------------------------------------------------------------------------
     def to_dict(self) -> dict:
