@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Callable
 
 import pytest
 import torch
@@ -42,49 +43,57 @@ class TinyRes(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def _worker(rank: int, store: str, out: str) -> None:
-    from gdp_graph.gates.attach import attach
-    from gdp_graph.gates.finalize import finalize
+def on_ranks(train: Callable[[int], dict]) -> list[dict]:
+    """``train(rank)`` (a module-level function) in WORLD CPU processes joined by gloo; what each
+    rank returned."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_rank, args=(train, os.path.join(tmp, "store"), tmp), nprocs=WORLD, join=True)
+        return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
 
+
+def _rank(rank: int, train: Callable[[int], dict], store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        torch.manual_seed(0)  # the same model and gates on both ranks
-        gated = attach(TinyRes().train(), POLICY, example_inputs=torch.randn(2, 3, 8, 8), total_steps=STEPS,
-                       init_gate=0.5)
-        with torch.no_grad():  # something to prune: some gates already at 0, block 0 off
-            for theta in gated.bank.group_theta.values():
-                theta[::3] = 0.0
-            gated.bank.block_theta["0"].zero_()
-        ddp = DistributedDataParallel(gated)
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
-        gen = torch.Generator().manual_seed(100 + rank)  # different data per rank
-        losses = []
-        for _ in range(STEPS):
-            x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen)
-            opt.zero_grad()
-            loss = F.cross_entropy(ddp(x), y) + gated.penalty()
-            loss.backward()
-            opt.step()
-            gated.step()
-            losses.append(loss.item())
-        assert bool(gated.fixed)  # fix_at 0.3 of 4 steps: the gates were cut and fixed
-        pruned, report = finalize(gated)
-        torch.save({"gates": {k: v.detach() for k, v in gated.group_gates().items()},
-                    "blocks": {k: v.detach() for k, v in gated.block_gates().items()},
-                    "lambda": gated.lam, "epsilon": gated.epsilon, "losses": losses,
-                    "pruned": pruned.state_dict(), "report": report.to_dict()},
-                   os.path.join(out, f"rank{rank}.pt"))
+        torch.save(train(rank), os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
+def _train(rank: int) -> dict:
+    from gdp_graph.gates.attach import attach
+    from gdp_graph.gates.finalize import finalize
+
+    torch.manual_seed(0)  # the same model and gates on both ranks
+    gated = attach(TinyRes().train(), POLICY, example_inputs=torch.randn(2, 3, 8, 8), total_steps=STEPS,
+                   init_gate=0.5)
+    with torch.no_grad():  # something to prune: some gates already at 0, block 0 off
+        for theta in gated.bank.group_theta.values():
+            theta[::3] = 0.0
+        gated.bank.block_theta["0"].zero_()
+    ddp = DistributedDataParallel(gated)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(100 + rank)  # different data per rank
+    losses = []
+    for _ in range(STEPS):
+        x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen)
+        opt.zero_grad()
+        loss = F.cross_entropy(ddp(x), y) + gated.penalty()
+        loss.backward()
+        opt.step()
+        gated.step()
+        losses.append(loss.item())
+    assert bool(gated.fixed)  # fix_at 0.3 of 4 steps: the gates were cut and fixed
+    pruned, report = finalize(gated)
+    return {"gates": {k: v.detach() for k, v in gated.group_gates().items()},
+            "blocks": {k: v.detach() for k, v in gated.block_gates().items()},
+            "lambda": gated.lam, "epsilon": gated.epsilon, "losses": losses,
+            "pruned": pruned.state_dict(), "report": report.to_dict()}
+
+
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_ddp_two_ranks_end_identical() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(os.path.join(tmp, "store"), tmp), nprocs=WORLD, join=True)
-        results = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
-    a, b = results
+    a, b = on_ranks(_train)
     assert a["losses"] != b["losses"]  # the ranks did see different data ...
     for key in ("gates", "blocks"):  # ... and still agree on every gate
         assert a[key].keys() == b[key].keys()

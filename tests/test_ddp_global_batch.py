@@ -4,17 +4,13 @@ which is the mean over the whole batch, and the driver adds the same penalty on 
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from tests.test_ddp import POLICY, TinyRes, WORLD
+from tests.test_ddp import POLICY, WORLD, TinyRes, on_ranks
 
 STEPS = 6
 PER_RANK = 8
@@ -48,20 +44,13 @@ def _train(rank: int, world: int) -> dict:
             "plan": driver.finalize_report.plan.to_dict()["keep"], "blocks": sorted(driver.finalize_report.plan.removed_blocks)}
 
 
-def _worker(rank: int, store: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
-        torch.save(_train(rank, WORLD), os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _train_ddp(rank: int) -> dict:
+    return _train(rank, WORLD)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_ddp_and_one_process_on_the_same_global_batch_reach_the_same_plan() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(os.path.join(tmp, "store"), tmp), nprocs=WORLD, join=True)
-        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
+    ranks = on_ranks(_train_ddp)
     single = _train(0, 1)
     assert single["plan"] and ranks[0]["plan"] == ranks[1]["plan"] == single["plan"]
     assert ranks[0]["blocks"] == single["blocks"]

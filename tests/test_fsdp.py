@@ -4,64 +4,52 @@ the same gates, lambda, plan and pruned weights."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from tests.test_ddp import POLICY, STEPS, TinyRes, WORLD
+from tests.test_ddp import POLICY, STEPS, WORLD, TinyRes, on_ranks
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 pytestmark = pytest.mark.skipif(not hasattr(fsdp, "fully_shard") or not dist.is_available(),
                                 reason="FSDP2 (fully_shard) is not in this torch")
 
 
-def _worker(rank: int, store: str, out: str) -> None:
+def _train(rank: int) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
 
     from gdp_graph.gates.attach import attach
     from gdp_graph.integrations.driver import GateDriver
     from gdp_graph.integrations.fsdp import is_sharded, shard_weights
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
-        torch.manual_seed(0)
-        gated = attach(TinyRes().train(), POLICY, example_inputs=torch.randn(2, 3, 8, 8), total_steps=STEPS,
-                       init_gate=0.5)
-        gates = set(gated.gate_parameters())
-        shard_weights(gated, mesh=init_device_mesh("cpu", (WORLD,)))
-        sharded = is_sharded(gated)
-        driver = GateDriver(gated, reduce_gate_grads=True)
-        opt = torch.optim.SGD([p for p in gated.parameters() if p not in gates], lr=0.1)
-        gen = torch.Generator().manual_seed(100 + rank)  # different data per rank
-        losses = []
-        for step in range(STEPS):
-            x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen)
-            opt.zero_grad()
-            loss = F.cross_entropy(gated(x), y)
-            loss.backward()
-            driver.before_optimizer_step()
-            opt.step()
-            driver.after_optimizer_step(step + 1)
-            losses.append(loss.item())
-        pruned = driver.finalize()
-        torch.save({"sharded": sharded, "gates_replicated": all(type(p) is torch.nn.Parameter for p in gates),
-                    "theta": [p.detach().clone() for p in gated.gate_parameters()], "lambda": gated.lam,
-                    "fixed": bool(gated.fixed), "losses": losses, "plan": driver.finalize_report.plan.to_dict(),
-                    "equal": driver.finalize_report.check.ok, "pruned": pruned.state_dict()},
-                   os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    gated = attach(TinyRes().train(), POLICY, example_inputs=torch.randn(2, 3, 8, 8), total_steps=STEPS,
+                   init_gate=0.5)
+    gates = set(gated.gate_parameters())
+    shard_weights(gated, mesh=init_device_mesh("cpu", (WORLD,)))
+    sharded = is_sharded(gated)
+    driver = GateDriver(gated, reduce_gate_grads=True)
+    opt = torch.optim.SGD([p for p in gated.parameters() if p not in gates], lr=0.1)
+    gen = torch.Generator().manual_seed(100 + rank)  # different data per rank
+    losses = []
+    for step in range(STEPS):
+        x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen)
+        opt.zero_grad()
+        loss = F.cross_entropy(gated(x), y)
+        loss.backward()
+        driver.before_optimizer_step()
+        opt.step()
+        driver.after_optimizer_step(step + 1)
+        losses.append(loss.item())
+    pruned = driver.finalize()
+    return {"sharded": sharded, "gates_replicated": all(type(p) is torch.nn.Parameter for p in gates),
+            "theta": [p.detach().clone() for p in gated.gate_parameters()], "lambda": gated.lam,
+            "fixed": bool(gated.fixed), "losses": losses, "plan": driver.finalize_report.plan.to_dict(),
+            "equal": driver.finalize_report.check.ok, "pruned": pruned.state_dict()}
 
 
 def test_fsdp2_weights_sharded_gates_replicated_two_ranks_end_identical() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(os.path.join(tmp, "store"), tmp), nprocs=WORLD, join=True)
-        a, b = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+    a, b = on_ranks(_train)
     assert a["sharded"] and a["gates_replicated"]  # the weights were DTensors, the gates plain
     assert a["losses"] != b["losses"]
     assert all(torch.equal(x, y) for x, y in zip(a["theta"], b["theta"]))
