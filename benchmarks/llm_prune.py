@@ -130,10 +130,10 @@ def _prune_run(original: nn.Module, task: Any, args: argparse.Namespace, policy:
     from gdp_graph.recipes.task import model_inputs
     _, example = model_inputs(task, next(iter(task.train_loader)))
     method, _, init_from = method.partition("@")  # gdp@activation: regularizer.init activation
-    if init_from:
+    if method == "gdp":  # gdp: the paper's uniform start; gdp@METHOD: regularizer.init METHOD
         data = policy.to_dict()
-        data["regularizer"]["init"] = init_from
-        policy = policy_from_dict(data, source=f"{policy.source} with init {init_from}", name=policy.name)
+        data["regularizer"]["init"] = init_from or "uniform"
+        policy = policy_from_dict(data, source=f"{policy.source} with init {init_from or 'uniform'}", name=policy.name)
     schedule = Schedule(steps=args.steps, method=method, optimizer="adam", lr=args.lr, finetune_lr=args.lr,
                         calibration_batches=args.calibration_batches, evaluate_original=False)
     started = time.perf_counter()
