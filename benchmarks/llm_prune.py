@@ -226,6 +226,10 @@ def table(path: Path = OUT) -> str:
     lines = ["| target | method | seeds | valid ppl before recovery | valid ppl after | params kept | "
              "GFLOPs/token | decode speed-up (ideal) | prefill speed-up |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    if latest:  # the unpruned model as loaded, from any record (every run measures it)
+        first = next(iter(latest.values()))["result"]
+        lines.append(f"| 1 | original, untrained | - | {first['ppl_original']:.1f} | - | 1.000 | "
+                     f"{first['flops_per_token_original'] / 1e9:.3f} | 1.00 (1.00) | 1.00 |")
     for (target, method, steps, _), rs in sorted(rows.items(), key=lambda kv: (-kv[0][0], kv[0][1] != "unpruned",
                                                                              kv[0][1])):
         res = [r["result"] for r in rs]
