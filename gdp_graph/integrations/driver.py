@@ -93,6 +93,18 @@ class GateDriver:
                     dist.broadcast(p.data, src=0)
         self.gated.step(global_step)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs beyond the gated model's own state dict (gates, schedule,
+        lambda controller): the gates' optimizer and the last global step."""
+        return {"gate_optimizer": self.gate_optimizer.state_dict() if self.gate_optimizer is not None else None,
+                "last_step": self._last_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.start()
+        if state.get("gate_optimizer") is not None:
+            self.gate_optimizer.load_state_dict(state["gate_optimizer"])
+        self._last_step = state.get("last_step")
+
     def metrics(self) -> dict[str, float]:
         report = self.gated.report()
         out = {"gdp/lambda": float(report["lambda"]), "gdp/kept": float(report["hard_fraction"]),
