@@ -160,15 +160,15 @@ def shape_mismatch(built: Any, shapes: Mapping[str, tuple[int, ...]]) -> Optiona
     return f"the pruned config's model also has '{missing[0]}', which the plan removes" if missing else None
 
 
-def stream_apply(checkpoint: Checkpoint, smap: Any, out: str | Path, *, config_text: Optional[str] = None,
+def stream_apply(checkpoint: Checkpoint, smap: Any, out: str | Path, *, config_text: str,
                  rename: Optional[Callable[[str], Optional[str]]] = None, max_shard_bytes: int = 400 * 2 ** 20,
                  extra_files: Optional[Mapping[str, str]] = None) -> StreamReport:
     """Write the pruned checkpoint to ``out`` (which must not exist).
 
     Args:
         smap: the plan's slice map over the checkpoint's tensor names.
-        config_text: the pruned ``config.json`` (default: the source's with the slice map's
-            ``config_changes``).
+        config_text: the pruned ``config.json`` (from :func:`gdp_graph.prune.hf_config.pruned_hf_config`:
+            the slice map holds tensor slices, not the config).
         rename: a tensor's name in the pruned checkpoint, or None to leave it out (removed
             layers, with the kept ones renumbered); default: names kept.
         max_shard_bytes: the largest output shard (a single larger tensor gets a shard of its own).
@@ -179,10 +179,6 @@ def stream_apply(checkpoint: Checkpoint, smap: Any, out: str | Path, *, config_t
         raise CheckpointError(f"{out}: already exists (the pruned checkpoint is written to a new folder)")
     if not out.parent.is_dir():
         raise CheckpointError(f"{out.parent}: no such folder")
-    if config_text is None:
-        config = json.loads((checkpoint.folder / "config.json").read_text())
-        config.update(smap.config_changes or {})
-        config_text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     start = time.perf_counter()
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
