@@ -124,6 +124,8 @@ def _policy(method: str, target: float, overrides: tuple[str, ...] = ()):
         # epsilon and reopen are smoothed-L0 settings; the baselines keep their gates as published
         for key in ("epsilon", "reopen", "init", "init_spread"):
             reg.pop(key, None)
+        reg["hold_budget"] = False  # GDP's budget hold and deadline are not the baselines'
+        reg.setdefault("lambda_controller", {})["deadline"] = False
     for item in overrides:
         path, _, value = item.partition("=")
         *parents, leaf = path.split(".")

@@ -27,6 +27,7 @@ from gdp_graph.policy import Policy, PolicyError, load_policy
 from gdp_graph.gates.model import GatedModel, GateError
 from gdp_graph.gates.finalize import FinalizeError, finalize
 from gdp_graph.gates.attach import attach
+import gdp_graph.importance  # noqa: E402,F401  registers the data-free regularizer.init scorers for attach()
 
 __version__ = "0.1.0"
 

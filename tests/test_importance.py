@@ -187,14 +187,16 @@ def test_init_gates_starts_the_gates_ranked_by_the_policys_importance():
     with torch.no_grad():
         model.conv1.weight[5].zero_(), model.conv1.bias[5].zero_(), model.bn1.weight[5].zero_()
     x = torch.randn(2, 3, 8, 8)
-    uniform = G.attach(model, None, example_inputs=x, total_steps=10)
-    assert init_gates(uniform) is None
     data = Policy.default().to_dict()
+    data["regularizer"]["init"] = "uniform"
+    uniform = G.attach(model, policy_from_dict(data), example_inputs=x, total_steps=10)
+    assert init_gates(uniform) is None and len(set(uniform.bank._theta().tolist())) == 1
     data["regularizer"]["init"] = "taylor"
     with pytest.raises(ImportanceError, match="pass batches"):
         init_gates(G.attach(model, policy_from_dict(data), example_inputs=x, total_steps=10))
-    data["regularizer"]["init"] = "magnitude"
+    data["regularizer"]["init"] = "magnitude"  # data free: attach() applies it already
     gated = G.attach(model, policy_from_dict(data), example_inputs=x, total_steps=10)
+    assert int(gated.bank.group_theta[str(_hidden_group(gated.analysis, "conv1").id)].detach().argmin()) == 5
     scores = init_gates(gated)
     gid = _hidden_group(gated.analysis, "conv1").id
     theta = gated.bank.group_theta[str(gid)].detach()

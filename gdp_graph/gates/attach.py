@@ -21,6 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from gdp_graph.graph.analysis import analyze
+from gdp_graph.gates.init import DATA_FREE_SCORERS, init_from_scores
 from gdp_graph.graph.frontend_export import has_token_inputs
 from gdp_graph.gates.model import DEFAULT_GATE_LR, GatedModel
 from gdp_graph.policy import Policy, load_policy, policy_from_dict, resolve
@@ -57,7 +58,9 @@ def attach(model: nn.Module, policy: PolicyLike = None, *,
         total_steps: training iterations the gates will be trained for (the ``gdp``
             regularizer anneals epsilon over them).
         steps_per_epoch: iterations per epoch, for schedules that step per epoch.
-        init_gate: the value every ``gdp`` gate starts at.
+        init_gate: the value every ``gdp`` gate starts at (the largest one, with a ranked
+            ``regularizer.init``: ``magnitude`` is applied here, ``activation`` and ``taylor``
+            need data: :func:`gdp_graph.importance.init_gates`).
         gate_lr: the gates' Adam learning rate (``gate_optimizer()``'s default).
 
     The returned :class:`GatedModel` is in ``model``'s train/eval mode, on its device.
@@ -81,5 +84,8 @@ def attach(model: nn.Module, policy: PolicyLike = None, *,
         if not (isinstance(gated.module, fx.GraphModule) and analysis.traced.front_end == "export"
                 and analysis.traced.inputs is not None and has_token_inputs(analysis.traced.inputs)):
             break
+    reg = resolved.regularizer
+    if reg.name == "gdp" and reg.init in DATA_FREE_SCORERS:  # regularizer.init: magnitude
+        init_from_scores(gated, DATA_FREE_SCORERS[reg.init](gated.analysis), reg.init_spread)
     gated.train(model.training)
     return gated

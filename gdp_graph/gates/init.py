@@ -17,15 +17,31 @@ at about 0.97. Frozen units, groups without scores and block gates keep ``theta_
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from gdp_graph.gates.bank import GateError
 from gdp_graph.gates.model import GatedModel
+from gdp_graph.graph.analysis import Analysis
 
-__all__ = ["init_from_scores", "ranked_theta"]
+__all__ = ["DATA_FREE_SCORERS", "init_from_scores", "ranked_theta", "register_data_free_scorer"]
+
+#: ``regularizer.init`` methods that need no data, by name: ``scorer(analysis) -> {gid: scores}``.
+#: Filled by :mod:`gdp_graph.importance` (a later stage) when it is imported, as ``gdp_graph``
+#: does; :func:`gdp_graph.attach` applies them, the data-driven ones need
+#: :func:`gdp_graph.importance.init_gates`.
+DATA_FREE_SCORERS: dict[str, Callable[[Analysis], Mapping[int, Tensor]]] = {}
+
+
+def register_data_free_scorer(name: str) -> Callable[[Callable[[Analysis], Mapping[int, Tensor]]],
+                                                      Callable[[Analysis], Mapping[int, Tensor]]]:
+    """Decorator: ``scorer(analysis)`` becomes the ``regularizer.init: name`` that ``attach`` applies."""
+    def add(scorer: Callable[[Analysis], Mapping[int, Tensor]]) -> Callable[[Analysis], Mapping[int, Tensor]]:
+        DATA_FREE_SCORERS[name] = scorer
+        return scorer
+    return add
 
 
 def ranked_theta(gated: GatedModel, scores: Mapping[int, Tensor], spread: float) -> Tensor:

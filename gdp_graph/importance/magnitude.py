@@ -8,6 +8,7 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor
 
+from gdp_graph.gates.init import register_data_free_scorer
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.inject import collect_sites
 from gdp_graph.importance.common import ImportanceError
@@ -15,6 +16,7 @@ from gdp_graph.importance.common import ImportanceError
 __all__ = ["magnitude_scores"]
 
 
+@register_data_free_scorer("magnitude")  # regularizer.init: magnitude, applied by attach()
 def magnitude_scores(analysis: Analysis) -> dict[int, Tensor]:
     """``{gid: plain L2 norm per unit}`` over the group's parameter members and the input
     columns of the plain conv / linear layers that consume it (see the module docstring)."""

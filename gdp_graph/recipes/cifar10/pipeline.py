@@ -119,6 +119,9 @@ def _policy(args, fix_at: float | None = None):
         # epsilon and init belong to gdp, t to polarization: dropped, the format's defaults apply
         for key in ("t", "epsilon", "init", "init_spread"):
             reg.pop(key, None)
+        # the baselines as published: GDP's budget hold and deadline are not theirs
+        reg["hold_budget"] = False
+        reg.setdefault("lambda_controller", {})["deadline"] = False
     if args.target is not None:
         data["target"]["fraction"] = args.target
     if fix_at is not None:
