@@ -58,25 +58,36 @@ def run(data: str, seed: int, checkpoint: str | None, variant: str, log: Path) -
     return out
 
 
-def table(path: Path) -> str:
-    """Mean (and spread over seeds) of the fine-tuned accuracy per variant, held-out first."""
-    rows: dict[str, list[dict[str, Any]]] = {}
+def rows(path: Path) -> dict[str, list[tuple[int, float, float | None, float]]]:
+    """``{row name: [(seed, test, held-out, FLOPs kept), ...]}``: one row per variant (its own
+    regularizer) and one per method a variant ran with ``--compare`` (named ``variant [commit],
+    compare METHOD``), over every record of this benchmark."""
+    out: dict[str, list[tuple[int, float, float | None, float]]] = {}
     for r in records.load_records(path):
-        if r.get("benchmark") == BENCHMARK:
-            rows.setdefault(r["settings"]["variant"] or "(as shipped)", []).append(r)
+        if r.get("benchmark") != BENCHMARK:
+            continue
+        res, name = r["result"], r["settings"]["variant"] or "(as shipped)"
+        label = f"{name} [{r['commit'][:7]}]"
+        out.setdefault(label, []).append((r["seed"], res["test"]["acc_finetuned"],
+                                          res["heldout"].get("acc_finetuned"), res["kept"]))
+        for method, c in res.get("compare", {}).items():
+            out.setdefault(f"{label}, compare {method}", []).append(
+                (r["seed"], c["acc_finetuned"], c.get("heldout_acc_finetuned"), c["kept"]))
+    return out
 
+
+def table(path: Path) -> str:
+    """Mean (± std over seeds) of the fine-tuned accuracy per row, held-out first; rows are
+    labelled with the commit that ran them."""
     def cell(values: list[float]) -> str:
         if len(values) < 2:
             return f"{values[0]:.4f}" if values else "-"
         return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
-    lines = ["| variant | seeds | held-out fine-tuned | test fine-tuned | FLOPs kept |", "|---|---|---:|---:|---:|"]
-    for variant, rs in rows.items():
-        held = [r["result"]["heldout"].get("acc_finetuned") for r in rs if r["result"]["heldout"]]
-        test = [r["result"]["test"]["acc_finetuned"] for r in rs]
-        seeds = ",".join(str(r["seed"]) for r in rs)
-        lines.append(f"| {variant} | {seeds} | {cell([h for h in held if h is not None])} | {cell(test)} | "
-                     f"{cell([r['result']['kept'] for r in rs])} |")
+    lines = ["| run [commit] | seeds | held-out fine-tuned | test fine-tuned | FLOPs kept |", "|---|---|---:|---:|---:|"]
+    for name, rs in rows(path).items():
+        lines.append(f"| {name} | {','.join(str(r[0]) for r in rs)} | {cell([r[2] for r in rs if r[2] is not None])} | "
+                     f"{cell([r[1] for r in rs])} | {cell([r[3] for r in rs])} |")
     return "\n".join(lines)
 
 

@@ -24,7 +24,9 @@ STEPS = 4
 POLICY = {"version": 1, "defaults": {"block_level": "block"}, "target": {"fraction": 0.05},
           "regularizer": {"name": "gdp", "lambda": 0.05,
                           "lambda_controller": {"kind": "proportional", "gain": 0.5, "min": 0.0, "max": 1.0},
-                          "epsilon": {"start": 0.1, "end": 1.0e-4}}}
+                          "epsilon": {"start": 0.1, "end": 1.0e-4},
+                          # lambda must move in 4 steps: no budget hold (it holds lambda at a hard fraction in band)
+                          "init": "uniform", "hold_budget": False}}
 
 
 class TinyRes(nn.Module):

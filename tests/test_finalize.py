@@ -18,7 +18,8 @@ from gdp_graph.prune.verify import compare_outputs
 from tests.zoo import ZOO
 
 
-POLICY = {"version": 1, "regularizer": {"name": "gdp", "lambda": 0.01, "lambda_controller": {"kind": "constant"}},
+POLICY = {"version": 1, "regularizer": {"name": "gdp", "lambda": 0.01, "lambda_controller": {"kind": "constant"},
+                                       "init": "uniform", "hold_budget": False},  # every gate starts at 0.99
           "defaults": {"block_level": "block"}}
 
 

@@ -49,6 +49,9 @@ def _policy(lead: str, eps_start: float = 1e-2, reopen: bool = False):
     data["regularizer"]["epsilon"]["start"] = eps_start
     data["regularizer"]["epsilon"].pop("max_travel", None)
     data["regularizer"]["reopen"] = reopen
+    # the uniform start, no budget hold and no deadline: the dead-time mechanics these tests pin
+    data["regularizer"].update(init="uniform", hold_budget=False)
+    data["regularizer"]["lambda_controller"]["deadline"] = False
     return policy_from_dict(data, source="test", name="cifar_resnet")
 
 

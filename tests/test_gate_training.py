@@ -17,8 +17,9 @@ X = torch.randn(2, 3, 32, 32)
 
 
 def gdp(target: float = 0.5, controller: str = "proportional", **reg) -> dict:
+    # the uniform gate mechanics these tests pin down (ranked start and budget hold: test_gate_window)
     regularizer = {"name": "gdp", "lambda": 1.0, "epsilon": {"start": 1.0e-2, "end": 1.0e-8}, "fix_at": 0.5,
-                   "lambda_controller": {"kind": controller}, **reg}
+                   "lambda_controller": {"kind": controller}, "init": "uniform", "hold_budget": False, **reg}
     return {"version": 1, "target": {"fraction": target}, "regularizer": regularizer,
             "rules": [{"match": {"coupling": "residual"}, "max_fraction": 0.5}]}
 

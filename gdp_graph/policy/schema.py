@@ -83,7 +83,7 @@ class EpsilonSchedule:
     end: float = 1.0e-8
     schedule: str = "cosine"
     step: str = "iteration"
-    max_travel: Optional[float] = 0.75  #: see gdp_graph.gates.schedule.fit_to_window
+    max_travel: Optional[float] = None  #: see gdp_graph.gates.schedule.fit_to_window
     end_at: float = 1.0  #: share of the gates' window (the steps before fix_at) when end is reached
 
     def value(self, progress: float) -> float:
@@ -238,8 +238,8 @@ EPSILON_SPEC = Struct("epsilon schedule", {
     "max_travel": Field(Number(minimum=0, maximum=1, exclusive_minimum=True), "At most this share "
                         "of the gates' training (the steps before fix_at) may pass before a gate "
                         "falling at full speed (Adam: about gate_lr per step) reaches 0 from its "
-                        "start; a shorter gated phase lowers start (theta starts lower).",
-                        EpsilonSchedule.max_travel),
+                        "start; a shorter gated phase lowers start (theta starts lower). Absent: "
+                        "start as given."),
     "end_at": Field(Number(minimum=0, maximum=1, exclusive_minimum=True), "Share of the gates' "
                     "training (the steps before fix_at) at which epsilon reaches end; it stays there "
                     "until the cut. Below 1 the gates polarize before they are cut and lambda steers "

@@ -1,0 +1,26 @@
+"""benchmarks/cifar_main_command.py's table from records (synthetic: no training)."""
+
+import json
+
+from benchmarks.cifar_main_command import BENCHMARK, rows, table
+
+
+def _record(variant: str, seed: int, test: float, held: float, compare=None) -> dict:
+    result = {"test": {"acc_finetuned": test}, "heldout": {"acc_finetuned": held}, "kept": 0.5}
+    if compare:
+        result["compare"] = {m: {"acc_finetuned": a, "heldout_acc_finetuned": a, "kept": 0.5} for m, a in compare.items()}
+    return {"benchmark": BENCHMARK, "settings": {"variant": variant, "seed": seed}, "seed": seed, "commit": "abcdef0123",
+            "result": result}
+
+
+def test_the_table_has_a_row_per_variant_and_compared_method_with_the_spread_over_seeds(tmp_path):
+    path = tmp_path / "r.json"
+    recs = [_record("", 0, 0.40, 0.41, {"polarization": 0.39}), _record("", 1, 0.42, 0.43, {"polarization": 0.41}),
+            _record("--regularizer polarization", 0, 0.38, 0.37), {"benchmark": "other", "result": {}}]
+    path.write_text(json.dumps({"records": recs}))
+    got = rows(path)
+    assert list(got) == ["(as shipped) [abcdef0]", "(as shipped) [abcdef0], compare polarization",
+                         "--regularizer polarization [abcdef0]"]
+    text = table(path)
+    assert "| (as shipped) [abcdef0] | 0,1 | 0.4200 ± 0.0141 | 0.4100 ± 0.0141 | 0.5000 ± 0.0000 |" in text
+    assert "| --regularizer polarization [abcdef0] | 0 | 0.3700 | 0.3800 | 0.5000 |" in text
