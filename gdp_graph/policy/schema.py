@@ -72,7 +72,7 @@ class LambdaController:
     max: float = 10.0
     step: str = "iteration"
     lead: str = "soft"
-    deadline: bool = True
+    deadline: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,9 @@ class Regularizer:
     threshold: float = 1.0e-6
     fix_at: float = 0.3
     reopen: bool = False
-    init: str = "magnitude"
+    init: str = "uniform"
     init_spread: float = 0.9
-    hold_budget: bool = True
+    hold_budget: bool = False
 
 
 @dataclass(frozen=True)
