@@ -158,34 +158,18 @@ def train_epochs(model: nn.Module, task: Task, device: torch.device, epochs: int
                  *, extra_loss: Optional[Callable[[], torch.Tensor]] = None,
                  after_step: Optional[Callable[[int, float], None]] = None,
                  extra_optimizers: Sequence[torch.optim.Optimizer] = ()) -> float:
-    """Train ``epochs`` epochs with a cosine learning rate; returns the last epoch's mean loss.
+    """Train ``epochs`` passes over the train loader with a cosine learning rate (the step loop
+    of :func:`gdp_graph.recipes.recovery.train_steps`); returns the mean training loss.
     ``after_step(step, loss)`` runs after every optimizer step (the gates' ``step`` goes there)."""
-    n = steps_per_epoch(task)
-    lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * n))
-    model.train()
-    step, mean = 0, math.nan
-    for _ in range(epochs):
-        total, batches = 0.0, 0
-        for batch in task.train_loader:
-            batch = move_to(batch, device)
-            loss = task.loss(_forward(model, task, batch), batch)
-            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                raise TaskError(f"TASK {task.name}: loss(output, batch) must return a scalar tensor, "
-                                f"got {type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
-            total_loss = loss + extra_loss() if extra_loss is not None else loss
-            for opt in (optimizer, *extra_optimizers):
-                opt.zero_grad(set_to_none=True)
-            total_loss.backward()
-            for opt in (optimizer, *extra_optimizers):
-                opt.step()
-            lr_schedule.step()
-            step += 1
-            total += float(loss.detach())
-            batches += 1
-            if after_step is not None:
-                after_step(step, float(loss.detach()))
-        mean = total / max(batches, 1)
-    return mean
+    from gdp_graph.recipes.recovery import train_steps
+
+    steps = epochs * steps_per_epoch(task)
+    if steps == 0:
+        return math.nan
+    batches = (batch for _ in range(epochs) for batch in task.train_loader)
+    hook = None if after_step is None else (lambda step, loss, _info: after_step(step, loss))
+    return train_steps(model, task, device, steps, optimizer, extra_loss=extra_loss, after_step=hook,
+                       extra_optimizers=tuple(extra_optimizers), batches=batches)
 
 
 def run_prune(model: nn.Module, example_inputs: Any, task: Task, policy: Any, schedule: Schedule,
