@@ -74,20 +74,22 @@ class _PolicyBuilder:
                       description=values.get("description", ""),
                       name=name, source=source, locations=self.locations)
 
+    def _plain(self, name: str, kind: type) -> Any:
+        """A section whose keys are exactly the fields of ``kind`` (the defaults when absent)."""
+        sub = self.section(name)
+        return kind(**sub.values) if sub else kind()
+
     def target(self) -> Target:
-        sub = self.section("target")
-        return Target(**sub.values) if sub else Target()
+        return self._plain("target", Target)
 
     def schedule(self) -> TrainingSchedule:
-        sub = self.section("schedule")
-        return TrainingSchedule(**sub.values) if sub else TrainingSchedule()
+        return self._plain("schedule", TrainingSchedule)
 
     def latency(self) -> LatencySettings:
-        sub = self.section("latency")
-        return LatencySettings(**sub.values) if sub else LatencySettings()
+        return self._plain("latency", LatencySettings)
+
     def distill(self) -> Distill:
-        sub = self.section("distill")
-        return Distill(**sub.values) if sub else Distill()
+        return self._plain("distill", Distill)
 
     def defaults(self) -> Defaults:
         sub = self.section("defaults")
