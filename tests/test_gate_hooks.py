@@ -44,7 +44,7 @@ def attached(model, steps=6):
 def test_gated_decoder_keeps_its_class_and_trains_on_any_batch_and_length():
     model = llama()
     gated = attached(model)
-    assert type(gated.module) is T.LlamaForCausalLM and gated.module.gdp_hooks_reason == ""
+    assert type(gated.module) is T.LlamaForCausalLM and gated.hooks_reason == ""
     assert any(isinstance(m, T.models.llama.modeling_llama.LlamaDecoderLayer) for m in gated.modules())
     assert gated.config.num_hidden_layers == 2  # the class's attributes through the gated model
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -106,7 +106,7 @@ def test_trainer_with_gradient_checkpointing_trains_the_gated_class(tmp_path):
 def test_a_torch_fx_graph_keeps_its_gates_in_the_graph():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     gated = G.attach(model, POLICY, example_inputs=torch.randn(2, 8), total_steps=4)
-    assert isinstance(gated.module, torch.fx.GraphModule) and "torch.fx" in gated.module.gdp_hooks_reason
+    assert isinstance(gated.module, torch.fx.GraphModule) and "torch.fx" in gated.hooks_reason
 
 
 class _Functional(torch.nn.Module):
@@ -133,7 +133,7 @@ def test_gates_left_in_an_exported_graph_take_any_sequence_length():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gated = G.attach(_Functional(), policy, example_inputs={"input_ids": ids((2, 5)) % 16}, total_steps=4)
-    assert isinstance(gated.module, torch.fx.GraphModule) and "not the input of one submodule" in gated.module.gdp_hooks_reason
+    assert isinstance(gated.module, torch.fx.GraphModule) and "not the input of one submodule" in gated.hooks_reason
     assert gated.gate_parameters()
     out = gated(ids((3, 9)) % 16)
     assert out.shape == (3, 4)

@@ -45,7 +45,7 @@ def test_gated_smollm2_keeps_its_class_and_trains_on_other_shapes(smollm2, tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gated = G.attach(smollm2, policy, example_inputs={"input_ids": ids((1, 32))}, total_steps=10)
-    assert type(gated.module) is type(smollm2), gated.module.gdp_hooks_reason
+    assert type(gated.module) is type(smollm2), gated.hooks_reason
     gated.train()
     opt = torch.optim.SGD([p for n, p in gated.named_parameters() if "gdp_gates" not in n], lr=1e-4)
     for i, shape in enumerate([(2, 128), (1, 48)]):

@@ -132,13 +132,13 @@ def _same_function(analysis: Analysis, sites: Sequence[SiteSpec], name: str) -> 
     return "" if result.ok else f"the class with gate hooks differs from the gated graph ({result})"
 
 
-def gated_module(analysis: Analysis, provider: nn.Module, sites: Sequence[SiteSpec], name: str) -> nn.Module:
+def gated_module(analysis: Analysis, provider: nn.Module, sites: Sequence[SiteSpec], name: str) -> tuple[nn.Module, str]:
     """The gated model's module: for a graph captured by ``torch.export`` (pinned to the
     example's shapes), the user's class with gate hooks where every site allows it and it
     computes what the graph does; else the graph with the multipliers inserted. A torch.fx graph
     takes any batch and size already, and folds a gate into a layer's weight rather than its
-    input (cheaper for convolutions): it stays the graph. ``gdp_hooks_reason`` on the result
-    says why the class was not used ("" when it was)."""
+    input (cheaper for convolutions): it stays the graph. Returns the module and why the class
+    was not used ("" when it was)."""
     reason = "torch.fx graphs take any input size" if analysis.traced.front_end != "export" else ""
     if not reason and analysis.traced.inputs is None:
         reason = "the analysis holds no example inputs of the class"
@@ -150,11 +150,8 @@ def gated_module(analysis: Analysis, provider: nn.Module, sites: Sequence[SiteSp
     if not reason:
         model, reason = hooked_model(analysis, provider, sites, name)
         if model is not None:
-            model.gdp_hooks_reason = ""
-            return model.train(analysis.traced.module.training)
-    module = insert_site_multipliers(analysis, provider, sites, name)
-    module.gdp_hooks_reason = reason
-    return module
+            return model.train(analysis.traced.module.training), ""
+    return insert_site_multipliers(analysis, provider, sites, name), reason
 
 
 def run_as_called(module: nn.Module, analysis: Analysis, device: torch.device) -> Any:

@@ -126,7 +126,7 @@ class GatedModel(nn.Module):
         for site in collect_sites(analysis, sorted(groups), blocks):
             bank.add_site(site)
         # the user's class with gate hooks where the sites allow (any input size), else the graph
-        self.module = gated_module(analysis, bank, bank.sites, "gdp_gates")
+        self.module, self.hooks_reason = gated_module(analysis, bank, bank.sites, "gdp_gates")
         if not isinstance(self.module, fx.GraphModule):
             self.forward = ClassForward(self)  # the class's signature, for Trainer's column filter
         self._bank_name = next(n for n, m in self.module.named_children() if m is bank)
