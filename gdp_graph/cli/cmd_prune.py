@@ -114,15 +114,55 @@ def _own_class(result: Any, graph_module: bool) -> tuple[torch.nn.Module, str, l
     return kept.model, "", kept.dropped_hooks
 
 
+def _cost_summary(fr: Any, n: int) -> dict[str, float]:
+    """Parameters and FLOPs per sample before and after, and the shares kept."""
+    return {"flops_per_sample_before": fr.before.flops / n, "flops_per_sample_after": fr.after.flops / n,
+            "params_before": fr.before.params, "params_after": fr.after.params,
+            "flops_kept": fr.after.flops / fr.before.flops if fr.before.flops else 1.0,
+            "params_kept": fr.after.params / fr.before.params if fr.before.params else 1.0}
+
+
+def _print_summary(console: Any, layers: Any, cost: dict[str, float], result: Any, fr: Any, pruned_cpu: Any,
+                   why_not_class: str, out: Path, pictures: list, why_not: str) -> None:
+    from gdp_graph.report.layers import layers_table
+    from gdp_graph.report.tables import before_after_table
+    console.print(layers_table(layers))
+    console.print(before_after_table([("parameters", cost["params_before"], cost["params_after"], "count"),
+                                      ("FLOPs per sample", cost["flops_per_sample_before"],
+                                       cost["flops_per_sample_after"], "count")], title="prune: before / after"))
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if v is not None)
+    console.print(f"task metric: {scores or 'no eval_loader'}; finalize: {fr.check}")
+    console.print(f"pruned model: {type(pruned_cpu).__name__}"
+                  + (f" (a GraphModule: {why_not_class})" if why_not_class else " (the model's own class)"))
+    console.print(f"wrote {out}/pruned.pt, plan.json, report.json"
+                  + (f", {', '.join(Path(p).name for p in pictures)}" if pictures else f" (no pictures: {why_not})"))
+
+
+def _heading(args: argparse.Namespace, policy: Any, schedule: Any, device: torch.device) -> Any:
+    from gdp_graph.report.console import styled
+    return styled((args.spec, "bold"), f" with task {args.task}; policy {policy.name} (method {schedule.method}"
+                  + (f", {policy.regularizer.name}" if schedule.method == "gdp" else "")
+                  + f", keep {policy.target.fraction:g} of {policy.target.metric}); " + _budget_text(schedule)
+                  + (f"; distillation T {policy.distill.temperature:g}, alpha {policy.distill.alpha:g}"
+                     if args.distill else "") + f" on {device}")
+
+
+def _class_warnings(model: Any, why_not_class: str, dropped_hooks: Any, graph_module: bool) -> list[str]:
+    warnings = []
+    if why_not_class and not graph_module:
+        warnings.append(f"the pruned model is a GraphModule, not {type(model).__name__}: {why_not_class}")
+    if dropped_hooks:
+        warnings.append(f"hooks on {', '.join(dropped_hooks)} are dropped with the removed branches")
+    return warnings
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from gdp_graph.cli.spec import load_spec
     from gdp_graph.recipes.driver import run_prune
     from gdp_graph.recipes.task import batch_length, load_task, model_inputs, move_to
-    from gdp_graph.report.console import styled
-    from gdp_graph.report.layers import compare_layers, layers_table
+    from gdp_graph.report.layers import compare_layers
     from gdp_graph.report.live import GateProgress
     from gdp_graph.report.outputs import write_outputs
-    from gdp_graph.report.tables import before_after_table
     device = resolve_device(args.device)
     policy = _policy(args)
     if args.task is None:  # one-shot from the weights alone
@@ -136,21 +176,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         inputs = kwargs_ or args_
     schedule = _schedule(args, task, policy)
     console = make_console(args, stderr=args.json)
-    console.print(styled((args.spec, "bold"), f" with task {args.task}; policy {policy.name} (method {schedule.method}"
-                         + (f", {policy.regularizer.name}" if schedule.method == "gdp" else "")
-                         + f", keep {policy.target.fraction:g} of {policy.target.metric}); " + _budget_text(schedule)
-                         + (f"; distillation T {policy.distill.temperature:g}, alpha {policy.distill.alpha:g}"
-                            if args.distill else "") + f" on {device}"))
+    console.print(_heading(args, policy, schedule, device))
     started = time.perf_counter()
     with GateProgress(console=console, disable=args.no_progress) as progress:
         result = run_prune(model, inputs, task, policy, schedule, device, on_progress=progress.update_phase,
                            distill=policy.distill if args.distill else None)
     fr = result.finalize_report
     n = max(batch_length(inputs), 1)
-    cost = {"flops_per_sample_before": fr.before.flops / n, "flops_per_sample_after": fr.after.flops / n,
-            "params_before": fr.before.params, "params_after": fr.after.params,
-            "flops_kept": fr.after.flops / fr.before.flops if fr.before.flops else 1.0,
-            "params_kept": fr.after.params / fr.before.params if fr.before.params else 1.0}
+    cost = _cost_summary(fr, n)
     cpu_inputs = move_to(inputs, torch.device("cpu"))
     pruned, why_not_class, dropped_hooks = _own_class(result, args.graph_module)
     pruned_cpu = pruned.cpu().eval()
@@ -163,11 +196,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "task_metric": result.metrics, "cost": cost, "finalize": _per_sample(fr.to_dict(), n), "gates": result.gates_report,
         "history": result.history.to_dict(), "layers": layers, "seconds": result.seconds,
         "pruned_class": type(pruned_cpu).__name__, "kept_class_reason": why_not_class or None}
-    report["warnings"] = _warnings(result, policy, report)
-    if why_not_class and not args.graph_module:
-        report["warnings"].append(f"the pruned model is a GraphModule, not {type(model).__name__}: {why_not_class}")
-    if dropped_hooks:
-        report["warnings"].append(f"hooks on {', '.join(dropped_hooks)} are dropped with the removed branches")
+    report["warnings"] = _warnings(result, policy, report) + _class_warnings(model, why_not_class, dropped_hooks,
+                                                                             args.graph_module)
     out = Path(args.out)
     write_outputs(out, pruned_cpu, result.plan, report, cpu_inputs, analysis=result.analysis)
     from gdp_graph.prune.hf_save import write_hf_folder  # a Hugging Face model: DIR/hf, save_pretrained
@@ -179,16 +209,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        console.print(layers_table(layers))
-        console.print(before_after_table([("parameters", cost["params_before"], cost["params_after"], "count"),
-                                          ("FLOPs per sample", cost["flops_per_sample_before"],
-                                           cost["flops_per_sample_after"], "count")], title="prune: before / after"))
-        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if v is not None)
-        console.print(f"task metric: {scores or 'no eval_loader'}; finalize: {fr.check}")
-        console.print(f"pruned model: {type(pruned_cpu).__name__}"
-                      + (f" (a GraphModule: {why_not_class})" if why_not_class else " (the model's own class)"))
-        console.print(f"wrote {out}/pruned.pt, plan.json, report.json"
-                      + (f", {', '.join(Path(p).name for p in pictures)}" if pictures else f" (no pictures: {why_not})"))
+        _print_summary(console, layers, cost, result, fr, pruned_cpu, why_not_class, out, pictures, why_not)
     for line in report["warnings"]:
         console.print(f"warning: {line}", style="yellow")
     return EXIT_MISSED if args.strict and report["warnings"] else EXIT_OK
