@@ -50,8 +50,10 @@ def test_prune_without_task_to_a_latency_budget(tmp_path, latency_policy):
     assert len(list((tmp_path / "tables").glob("*.json"))) == 1  # the policy's cache folder
     assert report["metric"] == "latency" and report["latency"]["points"] == 3
     cost = report["cost"]
-    assert 0 < cost["latency_after_s"] < cost["latency_before_s"]
+    # The table is measured, so only its consistency is checked here, never a timing.
+    assert cost["latency_before_s"] > 0 and cost["latency_after_s"] > 0
     assert cost["latency_kept"] == pytest.approx(report["kept"])
+    assert cost["latency_after_s"] / cost["latency_before_s"] == pytest.approx(report["kept"], rel=1e-6)
 
 
 def test_prune_without_task_refuses_what_needs_data(tmp_path):
