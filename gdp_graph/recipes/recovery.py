@@ -1,5 +1,6 @@
-"""Training loops of ``gdp-graph prune`` by a step budget, and logit distillation from the frozen
-original model.
+"""The training loop of the library (:func:`train_steps`: ``gdp-graph prune``, ``gdp-graph
+train`` and the recovery of a pruned model all step through it), and logit distillation from the
+frozen original model.
 
 A language-model epoch is far too long on a CPU, so ``--steps N`` counts optimizer steps: the
 loader is cycled until ``N`` steps are done. :func:`distill_loss` mixes the task loss with
@@ -9,6 +10,7 @@ recovery), the teacher running under ``torch.no_grad()`` in eval mode.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -21,7 +23,8 @@ from torch import nn
 
 from gdp_graph.recipes.task import Task, TaskError, batch_length, model_inputs, move_to
 
-__all__ = ["Distillation", "Throughput", "output_logits", "distill_loss", "cycle", "frozen_teacher", "train_steps"]
+__all__ = ["COSINE", "Distillation", "StepResult", "Throughput", "output_logits", "distill_loss", "cycle", "frozen_teacher",
+           "train_steps"]
 
 #: ``after_step(step, loss, info)``: info holds the throughput (``tokens_per_s`` or ``samples_per_s``)
 AfterStep = Callable[[int, float, dict], None]
@@ -99,47 +102,95 @@ class Throughput:
         return {f"{self.unit}_per_s": self.count / max(time.perf_counter() - self.started, 1e-9)}
 
 
-def _loss(model: nn.Module, task: Task, batch: Any, distill: Optional[Distillation], meter: Throughput) -> torch.Tensor:
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step of :func:`train_steps` left, for an ``on_step`` hook: tensors
+    still on the device (reading them is the hook's choice, the loop forces no sync)."""
+
+    step: int  #: optimizer steps done, 1 after the first
+    batch: Any  #: the batch, on the device
+    output: Any  #: the model's output on it
+    loss: torch.Tensor  #: the task loss (the distillation mix with ``distill``), detached
+    extra: Optional[torch.Tensor]  #: ``extra_loss()``, detached (None without it)
+
+
+#: ``scheduler`` default of :func:`train_steps`: a cosine learning rate over its ``steps``
+COSINE = "cosine"
+
+
+def _loss(model: nn.Module, task: Task, batch: Any, distill: Optional[Distillation], meter: Throughput,
+          autocast: Optional[tuple[str, torch.dtype]]) -> tuple[Any, torch.Tensor]:
+    """(output, loss): the forward pass and the task loss, under ``torch.autocast(*autocast)``
+    when given."""
     args, kwargs = model_inputs(task, batch)
     meter.add(args, kwargs)
-    output = model(*args, **kwargs)
-    loss = task.loss(output, batch)
-    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-        raise TaskError(f"TASK {task.name}: loss(output, batch) must return a scalar tensor, "
-                        f"got {type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
-    if distill is None:
-        return loss
-    with torch.no_grad():
-        target = output_logits(distill.teacher(*args, **kwargs))
-    kd = distill_loss(output_logits(output), target, distill.temperature)
-    return distill.alpha * kd + (1.0 - distill.alpha) * loss
+    with torch.autocast(*autocast) if autocast is not None else contextlib.nullcontext():
+        output = model(*args, **kwargs)
+        loss = task.loss(output, batch)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise TaskError(f"TASK {task.name}: loss(output, batch) must return a scalar tensor, "
+                            f"got {type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
+        if distill is None:
+            return output, loss
+        with torch.no_grad():
+            target = output_logits(distill.teacher(*args, **kwargs))
+        kd = distill_loss(output_logits(output), target, distill.temperature)
+        return output, distill.alpha * kd + (1.0 - distill.alpha) * loss
+
+
+def _optimizer_step(loss: torch.Tensor, optimizers: tuple, scheduler: Any) -> None:
+    """Gradients of ``loss``, one step of every optimizer (in order), then the learning rate."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    if scheduler is not None:
+        scheduler.step()
 
 
 def train_steps(model: nn.Module, task: Task, device: torch.device, steps: int, optimizer: torch.optim.Optimizer, *,
                 extra_loss: Optional[Callable[[], torch.Tensor]] = None, after_step: Optional[AfterStep] = None,
                 extra_optimizers: tuple = (), distill: Optional[Distillation] = None,
-                stop: Optional[Callable[[], bool]] = None, batches: Optional[Any] = None) -> float:
-    """``steps`` optimizer steps with a cosine learning rate over them (fewer when ``stop()``
-    turns true after a step); returns the mean training loss (the distillation mix with
-    ``distill``, without ``extra_loss``). ``batches``: the batches to use (default: the train
-    loader, cycled)."""
-    lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+                stop: Optional[Callable[[], bool]] = None, batches: Optional[Any] = None, scheduler: Any = COSINE,
+                autocast: Optional[torch.dtype] = None, on_step: Optional[Callable[[StepResult], None]] = None) -> float:
+    """The training loop of the library: every recipe (``gdp-graph prune``, ``gdp-graph train``,
+    recovery, distillation) runs its optimizer steps here.
+
+    Each step: the batch to ``device``, forward and ``task.loss`` (under ``torch.autocast`` to the
+    ``autocast`` dtype when given; mixed with logit distillation from ``distill``), plus
+    ``extra_loss()`` (outside autocast: the pruning penalty), backward, ``optimizer`` then each of
+    ``extra_optimizers`` stepped, ``scheduler.step()``, then the hooks: ``on_step(StepResult)``
+    (no device sync) and ``after_step(step, loss, throughput)`` (reads the loss).
+
+    Stops after ``steps`` steps, when ``batches`` run out, or when ``stop()`` turns true after a
+    step. ``batches``: the batches (augmentation, epochs: the iterator's business; default: the
+    train loader, cycled). ``scheduler``: any object with ``.step()``, None for none, default a
+    cosine learning rate over ``steps``. Returns the mean training loss (the distillation mix with
+    ``distill``, without ``extra_loss``), read from the device once."""
+    if isinstance(scheduler, str):
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+    cast = None if autocast is None else (torch.device(device).type, autocast)
     model.train()
-    meter, total, done = Throughput(), 0.0, 0
-    for batch in (batches if batches is not None else cycle(task.train_loader, steps)):
+    meter, total, done = Throughput(), torch.zeros((), dtype=torch.float64, device=device), 0
+    batch_iter = iter(batches if batches is not None else cycle(task.train_loader, steps))
+    while done < steps:
+        batch = next(batch_iter, _END)
+        if batch is _END:
+            break
         batch = move_to(batch, device)
-        loss = _loss(model, task, batch, distill, meter)
-        total_loss = loss + extra_loss() if extra_loss is not None else loss
-        for opt in (optimizer, *extra_optimizers):
-            opt.zero_grad(set_to_none=True)
-        total_loss.backward()
-        for opt in (optimizer, *extra_optimizers):
-            opt.step()
-        lr_schedule.step()
+        output, loss = _loss(model, task, batch, distill, meter, cast)
+        extra = extra_loss() if extra_loss is not None else None
+        _optimizer_step(loss if extra is None else loss + extra, (optimizer, *extra_optimizers), scheduler)
         done += 1
-        total += float(loss.detach())
+        total += loss.detach().double()
+        if on_step is not None:
+            on_step(StepResult(done, batch, output, loss.detach(), None if extra is None else extra.detach()))
         if after_step is not None:
             after_step(done, float(loss.detach()), meter.info())
-        if done >= steps or (stop is not None and stop()):
+        if stop is not None and stop():
             break
-    return total / done if done else math.nan
+    return float(total) / done if done else math.nan
+
+
+_END = object()

@@ -1,7 +1,7 @@
-"""A small, generic training / evaluation loop for classification models.
+"""Epochs and evaluation of classification models, for ``gdp-graph train`` and the examples.
 
-It is what the CLI and the examples use; the pruning machinery plugs into two hooks of
-:func:`train_one_epoch`:
+:func:`train_one_epoch` is one pass over a loader through the library's training loop
+(:func:`gdp_graph.recipes.recovery.train_steps`); the pruning machinery plugs into two hooks:
 
 * ``extra_loss()`` returns a scalar added to the task loss at every step (the pruning
   penalty);
@@ -28,6 +28,8 @@ from gdp_graph.vocabulary import half_cosine
 
 if TYPE_CHECKING:
     from rich.progress import Progress
+
+    from gdp_graph.recipes.recovery import StepResult
 
 __all__ = [
     "cosine_lr_factor",
@@ -189,70 +191,56 @@ def train_one_epoch(
         (samples), ``steps``, ``global_step`` (``start_step + steps``, to pass on as the next
         epoch's ``start_step``), ``lr`` (first param group, at the end) and ``seconds``.
     """
+    from gdp_graph.recipes.recovery import train_steps
+    from gdp_graph.recipes.task import Task
+
     dev = torch.device(device)
-    model.train()
-    task_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    extra_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    correct = torch.zeros((), dtype=torch.int64, device=dev)
-    n = 0
-    steps = 0
+    sums = _EpochSums(dev, start_step, on_step)
+    limit = max_steps if max_steps is not None else sys.maxsize
     t0 = time.perf_counter()
     with _progress_bar(progress, _num_batches(loader, max_steps), description) as bar:
-        for x, y in loader:
-            if max_steps is not None and steps >= max_steps:
-                break
-            x = _to_device(x, dev)
-            y = _to_device(y, dev)
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(dev, autocast, autocast_dtype):
-                logits = model(x)
-                task = loss_fn(logits, y)
-            task = task.float()
-            if extra_loss is not None:
-                extra = extra_loss()
-                loss = task + extra
-            else:
-                extra = None
-                loss = task
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            steps += 1
-            if on_step is not None:
-                on_step(start_step + steps)
-
-            bs = int(y.shape[0])
-            n += bs
-            task_sum += task.detach().double() * bs
-            if extra is not None:
-                extra_sum += extra.detach().to(dev, torch.float64) * bs
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-            if bar.enabled:
-                status = ""
-                if steps % _REFRESH_EVERY == 0:
-                    mean = (task_sum + extra_sum).item() / n
-                    status = f"loss {mean:.4f}  acc {correct.item() / n:.3f}"
-                    bar.update(1, status=status)
-                else:
-                    bar.update(1)
-
-    seconds = time.perf_counter() - t0
-    denom = max(n, 1)
-    task_mean = task_sum.item() / denom
-    extra_mean = extra_sum.item() / denom
+        sums.bar = bar
+        task = Task(train_loader=loader, loss=lambda logits, batch: loss_fn(logits, batch[1]).float(), name="cifar10")
+        train_steps(model, task, dev, limit, optimizer, extra_loss=extra_loss, batches=loader, scheduler=scheduler,
+                    autocast=autocast_dtype if autocast else None, on_step=sums.add)
     lr = float(optimizer.param_groups[0]["lr"]) if optimizer.param_groups else math.nan
-    return {
-        "loss": task_mean + extra_mean,
-        "task_loss": task_mean,
-        "extra_loss": extra_mean,
-        "accuracy": correct.item() / denom,
-        "n": n,
-        "steps": steps,
-        "global_step": start_step + steps,
-        "lr": lr,
-        "seconds": seconds,
-    }
+    return sums.stats(lr, time.perf_counter() - t0)
+
+
+class _EpochSums:
+    """Loss, penalty and accuracy of an epoch summed on the device (read once at its end, or
+    every ``_REFRESH_EVERY`` steps for the progress bar), and the caller's ``on_step``."""
+
+    def __init__(self, device: torch.device, start_step: int, on_step: Callable[[int], None] | None) -> None:
+        self.task = torch.zeros((), dtype=torch.float64, device=device)
+        self.extra = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.n, self.steps, self.start_step, self.on_step, self.bar = 0, 0, start_step, on_step, _Bar()
+
+    def add(self, step: StepResult) -> None:
+        self.steps = step.step
+        if self.on_step is not None:
+            self.on_step(self.start_step + step.step)
+        y = step.batch[1]
+        bs = int(y.shape[0])
+        self.n += bs
+        self.task += step.loss.double() * bs
+        if step.extra is not None:
+            self.extra += step.extra.to(self.task.device, torch.float64) * bs
+        self.correct += (step.output.detach().argmax(dim=1) == y).sum()
+        if self.bar.enabled:
+            if step.step % _REFRESH_EVERY == 0:
+                mean = (self.task + self.extra).item() / self.n
+                self.bar.update(1, status=f"loss {mean:.4f}  acc {self.correct.item() / self.n:.3f}")
+            else:
+                self.bar.update(1)
+
+    def stats(self, lr: float, seconds: float) -> dict[str, float]:
+        denom = max(self.n, 1)
+        task_mean, extra_mean = self.task.item() / denom, self.extra.item() / denom
+        return {"loss": task_mean + extra_mean, "task_loss": task_mean, "extra_loss": extra_mean,
+                "accuracy": self.correct.item() / denom, "n": self.n, "steps": self.steps,
+                "global_step": self.start_step + self.steps, "lr": lr, "seconds": seconds}
 
 
 def evaluate(
