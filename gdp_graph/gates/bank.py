@@ -12,6 +12,12 @@ Gate functions (``GateBank.kind``):
     ``g = clamp(theta, 0, 1)``, ``theta`` starts at 1 (the gated model starts equal to the
     original).
 
+The bank numbers its gates in one flat vector (every gated group's units by group id, then the
+block gates by id, then a constant 1); that numbering stays inside the bank. Outside it, gates
+are named as plans name units: ``{gid: per-unit vector}`` and ``{bid: scalar}``
+(:meth:`GateBank.split`, :meth:`GateBank.values`), and a plan becomes a flat mask only here
+(:meth:`GateBank.removed_by`, :meth:`GateBank.kept_by`, :meth:`GateBank.mask`).
+
 Units the analysis froze keep a ``theta`` entry (one per unit, so shapes match the group) but
 their gate is the constant 1, without gradient. Gates in ``dead`` are exactly 0.
 """
@@ -19,13 +25,17 @@ their gate is the constant 1, without gradient. Gates in ``dead`` are exactly 0.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from gdp_graph.errors import GdpError
-from gdp_graph.graph.inject import SiteSpec
+from gdp_graph.graph.inject import SiteSpec, collect_sites
+
+if TYPE_CHECKING:
+    from gdp_graph.graph.analysis import Analysis
+    from gdp_graph.prune.plan import PruningPlan
 
 __all__ = ["GATE_KINDS", "GateBank", "GateError", "initial_theta"]
 
@@ -99,6 +109,20 @@ class GateBank(nn.Module):
         self.theta_max = math.inf if kind == "smoothed_l0" else theta0
         self.sites: list[SiteSpec] = []
 
+    @classmethod
+    def for_analysis(cls, analysis: "Analysis", groups: Iterable[int], blocks: Sequence[int] = (), *,
+                     kind: str = "smoothed_l0", epsilon: float = 1.0, init_gate: float = 0.99) -> "GateBank":
+        """The bank of ``groups`` and ``blocks`` of ``analysis`` (frozen units from the
+        analysis), on the traced model's device, with a site at every node their gates multiply."""
+        frozen = {gid: analysis.groups[gid].frozen_units.clone() for gid in groups}
+        bank = cls(frozen, blocks, kind=kind, epsilon=epsilon, init_gate=init_gate)
+        device = next((t.device for t in (*analysis.traced.gm.parameters(), *analysis.traced.gm.buffers())),
+                      torch.device("cpu"))
+        bank.to(device)
+        for site in collect_sites(analysis, sorted(frozen), blocks):
+            bank.add_site(site)
+        return bank
+
     # -- structure ------------------------------------------------------------------------------
     def position(self, gid: int, unit_index: Tensor) -> Tensor:
         """Flat indices of a site's positions for group ``gid`` (-1 -> the constant 1)."""
@@ -140,7 +164,8 @@ class GateBank(nn.Module):
         sq = theta * theta
         return sq / (sq + self.epsilon.to(sq.dtype).clamp_min(torch.finfo(sq.dtype).tiny))
 
-    def _theta(self) -> Tensor:
+    def theta(self) -> Tensor:
+        """Every ``theta`` in the flat order (differentiable; no trailing constant)."""
         # by id, not in ParameterDict order (which sorts keys as strings: '10' before '2')
         parts = [self.group_theta[str(g)] for g in self.group_ids]
         if len(self.block_theta):
@@ -149,11 +174,13 @@ class GateBank(nn.Module):
             return self.one.new_zeros(0)
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
+    _theta = theta  #: the older name (gates.hold, gates.init and tests use it)
+
     def flat(self) -> Tensor:
         """Every gate value (group units by group id, then blocks by id), then a constant 1.
         Once :meth:`fix` ran, the values fixed then (``theta`` stays in the graph with a zero
         factor, so DistributedDataParallel still sees every parameter used)."""
-        theta = self._theta()
+        theta = self.theta()
         if bool(self.is_fixed):
             g = self.fixed_values.to(theta.dtype) + 0.0 * theta
         else:
@@ -198,6 +225,55 @@ class GateBank(nn.Module):
         groups = {g: flat[self._offset[g]: self._offset[g] + len(self.group_theta[str(g)])] for g in self.group_ids}
         blocks = {b: flat[self._block_pos[b]] for b in self.block_ids}
         return groups, blocks
+
+    def values(self) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+        """Every gate's value now, detached: ``({gid: per-unit vector}, {bid: scalar})``."""
+        with torch.no_grad():
+            return self.split(self.flat().detach())
+
+    def travel(self) -> Tensor:
+        """Flat: how far each ``theta`` still is from 0 as a share of its start,
+        ``min(|theta| / theta_start, 1)`` (frozen units 1, dead gates 0), then a constant 1."""
+        with torch.no_grad():
+            share = (self.theta().detach().abs() / self.theta_start).clamp(0.0, 1.0)
+            share = torch.where(self.frozen, torch.ones_like(share), share)
+            share = torch.where(self.dead, torch.zeros_like(share), share)
+            return torch.cat([share, self.one.to(share.dtype)])
+
+    # -- plans as masks -------------------------------------------------------------------------
+    def mask(self, units: Mapping[int, Iterable[int]] = {}, blocks: Iterable[int] = ()) -> Tensor:
+        """Flat bool mask (one per gate, no constant) of ``units`` (``{gid: unit indices}`` in
+        the group's numbering) and of the gates of ``blocks`` (blocks without a gate are skipped)."""
+        out = torch.zeros(self.one_position, dtype=torch.bool)
+        for gid, chosen in units.items():
+            if gid not in self._offset:
+                raise GateError(f"group {gid} has no gates")
+            index = torch.as_tensor(list(chosen), dtype=torch.long)
+            out[index + self._offset[gid]] = True
+        for bid in blocks:
+            if bid in self._block_pos:
+                out[self._block_pos[bid]] = True
+        return out.to(self.dead.device)
+
+    def removed_by(self, plan: "PruningPlan", inner_blocks: Mapping[int, Sequence[int]] = {}) -> Tensor:
+        """Flat mask of the gates ``plan`` removes: the units it does not keep, the gates of its
+        removed blocks, and every unit of the groups inside them (``inner_blocks``: block id ->
+        its inner groups, the policy's ``block_level: inner``)."""
+        units = {gid: sorted(set(range(self.size(gid))) - set(keep)) for gid, keep in plan.keep.items()}
+        for bid in plan.removed_blocks:
+            units.update({gid: range(self.size(gid)) for gid in inner_blocks.get(bid, ())})
+        return self.mask(units, plan.removed_blocks)
+
+    def kept_by(self, plan: "PruningPlan", inner_blocks: Mapping[int, Sequence[int]] = {}) -> Tensor:
+        """Flat mask of the free units ``plan`` keeps (no block gate, no frozen unit)."""
+        units = torch.arange(self.one_position, device=self.dead.device) < self.num_units
+        return ~self.removed_by(plan, inner_blocks) & units & ~self.frozen
+
+    def size(self, gid: int) -> int:
+        """How many units group ``gid`` has."""
+        if gid not in self._offset:
+            raise GateError(f"group {gid} has no gates")
+        return len(self.group_theta[str(gid)])
 
     def group_gates(self) -> dict[int, Tensor]:
         """``{gid: gate vector}`` (differentiable; frozen units are 1)."""
@@ -263,7 +339,7 @@ class GateBank(nn.Module):
         gates at exactly 0, and ``protected`` positions (a flat bool mask: units a group's limits
         force to stay) at least at :meth:`keep_floor`, ``held`` positions (units held for the
         budget) at least at :meth:`hold_floor`."""
-        theta = self._theta().detach().clamp(self.floor(), self.theta_max)
+        theta = self.theta().detach().clamp(self.floor(), self.theta_max)
         if protected is not None:
             theta = torch.where(protected.to(theta.device), theta.clamp_min(self.keep_floor()), theta)
         if held is not None:
@@ -275,7 +351,7 @@ class GateBank(nn.Module):
     def kill(self, positions: Tensor) -> None:
         """Set the gates at ``positions`` (a flat bool mask) to exactly 0 for good."""
         self.dead |= positions.to(self.dead.device) & ~self.frozen
-        self._write_theta(torch.where(self.dead, torch.zeros_like(self._theta()), self._theta()).detach())
+        self._write_theta(torch.where(self.dead, torch.zeros_like(self.theta()), self.theta()).detach())
 
     def _write_theta(self, flat: Tensor) -> None:
         for g in self.group_ids:

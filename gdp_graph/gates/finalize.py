@@ -2,7 +2,7 @@
 
 Three steps, each usable on its own:
 
-1. :func:`plan_from_gates`: units whose gate is ``<= threshold`` are removed, within the
+1. :func:`~gdp_graph.gates.cut.plan_from_gates`: units whose gate is ``<= threshold`` are removed, within the
    policy's limits (``min_channels``, ``round_to``, ``max_fraction``, frozen units, the group's
    divisor); gated blocks whose gate is ``<= threshold`` are removed.
 2. :func:`absorb`: every gate is folded into the layer that consumes it (the input columns of a
@@ -27,16 +27,14 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import Cost, count_params, model_cost, traced_cost
 from gdp_graph.prune.plan import PruningPlan
-from gdp_graph.policy import Resolution
 from gdp_graph.prune.rewrite import SiteScales, rewrite_graph
 from gdp_graph.prune.verify import VerifyResult, compare_outputs
 from gdp_graph.errors import GdpError
 from gdp_graph.gates import selection
 from gdp_graph.gates.absorb import absorb_scales
-from gdp_graph.gates.bank import GateBank
+from gdp_graph.gates.cut import plan_from_gates
 from gdp_graph.gates.hooks import run_as_called
 from gdp_graph.gates.model import GatedModel
 
@@ -48,20 +46,7 @@ class FinalizeError(GdpError, RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# 1. the plan
-# --------------------------------------------------------------------------------------------
-
-
-def plan_from_gates(analysis: Analysis, bank: GateBank, resolution: Resolution, threshold: float) -> PruningPlan:
-    """The plan that removes what ``bank``'s gates switched off (see
-    :func:`gdp_graph.gates.selection.plan_from_gates`)."""
-    with torch.no_grad():
-        groups, blocks = bank.split(bank.flat())
-    return selection.plan_from_gates(analysis, groups, blocks, resolution, threshold)
-
-
-# --------------------------------------------------------------------------------------------
-# 2. absorbing the gates into weights
+# absorbing the gates into weights
 # --------------------------------------------------------------------------------------------
 
 def _weights_of(gated: GatedModel) -> fx.GraphModule:
@@ -95,7 +80,7 @@ def absorb(gated: GatedModel, plan: Optional[PruningPlan] = None) -> tuple[fx.Gr
 
 
 # --------------------------------------------------------------------------------------------
-# 3. finalize
+# finalize
 # --------------------------------------------------------------------------------------------
 
 
@@ -139,8 +124,7 @@ def _device_of(module: nn.Module) -> torch.device:
 def _forced_units(gated: GatedModel, plan: PruningPlan, threshold: float) -> dict[int, int]:
     """Per group: free units with a gate <= threshold that the plan keeps (limits forced it)."""
     analysis = gated.analysis
-    with torch.no_grad():
-        groups, _ = gated.bank.split(gated.bank.flat())
+    groups, _ = gated.bank.values()
     out = {}
     for gid, gates in groups.items():
         if selection.inside_removed_blocks(analysis, gid, plan.removed_blocks):

@@ -5,7 +5,7 @@ soft cost drops in a few steps, far below the target, while lambda (which had wo
 the dead time) comes down too late; Adam's momentum carries the gates on, and the cut at
 ``fix_at`` has to reopen units whose gates had collapsed. Holding the budget makes that
 impossible: after every step the units that a cut to the target would keep now (ranked by
-``theta``, :func:`~gdp_graph.gates.selection.plan_for_budget`, the same ranking as the cut)
+``theta``, :func:`~gdp_graph.gates.cut.budget_plan`, the cut itself)
 are held at a gate of at least 0.99 (``GateBank.hold_floor``), so only the others can go to 0.
 The others keep their gate value as epsilon shrinks (their ``theta`` is scaled with
 ``sqrt(epsilon)``, ``GateBank.set_epsilon(carry=...)``): annealing alone pulls no unit outside
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gdp_graph.gates.selection import plan_for_budget
+from gdp_graph.gates.cut import budget_plan
 
 __all__ = ["budget_keep_mask"]
 
@@ -33,17 +33,5 @@ def budget_keep_mask(gated: Any) -> Tensor:
     groups that vanish with a removed block are not held."""
     bank = gated.bank
     # a step past 0 is a gate going to 0 (projection clamps it to the floor), not an open one
-    theta = bank._theta().detach().clamp_min(0.0).cpu()
-    groups, blocks = bank.split(torch.cat([theta, bank.one.cpu().to(theta.dtype)]))
-    gone = frozenset(b for b, g in bank.block_gates().items() if float(g) <= 0.5)
-    plan, _ = plan_for_budget(gated.analysis, gated.cost_model, gated.resolution, groups,
-                              gated.policy.target.fraction, metric=gated.metric, removed_blocks=gone)
-    vanished = {gid for bid in plan.removed_blocks for gid in gated.resolution.inner_blocks.get(bid, ())}
-    mask = torch.zeros(bank.one_position, dtype=torch.bool)
-    for gid in bank.group_ids:
-        if gid in vanished:
-            continue
-        size = gated.analysis.groups[gid].size
-        kept = list(plan.keep.get(gid, range(size)))
-        mask[[bank._offset[gid] + u for u in kept]] = True
-    return mask.to(bank.dead.device) & ~bank.frozen
+    plan = budget_plan(gated, bank.theta().detach().clamp_min(0.0).cpu())
+    return bank.kept_by(plan, gated.resolution.inner_blocks)

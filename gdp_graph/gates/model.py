@@ -14,7 +14,6 @@ the exact smaller model.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Optional
 
 import torch
@@ -24,14 +23,14 @@ from torch import Tensor, nn
 from gdp_graph.gates.absorb import reopen_into_weights
 from gdp_graph.gates.bank import GateBank, GateError
 from gdp_graph.gates.budget import BudgetController, soft_fraction
+from gdp_graph.gates.cut import budget_plan, plan_from_gates, protected_mask
 from gdp_graph.gates.hold import budget_keep_mask
-from gdp_graph.gates.regularizers import make_regularizer
-from gdp_graph.gates.schedule import EpsilonRamp, fit_to_window, in_updates
-from gdp_graph.gates.selection import group_limit, plan_for_budget, plan_fraction, plan_from_gates
-from gdp_graph.graph.analysis import Analysis
-from gdp_graph.graph.cost import CostModel
 from gdp_graph.gates.hooks import ClassForward, gated_module
-from gdp_graph.graph.inject import collect_sites
+from gdp_graph.gates.phase import GatedPhase, cost_model_for, lambda_controller
+from gdp_graph.gates.regularizers import make_regularizer
+from gdp_graph.gates.schedule import EpsilonRamp
+from gdp_graph.gates.selection import plan_fraction
+from gdp_graph.graph.analysis import Analysis
 from gdp_graph.policy import Resolution
 from gdp_graph.vocabulary import DEFAULT_T
 
@@ -92,75 +91,35 @@ class GatedModel(nn.Module):
                  steps_per_epoch: Optional[int] = None, init_gate: float = 0.99,
                  gate_lr: float = DEFAULT_GATE_LR):
         super().__init__()
-        self.gate_lr = float(gate_lr)
         policy = resolution.policy
         reg = policy.regularizer
-        self.analysis = analysis
-        self.resolution = resolution
-        self.policy = policy
-        self.metric = policy.target.metric
-        self.threshold = float(reg.threshold)
-        self.steps_per_epoch = _positive_or_none(steps_per_epoch, "steps_per_epoch")
-        total_steps = _positive_or_none(total_steps, "total_steps")
-        kind = "smoothed_l0" if reg.name == "gdp" else "clamped"
-        self.schedule_per = reg.epsilon.step if reg.epsilon is not None else "iteration"
-        self.phase_length = self._phase_length(total_steps)
-        self.fix_step = None if self.phase_length is None else max(1, round(reg.fix_at * self.phase_length))
-        self.epsilon_schedule: Optional[EpsilonRamp] = None
-        curve = reg.epsilon
-        if kind == "smoothed_l0":
-            if curve is None:
-                raise GateError("the gdp regularizer needs an epsilon schedule (regularizer.epsilon)")
-            if self.fix_step is not None:
-                # epsilon.max_travel: theta starts low enough to reach 0 within the gates' window
-                # epsilon.end_at: epsilon reaches its end (the gates polarize) before the cut
-                ramp = max(1, round(curve.end_at * self.fix_step))
-                gate_steps = ramp * (self.steps_per_epoch if self.schedule_per == "epoch" else 1)
-                curve = fit_to_window(curve, init_gate=init_gate, gate_lr=self.gate_lr, steps=gate_steps)
-                self.epsilon_schedule = EpsilonRamp(curve, ramp)
-        groups = {gid: analysis.groups[gid].frozen_units.clone() for gid in resolution.gated_groups()}
-        blocks = resolution.gated_blocks()
-        eps0 = curve.start if kind == "smoothed_l0" else 1.0
-        bank = GateBank(groups, blocks, kind=kind, epsilon=eps0, init_gate=init_gate)
-        bank.to(_device_of(analysis.traced.gm))
-        for site in collect_sites(analysis, sorted(groups), blocks):
-            bank.add_site(site)
+        self.analysis, self.resolution, self.policy = analysis, resolution, policy
+        self.metric, self.threshold, self.gate_lr = policy.target.metric, float(reg.threshold), float(gate_lr)
+        self.phase = GatedPhase.of(policy, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                                   init_gate=init_gate, gate_lr=self.gate_lr)
+        bank = GateBank.for_analysis(analysis, resolution.gated_groups(), resolution.gated_blocks(),
+                                     kind=self.phase.kind, epsilon=self.phase.epsilon_start, init_gate=init_gate)
         # the user's class with gate hooks where the sites allow (any input size), else the graph
         self.module, self.hooks_reason = gated_module(analysis, bank, bank.sites, "gdp_gates")
         if not isinstance(self.module, fx.GraphModule):
             self.forward = ClassForward(self)  # the class's signature, for Trainer's column filter
         self._bank_name = next(n for n, m in self.module.named_children() if m is bank)
-        self.cost_model = CostModel(analysis)
-        if self.metric == "latency":  # the table measured on policy.latency's device (cached)
-            from gdp_graph.latency import attach_latency, load_or_build
-            attach_latency(self.cost_model, load_or_build(analysis, policy.latency, cost_model=self.cost_model))
+        self.cost_model = cost_model_for(analysis, policy)
         self.regularizer = make_regularizer(reg.name, self.cost_model, metric=self.metric,
                                             t=reg.t if reg.t is not None else DEFAULT_T)
-        ctrl = reg.lambda_controller
-        self.controller: Optional[BudgetController] = None
-        self.controller_per = ctrl.step
-        self.lead = ctrl.lead
         self._lambda = float(reg.lambda_)
-        if ctrl.kind == "proportional":
-            deadline = None if not ctrl.deadline or self.epsilon_schedule is None else in_updates(
-                self.epsilon_schedule.total_steps, self.schedule_per, ctrl.step, self.steps_per_epoch)
-            gain = ctrl.gain if deadline is None else max(ctrl.gain, math.log(10.0) / max(deadline, 1))
-            self.controller = BudgetController(policy.target.fraction, metric=self.metric, lambda_init=reg.lambda_,
-                                               tolerance=policy.target.tolerance, gain=gain,
-                                               lambda_min=ctrl.min, lambda_max=ctrl.max, deadline=deadline)
+        self.controller: Optional[BudgetController] = lambda_controller(policy, self.phase)
         self.fix_report: dict[str, Any] = {}
         self.train()
 
-    def _phase_length(self, total_steps: Optional[int]) -> Optional[int]:
-        """The gated phase in the unit the schedules step in (iterations or epochs)."""
-        if total_steps is None:
-            return None
-        if self.schedule_per == "epoch":
-            if self.steps_per_epoch is None:
-                raise GateError("regularizer.epsilon.step is 'epoch': pass steps_per_epoch= to attach() so that the "
-                                "schedule knows how many epochs training lasts")
-            return max(1, total_steps // self.steps_per_epoch)
-        return total_steps
+    @property
+    def fix_step(self) -> Optional[int]:
+        """The step (or epoch) at which the gates are cut (see :class:`GatedPhase`)."""
+        return self.phase.fix_step
+
+    @property
+    def epsilon_schedule(self) -> Optional[EpsilonRamp]:
+        return self.phase.epsilon_schedule
 
     # -- the model ------------------------------------------------------------------------------
     @property
@@ -230,9 +189,7 @@ class GatedModel(nn.Module):
 
     def current_plan(self, threshold: float = 0.5):
         """The plan that removes the gates ``<= threshold`` within every group's limits."""
-        with torch.no_grad():
-            groups, blocks = self.bank.split(self.bank.flat())
-        return plan_from_gates(self.analysis, groups, blocks, self.resolution, threshold)
+        return plan_from_gates(self.analysis, self.bank, self.resolution, threshold)
 
     def fractions(self) -> tuple[float, float]:
         """(hard, soft) remaining fraction of the target metric: the plan removing the gates
@@ -240,8 +197,7 @@ class GatedModel(nn.Module):
         cost written from the gates as they are."""
         threshold = self.threshold if bool(self.fixed) else 0.5
         hard = plan_fraction(self.cost_model, self.current_plan(threshold), self.metric)
-        with torch.no_grad():
-            groups, blocks = self.bank.split(self.bank.flat())
+        groups, blocks = self.bank.values()
         return hard, soft_fraction(self.cost_model, groups, blocks, metric=self.metric)
 
     def travel_fraction(self) -> float:
@@ -253,38 +209,12 @@ class GatedModel(nn.Module):
         fraction falls as soon as gates are on their way down, which the soft cost does only
         after that dead time (``lambda_controller.lead: travel`` steers the look-ahead on it).
         """
-        bank = self.bank
-        with torch.no_grad():
-            share = (bank._theta().detach().abs() / bank.theta_start).clamp(0.0, 1.0)
-            share = torch.where(bank.frozen, torch.ones_like(share), share)
-            share = torch.where(bank.dead, torch.zeros_like(share), share)
-            groups, blocks = bank.split(torch.cat([share, bank.one.to(share.dtype)]))
+        groups, blocks = self.bank.split(self.bank.travel())
         return soft_fraction(self.cost_model, groups, blocks, metric=self.metric)
 
     def protected(self) -> Tensor:
-        """Flat mask of the units each group's limits force to stay (its largest gates).
-
-        The inner groups of blocks at ``block_level: inner`` are not protected: their block goes
-        when all their gates do, so every one of them must be free to reach 0. While the block
-        stays their limits still hold in every plan; at ``fix_at`` the cut to the budget decides
-        (``plan_for_budget`` ranks the block after its inner units and either removes it whole
-        or cuts its groups within their limits)."""
-        bank = self.bank
-        mask = torch.zeros(bank.one_position, dtype=torch.bool)
-        theta = bank._theta().detach().cpu()
-        may_vanish = {gid for inner in self.resolution.inner_blocks.values() for gid in inner}
-        for gid in bank.group_ids:
-            if gid in may_vanish:
-                continue
-            group = self.analysis.groups[gid]
-            free = (~group.frozen_units).nonzero().flatten()
-            stay = len(free) - group_limit(self.analysis, self.resolution, gid, len(free))
-            if stay <= 0:
-                continue
-            offset = bank._offset[gid]
-            order = free[torch.argsort(theta[offset + free], descending=True, stable=True)]
-            mask[offset + order[:stay]] = True
-        return mask.to(bank.dead.device)
+        """Flat mask of the units each group's limits force to stay (see :func:`cut.protected_mask`)."""
+        return protected_mask(self.analysis, self.resolution, self.bank)
 
     def step(self, global_step: Optional[int] = None) -> None:
         """Call after every optimizer step: counts the iteration (or sets it to ``global_step``),
@@ -296,7 +226,8 @@ class GatedModel(nn.Module):
             bank.step.fill_(int(global_step) if global_step is not None else int(bank.step) + 1)
         count = int(bank.step)
         self._advance("iteration", count)
-        if self.steps_per_epoch is not None and count % self.steps_per_epoch == 0:
+        per_epoch = self.phase.steps_per_epoch
+        if per_epoch is not None and count % per_epoch == 0:
             self.end_epoch()
 
     def end_epoch(self) -> None:
@@ -312,26 +243,27 @@ class GatedModel(nn.Module):
         projected for the epsilon it will be used with, and cut with it."""
         if bool(self.fixed):
             return
-        scheduled = unit == self.schedule_per
+        scheduled = unit == self.phase.unit
         if self.bank.kind == "smoothed_l0" and scheduled:
-            if self.epsilon_schedule is None:
+            if self.phase.epsilon_schedule is None:
                 raise GateError("the gdp regularizer anneals epsilon over the gated phase: pass total_steps= "
                                 "(training iterations) to attach() so that the schedule knows its length")
             # regularizer.hold_budget: what a cut to the target would not keep keeps its gate value
             # as epsilon shrinks (only lambda and the task move it), see gates.hold
             held = budget_keep_mask(self) if self.policy.regularizer.hold_budget else None
-            self.bank.set_epsilon(self.epsilon_schedule.value(count), None if held is None else ~held)
+            self.bank.set_epsilon(self.phase.epsilon_schedule.value(count), None if held is None else ~held)
         if unit == "iteration" or scheduled:
             # and what it would keep now stays at >= 0.99
             held = budget_keep_mask(self) if self.policy.regularizer.hold_budget else None
             self.bank.project(self.protected(), held)
-        if self.controller is not None and self.controller_per == unit:
+        ctrl = self.policy.regularizer.lambda_controller
+        if self.controller is not None and ctrl.step == unit:
             hard, soft = self.fractions()
-            lead = self.travel_fraction() if self.lead == "travel" else None
+            lead = self.travel_fraction() if ctrl.lead == "travel" else None
             # with hold_budget the gap is the hard fraction's (what the cut would keep: held units
             # are polarized, the others are not pulled open by epsilon), the look-ahead the soft one's
             self.controller.update(count, hard if self.policy.regularizer.hold_budget else soft, soft, lead=lead)
-        if scheduled and self.fix_step is not None and count >= self.fix_step:
+        if scheduled and self.phase.fix_step is not None and count >= self.phase.fix_step:
             self.fix_gates()
 
     def fix_gates(self) -> dict[str, Any]:
@@ -340,27 +272,11 @@ class GatedModel(nn.Module):
         every gate's value; returns what was done (also kept in :attr:`fix_report`)."""
         bank = self.bank
         hard_before, soft_before = self.fractions()
-        if self.controller is not None:
-            with torch.no_grad():
-                _, blocks = bank.split(bank.flat())
-                # ranked by theta, not by the gate: at a tiny epsilon every surviving gate is 1.0
-                theta, _ = bank.split(torch.cat([bank._theta().detach().abs(), bank.one]))
-            gone = frozenset(b for b, g in blocks.items() if float(g) <= 0.5)
-            plan, _ = plan_for_budget(self.analysis, self.cost_model, self.resolution, theta,
-                                      self.policy.target.fraction, metric=self.metric, removed_blocks=gone)
+        if self.controller is not None:  # ranked by theta: at a tiny epsilon every surviving gate is 1.0
+            plan = budget_plan(self, bank.theta().detach().abs())
         else:
             plan = self.current_plan(0.5)
-        cut = torch.zeros(bank.one_position, dtype=torch.bool)
-        for gid, keep in plan.keep.items():
-            offset = bank._offset[gid]
-            removed = sorted(set(range(self.analysis.groups[gid].size)) - set(keep))
-            cut[[offset + u for u in removed]] = True
-        for bid in plan.removed_blocks:
-            if bid in bank._block_pos:  # a block gate; a block at level inner goes with its groups
-                cut[bank._block_pos[bid]] = True
-            for gid in self.resolution.inner_blocks.get(bid, ()):
-                offset = bank._offset[gid]
-                cut[offset: offset + self.analysis.groups[gid].size] = True
+        cut = bank.removed_by(plan, self.resolution.inner_blocks)
         bank.kill(cut)
         # reopen: a kept gate stuck near its floor counts in the budget but carries ~nothing;
         # it goes to 1 and its value into the weights it scales (exact)
@@ -378,11 +294,10 @@ class GatedModel(nn.Module):
         gates), ``hard_fraction``, ``soft_fraction``, ``target``, ``metric``, ``lambda``,
         ``epsilon``, ``step``, ``epoch``, ``dead``, ``fixed``."""
         bank = self.bank
-        with torch.no_grad():
-            flat = bank.flat()
-        free = ~bank.frozen
-        units = flat[: bank.num_units][free[: bank.num_units]]
-        blocks = flat[bank.num_units: bank.one_position]
+        gates, block_gates = bank.values()
+        frozen, _ = bank.split(bank.frozen)
+        units = torch.cat([g[~frozen[gid]] for gid, g in gates.items()]) if gates else torch.zeros(0)
+        blocks = torch.stack(list(block_gates.values())) if block_gates else torch.zeros(0)
         hard, soft = self.fractions()
         out: dict[str, Any] = {"gated_groups": len(bank.group_ids), "gated_units": int(units.numel()),
                                "gated_blocks": len(bank.block_ids)}
@@ -412,18 +327,3 @@ class GatedModel(nn.Module):
         if ctrl is not None:
             self.controller.load_state_dict(ctrl)
 
-
-def _device_of(module: nn.Module) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _positive_or_none(value: Optional[int], name: str) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GateError(f"{name} must be a positive int, got {value!r}")
-    return value
