@@ -126,79 +126,20 @@ class CostModel:
 
     def __init__(self, analysis: Analysis):
         self.analysis = analysis
-        sizes = [g.size for g in analysis.groups]
-        self.offsets = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0) if sizes else torch.zeros(0, dtype=torch.long)
-        self.num_units = int(sum(sizes))
-        group_of, unit_of = analysis.group_of_element, analysis.unit_of_element
-        global_of = torch.where(group_of >= 0, self.offsets[group_of.clamp_min(0)] + unit_of, torch.full_like(group_of, -1))
-        self._global_of_element = global_of
+        self.offsets, self.num_units, self._global_of_element = _global_numbering(analysis)
         gm = analysis.traced.gm
-        values = analysis.traced.values
-        modules = dict(gm.named_modules())
-        block_of_node = {}
-        for b in analysis.blocks:
-            for n in b.nodes:
-                block_of_node.setdefault(n, b.id)  # blocks are listed inner first within a stage
-        sites_at: dict[str, list[tuple[int, int]]] = {}
-        for g in analysis.groups:
-            for s in g.gate_sites:
-                sites_at.setdefault(s.node, [])
-                if (s.arg, s.dim) not in sites_at[s.node]:
-                    sites_at[s.node].append((s.arg, s.dim))
-        flops, params, blocks = [], [], []
-        # a term's scale is the product of its factors; a factor is the mean gate over the
-        # positions of one consumed input dim or one output track
-        pos_index, pos_factor, factor_term = [], [], []
-        seen_params: set[int] = set()
-        self.node_names: list[str] = []
-
-        def add_factor(idx: torch.Tensor, term: int) -> None:
-            if idx.numel():
-                pos_index.append(idx)
-                pos_factor.append(torch.full_like(idx, len(factor_term)))
-                factor_term.append(term)
-
         if not _has_node_flops(gm):
-            annotate_flops(gm, values)
-        # a tied parameter (input and output embeddings) is counted once, at a node that uses
-        # it: an unused alias (torch.export keeps one) would count it with no gate scaling it
-        for node in sorted(gm.graph.nodes, key=lambda n: n.op == "get_attr" and not n.users):
-            if node.op not in ("call_module", "call_function", "call_method", "get_attr"):
-                continue
-            f = node.meta.get("flops", 0.0)
-            p = 0
-            if node.op == "call_module":
-                for prm in modules[node.target].parameters():
-                    if id(prm) not in seen_params:
-                        seen_params.add(id(prm))
-                        p += prm.numel()
-            elif node.op == "get_attr":
-                t = values.get(node.name)
-                if isinstance(t, nn.Parameter) and id(t) not in seen_params:
-                    seen_params.add(id(t))
-                    p = t.numel()
-            if f == 0 and p == 0 and node.op == "get_attr":
-                continue  # every computing node is a term: it takes time even without FLOPs
-            term = len(flops)
-            self.node_names.append(node.name)
-            flops.append(f)
-            params.append(float(p))
-            blocks.append(block_of_node.get(node.name, -1))
-            for arg, dim in sites_at.get(node.name, []):
-                src = node.args[arg]
-                add_factor(self._positions(src.meta.get("channels"), values[src.name], dim), term)
-            out_value = values[node.name]
-            chan = node.meta.get("channels")
-            if isinstance(out_value, torch.Tensor) and isinstance(chan, Chan):
-                for track in chan.tracks:
-                    add_factor(self._global_of_element[track.labels.reshape(-1)], term)
-        self.term_flops = torch.tensor(flops, dtype=torch.float64)
-        self.term_params = torch.tensor(params, dtype=torch.float64)
-        self.term_block = torch.tensor(blocks, dtype=torch.long)
+            annotate_flops(gm, analysis.traced.values)
+        terms = _Terms(analysis, self._global_of_element)
+        self.node_names = terms.node_names
+        self.term_flops = torch.tensor(terms.flops, dtype=torch.float64)
+        self.term_params = torch.tensor(terms.params, dtype=torch.float64)
+        self.term_block = torch.tensor(terms.blocks, dtype=torch.long)
         cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
-        self.pos_index, self.pos_factor = cat(pos_index), cat(pos_factor)
-        self.factor_term = torch.tensor(factor_term, dtype=torch.long)
-        self.factor_count = torch.zeros(len(factor_term)).index_add_(0, self.pos_factor, torch.ones(self.pos_factor.numel()))
+        self.pos_index, self.pos_factor = cat(terms.pos_index), cat(terms.pos_factor)
+        self.factor_term = torch.tensor(terms.factor_term, dtype=torch.long)
+        self.factor_count = torch.zeros(len(terms.factor_term)).index_add_(0, self.pos_factor,
+                                                                          torch.ones(self.pos_factor.numel()))
         self._counts = Cost(float(self.term_flops.sum()), int(self.term_params.sum()))
         #: per-term latency where a measured table is attached (gdp_graph.latency.attach_latency)
         self.latency: Optional[TermLatency] = None
@@ -212,14 +153,7 @@ class CostModel:
 
     def _positions(self, chan: Any, value: torch.Tensor, dim: Optional[int]) -> torch.Tensor:
         """Global unit index of every position of the tracked dims (``dim`` only, if given)."""
-        if not isinstance(chan, Chan):
-            return torch.zeros(0, dtype=torch.long)
-        parts = []
-        for t in chan.tracks:
-            if dim is not None and dim % value.dim() not in t.dims:
-                continue
-            parts.append(self._global_of_element[t.labels.reshape(-1)])
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        return _positions(self._global_of_element, chan, value, dim)
 
     # -- evaluation -----------------------------------------------------------------------------
     def gate_vector(self, group_gates: Mapping[int, torch.Tensor], dtype=torch.float32) -> torch.Tensor:
@@ -306,3 +240,99 @@ class CostModel:
         unit = self.unit_costs()
         total = max(self.total.flops, 1.0)
         return {gid: unit[gid].flops * self.analysis.groups[gid].size / total for gid in unit}
+
+
+def _global_numbering(analysis: Analysis) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Each group's first global unit index, the number of units, and the global unit index of
+    every element (-1 outside any group)."""
+    sizes = [g.size for g in analysis.groups]
+    offsets = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0) if sizes else torch.zeros(0, dtype=torch.long)
+    group_of, unit_of = analysis.group_of_element, analysis.unit_of_element
+    global_of = torch.where(group_of >= 0, offsets[group_of.clamp_min(0)] + unit_of, torch.full_like(group_of, -1))
+    return offsets, int(sum(sizes)), global_of
+
+
+def _positions(global_of: torch.Tensor, chan: Any, value: torch.Tensor, dim: Optional[int]) -> torch.Tensor:
+    """Global unit index of every position of ``chan``'s tracked dims (``dim`` only, if given)."""
+    if not isinstance(chan, Chan):
+        return torch.zeros(0, dtype=torch.long)
+    parts = [global_of[t.labels.reshape(-1)] for t in chan.tracks if dim is None or dim % value.dim() in t.dims]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+class _Terms:
+    """The cost model's terms, one per computing node (and per parameter read by ``get_attr``):
+    its FLOPs and parameters, its block, and its factors. A term's scale is the product of its
+    factors; a factor is the mean gate over the positions of one consumed input dim or one
+    output track."""
+
+    def __init__(self, analysis: Analysis, global_of: torch.Tensor):
+        self.node_names: list[str] = []
+        self.flops: list[float] = []
+        self.params: list[float] = []
+        self.blocks: list[int] = []
+        self.pos_index: list[torch.Tensor] = []
+        self.pos_factor: list[torch.Tensor] = []
+        self.factor_term: list[int] = []
+        gm, values = analysis.traced.gm, analysis.traced.values
+        block_of_node: dict[str, int] = {}
+        for b in analysis.blocks:
+            for n in b.nodes:
+                block_of_node.setdefault(n, b.id)  # blocks are listed inner first within a stage
+        sites_at = _sites_at(analysis)
+        count = _ParamCount(dict(gm.named_modules()), values)
+        # a tied parameter (input and output embeddings) is counted once, at a node that uses
+        # it: an unused alias (torch.export keeps one) would count it with no gate scaling it
+        for node in sorted(gm.graph.nodes, key=lambda n: n.op == "get_attr" and not n.users):
+            if node.op not in ("call_module", "call_function", "call_method", "get_attr"):
+                continue
+            f, p = node.meta.get("flops", 0.0), count(node)
+            if f == 0 and p == 0 and node.op == "get_attr":
+                continue  # every computing node is a term: it takes time even without FLOPs
+            term = len(self.flops)
+            self.node_names.append(node.name)
+            self.flops.append(f)
+            self.params.append(float(p))
+            self.blocks.append(block_of_node.get(node.name, -1))
+            for arg, dim in sites_at.get(node.name, []):
+                src = node.args[arg]
+                self._factor(_positions(global_of, src.meta.get("channels"), values[src.name], dim), term)
+            chan = node.meta.get("channels")
+            if isinstance(values[node.name], torch.Tensor) and isinstance(chan, Chan):
+                for track in chan.tracks:
+                    self._factor(global_of[track.labels.reshape(-1)], term)
+
+    def _factor(self, idx: torch.Tensor, term: int) -> None:
+        if idx.numel():
+            self.pos_index.append(idx)
+            self.pos_factor.append(torch.full_like(idx, len(self.factor_term)))
+            self.factor_term.append(term)
+
+
+def _sites_at(analysis: Analysis) -> dict[str, list[tuple[int, int]]]:
+    """``{node: [(arg, dim), ...]}``: the gate sites of every group, each once."""
+    sites_at: dict[str, list[tuple[int, int]]] = {}
+    for g in analysis.groups:
+        for s in g.gate_sites:
+            at = sites_at.setdefault(s.node, [])
+            if (s.arg, s.dim) not in at:
+                at.append((s.arg, s.dim))
+    return sites_at
+
+
+class _ParamCount:
+    """Parameters a node brings in that no earlier node did (each shared parameter once)."""
+
+    def __init__(self, modules: Mapping[str, nn.Module], values: Mapping[str, Any]):
+        self.modules, self.values, self.seen = modules, values, set()
+
+    def __call__(self, node: fx.Node) -> int:
+        if node.op == "call_module":
+            found = list(self.modules[node.target].parameters())
+        elif node.op == "get_attr" and isinstance(self.values.get(node.name), nn.Parameter):
+            found = [self.values[node.name]]
+        else:
+            return 0
+        new = [p for p in found if id(p) not in self.seen]
+        self.seen.update(id(p) for p in new)
+        return sum(p.numel() for p in new)
