@@ -88,6 +88,7 @@ def test_hidden_channels_keep_the_class_and_verify_reports_the_difference(llama_
     assert isinstance(kept.model, T.LlamaForCausalLM), kept.reason
     assert kept.model.config.hidden_size == 96
     assert kept.model.model.embed_tokens.weight is kept.model.lm_head.weight  # still tied
+    assert kept.model.model.embed_tokens.embedding_dim == 96 == kept.model.lm_head.in_features  # sized with it
     kept.model.save_pretrained(tmp_path / "hf")
     loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ids = torch.randint(0, tiny_lm.VOCAB, (2, 11))
@@ -174,6 +175,9 @@ def test_cli_prune_a_language_model_one_shot_with_distillation(tmp_path):
     assert report["method"] == "activation" and report["distill"] == {"temperature": 2.0, "alpha": 0.5}
     assert report["pruned_class"] == "LlamaForCausalLM" and abs(report["cost"]["params_kept"] - 0.6) <= 0.03
     assert report["schedule"]["steps"] == 2 and report["task_metric"]["fine_tuned"] is not None
+    import transformers as T
+    assert report["hf"]["tokenizer"] is True  # the TASK's tokenizer goes into DIR/hf
+    assert T.AutoTokenizer.from_pretrained(tmp_path / "o" / "hf")("t5 t7")["input_ids"] == [5, 7]
 
 
 def test_cli_method_works_for_any_model(tmp_path):

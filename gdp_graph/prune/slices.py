@@ -196,11 +196,11 @@ def slice_map(analysis: Analysis, plan: PruningPlan, *, weights: Optional[nn.Mod
     entries: dict[str, tuple[tuple[int, torch.Tensor], ...]] = {}
     attributes: dict[str, dict[str, Any]] = {}
     _node_slices(analysis, keep, source, dead, entries, attributes)
+    entries = _with_aliases(analysis, entries)  # before the sizes: a tied embedding's module is sized too
     _traced_through_sizes(analysis, source, entries, attributes)
     for owner, changes in head_count_changes(analysis, plan).items():
         attributes.setdefault(owner, {}).update(changes)
     tensors = _named_tensors(analysis, source)
-    entries = _with_aliases(analysis, entries)
     shapes = {n: tuple(tensors[n].shape) for n in entries if n in tensors}
     return SliceMap(entries, shapes, _dropped(analysis, source, dead), attributes,
                     _removed_branches(analysis, plan, keep, source, dead, constants))
