@@ -38,10 +38,11 @@ def lm_inputs(batch: torch.Tensor) -> dict:
 
 
 def lm_task(train_ids: torch.Tensor, valid_ids: torch.Tensor, *, length: int = 256, batch_size: int = 2,
-            eval_windows: int = 24, seed: int = 0, name: str = "lm") -> Task:
+            eval_windows: int = 24, seed: int = 0, name: str = "lm", tokenizer: Any = None) -> Task:
     """Training batches: shuffled windows of ``train_ids``; evaluation: the first
     ``eval_windows`` windows of ``valid_ids`` (the mean loss; perplexity is its exp). Both in
-    batches of ``batch_size`` (a gated model from torch.export keeps the example's shape)."""
+    batches of ``batch_size``. ``tokenizer`` (the one that made the ids) goes into the pruned
+    model's ``DIR/hf`` folder."""
     train = TensorDataset(windows(train_ids, length))
     valid = TensorDataset(windows(valid_ids, length, eval_windows))
     g = torch.Generator().manual_seed(seed)
@@ -49,7 +50,7 @@ def lm_task(train_ids: torch.Tensor, valid_ids: torch.Tensor, *, length: int = 2
     return Task(train_loader=DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, generator=g,
                                         collate_fn=first),
                 eval_loader=DataLoader(valid, batch_size=batch_size, drop_last=True, collate_fn=first),
-                loss=next_token_loss, inputs=lm_inputs, name=name)
+                loss=next_token_loss, inputs=lm_inputs, name=name, tokenizer=tokenizer)
 
 
 @torch.no_grad()

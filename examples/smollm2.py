@@ -64,7 +64,8 @@ def task():
     """Windows of 256 tokens, batches of 2: shuffled train.txt for training, the first
     ``$LM_EVAL_WINDOWS`` windows of valid.txt for evaluation."""
     return lm_task(token_ids("train"), token_ids("valid"), length=LENGTH, batch_size=2,
-                   eval_windows=int(os.environ.get("LM_EVAL_WINDOWS", "24")), name="smollm2-shakespeare")
+                   eval_windows=int(os.environ.get("LM_EVAL_WINDOWS", "24")), name="smollm2-shakespeare",
+                   tokenizer=tokenizer())
 
 
 def cache(folder: Path = CACHE) -> Path:

