@@ -1,0 +1,46 @@
+"""benchmarks/llm_decode.py on a tiny random Llama (the real run loads SmolLM2): one target pruned
+one-shot, saved, reloaded and timed against the original; its record and the tables."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+import tiny_lm  # noqa: E402
+
+from benchmarks import llm_decode, records  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def test_one_target_is_saved_timed_profiled_and_recorded(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(llm_decode, "ROOT", tmp_path)
+    monkeypatch.setitem(sys.modules, "smollm2", types.SimpleNamespace(model=lambda: tiny_lm.llama(),
+                                                                      task=tiny_lm.task))
+    out = tmp_path / "r.json"
+    argv = ["--targets", "0.6", "--rounds", "2", "--prompt", "4", "--new", "3", "--calibration-batches", "2",
+            "--policy", "llm", "--out", str(out)]
+    assert llm_decode.main(argv) == 0
+    [record] = records.load_records(out)
+    result = record["result"]
+    assert result["same_logits"] and result["params"] < 0.7 * result["params_original"]
+    assert result["ideal_speedup"] == pytest.approx(result["params_original"] / result["params"])
+    speed = result["speed"]
+    for name in ("original", "pruned"):
+        for kind in ("decode", "generate"):
+            timing = speed[name][kind]
+            assert len(timing["rounds_ms_per_token"]) == 2
+            assert timing["ms_per_token_min"] <= timing["ms_per_token_median"] <= timing["ms_per_token_max"]
+    assert len(speed["decode_speedup"]["rounds"]) == 2 and result["decode_speedup"] > 0
+    profile = result["profile"]["pruned"]
+    assert set(profile["ms_per_token"]) == {*llm_decode.PARTS, "rest"}
+    assert profile["params"]["lm_head"] == 0  # tied: counted with the embedding
+    assert sum(profile["params"].values()) == result["params"]
+    assert (tmp_path / "runs" / "llm_decode" / "activation-0.6" / "hf" / "config.json").is_file()
+    tables = llm_decode.table(out)
+    assert "| activation | 0.6 |" in tables and "| pruned |" in tables
