@@ -128,3 +128,16 @@ def test_set_overrides_a_policy_key_and_a_bad_one_is_one_line(tmp_path, capsys):
     code = main(["train", "--data", str(synth.archive), "--set", "regularizer.init=fisher"])
     err = capsys.readouterr().err
     assert code == 2 and "fisher" in err and "Traceback" not in err
+
+
+def test_the_command_line_is_read_once_into_settings():
+    """run_pipeline takes a TrainSettings: the preset with the flags given on top, no argparse."""
+    from gdp_graph.cli.cmd_train import settings_from_args
+    from gdp_graph.cli.main import build_parser
+    from gdp_graph.recipes.cifar10.pipeline import PRESETS, CifarPreset
+
+    args = build_parser().parse_args(["train", "--gdp-epochs", "3", "--no-compare-unpruned", "--set", "a.b=1",
+                                      "--compare", "magnitude", "--preset", "full"])
+    settings = settings_from_args(args)
+    assert settings.preset == CifarPreset(**{**PRESETS["full"], "gdp_epochs": 3, "compare_unpruned": False})
+    assert settings.policy_set == ("a.b=1",) and settings.compare == ("magnitude",) and settings.seed == 0

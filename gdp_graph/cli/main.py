@@ -14,22 +14,11 @@ from typing import Optional, Sequence
 from rich_argparse import RichHelpFormatter
 
 from gdp_graph import __version__
-from gdp_graph.cli import cmd_analysis, cmd_apply, cmd_explain, cmd_export, cmd_prune, cmd_report
+from gdp_graph.cli import cmd_analysis, cmd_apply, cmd_explain, cmd_export, cmd_prune, cmd_report, cmd_train
 from gdp_graph.cli.common import EXIT_USAGE, UsageError, one_line
 from gdp_graph.errors import GdpError
 
 __all__ = ["build_parser", "main", "UsageError"]
-
-
-def _cmd_train(args) -> int:
-    from gdp_graph.cli.common import resolve_device, resolve_policy_argument
-    from gdp_graph.recipes.cifar10.pipeline import run_pipeline
-    if args.device != "auto":
-        resolve_device(args.device)  # refuse `cuda` on a CPU-only torch before loading any data
-    args.policy = resolve_policy_argument(args.policy)
-    if args.pretrain_only and not args.save_pretrained:
-        raise UsageError("--pretrain-only saves nothing without --save-pretrained FILE")
-    return run_pipeline(args)
 
 
 class HelpFormatter(RichHelpFormatter):
@@ -62,11 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_apply.register(add)
     cmd_export.register(add)
     cmd_report.register(add)
-
-    from gdp_graph.recipes.cifar10.pipeline import add_train_arguments
-    p = add("train", "GDP on CIFAR-10 with a built-in ResNet: pretrain, polarize gates, finalize, fine-tune, report")
-    add_train_arguments(p)
-    p.set_defaults(func=_cmd_train)
+    cmd_train.register(add)
     return parser
 
 

@@ -44,13 +44,13 @@ def _one_shot(method: str, model: nn.Module, policy: Any, train: Any, example: t
     return G.rewrite(analysis, plan)
 
 
-def run_comparison(method: str, *, model: nn.Module, policy: Any, s: dict[str, Any], train: Any, test: Any,
+def run_comparison(method: str, *, model: nn.Module, policy: Any, s: Any, train: Any, test: Any,
                    held: Optional[Any], device: torch.device, console: Console, seed: int, autocast: bool,
                    train_epochs: TrainEpochs, example: torch.Tensor, memory_format: torch.memory_format
                    ) -> dict[str, Any]:
     """Prune ``model`` (the pretrained weights, modified in place: pass a copy) by ``method``
-    on the command's schedule; returns its test (and held-out) accuracy after fine-tuning and
-    the FLOPs it keeps."""
+    on the command's schedule ``s`` (a ``pipeline.CifarPreset``); returns its test (and
+    held-out) accuracy after fine-tuning and the FLOPs it keeps."""
     from gdp_graph.gates.attach import attach
     from gdp_graph.graph.cost import model_cost
     from gdp_graph.recipes.cifar10.gdp_phase import gdp_phase
@@ -62,16 +62,16 @@ def run_comparison(method: str, *, model: nn.Module, policy: Any, s: dict[str, A
     console.print(styled((f"compare: {method}", "bold"), " on the same schedule"))
     before = model_cost(model, (example[:1],)).flops
     if method == "polarization":
-        gated = attach(model, policy=policy, example_inputs=example, total_steps=max(1, s["gdp_epochs"] * len(train)),
-                       steps_per_epoch=len(train), gate_lr=s["gate_lr"])
+        gated = attach(model, policy=policy, example_inputs=example, total_steps=max(1, s.gdp_epochs * len(train)),
+                       steps_per_epoch=len(train), gate_lr=s.gate_lr)
         gated.to(device, memory_format=memory_format)
-        pruned, _, _ = gdp_phase(gated, train, epochs=s["gdp_epochs"], lr=s["gdp_lr"], gate_lr=s["gate_lr"],
+        pruned, _, _ = gdp_phase(gated, train, epochs=s.gdp_epochs, lr=s.gdp_lr, gate_lr=s.gate_lr,
                                  device=device, autocast=autocast, console=console, trajectory=[],
                                  on_finalized=lambda *_: None)
     else:
         pruned = _one_shot(method, model, policy, train, example, seed).to(device, memory_format=memory_format)
-        train_epochs(pruned, s["gdp_epochs"], s["gdp_lr"], f"{method} (pruned)")
-    train_epochs(pruned, s["finetune_epochs"], s["finetune_lr"], f"{method} finetune")
+        train_epochs(pruned, s.gdp_epochs, s.gdp_lr, f"{method} (pruned)")
+    train_epochs(pruned, s.finetune_epochs, s.finetune_lr, f"{method} finetune")
     out = {"acc_finetuned": evaluate(pruned, test, device=device)["accuracy"],
            "kept": model_cost(pruned.cpu(), (example[:1].cpu(),)).flops / before}
     pruned.to(device)

@@ -4,24 +4,31 @@ pretrain (or load a checkpoint) -> attach gates from a policy -> GDP phase (task
 lambda * regularizer, epsilon annealed, lambda steered to the budget) -> finalize (exact, smaller
 model) -> optional fine-tune -> report. The defaults are a short schedule that finishes in a few
 minutes on 2 CPU cores; ``--preset full`` is the paper-style recipe (run it on a GPU).
+
+:func:`run_pipeline` takes a :class:`TrainSettings` (``gdp_graph.cli.cmd_train`` builds it from the
+command line) and runs one small function per stage; every training epoch goes through
+:func:`train_epochs` or the GDP phase, both on the library's one loop
+(:func:`gdp_graph.recipes.recovery.train_steps`).
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from rich.console import Console
+from torch import nn
 
 from gdp_graph.gates.model import DEFAULT_GATE_LR
-from gdp_graph.recipes.cifar10.compare import COMPARE_METHODS, run_comparison
+from gdp_graph.recipes.cifar10.compare import run_comparison
 from gdp_graph.recipes.cifar10.gdp_phase import gdp_phase
+from gdp_graph.recipes.cifar10.summary import print_report
 from gdp_graph.report.console import terminal_console
-from gdp_graph.vocabulary import REGULARIZERS
 
 #: the finalized model's measured fraction must be within this of the target
 BUDGET_BAND = 0.01
@@ -50,51 +57,52 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="CIFAR-10: the official .tar.gz or its directory (default: $GDP_GRAPH_CIFAR10, else download)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="short", help="schedule defaults (default: short)")
-    p.add_argument("--policy", default="cifar_resnet", help="YAML policy file or shipped policy name (default: cifar_resnet)")
-    p.add_argument("--regularizer", choices=REGULARIZERS, help="override the policy's regularizer")
-    p.add_argument("--target", type=float, help="override the policy's target fraction (of FLOPs or params) to keep")
-    p.add_argument("--depth", type=int, help="CIFAR ResNet depth 6n+2 (20, 32, 56, 110)")
-    p.add_argument("--checkpoint", help="start from this pretrained state_dict instead of pretraining")
-    p.add_argument("--save-pretrained", help="write the pretrained state_dict here (reuse it with --checkpoint)")
-    p.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (with --save-pretrained)")
-    for name in ("pretrain-epochs", "gdp-epochs", "finetune-epochs", "batch-size", "train-subset", "test-subset"):
-        p.add_argument(f"--{name}", type=int)
-    p.add_argument("--heldout", type=int, help="also evaluate on this many training images after the training subset, "
-                   "never trained on (the split to choose settings on; default 2000 in the short preset)")
-    for name in ("lr", "gdp-lr", "finetune-lr"):
-        p.add_argument(f"--{name}", type=float)
-    p.add_argument("--gate-lr", type=float, help=f"the gates' Adam learning rate (default {DEFAULT_GATE_LR})")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="policy_set",
-                   help="override a policy key, dotted, with a YAML value (e.g. regularizer.init=magnitude); "
-                        "repeatable, applied after --regularizer/--target")
-    p.add_argument("--fix-at", type=float, help="override the policy's regularizer.fix_at (the short preset "
-                   f"sets {SHORT_FIX_AT})")
-    p.add_argument("--compare-unpruned", action=argparse.BooleanOptionalAction, default=None,
-                   help="also train the unpruned model for the same total epochs (default: on in the short preset)")
-    p.add_argument("--compare", action="append", default=[], choices=COMPARE_METHODS, metavar="METHOD",
-                   help="also run METHOD on the same schedule from the same pretrained weights and report its "
-                        f"accuracy beside GDP's ({', '.join(COMPARE_METHODS)}; repeatable)")
-    p.add_argument("--finalize-at-cut", action="store_true",
-                   help="finalize at the first epoch end after the gates are fixed and train the smaller model "
-                        "for the rest of the GDP phase (faster for long phases; default: finalize at its end)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    p.add_argument("--autocast", action="store_true", help="bfloat16 autocast in training")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--latency-rounds", type=int, default=15, help="interleaved timing rounds for the latency figure")
-    p.add_argument("--out", help="directory for the pruned model, its plan and report.json")
-    p.add_argument("--json", action="store_true", help="print the final report as JSON")
+@dataclass(frozen=True)
+class CifarPreset:
+    """A preset's schedule and data sizes (:data:`PRESETS`), with the command line's overrides;
+    reported as ``settings``."""
+
+    depth: int
+    train_subset: Optional[int]
+    heldout: int
+    test_subset: Optional[int]
+    pretrain_epochs: int
+    gdp_epochs: int
+    finetune_epochs: int
+    batch_size: int
+    lr: float
+    gdp_lr: float
+    finetune_lr: float
+    gate_lr: float
+    compare_unpruned: bool
+    fix_at: Optional[float]
+
+    @classmethod
+    def named(cls, name: str, **overrides: Any) -> "CifarPreset":
+        return cls(**{**PRESETS[name], **overrides})
 
 
-def _settings(args) -> dict[str, Any]:
-    s = dict(PRESETS[args.preset])
-    for key in list(s):
-        value = getattr(args, key, None)
-        if value is not None:
-            s[key] = value
-    return s
+@dataclass(frozen=True)
+class TrainSettings:
+    """One ``gdp-graph train`` run (the command line fills it: ``gdp_graph.cli.cmd_train``)."""
+
+    preset: CifarPreset = field(default_factory=lambda: CifarPreset.named("short"))
+    data: Optional[str] = None  #: the CIFAR-10 archive or directory (None: $GDP_GRAPH_CIFAR10, else download)
+    policy: str = "cifar_resnet"  #: a YAML policy file or a shipped policy's name
+    regularizer: Optional[str] = None  #: overrides the policy's regularizer
+    target: Optional[float] = None  #: overrides the policy's target fraction
+    policy_set: tuple[str, ...] = ()  #: ``dotted.key=yaml-value`` policy overrides
+    checkpoint: Optional[str] = None  #: pretrained state_dict to start from instead of pretraining
+    save_pretrained: Optional[str] = None
+    pretrain_only: bool = False
+    compare: tuple[str, ...] = ()  #: other methods on the same schedule (compare.COMPARE_METHODS)
+    finalize_at_cut: bool = False
+    device: str = "auto"
+    autocast: bool = False  #: bfloat16 autocast in training
+    seed: int = 0
+    latency_rounds: int = 15
+    out: Optional[str] = None  #: directory for the pruned model, its plan and report.json
+    json: bool = False  #: print the report as JSON (the console goes to stderr)
 
 
 def _device(name: str) -> torch.device:
@@ -103,30 +111,29 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _policy(args, fix_at: float | None = None):
-    """The policy with the command line's --regularizer/--target overrides and the schedule's
-    ``fix_at`` applied (validated again, so an override produces the same precise errors as a
-    file)."""
+def _policy(settings: TrainSettings, fix_at: float | None = None):
+    """The policy with the settings' regularizer/target/``policy_set`` overrides and the
+    schedule's ``fix_at`` applied (validated again, so an override produces the same precise
+    errors as a file)."""
     from gdp_graph.policy import load_policy, policy_from_dict
-    policy = load_policy(args.policy)
-    overrides = getattr(args, "policy_set", None) or []
-    if not args.regularizer and args.target is None and fix_at is None and not overrides:
+    policy = load_policy(settings.policy)
+    if not settings.regularizer and settings.target is None and fix_at is None and not settings.policy_set:
         return policy
     data = policy.to_dict()
     reg = data["regularizer"]
-    if args.regularizer and args.regularizer != reg["name"]:
-        reg["name"] = args.regularizer
+    if settings.regularizer and settings.regularizer != reg["name"]:
+        reg["name"] = settings.regularizer
         # epsilon and init belong to gdp, t to polarization: dropped, the format's defaults apply
         for key in ("t", "epsilon", "init", "init_spread"):
             reg.pop(key, None)
         # the baselines as published: GDP's budget hold and deadline are not theirs
         reg["hold_budget"] = False
         reg.setdefault("lambda_controller", {})["deadline"] = False
-    if args.target is not None:
-        data["target"]["fraction"] = args.target
+    if settings.target is not None:
+        data["target"]["fraction"] = settings.target
     if fix_at is not None:
         reg["fix_at"] = fix_at
-    for item in overrides:
+    for item in settings.policy_set:
         set_key(data, item)
     return policy_from_dict(data, source=f"{policy.source} with command-line overrides", name=policy.name)
 
@@ -154,208 +161,230 @@ def apply_gate_init(gated: Any, train: Any, *, seed: int) -> Optional[Any]:
     return init_gates(gated, train, lambda out, batch: F.cross_entropy(out, batch[1]))
 
 
-def run_pipeline(args) -> int:
-    from gdp_graph.gates.attach import attach
-    from gdp_graph.graph.cost import model_cost
-    from gdp_graph.recipes.cifar10.data.cifar10 import cifar10_loaders, load_cifar10
-    from gdp_graph.report.latency import measure_latency
-    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
-    from gdp_graph.recipes.cifar10.training import cosine_schedule, evaluate, make_optimizer, train_one_epoch
+@dataclass
+class _Run:
+    """What the stages of one run share."""
 
-    console = terminal_console(stderr=args.json)
-    s = _settings(args)
-    device = _device(args.device)
-    torch.manual_seed(args.seed)
-    policy = _policy(args, s["fix_at"])
+    settings: TrainSettings
+    console: Console
+    device: torch.device
+    policy: Any
+    train: Any
+    test: Any
+    held: Optional[Any]  #: the held-out split's loader (None without one)
+    report: dict[str, Any]
+    started: float
+
+    @property
+    def preset(self) -> CifarPreset:
+        return self.settings.preset
+
+    def accuracy(self, net: nn.Module, key: str, *, heldout: bool = True) -> None:
+        """``net``'s test accuracy as ``report[key]`` (and with ``heldout`` its held-out one as
+        ``report["heldout"][key]``, when there is that split)."""
+        from gdp_graph.recipes.cifar10.training import evaluate
+        self.report[key] = evaluate(net, self.test, device=self.device)["accuracy"]
+        if heldout and self.held is not None:
+            self.report.setdefault("heldout", {})[key] = evaluate(net, self.held, device=self.device)["accuracy"]
+
+
+def run_pipeline(settings: TrainSettings) -> int:
+    """The whole run (see the module docstring); returns the exit status: 0, or
+    :data:`EXIT_BUDGET_MISSED` when the finalized model missed the budget band."""
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+    run = _prepare(settings)
+    model = cifar_resnet(run.preset.depth).to(run.device, memory_format=FORMAT)
+    pretrained = _pretrain(run, model)
+    if settings.pretrain_only:
+        return 0
+    example = next(iter(run.test))[0][:2]
+    pruned, finalized = _gdp(run, model, example)
+    if run.preset.finetune_epochs > 0:
+        train_epochs(run, pruned, run.preset.finetune_epochs, run.preset.finetune_lr, "finetune")
+        run.accuracy(pruned, "acc_finetuned")
+    _compare_methods(run, pretrained, example)
+    if run.preset.compare_unpruned and not settings.checkpoint:
+        _unpruned(run, pretrained)
+    pruned_cpu = _measure(run, model, pruned, example)
+    return _finish(run, pruned_cpu, finalized)
+
+
+def _prepare(settings: TrainSettings) -> _Run:
+    """Seed, policy, data and loaders; the run's heading printed."""
+    from gdp_graph.recipes.cifar10.data.cifar10 import cifar10_loaders, load_cifar10
+    console = terminal_console(stderr=settings.json)
+    s, device = settings.preset, _device(settings.device)
+    torch.manual_seed(settings.seed)
+    policy = _policy(settings, s.fix_at)
     started = time.perf_counter()
-    data, heldout = _split_heldout(load_cifar10, args.data, s)
-    train, test = cifar10_loaders(data, batch_size=s["batch_size"], device=device, seed=args.seed)
-    held = None if heldout is None else cifar10_loaders(heldout, batch_size=s["batch_size"], device=device)[1]
+    data, heldout = _split_heldout(load_cifar10, settings.data, s)
+    train, test = cifar10_loaders(data, batch_size=s.batch_size, device=device, seed=settings.seed)
+    held = None if heldout is None else cifar10_loaders(heldout, batch_size=s.batch_size, device=device)[1]
     held_note = "" if held is None else f" / {len(heldout.test_labels)} held-out"
     console.print(f"CIFAR-10 from {data.source}: {len(data.train_labels)} train{held_note} / {len(data.test_labels)} test images; "
-                  f"ResNet-{s['depth']} on {device}; policy {policy.name} ({policy.regularizer.name}, keep "
+                  f"ResNet-{s.depth} on {device}; policy {policy.name} ({policy.regularizer.name}, keep "
                   f"{policy.target.fraction:g} of {policy.target.metric})")
-    model = cifar_resnet(s["depth"]).to(device, memory_format=FORMAT)
-    report: dict[str, Any] = {"settings": s, "device": str(device), "policy": policy.name,
-                              "regularizer": policy.regularizer.name, "target": policy.target.fraction,
-                              "metric": policy.target.metric}
+    report = {"settings": asdict(s), "device": str(device), "policy": policy.name,
+              "regularizer": policy.regularizer.name, "target": policy.target.fraction, "metric": policy.target.metric}
+    return _Run(settings, console, device, policy, train, test, held, report, started)
 
-    def epochs(net, n, lr, phase):
-        if n <= 0:
-            return
-        opt = make_optimizer(net, lr)
-        sched = cosine_schedule(opt, n * len(train))
-        step = 0
-        for epoch in range(n):
-            train.set_epoch(epoch)
-            stats = train_one_epoch(net, train, opt, device=device, autocast=args.autocast, scheduler=sched,
-                                    progress=True, start_step=step, description=f"{phase} {epoch + 1}/{n}")
-            step = stats["global_step"]
-            console.print(f"  {phase} epoch {epoch + 1}/{n}: loss {stats['loss']:.3f} (task {stats['task_loss']:.3f}), "
+
+def train_epochs(run: _Run, net: nn.Module, n: int, lr: float, phase: str) -> None:
+    """``n`` epochs of ``net`` on the training split: SGD (``training.make_optimizer``) with a
+    per-step cosine learning rate from ``lr``, one line printed per epoch."""
+    from gdp_graph.recipes.cifar10.training import cosine_schedule, make_optimizer, train_one_epoch
+    if n <= 0:
+        return
+    opt = make_optimizer(net, lr)
+    sched = cosine_schedule(opt, n * len(run.train))
+    step = 0
+    for epoch in range(n):
+        run.train.set_epoch(epoch)
+        stats = train_one_epoch(net, run.train, opt, device=run.device, autocast=run.settings.autocast, scheduler=sched,
+                                progress=True, start_step=step, description=f"{phase} {epoch + 1}/{n}")
+        step = stats["global_step"]
+        run.console.print(f"  {phase} epoch {epoch + 1}/{n}: loss {stats['loss']:.3f} (task {stats['task_loss']:.3f}), "
                           f"train acc {stats['accuracy']:.3f}, {stats['seconds']:.0f}s")
 
-    phase_start = time.perf_counter()
-    if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location=device, weights_only=True))
-        console.print(f"loaded pretrained weights from {args.checkpoint}")
+
+def _pretrain(run: _Run, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Pretrain ``model`` (or load the checkpoint) and evaluate it; returns a copy of its state."""
+    settings, started = run.settings, time.perf_counter()
+    if settings.checkpoint:
+        model.load_state_dict(torch.load(settings.checkpoint, map_location=run.device, weights_only=True))
+        run.console.print(f"loaded pretrained weights from {settings.checkpoint}")
     else:
-        epochs(model, s["pretrain_epochs"], s["lr"], "pretrain")
-        if args.save_pretrained:
-            torch.save(model.state_dict(), args.save_pretrained)
-    report["pretrain_seconds"] = time.perf_counter() - phase_start
-    report["acc_pretrained"] = evaluate(model, test, device=device)["accuracy"]
+        train_epochs(run, model, run.preset.pretrain_epochs, run.preset.lr, "pretrain")
+        if settings.save_pretrained:
+            torch.save(model.state_dict(), settings.save_pretrained)
+    run.report["pretrain_seconds"] = time.perf_counter() - started
+    run.accuracy(model, "acc_pretrained")
+    run.console.print(f"pretrained accuracy {run.report['acc_pretrained']:.4f}")
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def heldout_acc(net, key):
-        if held is not None:
-            report.setdefault("heldout", {})[key] = evaluate(net, held, device=device)["accuracy"]
 
-    heldout_acc(model, "acc_pretrained")
-    pretrained_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    console.print(f"pretrained accuracy {report['acc_pretrained']:.4f}")
-    if args.pretrain_only:
-        return 0
-    phase_start = time.perf_counter()
-
-    example = next(iter(test))[0][:2]
-    gated = attach(model, policy=policy, example_inputs=example, total_steps=max(1, s["gdp_epochs"] * len(train)),
-                   steps_per_epoch=len(train), gate_lr=s["gate_lr"])
-    gated.to(device, memory_format=FORMAT)
-    scores = apply_gate_init(gated, train, seed=args.seed)
-    report["gate_init"] = policy.regularizer.init if scores is not None else "uniform"
-    report["trajectory"] = []
-    report["gdp_steps"] = max(1, s["gdp_epochs"] * len(train))
-
-    def finalized_now(pruned, finalized):
-        pruned.to(memory_format=FORMAT)  # in place: the GDP phase may train it on
-        # the gated and the finalized model compute the same function: evaluated once each here
-        report["acc_gated"] = evaluate(gated, test, device=device)["accuracy"]
-        report["gates"] = gated.report()
-        report["fix"] = gated.fix_report
-        # per iteration until the gates were fixed: step, hard and soft fraction, lambda
-        report["controller_history"] = gated.controller.history if gated.controller is not None else []
-        report["finalize"] = finalized.to_dict()
-        report["acc_finalized"] = evaluate(pruned, test, device=device)["accuracy"]
-        heldout_acc(pruned, "acc_finalized")
-        console.print(f"gated accuracy {report['acc_gated']:.4f}, finalized {report['acc_finalized']:.4f}")
-
+def _gdp(run: _Run, model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, Any]:
+    """Gates attached to ``model`` (started as the policy's ``regularizer.init`` says), the GDP
+    phase, finalized: (the pruned model, the finalize report)."""
+    from gdp_graph.gates.attach import attach
+    s, started = run.preset, time.perf_counter()
+    total = max(1, s.gdp_epochs * len(run.train))
+    gated = attach(model, policy=run.policy, example_inputs=example, total_steps=total,
+                   steps_per_epoch=len(run.train), gate_lr=s.gate_lr)
+    gated.to(run.device, memory_format=FORMAT)
+    scores = apply_gate_init(gated, run.train, seed=run.settings.seed)
+    run.report.update(gate_init=run.policy.regularizer.init if scores is not None else "uniform", trajectory=[],
+                      gdp_steps=total)
     # gated.step() also closes each epoch: attach() was told the epoch length
-    pruned, finalized, report["gated_epochs"] = gdp_phase(
-        gated, train, epochs=s["gdp_epochs"], lr=s["gdp_lr"], gate_lr=s["gate_lr"], device=device,
-        autocast=args.autocast, console=console, trajectory=report["trajectory"], on_finalized=finalized_now,
-        finalize_at_cut=args.finalize_at_cut)
-    report["gdp_seconds"] = time.perf_counter() - phase_start
-    if report["gated_epochs"] < s["gdp_epochs"]:
-        report["acc_gdp_end"] = evaluate(pruned, test, device=device)["accuracy"]
-    if s["finetune_epochs"] > 0:
-        epochs(pruned, s["finetune_epochs"], s["finetune_lr"], "finetune")
-        report["acc_finetuned"] = evaluate(pruned, test, device=device)["accuracy"]
-        heldout_acc(pruned, "acc_finetuned")
-    for method in args.compare:
-        other = cifar_resnet(s["depth"]).to(device, memory_format=FORMAT)
-        other.load_state_dict(pretrained_state)
-        # polarization: the policy file with that regularizer (GDP-only overrides left out)
-        kept_sets = [i for i in args.policy_set if not i.startswith("regularizer.")]
-        other_policy = _policy(argparse.Namespace(**{**vars(args), "regularizer": method, "policy_set": kept_sets}),
-                               s["fix_at"]) if method == "polarization" else policy
-        report.setdefault("compare", {})[method] = run_comparison(
-            method, model=other, policy=other_policy, s=s, train=train, test=test, held=held, device=device,
-            console=console, seed=args.seed, autocast=args.autocast, train_epochs=epochs, example=example,
-            memory_format=FORMAT)
-    if s["compare_unpruned"] and not args.checkpoint:
-        # the same total epochs without pruning: the pretrained weights, trained on with the
-        # gated phase's and the fine-tuning's learning rates
-        unpruned = cifar_resnet(s["depth"]).to(device, memory_format=FORMAT)
-        unpruned.load_state_dict(pretrained_state)
-        epochs(unpruned, s["gdp_epochs"], s["gdp_lr"], "unpruned")
-        epochs(unpruned, s["finetune_epochs"], s["finetune_lr"], "unpruned")
-        report["acc_unpruned_same_epochs"] = evaluate(unpruned, test, device=device)["accuracy"]
-        heldout_acc(unpruned, "acc_unpruned_same_epochs")
+    pruned, finalized, run.report["gated_epochs"] = gdp_phase(
+        gated, run.train, epochs=s.gdp_epochs, lr=s.gdp_lr, gate_lr=s.gate_lr, device=run.device,
+        autocast=run.settings.autocast, console=run.console, trajectory=run.report["trajectory"],
+        on_finalized=functools.partial(_finalized, run, gated), finalize_at_cut=run.settings.finalize_at_cut)
+    run.report["gdp_seconds"] = time.perf_counter() - started
+    if run.report["gated_epochs"] < s.gdp_epochs:
+        run.accuracy(pruned, "acc_gdp_end", heldout=False)
+    return pruned, finalized
 
+
+def _finalized(run: _Run, gated: Any, pruned: nn.Module, finalized: Any) -> None:
+    """Right after finalizing: the gates' state and both models' accuracies into the report."""
+    pruned.to(memory_format=FORMAT)  # in place: the GDP phase may train it on
+    # the gated and the finalized model compute the same function: evaluated once each here
+    run.accuracy(gated, "acc_gated", heldout=False)
+    run.report["gates"] = gated.report()
+    run.report["fix"] = gated.fix_report
+    # per iteration until the gates were fixed: step, hard and soft fraction, lambda
+    run.report["controller_history"] = gated.controller.history if gated.controller is not None else []
+    run.report["finalize"] = finalized.to_dict()
+    run.accuracy(pruned, "acc_finalized")
+    run.console.print(f"gated accuracy {run.report['acc_gated']:.4f}, finalized {run.report['acc_finalized']:.4f}")
+
+
+def _compare_methods(run: _Run, pretrained: dict[str, torch.Tensor], example: torch.Tensor) -> None:
+    """Each ``compare`` method on the same schedule from the pretrained weights."""
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+    settings, s = run.settings, run.preset
+    for method in settings.compare:
+        other = cifar_resnet(s.depth).to(run.device, memory_format=FORMAT)
+        other.load_state_dict(pretrained)
+        # polarization: the policy file with that regularizer (GDP-only overrides left out)
+        kept_sets = tuple(i for i in settings.policy_set if not i.startswith("regularizer."))
+        other_policy = (_policy(replace(settings, regularizer=method, policy_set=kept_sets), s.fix_at)
+                        if method == "polarization" else run.policy)
+        run.report.setdefault("compare", {})[method] = run_comparison(
+            method, model=other, policy=other_policy, s=s, train=run.train, test=run.test, held=run.held,
+            device=run.device, console=run.console, seed=settings.seed, autocast=settings.autocast,
+            train_epochs=functools.partial(train_epochs, run), example=example, memory_format=FORMAT)
+
+
+def _unpruned(run: _Run, pretrained: dict[str, torch.Tensor]) -> None:
+    """The same total epochs without pruning: the pretrained weights, trained on with the gated
+    phase's and the fine-tuning's learning rates."""
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+    s = run.preset
+    unpruned = cifar_resnet(s.depth).to(run.device, memory_format=FORMAT)
+    unpruned.load_state_dict(pretrained)
+    train_epochs(run, unpruned, s.gdp_epochs, s.gdp_lr, "unpruned")
+    train_epochs(run, unpruned, s.finetune_epochs, s.finetune_lr, "unpruned")
+    run.accuracy(unpruned, "acc_unpruned_same_epochs")
+
+
+def _measure(run: _Run, model: nn.Module, pruned: nn.Module, example: torch.Tensor) -> nn.Module:
+    """FLOPs, parameters and CPU latency before and after, and whether the finalized model is in
+    the budget band, into the report; returns the pruned model on the CPU."""
+    from gdp_graph.graph.cost import model_cost
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+    from gdp_graph.report.latency import measure_latency
     cpu_inputs = example.detach().cpu()
-    original_cpu = cifar_resnet(s["depth"]).to(memory_format=FORMAT)  # as the pruned one
+    original_cpu = cifar_resnet(run.preset.depth).to(memory_format=FORMAT)  # as the pruned one
     original_cpu.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
     pruned_cpu = pruned.cpu()
     before, after = model_cost(original_cpu, (cpu_inputs[:1],)), model_cost(pruned_cpu, (cpu_inputs[:1],))
     batch = torch.randn(64, 3, 32, 32)
-    lat_before, lat_after = measure_latency([original_cpu, pruned_cpu], (batch,), rounds=args.latency_rounds)
-    report.update(flops_before=before.flops, flops_after=after.flops, params_before=before.params,
-                  params_after=after.params, latency_before_s=lat_before, latency_after_s=lat_after,
-                  wall_seconds=time.perf_counter() - started)
-    kept = after.metric(policy.target.metric) / before.metric(policy.target.metric)
-    report["kept"] = kept
-    report["in_band"] = abs(kept - policy.target.fraction) <= BUDGET_BAND
-    _print_report(console, report)
-    if args.out:
-        out = Path(args.out)
+    lat_before, lat_after = measure_latency([original_cpu, pruned_cpu], (batch,), rounds=run.settings.latency_rounds)
+    run.report.update(flops_before=before.flops, flops_after=after.flops, params_before=before.params,
+                      params_after=after.params, latency_before_s=lat_before, latency_after_s=lat_after,
+                      wall_seconds=time.perf_counter() - run.started)
+    metric = run.policy.target.metric
+    run.report["kept"] = kept = after.metric(metric) / before.metric(metric)
+    run.report["in_band"] = abs(kept - run.policy.target.fraction) <= BUDGET_BAND
+    return pruned_cpu
+
+
+def _finish(run: _Run, pruned_cpu: nn.Module, finalized: Any) -> int:
+    """The report printed (and written with ``out``); the exit status."""
+    report, settings, target = run.report, run.settings, run.policy.target
+    print_report(run.console, report)
+    if settings.out:
+        out = Path(settings.out)
         out.mkdir(parents=True, exist_ok=True)
         from gdp_graph.prune.export import save
         save(pruned_cpu, out / "pruned.pt")
         finalized.plan.save(out / "plan.json")  # re-apply with `gdp-graph apply`
         (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
-        console.print(f"wrote {out / 'pruned.pt'}, {out / 'plan.json'} and {out / 'report.json'}")
-    if args.json:
+        run.console.print(f"wrote {out / 'pruned.pt'}, {out / 'plan.json'} and {out / 'report.json'}")
+    if settings.json:
         print(json.dumps(report, indent=1, default=str))
     if not report["in_band"]:
-        console.print(f"BUDGET MISSED: the finalized model keeps {kept:.4f} of its {policy.target.metric} "
-                      f"(FlopCounterMode), target {policy.target.fraction:g} ± {BUDGET_BAND}", style="bold red")
+        run.console.print(f"BUDGET MISSED: the finalized model keeps {report['kept']:.4f} of its {target.metric} "
+                          f"(FlopCounterMode), target {target.fraction:g} ± {BUDGET_BAND}", style="bold red")
         return EXIT_BUDGET_MISSED
     return 0
 
 
-def _split_heldout(load_cifar10, path, s: dict[str, Any]):
+def _split_heldout(load_cifar10, path, s: CifarPreset):
     """The training subset and, when ``heldout`` > 0, the next ``heldout`` training images as
     a split that is never trained on (settings are chosen on it, not on the test images);
     ``None`` when there is no such split (no subset, or the data has no images left)."""
     from gdp_graph.recipes.cifar10.data.dataset import Cifar10Data
 
-    n, extra = s["train_subset"], s.get("heldout") or 0
+    n, extra = s.train_subset, s.heldout or 0
     if n is None or extra <= 0:
-        return load_cifar10(path, train_subset=n, test_subset=s["test_subset"]), None
-    full = load_cifar10(path, train_subset=n + extra, test_subset=s["test_subset"])
+        return load_cifar10(path, train_subset=n, test_subset=s.test_subset), None
+    full = load_cifar10(path, train_subset=n + extra, test_subset=s.test_subset)
     if len(full.train_labels) <= n:
         return full, None
     train = Cifar10Data(full.train_images[:n], full.train_labels[:n], full.test_images, full.test_labels, full.source)
     held = Cifar10Data(full.train_images[n:], full.train_labels[n:], full.train_images[n:], full.train_labels[n:],
                        full.source)
     return train, held
-
-
-def _print_report(console: Console, r: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from gdp_graph.report.tables import before_after_table
-    console.print(before_after_table([
-        ("parameters", r["params_before"], r["params_after"], "count"),
-        ("FLOPs", r["flops_before"], r["flops_after"], "count"),
-        ("CPU latency, batch 64 (ms)", 1e3 * r["latency_before_s"], 1e3 * r["latency_after_s"], "value"),
-    ], title="GDP on CIFAR-10: before / after"))
-    acc = Table(title="Top-1 accuracy", header_style="bold",
-                caption=None if r["gated_epochs"] == r["settings"]["gdp_epochs"] else
-                f"gated and finalized: when finalized, after GDP epoch {r['gated_epochs']} of "
-                f"{r['settings']['gdp_epochs']} (the finalized model trains the rest)")
-    cols = {"pretrained": "acc_pretrained", "gated": "acc_gated", "finalized": "acc_finalized",
-            "fine-tuned": "acc_finetuned", "unpruned, same epochs": "acc_unpruned_same_epochs"}
-    acc.add_column("split")
-    for col in cols:
-        acc.add_column(col, justify="right")
-    acc.add_row("test", *(f"{r[k]:.4f}" if k in r else "-" for k in cols.values()))
-    held = dict(r.get("heldout", {}))
-    if held:  # gated and finalized are equal by construction: evaluated once, as finalized
-        held.setdefault("acc_gated", held.get("acc_finalized"))
-        acc.add_row("held-out", *(f"{held[k]:.4f}" if held.get(k) is not None else "-" for k in cols.values()))
-    console.print(acc)
-    if r.get("compare"):
-        other = Table(title="The same command, other methods (fine-tuned top-1)", header_style="bold")
-        for col in ("method", "test", "held-out", "FLOPs kept"):
-            other.add_column(col, justify="left" if col == "method" else "right")
-        rows = {r["regularizer"]: {"acc_finetuned": r.get("acc_finetuned"), "kept": r.get("kept"),
-                                   "heldout_acc_finetuned": held.get("acc_finetuned")}, **r["compare"]}
-        for method, c in rows.items():
-            other.add_row(method, *(f"{c[k]:.4f}" if c.get(k) is not None else "-"
-                                    for k in ("acc_finetuned", "heldout_acc_finetuned", "kept")))
-        console.print(other)
-    gates = r.get("gates", {})
-    if gates:
-        console.print("gates: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                           for k, v in gates.items() if not isinstance(v, (list, dict))))
-    console.print(f"wall time {r['wall_seconds']:.0f}s on {r['device']}")

@@ -143,27 +143,17 @@ def _to_device(t: Tensor, device: torch.device) -> Tensor:
 
 
 def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable[tuple[Tensor, Tensor]],
-    optimizer: torch.optim.Optimizer,
-    *,
-    device: torch.device | str,
-    loss_fn: LossFn = F.cross_entropy,
-    extra_loss: Callable[[], Tensor] | None = None,
-    on_step: Callable[[int], None] | None = None,
-    autocast: bool = False,
-    autocast_dtype: torch.dtype = torch.bfloat16,
-    scheduler: Any = None,
-    progress: ProgressArg = None,
-    start_step: int = 0,
-    max_steps: int | None = None,
-    description: str = "train",
+    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], optimizer: torch.optim.Optimizer, *,
+    device: torch.device | str, loss_fn: LossFn = F.cross_entropy, extra_loss: Callable[[], Tensor] | None = None,
+    on_step: Callable[[int], None] | None = None, autocast: bool = False,
+    autocast_dtype: torch.dtype = torch.bfloat16, scheduler: Any = None, progress: ProgressArg = None,
+    start_step: int = 0, max_steps: int | None = None, description: str = "train",
 ) -> dict[str, float]:
     """Train ``model`` for one pass over ``loader`` (or ``max_steps`` batches).
 
-    Each step: ``loss = loss_fn(model(x), y) + extra_loss()``, backward, ``optimizer.step()``,
-    ``scheduler.step()`` (when given; the schedule is per step, not per epoch), then
-    ``on_step(global_step)``.
+    Each step (:func:`gdp_graph.recipes.recovery.train_steps`): ``loss = loss_fn(model(x), y) +
+    extra_loss()``, backward, ``optimizer.step()``, ``scheduler.step()`` (when given; the
+    schedule is per step, not per epoch), then ``on_step(global_step)``.
 
     Args:
         model: put in training mode for the epoch.
