@@ -46,7 +46,7 @@ class _Usage:
             if n.op in ("call_module", "get_attr"):
                 self.calls[str(n.target)] = self.calls.get(str(n.target), 0) + 1
         self.names: dict[int, int] = {}
-        for _, t in list(weights.named_parameters(remove_duplicate=False)) + list(weights.named_buffers(remove_duplicate=False)):
+        for _, t in [*weights.named_parameters(remove_duplicate=False), *weights.named_buffers(remove_duplicate=False)]:
             self.names[id(t)] = self.names.get(id(t), 0) + 1
 
     def owned(self, target: str, tensor: Tensor) -> bool:
@@ -89,7 +89,8 @@ def absorbing_weight(node: fx.Node, arg: int, dim: int, ndim: int, weights: nn.M
     return None
 
 
-def _absorb_site(node: fx.Node, arg: int, dim: int, ndim: int, scale: Tensor, weights: nn.Module, usage: _Usage) -> bool:
+def _absorb_site(node: fx.Node, arg: int, dim: int, ndim: int, scale: Tensor, weights: nn.Module,
+                 usage: _Usage) -> bool:
     """Fold ``scale`` into the weight :func:`absorbing_weight` names; False when there is none."""
     found = absorbing_weight(node, arg, dim, ndim, weights, usage)
     if found is None:

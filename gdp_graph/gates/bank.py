@@ -128,7 +128,8 @@ class GateBank(nn.Module):
         """Flat indices of a site's positions for group ``gid`` (-1 -> the constant 1)."""
         if gid not in self._offset:
             raise GateError(f"group {gid} has no gates")
-        return torch.where(unit_index >= 0, unit_index + self._offset[gid], torch.full_like(unit_index, self.one_position))
+        one = torch.full_like(unit_index, self.one_position)
+        return torch.where(unit_index >= 0, unit_index + self._offset[gid], one)
 
     def add_site(self, site: SiteSpec) -> SiteSpec:
         """Register a multiplier (see :class:`~gdp_graph.graph.inject.SiteSpec`): its factors

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -162,7 +163,7 @@ def finalize(gated: GatedModel, *, threshold: Optional[float] = None, tolerance:
     pruned.to(device)
 
     def on_device(xs: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(x.to(device) if isinstance(x, Tensor) else x for x in xs)
+        return tuple(pytree.tree_map_only(Tensor, lambda t: t.to(device), tuple(xs)))
 
     example = on_device(analysis.traced.example_inputs)
     compared = on_device(inputs) if inputs is not None else example
@@ -174,7 +175,8 @@ def finalize(gated: GatedModel, *, threshold: Optional[float] = None, tolerance:
         actual = _run_eval(pruned, compared)
     check = compare_outputs(expected, actual, tolerance)
     if not check.ok and not plan.allow_inexact:
-        raise FinalizeError(f"the finalized model does not reproduce the gated model: {check}\n{plan.summary(analysis)}")
+        raise FinalizeError(f"the finalized model does not reproduce the gated model: {check}\n"
+                            f"{plan.summary(analysis)}")
     forced = _forced_units(gated, plan, threshold)
     after = Cost(float(counter.get_total_flops()), count_params(pruned)) if compared is example \
         else model_cost(pruned, example)

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from gdp_graph.graph.analysis import Analysis
@@ -132,7 +133,8 @@ def _same_function(analysis: Analysis, sites: Sequence[SiteSpec], name: str) -> 
     return "" if result.ok else f"the class with gate hooks differs from the gated graph ({result})"
 
 
-def gated_module(analysis: Analysis, provider: nn.Module, sites: Sequence[SiteSpec], name: str) -> tuple[nn.Module, str]:
+def gated_module(analysis: Analysis, provider: nn.Module, sites: Sequence[SiteSpec],
+                 name: str) -> tuple[nn.Module, str]:
     """The gated model's module: for a graph captured by ``torch.export`` (pinned to the
     example's shapes), the user's class with gate hooks where every site allows it and it
     computes what the graph does; else the graph with the multipliers inserted. A torch.fx graph
@@ -158,12 +160,13 @@ def run_as_called(module: nn.Module, analysis: Analysis, device: torch.device) -
     """``module`` (the gated model with the class inside) in eval mode, without gradients, on
     the example inputs as the user gave them (the graph takes them flattened instead)."""
     bound = analysis.traced.inputs
-    move = (lambda x: x.to(device) if isinstance(x, Tensor) else x)  # noqa: E731
     was = module.training
     module.eval()
     try:
         with torch.no_grad():
-            return module(*[move(a) for a in bound.args], **{k: move(v) for k, v in bound.kwargs.items()})
+            args, kwargs = pytree.tree_map_only(Tensor, lambda t: t.to(device),
+                                                (tuple(bound.args), dict(bound.kwargs)))
+            return module(*args, **kwargs)
     finally:
         module.train(was)
 

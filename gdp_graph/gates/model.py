@@ -69,8 +69,9 @@ class GatedModel(nn.Module):
     symmetric and ``theta`` is clamped to ``[0, theta_max]``; the units a group's limits force
     to stay keep a gate >= 0.9). At ``fix_at`` the gates are *fixed* (:meth:`fix_gates`): with a
     steered lambda the lowest gates are cut until the cost is as close to the target as unit
-    sizes allow (``gates.selection.plan_for_budget``; with a constant lambda, gates <= 0.5 are
-    cut), the cut gates become exactly 0, the gates keep their values whatever the optimizer does to ``theta``, and the penalty is 0.
+    sizes allow (:func:`gates.cut.budget_plan`; with a constant lambda, gates <= 0.5 are cut),
+    the cut gates become exactly 0, the gates keep their values whatever the optimizer does to
+    ``theta``, and the penalty is 0.
     The rest of the phase trains the weights with the gates fixed, so the gated model is the
     finalized model.
 

@@ -167,7 +167,8 @@ class CostModel:
         parts.append(torch.ones(1, dtype=dtype, device=device))
         return torch.cat(parts)
 
-    def evaluate(self, units: torch.Tensor, block_gates: Optional[Mapping[int, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(self, units: torch.Tensor,
+                 block_gates: Optional[Mapping[int, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(flops, params) for a global unit vector from :meth:`gate_vector`."""
         scale, block_scale = self.term_scales(units, block_gates)
         scale = scale * block_scale
@@ -182,7 +183,8 @@ class CostModel:
         if metric != "latency":
             return self.evaluate(units, block_gates)[0 if metric == "flops" else 1]
         if self.latency is None:
-            raise ValueError("the latency metric needs a measured table: gdp_graph.latency.attach_latency(cost_model, ...)")
+            raise ValueError("the latency metric needs a measured table: "
+                             "gdp_graph.latency.attach_latency(cost_model, ...)")
         return self.latency.evaluate(*self.term_scales(units, block_gates))
 
     def term_scales(self, units: torch.Tensor, block_gates: Optional[Mapping[int, torch.Tensor]] = None

@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch import nn
 
 from gdp_graph.errors import GdpError
@@ -165,8 +166,7 @@ def _paths(node: fx.Node) -> list[str]:
 
 
 def _is_tensorish(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list)) and any(
-        isinstance(v, torch.Tensor) for v in value))
+    return any(isinstance(v, torch.Tensor) for v in pytree.tree_leaves(value))
 
 
 def _equal(a: Any, b: Any) -> bool:

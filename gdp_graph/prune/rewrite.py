@@ -276,7 +276,7 @@ class _PlanPass(fx.Transformer):
             dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
             if dim is not None and isinstance(dim, int) and self._changed(n.args[0], dim):
                 return self.values[n.name]
-        if n.op == "call_function" and getattr(n.target, "__name__", "") == "getitem" \
+        if n.op == "call_function" and n.target is operator.getitem \
                 and isinstance(n.args[0], fx.Node) and n.args[0] in self.shape_source:
             index = n.args[1]
             source = self.shape_source[n.args[0]]

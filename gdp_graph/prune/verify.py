@@ -76,7 +76,8 @@ def compare_outputs(reference: Any, candidate: Any, tolerance: float) -> VerifyR
     if len(ref) != len(cand) or any(r.shape != c.shape for r, c in zip(ref, cand)):
         shapes = [tuple(t.shape) for t in ref], [tuple(t.shape) for t in cand]
         raise ValueError(f"output structure differs: reference {shapes[0]} vs pruned {shapes[1]}")
-    max_abs = max((float((r.double() - c.double()).abs().max()) if r.numel() else 0.0 for r, c in zip(ref, cand)), default=0.0)
+    max_abs = max((float((r.double() - c.double()).abs().max()) if r.numel() else 0.0 for r, c in zip(ref, cand)),
+                  default=0.0)
     scale = max((float(r.double().abs().max()) if r.numel() else 0.0 for r in ref), default=0.0)
     rel = max_abs / scale if scale > 0 else max_abs
     inconclusive = _degenerate(ref)
