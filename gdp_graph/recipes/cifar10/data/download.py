@@ -91,24 +91,12 @@ def download_cifar10(
             return target
         logger.warning("cached %s has the wrong MD5 checksum; downloading it again", target)
         target.unlink()
-
     cache.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=cache)
     tmp = Path(tmp_name)
-    h = hashlib.md5(usedforsecurity=False)
     try:
         logger.info("downloading %s to %s", url, target)
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                for chunk in _chunks(resp):
-                    h.update(chunk)
-                    out.write(chunk)
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise Cifar10DownloadError(
-                f"could not download CIFAR-10 from {url}: {reason}. {local_copy_hint()}"
-            ) from exc
-        actual = h.hexdigest()
+        actual = _fetch(url, fd, timeout)
         if expected is not None and actual != expected:
             raise Cifar10ChecksumError(
                 f"checksum mismatch for CIFAR-10 downloaded from {url}: expected MD5 {expected}, "
@@ -119,3 +107,17 @@ def download_cifar10(
         if tmp.exists():
             tmp.unlink()
     return target
+
+
+def _fetch(url: str, fd: int, timeout: float) -> str:
+    """Write what ``url`` holds to the open file ``fd`` (closed afterwards); its hex MD5."""
+    h = hashlib.md5(usedforsecurity=False)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            for chunk in _chunks(resp):
+                h.update(chunk)
+                out.write(chunk)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise Cifar10DownloadError(f"could not download CIFAR-10 from {url}: {reason}. {local_copy_hint()}") from exc
+    return h.hexdigest()
