@@ -19,9 +19,11 @@ __all__ = ["add_train_arguments", "register", "settings_from_args"]
 
 
 def _add_data_and_policy(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="CIFAR-10: the official .tar.gz or its directory (default: $GDP_GRAPH_CIFAR10, else download)")
+    p.add_argument("--data", help="CIFAR-10: the official .tar.gz or its directory "
+                   "(default: $GDP_GRAPH_CIFAR10, else download)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="short", help="schedule defaults (default: short)")
-    p.add_argument("--policy", default="cifar_resnet", help="YAML policy file or shipped policy name (default: cifar_resnet)")
+    p.add_argument("--policy", default="cifar_resnet",
+                   help="YAML policy file or shipped policy name (default: cifar_resnet)")
     p.add_argument("--regularizer", choices=REGULARIZERS, help="override the policy's regularizer")
     p.add_argument("--target", type=float, help="override the policy's target fraction (of FLOPs or params) to keep")
     p.add_argument("--depth", type=int, help="CIFAR ResNet depth 6n+2 (20, 32, 56, 110)")

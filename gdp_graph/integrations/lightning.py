@@ -67,7 +67,8 @@ class GdpCallback(pl.Callback):
                              "callback; use precision='bf16-mixed' or 32")
         model = getattr(pl_module, self.attribute, None)
         if model is None:
-            raise AttributeError(f"GdpCallback: the LightningModule has no attribute {self.attribute!r} holding the model")
+            raise AttributeError(f"GdpCallback: the LightningModule has no attribute {self.attribute!r} "
+                                 "holding the model")
         steps = int(trainer.estimated_stepping_batches)
         epochs = max(1, int(trainer.max_epochs or 1))
         gated = attach(model, self.policy, example_inputs=self.example_inputs, total_steps=steps,

@@ -20,7 +20,8 @@ from torch import nn
 
 from gdp_graph.recipes.task import Task, TaskError, batch_length, model_inputs, move_to
 
-__all__ = ["Schedule", "History", "PruneResult", "evaluate", "train_epochs", "run_prune", "free_gate_values", "group_gate_values"]
+__all__ = ["Schedule", "History", "PruneResult", "evaluate", "train_epochs", "run_prune", "free_gate_values",
+           "group_gate_values"]
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,8 @@ def run_prune(model: nn.Module, example_inputs: Any, task: Task, policy: Any, sc
     """
     from gdp_graph.recipes.recovery import Distillation, frozen_teacher
     seconds: dict[str, float] = {}
-    teacher = None if distill is None else Distillation(frozen_teacher(model, device), distill.temperature, distill.alpha)
+    teacher = (None if distill is None
+               else Distillation(frozen_teacher(model, device), distill.temperature, distill.alpha))
     model = copy.deepcopy(model).to(device)
     # positional inputs (a tuple) or keyword inputs (a dict, as Hugging Face models take)
     inputs = move_to(example_inputs if isinstance(example_inputs, dict) else tuple(example_inputs), device)

@@ -41,7 +41,8 @@ def import_factory(spec: str, what: str = "SPEC") -> Callable[[], Any]:
         try:
             module = importlib.import_module(location)
         except Exception as exc:  # noqa: BLE001
-            raise FactoryError(f"{what} {spec!r}: cannot import module {location!r}: {type(exc).__name__}: {exc}") from exc
+            raise FactoryError(f"{what} {spec!r}: cannot import module {location!r}: "
+                               f"{type(exc).__name__}: {exc}") from exc
     factory = getattr(module, name, None)
     if factory is None:
         raise FactoryError(f"{what} {spec!r}: {location} has no attribute {name!r}")

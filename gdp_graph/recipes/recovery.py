@@ -23,8 +23,8 @@ from torch import nn
 
 from gdp_graph.recipes.task import Task, TaskError, batch_length, model_inputs, move_to
 
-__all__ = ["COSINE", "Distillation", "StepResult", "Throughput", "output_logits", "distill_loss", "cycle", "frozen_teacher",
-           "train_steps"]
+__all__ = ["COSINE", "Distillation", "StepResult", "Throughput", "output_logits", "distill_loss", "cycle",
+           "frozen_teacher", "train_steps"]
 
 #: ``after_step(step, loss, info)``: info holds the throughput (``tokens_per_s`` or ``samples_per_s``)
 AfterStep = Callable[[int, float, dict], None]
@@ -153,7 +153,8 @@ def train_steps(model: nn.Module, task: Task, device: torch.device, steps: int, 
                 extra_loss: Optional[Callable[[], torch.Tensor]] = None, after_step: Optional[AfterStep] = None,
                 extra_optimizers: tuple = (), distill: Optional[Distillation] = None,
                 stop: Optional[Callable[[], bool]] = None, batches: Optional[Any] = None, scheduler: Any = COSINE,
-                autocast: Optional[torch.dtype] = None, on_step: Optional[Callable[[StepResult], None]] = None) -> float:
+                autocast: Optional[torch.dtype] = None,
+                on_step: Optional[Callable[[StepResult], None]] = None) -> float:
     """The training loop of the library: every recipe (``gdp-graph prune``, ``gdp-graph train``,
     recovery, distillation) runs its optimizer steps here.
 

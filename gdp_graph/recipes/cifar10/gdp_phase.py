@@ -5,10 +5,9 @@ The gated model trains (task loss + the penalty, gates stepped); its gates are f
 ``finalize_at_cut`` (``gdp-graph train --finalize-at-cut``) it is finalized at the first epoch
 end after the cut instead, and the exact smaller model trains the rest of the phase on the same
 learning-rate schedule: it computes what the gated model computes (finalize checks it) at the
-pruned cost, which matters for long phases (the full preset: 84 of 120 epochs). SGD's momentum
-restarts there (the smaller model has new parameters); on the short preset (seed 0) that run
-ended 0.45 / 0.25 points lower on the test / held-out images, inside the seed-to-seed spread,
-for a few seconds saved, so it is not the default.
+pruned cost, which matters for long phases. SGD's momentum restarts there (the smaller model has
+new parameters); on the short preset it bought no accuracy for a few seconds saved
+(benchmarks/results/cifar_preset_tuning.json, "--finalize-at-cut"), so it is not the default.
 """
 
 from __future__ import annotations
@@ -72,11 +71,12 @@ def gdp_phase(gated: GatedModel, train: Any, *, epochs: int, lr: float, gate_lr:
         gating = result is None
         stats = train_one_epoch(net, train, opt, device=device, extra_loss=gated.penalty if gating else None,
                                 on_step=(lambda _: gated.step()) if gating else None, autocast=autocast,
-                                scheduler=sched, progress=True, start_step=step, description=f"gdp {epoch + 1}/{epochs}")
+                                scheduler=sched, progress=True, start_step=step,
+                                description=f"gdp {epoch + 1}/{epochs}")
         step = stats["global_step"]
         g = gated.report()
-        trajectory.append({"epoch": epoch + 1, "train_acc": stats["accuracy"], "model": "gated" if gating else "finalized",
-                           **{k: g[k] for k in TRAJECTORY_KEYS}})
+        trajectory.append({"epoch": epoch + 1, "train_acc": stats["accuracy"],
+                           "model": "gated" if gating else "finalized", **{k: g[k] for k in TRAJECTORY_KEYS}})
         console.print(f"  gdp epoch {epoch + 1}/{epochs}: loss {stats['loss']:.3f} (task {stats['task_loss']:.3f}), "
                       f"train acc {stats['accuracy']:.3f}, {stats['seconds']:.0f}s; lambda {g['lambda']:.3g}, "
                       f"kept {g['hard_fraction']:.3f} (soft {g['soft_fraction']:.3f}), zero {g['zero']:.2f}"
