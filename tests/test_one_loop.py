@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,29 @@ def test_one_module_of_the_package_runs_a_training_loop() -> None:
     backward = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                       if _calls(ast.parse(p.read_text()), "backward"))
     assert backward == ["recipes/recovery.py"]
+
+
+def test_train_steps_stops_at_the_budget_or_when_the_batches_run_out_and_fetches_no_extra_batch() -> None:
+    from gdp_graph.recipes.recovery import StepResult, train_steps
+    from gdp_graph.recipes.task import Task
+
+    fetched: list[int] = []
+
+    def batches(n: int):
+        for i in range(n):
+            fetched.append(i)
+            yield torch.randn(4, 3), torch.randint(0, 2, (4,))
+
+    model = torch.nn.Linear(3, 2)
+    task = Task(train_loader=[], loss=lambda out, batch: F.cross_entropy(out, batch[1]))
+    seen: list[StepResult] = []
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mean = train_steps(model, task, torch.device("cpu"), 2, opt, batches=batches(5), scheduler=None, on_step=seen.append)
+    assert fetched == [0, 1] and [s.step for s in seen] == [1, 2] and opt.param_groups[0]["lr"] == 0.1
+    assert mean == pytest.approx(float(sum(s.loss.double() for s in seen)) / 2) and seen[0].extra is None
+    fetched.clear()
+    assert math.isnan(train_steps(model, task, torch.device("cpu"), 0, opt, batches=batches(5)))  # no step at all
+    assert fetched == []
+    mean = train_steps(model, task, torch.device("cpu"), 10, opt, batches=batches(3), on_step=seen.append,
+                       extra_loss=lambda: model.weight.sum() * 0)
+    assert fetched == [0, 1, 2] and seen[-1].step == 3 and seen[-1].extra is not None and math.isfinite(mean)
