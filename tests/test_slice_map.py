@@ -27,7 +27,7 @@ from gdp_graph.prune.keep_class import BLOCK_CONSTANT_META, keep_class
 from gdp_graph.prune.removed_branch import RemovedBranch
 from gdp_graph.prune.slices import RewriteError, SliceMap
 from gdp_graph.prune.stream import read_checkpoint, stream_apply
-from tests.fuzz.architectures import build_model, example_input, specs
+from tests.fuzz.architectures import Spec, build_model, example_input, specs
 from tests.test_fuzz import SEED, plans
 from tests.zoo import ZOO
 
@@ -191,6 +191,19 @@ def test_the_consumers_agree_on_many_fuzzed_models(spec, plan_draws):
     """``GDP_SLICE_FUZZ_EXAMPLES`` larger generated models (default 1000), a fresh stream per
     ``GDP_FUZZ_SEED``."""
     compare_fuzzed(spec, plan_draws)
+
+
+def test_a_model_without_groups_maps_to_nothing(tmp_path):
+    """Found by the slow sweep: a model whose channels are all the input's has no group, and
+    compiling even the empty plan failed (indexing the empty table of group offsets)."""
+    spec = Spec(channels=4, size=4, ops=[{"op": "norm", "src": 0, "kind": "bn"}], head="none", classes=2)
+    model = build_model(spec)
+    analysis = G.analyze(model, (example_input(spec, 2),))
+    assert not analysis.groups
+    smap, graph, kept = _consumers(model, analysis, G.random_plan(analysis, 0.5, seed=0, block_ratio=0.5))
+    assert not smap.entries and not smap.dropped and not smap.removed_branches
+    check_graph_module({**_state(analysis.traced.gm), **_state(model)}, smap, graph)
+    check_streamed(model, smap, graph, kept.model, tmp_path)
 
 
 def test_apply_to_tensor_refuses_a_tensor_of_another_shape_and_a_dropped_one(zoo_analysis):

@@ -119,7 +119,7 @@ class PruningPlan:
         # one flat table of every group's units, looked up once per element: a pass over the
         # elements per pruned group cost 37 s on a 70B-sized Llama (160 groups, 2.5M elements)
         sizes = torch.tensor([g.size for g in analysis.groups], dtype=torch.long)
-        offsets = torch.cumsum(sizes, 0) - sizes
+        offsets = torch.cat([torch.cumsum(sizes, 0) - sizes, sizes.new_zeros(1)])  # + one: a model without groups
         unit_kept = torch.ones(int(sizes.sum()) + 1, dtype=torch.bool)  # the last entry: no group
         for gid, kept in self.keep.items():
             unit_kept[int(offsets[gid]):int(offsets[gid]) + analysis.groups[gid].size] = False
