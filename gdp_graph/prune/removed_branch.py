@@ -236,11 +236,8 @@ class _Call:
 
 
 def _copy(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, tuple):
-        return tuple(_copy(v) for v in value)
-    return value
+    """``value`` with every tensor in it (nested too) copied."""
+    return pytree.tree_map_only(torch.Tensor, lambda t: t.detach().clone(), value)
 
 
 def _probe(model: nn.Module, analysis: Analysis, names: list[str]) -> dict[str, list[_Call]]:
