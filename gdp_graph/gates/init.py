@@ -50,7 +50,7 @@ def ranked_theta(gated: GatedModel, scores: Mapping[int, Tensor], spread: float)
     if not 0.0 <= spread < 1.0:
         raise GateError(f"regularizer.init_spread must be in [0, 1), got {spread!r}")
     bank = gated.bank
-    theta = bank._theta().detach().clone()
+    theta = bank.theta().detach().clone()
     values, positions = [], []
     for gid in bank.group_ids:
         if gid not in scores:
@@ -64,7 +64,7 @@ def ranked_theta(gated: GatedModel, scores: Mapping[int, Tensor], spread: float)
             continue
         mean = float(s[free].abs().mean())
         values.append(s[free] / (mean if mean > 0 else 1.0))
-        positions.append(free + bank._offset[gid])
+        positions.append(bank.position(gid, free))
     if not values:
         return theta
     value, position = torch.cat(values), torch.cat(positions)

@@ -10,6 +10,11 @@ optimizer, autocast and DistributedDataParallel treat them like the model's own 
 training-time pieces are driven by :meth:`GatedModel.penalty`, :meth:`GatedModel.step` and
 :meth:`GatedModel.end_epoch`; :func:`gdp_graph.gates.finalize.finalize` turns the result into
 the exact smaller model.
+
+The model only wires its collaborators: the gates and their numbering
+(:class:`~gdp_graph.gates.bank.GateBank`), the phase's timetable, cost model and lambda
+controller (:mod:`gdp_graph.gates.phase`), the plans read from the gates
+(:mod:`gdp_graph.gates.cut`) and the regularizer.
 """
 
 from __future__ import annotations
