@@ -105,7 +105,7 @@ class _Propagation(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         module = self.submodules.get(n.target) if n.op == "call_module" else None
-        self.ctx = RuleContext(n, module, self.store, self.traced.values, self.env)
+        self.ctx = RuleContext(n, module, self.store, self.env)
         chan = super().run_node(n)
         n.meta["channels"] = chan
         return chan

@@ -17,6 +17,7 @@ from torch import nn
 
 from gdp_graph.graph.channels import Chan
 from gdp_graph.graph.groups import Block, ChannelGroup, GateSite
+from gdp_graph.graph.meta import VALUE
 from gdp_graph.graph.trace import TracedModel
 
 _ADDS = (operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)  # aten: torch.export
@@ -69,7 +70,7 @@ def find_blocks(traced: TracedModel, groups: list[ChannelGroup]) -> list[Block]:
         if not _is_add(node) or len(node.args) < 2:
             continue
         operands = node.args[:2]
-        if not all(isinstance(a, fx.Node) and isinstance(traced.values.get(a.name), torch.Tensor) for a in operands):
+        if not all(isinstance(a, fx.Node) and isinstance(a.meta.get(VALUE), torch.Tensor) for a in operands):
             continue
         # one removable branch per add: the longer one when both qualify (the main branch of a
         # downsampling block, not its projection shortcut)
@@ -107,7 +108,7 @@ def _checks_on(members: set[str], traced: TracedModel) -> set[str]:
         if n.name in seen:
             return True
         seen.add(n.name)
-        if n.op == "output" or isinstance(traced.values.get(n.name), torch.Tensor):
+        if n.op == "output" or isinstance(n.meta.get(VALUE), torch.Tensor):
             return False
         return all(tensor_free(u, seen) for u in n.users)
 
@@ -129,12 +130,12 @@ def _without_shared_side_inputs(members: set[str], outside: set[str], traced: Tr
     order = [n for n in traced.gm.graph.nodes if n.name in members]
     fed: set[str] = set()
     for n in order:
-        value = traced.values.get(n.name)
+        value = n.meta.get(VALUE)
         if not (isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list)) and value
                                                      and all(isinstance(v, torch.Tensor) for v in value))):
             continue  # sizes read off the data (x.shape[0]) are side values, shared or not
         for a in n.all_input_nodes:
-            value = traced.values.get(a.name)
+            value = a.meta.get(VALUE)
             if a.name in fed or (a.name in outside and isinstance(value, torch.Tensor) and value.is_floating_point()):
                 fed.add(n.name)
                 break
@@ -147,7 +148,7 @@ def _without_shared_side_inputs(members: set[str], outside: set[str], traced: Tr
 
 def _branch_block(traced, nodes, ancestors: _Ancestry, add: fx.Node, arg: int, branch: fx.Node, other: fx.Node, bid: int,
                   groups: list[ChannelGroup]) -> Optional[Block]:
-    if traced.values[branch.name].shape != traced.values[add.name].shape:
+    if branch.meta[VALUE].shape != add.meta[VALUE].shape:
         return None
     outside = ancestors(other)
     members = ancestors(branch) - outside
@@ -204,29 +205,27 @@ _BIAS_ON_ZERO_FUNCTIONS = {torch.ops.aten.linear.default: (0, 2), torch.nn.funct
 class _ZeroedInputs(fx.Interpreter):
     """Runs a graph with the given ``(node name, arg index)`` inputs replaced by zeros.
 
-    ``recorded``: each node's value on the example inputs; its shape lets a layer of
+    The shape of each node's value on the example inputs (``node.meta[VALUE]``) lets a layer of
     ``_BIAS_ON_ZERO`` whose only input is zeroed return its bias without running."""
 
-    def __init__(self, module: torch.nn.Module, graph: fx.Graph, zeroed: set[tuple[str, int]],
-                 recorded: dict[str, Any]):
+    def __init__(self, module: torch.nn.Module, graph: fx.Graph, zeroed: set[tuple[str, int]]):
         super().__init__(module, garbage_collect_values=False, graph=graph)
         self.zeroed = zeroed
-        self.recorded = recorded
 
     def run_node(self, n: fx.Node) -> Any:
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             if n.op == "call_module" and len(args) == 1 and not kwargs and (n.name, 0) in self.zeroed \
-                    and isinstance(self.recorded.get(n.name), torch.Tensor):
+                    and isinstance(n.meta.get(VALUE), torch.Tensor):
                 layer = self.fetch_attr(str(n.target))
                 spatial = _BIAS_ON_ZERO.get(type(layer))
                 if spatial is not None:
-                    return _bias_everywhere(getattr(layer, "bias", None), self.recorded[n.name].shape, spatial, args[0])
+                    return _bias_everywhere(getattr(layer, "bias", None), n.meta[VALUE].shape, spatial, args[0])
             if n.op == "call_function" and n.target in _BIAS_ON_ZERO_FUNCTIONS and (n.name, 0) in self.zeroed \
-                    and isinstance(self.recorded.get(n.name), torch.Tensor):
+                    and isinstance(n.meta.get(VALUE), torch.Tensor):
                 spatial, at = _BIAS_ON_ZERO_FUNCTIONS[n.target]
                 bias = args[at] if len(args) > at else kwargs.get("bias")
-                return _bias_everywhere(bias, self.recorded[n.name].shape, spatial, args[0])
+                return _bias_everywhere(bias, n.meta[VALUE].shape, spatial, args[0])
             args = tuple(torch.zeros_like(a) if (n.name, i) in self.zeroed else a for i, a in enumerate(args))
             return getattr(self, n.op)(n.target, args, kwargs)
 
@@ -242,6 +241,16 @@ def _bias_everywhere(bias: Optional[torch.Tensor], shape: torch.Size, spatial: i
     return bias.detach().to(x.dtype).reshape(-1, *[1] * spatial).expand(shape).contiguous()
 
 
+def _upstream_missing(graph: fx.Graph, node: fx.Node, env: dict[fx.Node, Any]) -> list[fx.Node]:
+    """The nodes ``node`` needs that ``env`` has no value for (``node`` included), in graph order:
+    running only these, not the whole graph, is what a branch constant costs."""
+    need = {node}
+    for n in reversed(graph.nodes):
+        if n in need:
+            need.update(a for a in n.all_input_nodes if a not in env)
+    return [n for n in graph.nodes if n in need]
+
+
 def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.Module] = None) -> Optional[torch.Tensor]:
     """What the branch outputs when its block gate is zero (the inputs of its last consuming
     layers zeroed), reduced to a broadcastable tensor (size 1 on every untracked dim), or None
@@ -253,8 +262,8 @@ def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.M
     members = set(block.nodes)
     # every node outside the branch keeps its recorded value; the branch runs again (on the
     # weights of ``root``), with the inputs of its gated layers zeroed
-    recorded = {n: traced.values[n.name] for n in gm.graph.nodes
-                if n.name not in members and n.op not in ("get_attr", "output") and n.name in traced.values}
+    recorded = {n: n.meta[VALUE] for n in gm.graph.nodes
+                if n.name not in members and n.op not in ("get_attr", "output") and VALUE in n.meta}
     if root is None:
         # on the traced weights, branch nodes upstream of the zeroed layers keep their values
         # too: only the gated layers and what follows them run again
@@ -262,14 +271,16 @@ def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.M
         for n in gm.graph.nodes:
             if n.name in members and (n.name in rerun or any(a.name in rerun for a in n.all_input_nodes)):
                 rerun.add(n.name)
-        recorded.update({n: traced.values[n.name] for n in gm.graph.nodes
-                         if n.name in members and n.name not in rerun and n.op != "get_attr" and n.name in traced.values})
+        recorded.update({n: n.meta[VALUE] for n in gm.graph.nodes
+                         if n.name in members and n.name not in rerun and n.op != "get_attr" and VALUE in n.meta})
     runner = _ZeroedInputs(root if root is not None else gm, gm.graph,
-                           {(s.node, s.arg) for s in block.gate_sites}, traced.values)
+                           {(s.node, s.arg) for s in block.gate_sites})
+    branch = traced.node(block.nodes[-1])
+    runner.env = recorded
     with torch.no_grad():
-        runner.run(initial_env=recorded, enable_io_processing=False)
-    branch = next(n for n in gm.graph.nodes if n.name == block.nodes[-1])
-    value = runner.env[branch]
+        for n in _upstream_missing(gm.graph, branch, recorded):
+            recorded[n] = runner.run_node(n)
+    value = recorded[branch]
     chan = branch.meta.get("channels")
     keep = chan.dims() if isinstance(chan, Chan) else set()
     reduce_dims = [d for d in range(value.dim()) if d not in keep]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -20,6 +20,7 @@ from gdp_graph.graph.frontend_export import DYNAMIC, export_graph, mark_constant
 from gdp_graph.graph.groups import OpaqueLeaf
 from gdp_graph.graph.inputs import BoundInputs, InputError, bind_inputs, is_flag
 from gdp_graph.graph.lowering import lower_multihead_attention
+from gdp_graph.graph.meta import VALUE
 from gdp_graph.graph.rules import has_leaf_rule
 from gdp_graph.errors import GdpError
 
@@ -54,13 +55,43 @@ class _FallbackTracer(fx.Tracer):
         return result
 
 
+class NodeValues(Mapping[str, Any]):
+    """node name -> the value recorded in ``node.meta[VALUE]``: a read-only view by name, for code
+    that keys by name (one dict lookup; the index follows nodes added to the graph later)."""
+
+    def __init__(self, graph: fx.Graph):
+        self._graph = graph
+        self._index: dict[str, fx.Node] = {}
+
+    def node(self, name: str) -> fx.Node:
+        n = self._index.get(name)
+        if n is None or n.graph is not self._graph or n.name != name or len(self._index) != len(self._graph.nodes):
+            self._index = {m.name: m for m in self._graph.nodes}
+            n = self._index[name]
+        return n
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self.node(name).meta[VALUE]
+        except KeyError:
+            raise KeyError(name) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return (n.name for n in self._graph.nodes if VALUE in n.meta)
+
+    def __len__(self) -> int:
+        return sum(VALUE in n.meta for n in self._graph.nodes)
+
+
 @dataclass
 class TracedModel:
-    """A traced copy of the user's model plus what the example inputs showed about it."""
+    """A traced copy of the user's model plus what the example inputs showed about it.
+
+    Each node's concrete value on the example inputs is in ``node.meta[VALUE]``; ``values`` reads
+    them by node name."""
 
     gm: fx.GraphModule
     example_inputs: tuple[Any, ...]  #: positional inputs of ``gm`` (see :mod:`.inputs`)
-    values: dict[str, Any]  #: node name -> concrete value on the example inputs
     opaque: list[OpaqueLeaf] = field(default_factory=list)
     inputs: Optional[BoundInputs] = None  #: the example inputs as the user gave them
     front_end: str = "fx"  #: "fx" (symbolic tracing) or "export" (torch.export, ATen graph)
@@ -69,11 +100,11 @@ class TracedModel:
     #: a rewrite that keeps the class); never the user's own object
     module: Optional[nn.Module] = None
 
+    def __post_init__(self) -> None:
+        self.values = NodeValues(self.gm.graph)  #: node name -> concrete value on the example inputs
+
     def node(self, name: str) -> fx.Node:
-        for n in self.gm.graph.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(name)
+        return self.values.node(name)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -163,21 +194,20 @@ def _trace_exported(model: nn.Module, bound: BoundInputs, reason: str, count_flo
                    "e.g. use_cache=False in the example inputs of a Hugging Face decoder)"
         raise TraceError(f"cannot trace {type(model).__name__}: {reason}; torch.export failed too: "
                          f"{_first_line(exc)}{hint}") from exc
-    return TracedModel(gm=gm, example_inputs=flat, values=recorder.values, inputs=bound, module=work,
+    return TracedModel(gm=gm, example_inputs=flat, inputs=bound, module=work,
                        front_end="export", front_end_reason=reason)
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the graph once and keeps every node's value (ShapeProp keeps only metadata; rules
-    need the integers that shape arithmetic produced).
+    """Runs the graph once and leaves every node's value in ``node.meta[VALUE]`` (ShapeProp keeps
+    only metadata; rules need the integers that shape arithmetic produced).
 
     ``count_flops``: also leave each computing node's FLOPs in ``node.meta["flops"]`` (as
     FlopCounterMode counts them), which the gates' cost model needs: counting in this run
     costs attach less than a second forward would, and costs a plain analysis nothing."""
 
     def __init__(self, gm: fx.GraphModule, count_flops: bool = False):
-        super().__init__(gm, garbage_collect_values=False)
-        self.values: dict[str, Any] = {}
+        super().__init__(gm)
         self.counter = FlopCounterMode(display=False) if count_flops else None
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
@@ -192,7 +222,7 @@ class _Recorder(fx.Interpreter):
             out = super().run_node(n)
         except Exception as exc:
             raise TraceError(f"running node '{n.name}' ({n.format_node()}) on the example inputs failed: {_first_line(exc)}") from exc
-        self.values[n.name] = out
+        n.meta[VALUE] = out
         if self.counter is not None and n.op in ("call_module", "call_function", "call_method"):
             n.meta["flops"] = float(self.counter.get_total_flops() - before)
         return out
@@ -211,14 +241,49 @@ def _on_meta(module: nn.Module) -> bool:
     return any(p.is_meta for p in module.parameters())
 
 
-def _record(gm: fx.GraphModule, bound: BoundInputs, count_flops: bool = False) -> _Recorder:
-    recorder = _Recorder(gm, count_flops)
+def _trace_fx(work: nn.Module, bound: BoundInputs, count_flops: bool) -> tuple[fx.GraphModule, list[OpaqueLeaf]]:
+    """The torch.fx front end on ``work``: trace (opaque leaves where it fails), lower, record."""
+    fixed = {k: v for k, v in bound.fixed.items() if is_flag(v)}
+    gm, opaque = symbolic_trace_with_fallback(work, fixed=fixed)
+    lower_multihead_attention(gm)
+    mark_constant_buffers(gm, work)
+    gm.eval()
+    _record(gm, bound.positional, count_flops)
+    return gm, opaque
+
+
+def _record(gm: fx.GraphModule, positional: Sequence[Any], count_flops: bool = False) -> None:
     with torch.no_grad():
-        recorder.run(*bound.positional)
-    return recorder
+        _Recorder(gm, count_flops).run(*positional)
+
+
+def _keep_output_class(model: nn.Module, work: nn.Module, bound: BoundInputs, gm: fx.GraphModule,
+                       eager_output: Any, count_flops: bool) -> None:
+    """A dict output may be a ``ModelOutput``: rebuilt as such (:func:`_restore_output_class`),
+    which needs the eager output's class, then recorded again."""
+    if not isinstance(next(reversed(gm.graph.nodes)).meta.get(VALUE), dict):
+        return
+    count = len(gm.graph.nodes)
+    _restore_output_class(gm, eager_output if eager_output is not None else _run_eagerly(model, work, bound))
+    if len(gm.graph.nodes) != count:
+        _record(gm, bound.positional, count_flops)
 
 
 FRONT_ENDS = ("auto", "fx", "export")
+
+
+def _bound_inputs(model: nn.Module, example_inputs: Any, front_end: str, dynamic: str) -> BoundInputs:
+    """The arguments of :func:`trace`, checked, and the example inputs bound to forward's parameters."""
+    if front_end not in FRONT_ENDS:
+        raise TraceError(f"front_end must be one of {', '.join(FRONT_ENDS)}, got {front_end!r}")
+    if dynamic not in DYNAMIC:
+        raise TraceError(f"dynamic must be one of {', '.join(DYNAMIC)}, got {dynamic!r}")
+    if not isinstance(model, nn.Module):
+        raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
+    try:
+        return bind_inputs(model.forward, example_inputs)
+    except InputError as exc:
+        raise TraceError(str(exc)) from None
 
 
 def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_flops: bool = False,
@@ -236,16 +301,7 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_
     input dims an export keeps symbolic, ``"batch"`` or ``"tokens"`` (the sequence length of
     integer inputs too; :data:`~gdp_graph.graph.frontend_export.DYNAMIC`).
     """
-    if front_end not in FRONT_ENDS:
-        raise TraceError(f"front_end must be one of {', '.join(FRONT_ENDS)}, got {front_end!r}")
-    if dynamic not in DYNAMIC:
-        raise TraceError(f"dynamic must be one of {', '.join(DYNAMIC)}, got {dynamic!r}")
-    if not isinstance(model, nn.Module):
-        raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
-    try:
-        bound = bind_inputs(model.forward, example_inputs)
-    except InputError as exc:
-        raise TraceError(str(exc)) from None
+    bound = _bound_inputs(model, example_inputs, front_end, dynamic)
     work = private_copy(model)
     # The eager forward only runs where it is needed (a forward costs as much as the rest of
     # the analysis): lazy modules materialize on it, a dict output needs its class, and a
@@ -253,7 +309,6 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_
     eager_output = None
     if any(isinstance(m, nn.modules.lazy.LazyModuleMixin) for m in work.modules()):
         eager_output = _run_eagerly(model, work, bound)
-    fixed = {k: v for k, v in bound.fixed.items() if is_flag(v)}
     if front_end == "export":
         return _trace_exported(model, bound, "requested (front_end='export')", count_flops, dynamic)
     if bound.variadic:
@@ -262,11 +317,7 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_
             raise TraceError(f"{type(model).__name__}: {reason}")
         return _trace_exported(model, bound, reason, count_flops, dynamic)
     try:
-        gm, opaque = symbolic_trace_with_fallback(work, fixed=fixed)
-        lower_multihead_attention(gm)
-        mark_constant_buffers(gm, work)
-        gm.eval()
-        recorder = _record(gm, bound, count_flops)
+        gm, opaque = _trace_fx(work, bound, count_flops)
     except TraceError as exc:
         if not _on_meta(work):  # a meta model cannot run eagerly (``.item()``): nothing to learn
             _run_eagerly(model, work, bound)
@@ -279,10 +330,6 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_
             return _trace_exported(model, bound, reason, count_flops, dynamic)
         except TraceError:
             pass  # keep the fx graph with its opaque leaves, reported as such
-    if isinstance(recorder.values.get(next(reversed(gm.graph.nodes)).name), dict):
-        count = len(gm.graph.nodes)
-        _restore_output_class(gm, eager_output if eager_output is not None else _run_eagerly(model, work, bound))
-        if len(gm.graph.nodes) != count:
-            recorder = _record(gm, bound, count_flops)
-    return TracedModel(gm=gm, example_inputs=bound.positional, values=recorder.values, opaque=opaque, module=work,
+    _keep_output_class(model, work, bound, gm, eager_output, count_flops)
+    return TracedModel(gm=gm, example_inputs=bound.positional, opaque=opaque, module=work,
                        inputs=bound, front_end="fx", front_end_reason="torch.fx symbolic tracing succeeded")

@@ -14,6 +14,7 @@ from gdp_graph.graph.channels import (LABEL_DTYPE, NULL, UNTRACKED, Chan, Track,
                                       map_structure)
 from gdp_graph.graph.elements import ElementStore
 from gdp_graph.graph.groups import Member
+from gdp_graph.graph.meta import VALUE
 
 
 def target_name(node: fx.Node) -> str:
@@ -29,13 +30,12 @@ class RuleContext:
     """Per-node view given to ``OpRule.propagate``."""
 
     def __init__(self, node: fx.Node, module: Optional[nn.Module], store: ElementStore,
-                 values: dict[str, Any], chans: Mapping[fx.Node, Any]):
+                 chans: Mapping[fx.Node, Any]):
         self.node = node
         self.module = module
         self.store = store
-        self._values = values
         self._chans = chans
-        self.out = values.get(node.name)
+        self.out = node.meta.get(VALUE)  #: the node's value on the example inputs
 
     # -- arguments ------------------------------------------------------------------------------
     @property
@@ -55,7 +55,7 @@ class RuleContext:
     def value(self, a: Any) -> Any:
         """The concrete value of an argument on the example inputs."""
         if isinstance(a, fx.Node):
-            return self._values[a.name]
+            return a.meta[VALUE]
         if isinstance(a, (list, tuple)):
             return type(a)(self.value(x) for x in a)
         if isinstance(a, dict):
@@ -75,7 +75,7 @@ class RuleContext:
     def tensor_args(self) -> list[tuple[int, fx.Node]]:
         """(position, node) of every direct positional arg whose value is a tensor."""
         return [(i, a) for i, a in enumerate(self.node.args)
-                if isinstance(a, fx.Node) and isinstance(self._values.get(a.name), torch.Tensor)]
+                if isinstance(a, fx.Node) and isinstance(a.meta.get(VALUE), torch.Tensor)]
 
     def all_input_chans(self) -> list[Chan]:
         from gdp_graph.graph.channels import flatten_chans
@@ -147,7 +147,7 @@ class RuleContext:
         shrink = set(positionwise) - tracked
 
         def run_with(given: dict[str, Track]) -> None:
-            sub = functools.partial(_label_input, self._values, shrink, given)
+            sub = functools.partial(_label_input, shrink, given)
             try:
                 # first as broadcast views: views and permutes keep their stride-0 dims, so
                 # nothing is materialized and infer_tracks reads them off the strides
@@ -231,11 +231,10 @@ class RuleContext:
         return merged
 
 
-def _label_input(values: dict[str, Any], shrink: set[int], given: dict[str, Track], n: fx.Node,
-                 broadcast: bool = True) -> torch.Tensor:
+def _label_input(shrink: set[int], given: dict[str, Track], n: fx.Node, broadcast: bool = True) -> torch.Tensor:
     """The labels standing in for input ``n`` of a :meth:`RuleContext.movement` run: its track in
     ``given`` expanded to its shape (size 1 on the ``shrink`` dims), nulls when it has none."""
-    value = values[n.name]
+    value = n.meta[VALUE]
     shape = [1 if d in shrink else size for d, size in enumerate(value.shape)]
     # labels run as int32 (half the memory traffic of int64); integer inputs (indices) keep
     # their int64, which an index needs
