@@ -43,7 +43,19 @@ class Analysis:
     store: ElementStore
     group_of_element: torch.Tensor  #: element id -> group id (-1: none)
     unit_of_element: torch.Tensor  #: element id -> unit index within its group
-    graph: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
+    _graph: Optional[nx.MultiDiGraph] = field(default=None, repr=False, compare=False)
+
+    @property
+    def graph(self) -> nx.MultiDiGraph:
+        """Groups, blocks and layers as one networkx graph (:func:`_dependency_graph`), built on
+        first use: only the reports read it, and on a 30-layer decoder it cost a tenth of the analysis."""
+        if self._graph is None:
+            self._graph = _dependency_graph(self.traced, self.groups, self.blocks)
+        return self._graph
+
+    @graph.setter
+    def graph(self, graph: nx.MultiDiGraph) -> None:
+        self._graph = graph
 
     @property
     def opaque(self) -> list[OpaqueLeaf]:
@@ -244,8 +256,7 @@ def analyze_traced(traced: TracedModel) -> Analysis:
     roots = store.roots()
     groups, group_of, unit_of = _form_groups(traced, store, roots)
     blocks = find_blocks(traced, groups)
-    graph = _dependency_graph(traced, groups, blocks)
-    return Analysis(traced, groups, blocks, store, group_of, unit_of, graph)
+    return Analysis(traced, groups, blocks, store, group_of, unit_of)
 
 
 def _form_groups(traced: TracedModel, store: ElementStore, roots: torch.Tensor):
@@ -282,43 +293,77 @@ def _form_groups(traced: TracedModel, store: ElementStore, roots: torch.Tensor):
     return groups, group_of, unit_of
 
 
+def _groups_of_each(labels: list[torch.Tensor], group_of: torch.Tensor) -> list[list[int]]:
+    """The distinct group ids (ascending) of each labels tensor's non-null elements, found with
+    one ``unique`` over all of them (one per tensor was most of the analysis's group stage)."""
+    if not labels:
+        return []
+    flat = torch.cat([t.reshape(-1) for t in labels])
+    owner = torch.repeat_interleave(torch.arange(len(labels)), torch.tensor([t.numel() for t in labels]))
+    present = flat != 0
+    gids = group_of[flat[present]]
+    stride = int(group_of.max()) + 2 if group_of.numel() else 1
+    pairs = torch.unique(owner[present] * stride + gids + 1)
+    found: list[list[int]] = [[] for _ in labels]
+    for o, g in zip((pairs // stride).tolist(), (pairs % stride - 1).tolist()):
+        found[o].append(g)
+    return found
+
+
+def _add_reasons(groups: list[ChannelGroup], facts: list[tuple[torch.Tensor, str]], group_of: torch.Tensor,
+                 field_name: str) -> None:
+    for (_, reason), gids in zip(facts, _groups_of_each([t for t, _ in facts], group_of)):
+        for gid in gids:
+            reasons = getattr(groups[gid], field_name)
+            if reason not in reasons:
+                reasons.append(reason)
+
+
+def _freeze_units(groups: list[ChannelGroup], store: ElementStore, group_of: torch.Tensor,
+                  unit_of: torch.Tensor) -> None:
+    """Every unit holding a frozen element is frozen, in one scatter over all groups' units."""
+    if not store.frozen or not groups:
+        return
+    flat = torch.cat([t for t, _ in store.frozen])
+    offsets = torch.tensor([0] + [g.size for g in groups]).cumsum(0)
+    mask = torch.zeros(int(offsets[-1]), dtype=torch.bool)
+    mask[offsets[group_of[flat]] + unit_of[flat]] = True
+    for g, start in zip(groups, offsets.tolist()):
+        g.frozen_units |= mask[start:start + g.size]
+
+
 def _attach_facts(traced, store, groups, group_of, unit_of) -> None:
     modules = dict(traced.gm.named_modules())
     if traced.module is not None:  # the model's own classes (torch.export keeps plain Modules)
         modules.update({k: v for k, v in traced.module.named_modules() if k})
     nodes = {nd.name: nd for nd in traced.gm.graph.nodes}
-    for labels, reason in store.frozen:
-        for gid in torch.unique(group_of[labels]).tolist():
-            g = groups[gid]
-            g.frozen_units[unit_of[labels][group_of[labels] == gid]] = True
-            if reason not in g.frozen_reasons:
-                g.frozen_reasons.append(reason)
-    for labels, reason in store.inexact:
-        for gid in torch.unique(group_of[labels]).tolist():
-            if reason not in groups[gid].inexact_reasons:
-                groups[gid].inexact_reasons.append(reason)
-    for labels, kind in store.tags:
-        for gid in torch.unique(group_of[labels]).tolist():
+    _freeze_units(groups, store, group_of, unit_of)
+    _add_reasons(groups, store.frozen, group_of, "frozen_reasons")
+    _add_reasons(groups, store.inexact, group_of, "inexact_reasons")
+    for (_, kind), gids in zip(store.tags, _groups_of_each([t for t, _ in store.tags], group_of)):
+        for gid in gids:
             if kind.startswith("unit:"):
                 groups[gid].unit = kind[5:]
             else:
                 groups[gid].couplings.add(kind)
-    for labels, member in store.members:
-        present = labels[labels != 0]
-        for gid in torch.unique(group_of[present]).tolist():
+    seen: set[tuple[int, Member]] = set()
+    for (_, member), gids in zip(store.members, _groups_of_each([t for t, _ in store.members], group_of)):
+        qualname = _module_of(nodes.get(member.node), member)
+        for gid in gids:
             g = groups[gid]
-            if member not in g.members:
+            if (gid, member) not in seen:
+                seen.add((gid, member))
                 g.members.append(member)
-            node = nodes.get(member.node)
-            qualname = _module_of(node, member)
             if qualname is not None and qualname not in g.modules:
                 g.modules.append(qualname)
                 mod = modules.get(qualname)
                 g.module_types.append(type(mod).__name__ if mod is not None else "Parameter")
-    for site in store.sites:
-        for gid in torch.unique(group_of[site.labels]).tolist():
-            if gid < 0:
-                continue
+    _attach_sites(store, groups, group_of, unit_of)
+
+
+def _attach_sites(store, groups, group_of, unit_of) -> None:
+    for site, gids in zip(store.sites, _groups_of_each([s.labels for s in store.sites], group_of)):
+        for gid in gids:
             mine = (group_of[site.labels] == gid) & (site.labels != 0)
             unit_index = torch.where(mine, unit_of[site.labels], torch.full_like(site.labels, -1))
             groups[gid].gate_sites.append(GateSite(site.node, site.arg, site.dim, site.ndim, unit_index))

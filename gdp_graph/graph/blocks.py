@@ -241,14 +241,34 @@ def _bias_everywhere(bias: Optional[torch.Tensor], shape: torch.Size, spatial: i
     return bias.detach().to(x.dtype).reshape(-1, *[1] * spatial).expand(shape).contiguous()
 
 
-def _upstream_missing(graph: fx.Graph, node: fx.Node, env: dict[fx.Node, Any]) -> list[fx.Node]:
-    """The nodes ``node`` needs that ``env`` has no value for (``node`` included), in graph order:
-    running only these, not the whole graph, is what a branch constant costs."""
-    need = {node}
-    for n in reversed(graph.nodes):
-        if n in need:
-            need.update(a for a in n.all_input_nodes if a not in env)
-    return [n for n in graph.nodes if n in need]
+class _Recorded(dict):
+    """A branch run's environment: a node not run again reads its recorded value
+    (``node.meta[VALUE]``) on first use, instead of every node's being copied in per block."""
+
+    def __init__(self, rerun: set[str]):
+        super().__init__()
+        self.rerun = rerun
+
+    def __contains__(self, n: object) -> bool:
+        return dict.__contains__(self, n) or (isinstance(n, fx.Node) and n.name not in self.rerun
+                                              and n.op not in ("get_attr", "output") and VALUE in n.meta)
+
+    def __missing__(self, n: fx.Node) -> Any:
+        if n not in self:
+            raise KeyError(n)
+        return n.meta[VALUE]
+
+
+def _upstream_missing(node: fx.Node, env: _Recorded) -> list[fx.Node]:
+    """The nodes ``node`` needs that ``env`` has no value for (``node`` included), in graph
+    order: a branch constant runs only these, not the whole graph."""
+    need, todo = {node}, [node]
+    while todo:
+        for a in todo.pop().all_input_nodes:
+            if a not in need and a not in env:
+                need.add(a)
+                todo.append(a)
+    return [n for n in node.graph.nodes if n in need]
 
 
 def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.Module] = None) -> Optional[torch.Tensor]:
@@ -259,28 +279,24 @@ def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.M
     ``root``: a module with the traced graph's structure whose layers and attributes to use
     (e.g. trained weights); defaults to the traced module."""
     gm = traced.gm
-    members = set(block.nodes)
     # every node outside the branch keeps its recorded value; the branch runs again (on the
     # weights of ``root``), with the inputs of its gated layers zeroed
-    recorded = {n: n.meta[VALUE] for n in gm.graph.nodes
-                if n.name not in members and n.op not in ("get_attr", "output") and VALUE in n.meta}
+    rerun = set(block.nodes)
     if root is None:
         # on the traced weights, branch nodes upstream of the zeroed layers keep their values
         # too: only the gated layers and what follows them run again
         rerun = {s.node for s in block.gate_sites}
-        for n in gm.graph.nodes:
-            if n.name in members and (n.name in rerun or any(a.name in rerun for a in n.all_input_nodes)):
+        for n in map(traced.node, block.nodes):
+            if n.name in rerun or any(a.name in rerun for a in n.all_input_nodes):
                 rerun.add(n.name)
-        recorded.update({n: n.meta[VALUE] for n in gm.graph.nodes
-                         if n.name in members and n.name not in rerun and n.op != "get_attr" and VALUE in n.meta})
     runner = _ZeroedInputs(root if root is not None else gm, gm.graph,
                            {(s.node, s.arg) for s in block.gate_sites})
     branch = traced.node(block.nodes[-1])
-    runner.env = recorded
+    runner.env = env = _Recorded(rerun)
     with torch.no_grad():
-        for n in _upstream_missing(gm.graph, branch, recorded):
-            recorded[n] = runner.run_node(n)
-    value = recorded[branch]
+        for n in _upstream_missing(branch, env):
+            env[n] = runner.run_node(n)
+    value = env[branch]
     chan = branch.meta.get("channels")
     keep = chan.dims() if isinstance(chan, Chan) else set()
     reduce_dims = [d for d in range(value.dim()) if d not in keep]

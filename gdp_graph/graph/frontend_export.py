@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 import torch.fx as fx
+from torch.fx._lazy_graph_module import _LazyGraphModule, _use_lazy_graph_module
 import torch.utils._pytree as pytree
 from torch import nn
 from torch.fx._pytree import tree_flatten_spec
@@ -47,7 +48,9 @@ def export_graph(work: nn.Module, bound: BoundInputs, dynamic: str = "batch") ->
     Returns a GraphModule that takes the flattened inputs positionally (one per placeholder) and
     returns the model's own output structure, and those flattened inputs.
     """
-    with _quiet_torch_logs():
+    # graph modules that generate their code when first called: the export rebuilds its graph
+    # module several times, and generating the code each time was a fifth of a decoder's export
+    with _quiet_torch_logs(), _use_lazy_graph_module(True):
         try:  # the batch size symbolic where the model allows, so the graph is not tied to it
             exported = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False,
                                            dynamic_shapes=_dynamic_dims(work, bound, dynamic)).module()
@@ -65,7 +68,7 @@ def export_graph(work: nn.Module, bound: BoundInputs, dynamic: str = "batch") ->
         positional_spec = pytree.tree_structure((flat, {}))
         graph._codegen.pytree_info = info._replace(in_spec=positional_spec)
         _drop_guard_calls(graph)
-    gm = fx.GraphModule(exported, graph, type(work).__name__)
+    gm = _LazyGraphModule(exported, graph, type(work).__name__)
     for spec in ("_in_spec", "_out_spec"):
         if hasattr(exported, spec):
             setattr(gm, spec, getattr(exported, spec))
