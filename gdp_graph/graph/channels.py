@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 
 NULL = 0
 #: dtype of the full-shape label tensors data-movement ops run on (element ids stay far below 2**31)
@@ -136,12 +137,5 @@ def map_structure(fn, value: Any) -> Any:
 
 
 def flatten_chans(chan: Any) -> Iterable[Chan]:
-    """Every :class:`Chan` in a nested channel structure."""
-    if isinstance(chan, Chan):
-        yield chan
-    elif isinstance(chan, (tuple, list)):
-        for c in chan:
-            yield from flatten_chans(c)
-    elif isinstance(chan, dict):
-        for c in chan.values():
-            yield from flatten_chans(c)
+    """Every :class:`Chan` in a nested channel structure (tuples, lists, dicts)."""
+    return [c for c in pytree.tree_leaves(chan) if isinstance(c, Chan)]

@@ -56,13 +56,7 @@ class RuleContext:
         """The concrete value of an argument on the example inputs."""
         if isinstance(a, fx.Node):
             return a.meta[VALUE]
-        if isinstance(a, (list, tuple)):
-            return type(a)(self.value(x) for x in a)
-        if isinstance(a, dict):
-            return {k: self.value(v) for k, v in a.items()}
-        if isinstance(a, slice):  # x[..., : x.shape[-1] // 2]: bounds computed from shapes
-            return slice(self.value(a.start), self.value(a.stop), self.value(a.step))
-        return a
+        return pytree.tree_map(_concrete, a) if isinstance(a, (list, tuple, dict, slice)) else a
 
     def chan(self, a: Any) -> Any:
         """The channel description of an argument (a :class:`Chan`, or nested for tuples)."""
@@ -229,6 +223,16 @@ class RuleContext:
                 self.store.require_uniform(t.labels, t.dims.index(d), f"an untracked operand at {self.where}")
         merged = merge_tracks(aligned, self.store, kind)
         return merged
+
+
+def _concrete(a: Any) -> Any:
+    """The value of one leaf of an argument structure (a slice is a leaf: x[..., : x.shape[-1] // 2]
+    has bounds computed from shapes)."""
+    if isinstance(a, fx.Node):
+        return a.meta[VALUE]
+    if isinstance(a, slice):
+        return slice(_concrete(a.start), _concrete(a.stop), _concrete(a.step))
+    return a
 
 
 def _label_input(shrink: set[int], given: dict[str, Track], n: fx.Node, broadcast: bool = True) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch import nn
 
 from gdp_graph.graph.channels import Chan, Track
@@ -20,31 +21,20 @@ from gdp_graph.graph.rules.registry import OpRule, Resize, register_class_rule, 
 
 
 def _substitute(value: Any, sub, ctx) -> Any:
-    if isinstance(value, fx.Node):
-        concrete = ctx.value(value)
-        return sub(value) if isinstance(concrete, torch.Tensor) else concrete
-    if isinstance(value, (list, tuple)):
-        return type(value)(_substitute(v, sub, ctx) for v in value)
-    if isinstance(value, dict):
-        return {k: _substitute(v, sub, ctx) for k, v in value.items()}
-    if isinstance(value, slice):
-        return ctx.value(value)
-    return value
+    """``value`` (node arguments) with each tensor node replaced by ``sub(node)`` and every other
+    node or slice by its value."""
+    def leaf(a: Any) -> Any:
+        if isinstance(a, fx.Node):
+            concrete = ctx.value(a)
+            return sub(a) if isinstance(concrete, torch.Tensor) else concrete
+        return ctx.value(a) if isinstance(a, slice) else a
+
+    return pytree.tree_map(leaf, value)
 
 
 def _tensor_inputs(ctx) -> list[fx.Node]:
-    found: list[fx.Node] = []
-
-    def visit(a):
-        if isinstance(a, fx.Node) and isinstance(ctx.value(a), torch.Tensor):
-            found.append(a)
-        elif isinstance(a, (list, tuple)):
-            for x in a:
-                visit(x)
-
-    visit(ctx.node.args)
-    visit(tuple(ctx.node.kwargs.values()))
-    return found
+    leaves = pytree.tree_leaves((ctx.node.args, tuple(ctx.node.kwargs.values())))
+    return [a for a in leaves if isinstance(a, fx.Node) and isinstance(ctx.value(a), torch.Tensor)]
 
 
 def _run_on_labels(ctx, kind=None, overrides=None, positionwise=(), side_by_side=None):
