@@ -3,11 +3,13 @@
     python benchmarks/cifar_methods.py run --protocol cpu-short --data ../shared/data/cifar10/cifar-10-python.tar.gz \
         [--methods gdp polarization l1 magnitude tp_group_l1 tp_bn_scale] [--targets 0.5 0.35] [--seeds 0 1 2] [--quick]
     python benchmarks/cifar_methods.py table [--results benchmarks/results/cifar_methods.json]
+    python benchmarks/cifar_methods.py plan|tune|final ...; table --fair   # the fair campaign: cifar_fair.py
 
 Protocol (CPU): ResNet-20; the first 10,000 CIFAR-10 training images train (images 10,000 to
 11,999 are a held-out split, reported as ``acc_val``; nothing here is selected on the test
-set); the full 10,000-image test set. One pretrained checkpoint shared by every run (trained
-once by ``pretrain`` and cached under ``runs/``, not committed). After pretraining every method
+set; with ``heldout2_subset``, images 12,000-13,999 are a second one, ``acc_heldout2``: see
+cifar_protocol.py); the full 10,000-image test set. One pretrained checkpoint shared by every
+run (trained once by ``pretrain`` and cached under ``runs/``, not committed). After pretraining every method
 gets the same ``--sparse-epochs + --finetune-epochs`` epochs with the same SGD (momentum 0.9,
 Nesterov, weight decay 5e-4, batch 128, augmentation), a cosine schedule from ``--lr`` over the
 first part and from ``--finetune-lr`` over the second:
@@ -52,8 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -61,35 +62,25 @@ from typing import Any
 import torch
 
 try:
-    from benchmarks import records
+    from benchmarks import cifar_protocol, records
+    from benchmarks.cifar_protocol import COMPETITORS, METHODS, ONE_SHOT, PROTOCOLS, SCORE_BATCHES, TORCH_PRUNING
+    from benchmarks.cifar_tables import BENCHMARK, all_runs, table, verdicts
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    import cifar_protocol
     import records
+    from cifar_protocol import COMPETITORS, METHODS, ONE_SHOT, PROTOCOLS, SCORE_BATCHES, TORCH_PRUNING
+    from cifar_tables import BENCHMARK, all_runs, table, verdicts
 
-BENCHMARK = "cifar_methods"
+__all__ = ["BENCHMARK", "COMPETITORS", "METHODS", "ONE_SHOT", "PROTOCOLS", "SCORE_BATCHES", "all_runs", "bisect_lambda",
+           "constant_lambda", "controller_steps", "main", "pretrain", "run_one", "table", "verdicts"]
+
 DEFAULT_RESULTS = Path(__file__).with_name("results") / "cifar_methods.json"
 DEFAULT_CHECKPOINT = Path("runs/pretrained_r20_10k_e15.pt")
-METHODS = ("gdp", "polarization", "polarization_bisect", "l1", "magnitude", "activation", "taylor", "tp_group_l1",
-           "tp_bn_scale", "unpruned")
-#: the one-shot methods scored by gdp_graph.importance
-ONE_SHOT = ("magnitude", "activation", "taylor")
-#: batches of the training split that activation and taylor score on
-SCORE_BATCHES = 16
-#: methods that prune; ``unpruned`` is the reference every row is read against
-COMPETITORS = METHODS[:-1]
 
 
-def _loaders(data_path: str, train: int, val: int, seed: int):
-    from gdp_graph.recipes.cifar10.data.cifar10 import cifar10_loaders, load_cifar10
-    from gdp_graph.recipes.cifar10.data.dataset import Cifar10Data
-
-    full = load_cifar10(data_path, train_subset=train + val, test_subset=None)
-    train_data = Cifar10Data(full.train_images[:train], full.train_labels[:train], full.test_images,
-                             full.test_labels, full.source)
-    val_data = Cifar10Data(full.train_images[train:], full.train_labels[train:], full.train_images[train:],
-                           full.train_labels[train:], full.source)
-    train_loader, test_loader = cifar10_loaders(train_data, batch_size=128, seed=seed)
-    _, val_loader = cifar10_loaders(val_data, batch_size=128, seed=seed)
-    return train_loader, val_loader, test_loader
+def _loaders(args, seed: int) -> cifar_protocol.Loaders:
+    return cifar_protocol.loaders(args.data, args.train_subset, args.val_subset, seed,
+                                  getattr(args, "heldout2_subset", 0))
 
 
 def _epochs(net, loader, n: int, lr: float, *, optimizer=None, extra_loss=None, on_step=None, on_epoch=None) -> None:
@@ -186,10 +177,11 @@ def _probe(args, target: float, lam: float) -> float:
     from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
 
     torch.manual_seed(0)
-    train, _, _ = _loaders(args.data, args.train_subset, args.val_subset, 0)
+    train = _loaders(args, 0).train
     model = cifar_resnet(20)
     model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
-    gated = attach(model, policy=constant_lambda(_policy("polarization", target), lam),
+    policy = _policy("polarization", target, tuple(getattr(args, "policy_set", ())))
+    gated = attach(model, policy=constant_lambda(policy, lam),
                    example_inputs=torch.randn(2, 3, 32, 32), total_steps=args.sparse_epochs * len(train),
                    steps_per_epoch=len(train), gate_lr=args.gate_lr)
     _train_until_fixed(gated, train, args)
@@ -206,90 +198,110 @@ def controller_steps(gated) -> list[list[float]]:
             for h in gated.controller.history]
 
 
-def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
+def _overrides(args, method: str) -> tuple[str, ...]:
+    """The policy overrides of this run: ``policy_set`` (a tuning setting's, any gate method)
+    and ``--gdp-set`` (gdp only)."""
+    return tuple(getattr(args, "policy_set", ())) + (tuple(args.gdp_set) if method == "gdp" else ())
+
+
+def _prune_once(args, method: str, model, x1, target: float, train, seed: int, record: dict[str, Any]):
+    """The model that a method without a sparse phase trains on: the checkpoint itself
+    (``unpruned``), or its one-shot cut to ``target`` (our importance or Torch-Pruning's).
+    ``args.normalize`` (default true): our one-shot scores are divided by their group's mean
+    before the global ranking; ``args.tp_normalizer`` (default ``mean``): Torch-Pruning's."""
     import gdp_graph as G
-    from gdp_graph.gates.attach import attach
-    from gdp_graph.gates.finalize import finalize
     import torch.nn.functional as F
 
-    from gdp_graph.graph.cost import model_cost
     from gdp_graph.policy import resolve
-    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+
+    if method == "unpruned":
+        return model
+    if method in TORCH_PRUNING:
+        try:
+            from benchmarks import tp_baseline
+        except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+            import tp_baseline
+        record["torch_pruning"] = tp_baseline.torch_pruning_version()  # a clear ImportError without the extra
+        return tp_baseline.prune_with_torch_pruning(model, x1, target, method.removeprefix("tp_"),
+                                                    normalizer=getattr(args, "tp_normalizer", "mean"))
+    from gdp_graph.importance import one_shot_plan, score_units
+
+    analysis = G.analyze(model, x1)
+    resolution = resolve(_policy("gdp", target, _overrides(args, method)), analysis.groups, analysis.blocks)
+    train.set_epoch(seed)
+    scores = score_units(analysis, method, train, lambda out, batch: F.cross_entropy(out, batch[1]),
+                         max_batches=SCORE_BATCHES)
+    plan, _ = one_shot_plan(analysis, scores, resolution, target, normalize=getattr(args, "normalize", True))
+    return G.rewrite(analysis, plan)
+
+
+def _prune_gated(args, method: str, model, target: float, train, test, seed: int, record: dict[str, Any]):
+    """The sparse phase of a gate method (gdp, polarization, its bisected lambda, l1), the cut
+    and the finalized, physically smaller model; the per-epoch trajectory goes into ``record``."""
+    from gdp_graph.gates.attach import attach
+    from gdp_graph.gates.finalize import finalize
     from gdp_graph.recipes.cifar10.gdp_phase import GateOptimizer
     from gdp_graph.recipes.cifar10.training import evaluate
 
+    policy = _policy(method.removesuffix("_bisect"), target, _overrides(args, method))
+    if method == "polarization_bisect":
+        search = args.bisections.get(target) or bisect_lambda(args, target)
+        args.bisections[target] = search
+        record["lambda_search"] = search
+        policy = constant_lambda(policy, search["lambda"])
+    gated = attach(model, policy=policy, example_inputs=torch.randn(2, 3, 32, 32),
+                   total_steps=args.sparse_epochs * len(train), steps_per_epoch=len(train), gate_lr=args.gate_lr)
+
+    def log(e: int, st: dict) -> None:
+        g = gated.report()
+        record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"], **{
+            k: g[k] for k in ("lambda", "epsilon", "hard_fraction", "soft_fraction", "zero", "middle", "fixed")}})
+        print(f"  {method} t={target} s={seed} epoch {e + 1}: acc {st['accuracy']:.3f} lambda {g['lambda']:.3g} "
+              f"kept {g['hard_fraction']:.3f} soft {g['soft_fraction']:.3f} zero {g['zero']:.2f}", flush=True)
+
+    _epochs(gated, train, args.sparse_epochs, args.lr, optimizer=GateOptimizer(gated, args.lr, args.gate_lr),
+            extra_loss=gated.penalty, on_step=lambda s: gated.step(), on_epoch=log)
+    record["acc_gated"] = evaluate(gated, test, device="cpu")["accuracy"]
+    record["fix"] = gated.fix_report
+    record["steps"] = controller_steps(gated)
+    pruned, report = finalize(gated)
+    record["acc_finalized"] = evaluate(pruned, test, device="cpu")["accuracy"]
+    record["finalize_max_rel_diff"] = report.check.max_rel_diff
+    return pruned
+
+
+def run_one(args, method: str, target: float, seed: int) -> dict[str, Any]:
+    """One run of ``method`` at ``target`` with ``seed`` from the checkpoint: its cut (one shot
+    or after the sparse phase), the shared epochs, and the accuracies on the test set
+    (``acc_finetuned``), the held-out split (``acc_val``) and, with ``args.heldout2_subset``,
+    the second held-out split (``acc_heldout2``)."""
+    from gdp_graph.graph.cost import model_cost
+    from gdp_graph.recipes.cifar10.models.cifar_resnet import cifar_resnet
+    from gdp_graph.recipes.cifar10.training import evaluate
+
     torch.manual_seed(seed)
-    train, val, test = _loaders(args.data, args.train_subset, args.val_subset, seed)
+    data = _loaders(args, seed)
     model = cifar_resnet(20)
     model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
     x1 = torch.randn(1, 3, 32, 32)
     before = model_cost(model, (x1,))
     record: dict[str, Any] = {"method": method, "target": target, "seed": seed, "trajectory": []}
     started = time.perf_counter()
-    gate_method = method.removesuffix("_bisect")
-    policy = None if method == "unpruned" else _policy(
-        gate_method if gate_method in ("gdp", "polarization", "l1") else "gdp", target,
-        tuple(args.gdp_set) if method == "gdp" else ())
-    if method == "polarization_bisect":
-        search = args.bisections.get(target) or bisect_lambda(args, target)
-        args.bisections[target] = search
-        record["lambda_search"] = search
-        policy = constant_lambda(policy, search["lambda"])
-    if method == "unpruned":
-        net = model
-        record["acc_gated"] = record["acc_finalized"] = evaluate(net, test, device="cpu")["accuracy"]
-        _epochs(net, train, args.sparse_epochs, args.lr,
-                on_epoch=lambda e, st: record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"]}))
-    elif method in ("tp_group_l1", "tp_bn_scale"):  # one shot, like ONE_SHOT
-        try:
-            from benchmarks import tp_baseline
-        except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
-            import tp_baseline
-        record["torch_pruning"] = tp_baseline.torch_pruning_version()  # a clear ImportError without the extra
-        net = tp_baseline.prune_with_torch_pruning(model, x1, target, method.removeprefix("tp_"))
-        record["acc_gated"] = record["acc_finalized"] = evaluate(net, test, device="cpu")["accuracy"]
-        _epochs(net, train, args.sparse_epochs, args.lr,
-                on_epoch=lambda e, st: record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"]}))
-    elif method in ONE_SHOT:
-        from gdp_graph.importance import one_shot_plan, score_units
-
-        analysis = G.analyze(model, x1)
-        resolution = resolve(policy, analysis.groups, analysis.blocks)
-        train.set_epoch(seed)
-        scores = score_units(analysis, method, train, lambda out, batch: F.cross_entropy(out, batch[1]),
-                             max_batches=SCORE_BATCHES)
-        plan, _ = one_shot_plan(analysis, scores, resolution, target)
-        pruned = G.rewrite(analysis, plan)
-        record["acc_gated"] = record["acc_finalized"] = evaluate(pruned, test, device="cpu")["accuracy"]
-        net = pruned
-        _epochs(net, train, args.sparse_epochs, args.lr,
+    if method == "unpruned" or method in ONE_SHOT or method in TORCH_PRUNING:
+        net = _prune_once(args, method, model, x1, target, data.train, seed, record)
+        record["acc_gated"] = record["acc_finalized"] = evaluate(net, data.test, device="cpu")["accuracy"]
+        _epochs(net, data.train, args.sparse_epochs, args.lr,
                 on_epoch=lambda e, st: record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"]}))
     else:
-        gated = attach(model, policy=policy, example_inputs=torch.randn(2, 3, 32, 32),
-                       total_steps=args.sparse_epochs * len(train), steps_per_epoch=len(train), gate_lr=args.gate_lr)
-
-        def log(e: int, st: dict) -> None:
-            g = gated.report()
-            record["trajectory"].append({"epoch": e + 1, "train_acc": st["accuracy"], **{
-                k: g[k] for k in ("lambda", "epsilon", "hard_fraction", "soft_fraction", "zero", "middle", "fixed")}})
-            print(f"  {method} t={target} s={seed} epoch {e + 1}: acc {st['accuracy']:.3f} lambda {g['lambda']:.3g} "
-                  f"kept {g['hard_fraction']:.3f} soft {g['soft_fraction']:.3f} zero {g['zero']:.2f}", flush=True)
-
-        _epochs(gated, train, args.sparse_epochs, args.lr, optimizer=GateOptimizer(gated, args.lr, args.gate_lr),
-                extra_loss=gated.penalty, on_step=lambda s: gated.step(), on_epoch=log)
-        record["acc_gated"] = evaluate(gated, test, device="cpu")["accuracy"]
-        record["fix"] = gated.fix_report
-        record["steps"] = controller_steps(gated)
-        pruned, report = finalize(gated)
-        record["acc_finalized"] = evaluate(pruned, test, device="cpu")["accuracy"]
-        record["finalize_max_rel_diff"] = report.check.max_rel_diff
-        net = pruned
-    _epochs(net, train, args.finetune_epochs, args.finetune_lr)
+        net = _prune_gated(args, method, model, target, data.train, data.test, seed, record)
+    _epochs(net, data.train, args.finetune_epochs, args.finetune_lr)
     after = model_cost(net, (x1,))
-    record.update(acc_finetuned=evaluate(net, test, device="cpu")["accuracy"],
-                  acc_val=evaluate(net, val, device="cpu")["accuracy"],
+    record.update(acc_finetuned=evaluate(net, data.test, device="cpu")["accuracy"],
+                  acc_val=evaluate(net, data.val, device="cpu")["accuracy"],
                   flops_kept=after.flops / before.flops, params_kept=after.params / before.params,
                   seconds=time.perf_counter() - started)
+    if data.heldout2 is not None:
+        record["acc_heldout2"] = evaluate(net, data.heldout2, device="cpu")["accuracy"]
     return record
 
 
@@ -298,7 +310,8 @@ def pretrain(args) -> None:
     from gdp_graph.recipes.cifar10.training import evaluate
 
     torch.manual_seed(0)
-    train, _, test = _loaders(args.data, args.train_subset, args.val_subset, 0)
+    data = _loaders(args, 0)
+    train, test = data.train, data.test
     model = cifar_resnet(20)
     _epochs(model, train, args.pretrain_epochs, 0.1)
     Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
@@ -334,70 +347,6 @@ def cmd_run(args) -> None:
                                                        checkpoints=[args.checkpoint], note=args.note))
 
 
-def all_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every run of a results file: those written before benchmarks/records.py (``runs``) and
-    the results of this benchmark's records."""
-    return list(results.get("runs", [])) + [r["result"] for r in results.get("records", [])
-                                            if r.get("benchmark") == BENCHMARK]
-
-
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
-def table(results: dict[str, Any], include_quick: bool = False) -> str:
-    """The markdown table: one row per (target, method), mean ± std over seeds."""
-    runs = [r for r in all_runs(results) if include_quick or not r.get("quick")]
-    lines = ["| target | method | seeds | acc after cut | acc fine-tuned | FLOPs kept | params kept | acc held-out |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    keys = sorted({(r["target"], r["method"]) for r in runs}, key=lambda k: (-k[0], METHODS.index(k[1])))
-    for target, method in keys:
-        rs = [r for r in runs if r["target"] == target and r["method"] == method]
-        lines.append(f"| {target:g} | {method} | {len(rs)} | {_mean_std([r['acc_finalized'] for r in rs])} | "
-                     f"{_mean_std([r['acc_finetuned'] for r in rs])} | {_mean_std([r['flops_kept'] for r in rs])} | "
-                     f"{_mean_std([r['params_kept'] for r in rs])} | {_mean_std([r['acc_val'] for r in rs])} |")
-    lines += ["", *verdicts(runs)]
-    return "\n".join(lines)
-
-
-def verdicts(runs: list[dict[str, Any]]) -> list[str]:
-    """Per target: GDP's mean fine-tuned accuracy against the best other method's, called real
-    only when the gap exceeds twice the larger of the two standard deviations (the protocol's
-    rule); also whether every run landed within 0.01 of the target."""
-    out = []
-    for target in sorted({r["target"] for r in runs}, reverse=True):
-        at = [r for r in runs if r["target"] == target]
-        means = {m: statistics.mean(r["acc_finetuned"] for r in at if r["method"] == m)
-                 for m in METHODS if any(r["method"] == m for r in at)}
-        stds = {m: statistics.stdev([r["acc_finetuned"] for r in at if r["method"] == m])
-                if sum(r["method"] == m for r in at) > 1 else float("nan") for m in means}
-        landed = all(abs(r["flops_kept"] - target) <= 0.01 + 1e-9 for r in at)
-        others = [m for m in means if m != "gdp" and m in COMPETITORS]
-        if "gdp" not in means or not others:
-            continue
-        best = max(others, key=means.get)
-        gap = means["gdp"] - means[best]
-        bound = 2 * max(stds["gdp"], stds[best])
-        if math.isnan(bound):
-            call = "no call (a single seed)"
-        else:
-            call = "not real (within twice the spread)" if abs(gap) <= bound else ("GDP wins" if gap > 0 else f"{best} wins")
-        out.append(f"- target {target:g}: gdp {means['gdp']:.4f} vs best other ({best}) {means[best]:.4f}: "
-                   f"{100 * gap:+.2f} points, twice the spread {100 * bound:.2f}: {call}; "
-                   f"every run within 0.01 of the target: {'yes' if landed else 'no'}")
-    return out
-
-
-#: named settings; ``cpu-short`` is the protocol of the table in docs/benchmarks.md (the script's
-#: own defaults are a longer schedule)
-PROTOCOLS = {"cpu-short": {"pretrain_epochs": 15, "sparse_epochs": 3, "finetune_epochs": 1, "lr": 0.02,
-                           "finetune_lr": 0.01, "train_subset": 10000, "val_subset": 2000}}
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -423,9 +372,13 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--protocol", choices=sorted(PROTOCOLS),
                    help="named settings (cpu-short: the documented table's); flags given next to it win")
     records.add_record_flags(r)
+    _fair().add_commands(sub)
     t = sub.add_parser("table")
-    t.add_argument("--results", default=str(DEFAULT_RESULTS))
+    t.add_argument("--results", default=None, help=f"default: {DEFAULT_RESULTS}")
     t.add_argument("--include-quick", action="store_true")
+    t.add_argument("--fair", action="store_true", help="the fair campaign's table (tune and final)")
+    t.add_argument("--stage", choices=("tune", "final"), default="final", help="with --fair: which stage")
+    t.add_argument("--commit", default=None, help="with --fair: the records of this commit (default: the latest's)")
     args = p.parse_args(argv)
     if args.command == "run" and args.protocol:
         r.set_defaults(**PROTOCOLS[args.protocol])
@@ -435,8 +388,28 @@ def main(argv: list[str] | None = None) -> None:
         args.gate_lr = DEFAULT_GATE_LR if args.gate_lr is None else args.gate_lr
         args.bisections = {}  # target -> polarization's lambda search, shared by the seeds
         cmd_run(args)
+    elif args.command == "table":
+        results = Path(args.results or DEFAULT_RESULTS)
+        if not args.fair:
+            print(table(_load(results), args.include_quick))
+            return
+        fair = _fair()
+        try:
+            print(fair.fair_tables(results, args.stage, args.commit, args.include_quick))
+        except fair.FairError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
     else:
-        print(table(_load(Path(args.results)), args.include_quick))
+        _fair().dispatch(args)
+
+
+def _fair():
+    """benchmarks/cifar_fair.py (imported late: it imports this module)."""
+    try:
+        from benchmarks import cifar_fair
+    except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+        import cifar_fair
+    return cifar_fair
 
 
 if __name__ == "__main__":

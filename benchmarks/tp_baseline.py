@@ -42,11 +42,13 @@ from torch import Tensor, nn
 
 from gdp_graph.graph.cost import count_flops
 
-__all__ = ["IMPORTANCES", "ITERATIVE_STEPS", "make_pruner", "prune_with_torch_pruning", "torch_pruning_version"]
+__all__ = ["IMPORTANCES", "ITERATIVE_STEPS", "NORMALIZERS", "make_pruner", "prune_with_torch_pruning", "torch_pruning_version"]
 
 IMPORTANCES = ("group_l1", "bn_scale")
 ITERATIVE_STEPS = 400  # reproduce/main.py --iterative-steps
 BN_REG = 1e-5  # reproduce/readme.md, Group-BN: --method slim --reg 1e-5
+#: group normalizers the benchmark may ask for: the published one first
+NORMALIZERS = ("mean", None)
 
 
 def _torch_pruning() -> Any:
@@ -74,14 +76,20 @@ def _classifiers(model: nn.Module, example_inputs: Tensor) -> list[nn.Module]:
 
 
 def make_pruner(model: nn.Module, example_inputs: Tensor, importance: str, *,
-                iterative_steps: int = ITERATIVE_STEPS) -> Any:
+                iterative_steps: int = ITERATIVE_STEPS, normalizer: str | None = "mean") -> Any:
     """Torch-Pruning's pruner for ``importance`` with the published settings, acting on ``model``
-    itself (which should be in eval mode: building the dependency graph runs a forward pass)."""
+    itself (which should be in eval mode: building the dependency graph runs a forward pass).
+    ``normalizer``: how each group's importances are scaled before the global ranking (the
+    published ``mean``, or None: raw importances, a tuning setting of cifar_fair.py)."""
     tp = _torch_pruning()
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"unknown normalizer {normalizer!r}: expected one of {NORMALIZERS}")
     if importance == "group_l1":
-        imp, pruner_class, extra = tp.importance.GroupMagnitudeImportance(p=1), tp.pruner.BasePruner, {}
+        imp, pruner_class, extra = (tp.importance.GroupMagnitudeImportance(p=1, normalizer=normalizer),
+                                    tp.pruner.BasePruner, {})
     elif importance == "bn_scale":
-        imp, pruner_class, extra = tp.importance.BNScaleImportance(), tp.pruner.BNScalePruner, {"reg": BN_REG}
+        imp, pruner_class, extra = (tp.importance.BNScaleImportance(normalizer=normalizer), tp.pruner.BNScalePruner,
+                                    {"reg": BN_REG})
     else:
         raise ValueError(f"unknown importance {importance!r}: expected one of {IMPORTANCES}")
     return pruner_class(model, example_inputs, importance=imp, global_pruning=True, pruning_ratio=1.0,
@@ -90,12 +98,13 @@ def make_pruner(model: nn.Module, example_inputs: Tensor, importance: str, *,
 
 
 def _pruned_copy(model: nn.Module, example_inputs: Tensor, importance: str, iterative_steps: int, *,
-                 target: float | None = None, steps: int | None = None) -> tuple[nn.Module, list[float]]:
+                 target: float | None = None, steps: int | None = None,
+                 normalizer: str | None = "mean") -> tuple[nn.Module, list[float]]:
     """A deep copy of ``model`` pruned step by step until its FLOPs fraction is at most ``target``
     (or for ``steps`` steps); also the FLOPs fraction after each step (index 0: the original)."""
     net = copy.deepcopy(model).eval()
     base = count_flops(net, (example_inputs,))
-    pruner = make_pruner(net, example_inputs, importance, iterative_steps=iterative_steps)
+    pruner = make_pruner(net, example_inputs, importance, iterative_steps=iterative_steps, normalizer=normalizer)
     fractions = [1.0]
     while pruner.current_step < iterative_steps and (steps is None or pruner.current_step < steps):
         pruner.step()
@@ -107,17 +116,18 @@ def _pruned_copy(model: nn.Module, example_inputs: Tensor, importance: str, iter
 
 def prune_with_torch_pruning(model: nn.Module, example_inputs: Tensor, target_flops_fraction: float,
                              importance: str, *, iterative_steps: int = ITERATIVE_STEPS,
-                             tolerance: float = 0.01) -> nn.Module:
+                             tolerance: float = 0.01, normalizer: str | None = "mean") -> nn.Module:
     """A pruned deep copy of ``model`` keeping ``target_flops_fraction`` +- ``tolerance`` of its
     FLOPs on ``example_inputs``, by Torch-Pruning's published global recipe with ``importance``
-    ("group_l1" or "bn_scale"); see the module docstring. ``model`` is left untouched; the copy
-    is returned in ``model``'s train/eval mode."""
+    ("group_l1" or "bn_scale") and ``normalizer`` (see :func:`make_pruner`); see the module
+    docstring. ``model`` is left untouched; the copy is returned in ``model``'s train/eval mode."""
     if importance not in IMPORTANCES:
         raise ValueError(f"unknown importance {importance!r}: expected one of {IMPORTANCES}")
     if not 0.0 < target_flops_fraction < 1.0:
         raise ValueError(f"target_flops_fraction must be in (0, 1), got {target_flops_fraction}")
     target = target_flops_fraction
-    net, fractions = _pruned_copy(model, example_inputs, importance, iterative_steps, target=target)
+    net, fractions = _pruned_copy(model, example_inputs, importance, iterative_steps, target=target,
+                                  normalizer=normalizer)
     landed = fractions[-1]
     if landed > target + tolerance:
         raise RuntimeError(f"{importance}: {iterative_steps} steps reach only {landed:.4f} of the FLOPs, "
@@ -127,7 +137,8 @@ def prune_with_torch_pruning(model: nn.Module, example_inputs: Tensor, target_fl
         if before > target + tolerance:
             raise RuntimeError(f"{importance}: step {len(fractions) - 1} jumps from {before:.4f} to {landed:.4f} "
                                f"of the FLOPs; no step lands within {tolerance:g} of {target:g}")
-        net, replay = _pruned_copy(model, example_inputs, importance, iterative_steps, steps=len(fractions) - 2)
+        net, replay = _pruned_copy(model, example_inputs, importance, iterative_steps, steps=len(fractions) - 2,
+                                   normalizer=normalizer)
         if abs(replay[-1] - before) > 1e-9:
             raise RuntimeError(f"{importance}: replaying {len(replay) - 1} steps gave {replay[-1]:.6f} of the "
                                f"FLOPs, not {before:.6f}")

@@ -31,11 +31,17 @@ def _labels(loader) -> list[int]:
     return [int(y) for _, labels in loader for y in labels]
 
 
-def test_loaders_train_on_the_first_images_hold_out_the_next_and_test_on_the_test_set(synth):
-    train, val, test = cifar_methods._loaders(str(synth.archive), 12, 8, seed=0)
-    assert sorted(_labels(train)) == sorted(synth.train_labels[:12].tolist())
-    assert _labels(val) == synth.train_labels[12:20].tolist()  # held out: never among the trained ones
-    assert _labels(test) == synth.test_labels.tolist()
+def test_loaders_train_on_the_first_images_hold_out_the_next_two_splits_and_test_on_the_test_set(synth):
+    from benchmarks.cifar_protocol import loaders
+
+    data = loaders(str(synth.archive), 12, 4, 0, heldout2=4)
+    assert sorted(_labels(data.train)) == sorted(synth.train_labels[:12].tolist())
+    assert _labels(data.val) == synth.train_labels[12:16].tolist()  # held out: never among the trained ones
+    assert _labels(data.heldout2) == synth.train_labels[16:20].tolist()  # and the second one after it
+    assert _labels(data.test) == synth.test_labels.tolist()
+    assert loaders(str(synth.archive), 12, 8, 0).heldout2 is None
+    with pytest.raises(ValueError, match="20 training images, the splits need 21"):
+        loaders(str(synth.archive), 12, 4, 0, heldout2=5)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,8 @@ def args(synth, tmp_path_factory) -> argparse.Namespace:
     checkpoint = tmp_path_factory.mktemp("ckpt") / "pretrained.pt"
     torch.manual_seed(0)
     torch.save(cifar_resnet(20).state_dict(), checkpoint)
-    return argparse.Namespace(data=str(synth.archive), train_subset=12, val_subset=8, checkpoint=str(checkpoint),
+    return argparse.Namespace(data=str(synth.archive), train_subset=12, val_subset=4, heldout2_subset=4,
+                              checkpoint=str(checkpoint),
                               sparse_epochs=1, finetune_epochs=1, lr=0.02, finetune_lr=0.01, gate_lr=0.02,
                               gdp_set=[], bisections={})
 
@@ -56,7 +63,8 @@ def test_run_one_records_what_the_table_reads(args, method, target):
         record = cifar_methods.run_one(args, method, target, seed=0)
     finally:
         torch.set_num_threads(threads)
-    for key in ("acc_gated", "acc_finalized", "acc_finetuned", "acc_val", "flops_kept", "params_kept", "seconds"):
+    for key in ("acc_gated", "acc_finalized", "acc_finetuned", "acc_val", "acc_heldout2", "flops_kept", "params_kept",
+                "seconds"):
         assert key in record, key
     if method == "unpruned":
         assert record["flops_kept"] == pytest.approx(1.0)

@@ -1,0 +1,110 @@
+"""The CIFAR methods benchmark's tables, printed from its results file: the table of the ``run``
+command's runs (``python benchmarks/cifar_methods.py table``) and the fair campaign's tuning and
+final tables (``table --fair``, rows from :mod:`benchmarks.cifar_fair`), each with its verdict
+lines: GDP's mean against the best other method's, called real only beyond twice the larger of
+the two standard deviations."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any, Iterable
+
+try:
+    from benchmarks.cifar_protocol import COMPETITORS, METHODS
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from cifar_protocol import COMPETITORS, METHODS
+
+__all__ = ["all_runs", "fair_table", "mean_std", "table", "tuning_table", "verdicts"]
+
+#: the benchmark name of the ``run`` command's records
+BENCHMARK = "cifar_methods"
+
+
+def all_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every run of the ``run`` command in a results file: those written before
+    benchmarks/records.py (``runs``) and the results of its records (not the fair campaign's)."""
+    return list(results.get("runs", [])) + [r["result"] for r in results.get("records", [])
+                                            if r.get("benchmark") == BENCHMARK]
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(results: dict[str, Any], include_quick: bool = False) -> str:
+    """The markdown table: one row per (target, method), mean ± std over seeds."""
+    runs = [r for r in all_runs(results) if include_quick or not r.get("quick")]
+    lines = ["| target | method | seeds | acc after cut | acc fine-tuned | FLOPs kept | params kept | acc held-out |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for target, method in _keys(runs):
+        rs = [r for r in runs if r["target"] == target and r["method"] == method]
+        lines.append(f"| {target:g} | {method} | {len(rs)} | {mean_std([r['acc_finalized'] for r in rs])} | "
+                     f"{mean_std([r['acc_finetuned'] for r in rs])} | {mean_std([r['flops_kept'] for r in rs])} | "
+                     f"{mean_std([r['params_kept'] for r in rs])} | {mean_std([r['acc_val'] for r in rs])} |")
+    lines += ["", *verdicts(runs)]
+    return "\n".join(lines)
+
+
+def _keys(runs: Iterable[dict[str, Any]]) -> list[tuple[float, str]]:
+    return sorted({(r["target"], r["method"]) for r in runs}, key=lambda k: (-k[0], METHODS.index(k[1])))
+
+
+def verdicts(runs: list[dict[str, Any]], key: str = "acc_finetuned", label: str = "") -> list[str]:
+    """Per target: GDP's mean ``key`` against the best other method's, called real only when the
+    gap exceeds twice the larger of the two standard deviations (the protocol's rule); also
+    whether every run landed within 0.01 of the target. ``label`` names the split in the line."""
+    out = []
+    for target in sorted({r["target"] for r in runs}, reverse=True):
+        at = [r for r in runs if r["target"] == target and r.get(key) is not None]
+        values = {m: [r[key] for r in at if r["method"] == m] for m in METHODS if any(r["method"] == m for r in at)}
+        means = {m: statistics.mean(v) for m, v in values.items()}
+        stds = {m: statistics.stdev(v) if len(v) > 1 else float("nan") for m, v in values.items()}
+        landed = all(abs(r["flops_kept"] - target) <= 0.01 + 1e-9 for r in at)
+        others = [m for m in means if m != "gdp" and m in COMPETITORS]
+        if "gdp" not in means or not others:
+            continue
+        best = max(others, key=means.get)
+        gap = means["gdp"] - means[best]
+        bound = 2 * max(stds["gdp"], stds[best])
+        if math.isnan(bound):
+            call = "no call (a single seed)"
+        else:
+            call = "not real (within twice the spread)" if abs(gap) <= bound else ("GDP wins" if gap > 0 else f"{best} wins")
+        out.append(f"- target {target:g}{label}: gdp {means['gdp']:.4f} vs best other ({best}) {means[best]:.4f}: "
+                   f"{100 * gap:+.2f} points, twice the spread {100 * bound:.2f}: {call}; "
+                   f"every run within 0.01 of the target: {'yes' if landed else 'no'}")
+    return out
+
+
+def tuning_table(rows: list[dict[str, Any]]) -> str:
+    """The tuning stage: one row per (method, setting) with its ``acc_val`` (the only column the
+    choice reads) and FLOPs kept; ``rows`` carry ``method``, ``setting``, ``chosen`` and ``run``
+    (None while not yet run)."""
+    lines = ["| method | setting | acc_val | FLOPs kept | chosen |", "|---|---|---:|---:|:---:|"]
+    for row in rows:
+        run = row["run"]
+        val, flops = ("-", "-") if run is None else (f"{run['acc_val']:.4f}", f"{run['flops_kept']:.4f}")
+        lines.append(f"| {row['method']} | {row['setting']} | {val} | {flops} | {'yes' if row['chosen'] else ''} |")
+    return "\n".join(lines)
+
+
+def fair_table(runs: list[dict[str, Any]], chosen: dict[str, str], commit: str) -> str:
+    """The final stage: one row per (target, method) at the method's chosen setting, mean ± std
+    over seeds on the split no selection read (``acc_heldout2``) and on the test set, then the
+    verdict lines on both."""
+    lines = [f"Records of commit {commit[:12]}; settings chosen on acc_val (training images 10,000-11,999) at "
+             "target 0.5, seed 0; acc held-out 2 is training images 12,000-13,999, which no choice read.", "",
+             "| target | method | setting | seeds | acc held-out 2 | acc test | FLOPs kept | acc_val |",
+             "|---:|---|---|---:|---:|---:|---:|---:|"]
+    for target, method in _keys(runs):
+        rs = [r for r in runs if r["target"] == target and r["method"] == method]
+        lines.append(f"| {target:g} | {method} | {chosen.get(method, '-')} | {len(rs)} | "
+                     f"{mean_std([r['acc_heldout2'] for r in rs])} | {mean_std([r['acc_finetuned'] for r in rs])} | "
+                     f"{mean_std([r['flops_kept'] for r in rs])} | {mean_std([r['acc_val'] for r in rs])} |")
+    lines += ["", *verdicts(runs, "acc_heldout2", " (held-out 2)"), *verdicts(runs, "acc_finetuned", " (test)")]
+    return "\n".join(lines)
