@@ -1,7 +1,8 @@
 """The fair fight on the CPU CIFAR protocol: every method gets the same tuning budget, chosen on
 one held-out split, and is reported on a second one that no choice read.
 
-    python benchmarks/cifar_methods.py plan   --data DATA                 # what remains, and how long
+    python benchmarks/cifar_methods.py plan                               # what remains, and how long
+    python benchmarks/cifar_methods.py pretrain --data DATA               # the shared checkpoint, once
     python benchmarks/cifar_methods.py tune   --data DATA [--shard 0/2]   # stage 1
     python benchmarks/cifar_methods.py final  --data DATA [--shard 0/2]   # stage 2
     python benchmarks/cifar_methods.py table --fair [--stage tune]
@@ -53,15 +54,15 @@ from typing import Any, NamedTuple, Optional
 
 try:
     from benchmarks import cifar_methods, cifar_tables, records
-    from benchmarks.cifar_protocol import COMPETITORS, FAIR_PROTOCOL, ONE_SHOT, QUICK, TORCH_PRUNING
+    from benchmarks.cifar_protocol import COMPETITORS, FAIR_PROTOCOL, ONE_SHOT, QUICK, TORCH_PRUNING, split_ranges
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     import cifar_methods
     import cifar_tables
     import records
-    from cifar_protocol import COMPETITORS, FAIR_PROTOCOL, ONE_SHOT, QUICK, TORCH_PRUNING
+    from cifar_protocol import COMPETITORS, FAIR_PROTOCOL, ONE_SHOT, QUICK, TORCH_PRUNING, split_ranges
 
 BENCHMARK = "cifar_fair"
-COMMANDS = ("tune", "final", "plan")
+COMMANDS = ("pretrain", "tune", "final", "plan")
 TUNE_TARGET, TUNE_SEED = 0.5, 0
 TARGETS, SEEDS = (0.5, 0.35), (0, 1, 2)
 REFERENCE = "unpruned"
@@ -204,6 +205,17 @@ def execute(args: argparse.Namespace, jobs: list[Job], stage: str) -> int:
     return done
 
 
+def _same_checkout() -> None:
+    """The gdp_graph that runs is this checkout's (the one whose commit the records name), not
+    another worktree's that an editable install points at."""
+    import gdp_graph
+
+    where = Path(gdp_graph.__file__).resolve().parent
+    if not where.is_relative_to(records.ROOT):
+        raise FairError(f"gdp_graph is imported from {where}, not from this checkout {records.ROOT} whose commit the "
+                        f"records would name: run with PYTHONPATH={records.ROOT}")
+
+
 def prepare(args: argparse.Namespace, *, need_checkpoint: bool) -> None:
     """The protocol's (or ``--quick``'s) settings on ``args``, the checkpoint (pretrained when
     missing and ``need_checkpoint``) and its sha256; a full campaign's runs refuse a dirty tree."""
@@ -220,6 +232,8 @@ def prepare(args: argparse.Namespace, *, need_checkpoint: bool) -> None:
     if not (args.quick or args.dry_run or args.command == "plan") and state["dirty"] is not False:
         raise FairError(f"the tree differs from commit {state['commit']}: records of a dirty tree are never "
                         "resumed or chosen from; run the campaign from a clean worktree")
+    if not (args.dry_run or args.command == "plan"):
+        _same_checkout()
     if need_checkpoint and not Path(args.checkpoint).exists():
         cifar_methods.pretrain(args)
     exists = Path(args.checkpoint).exists()
@@ -268,6 +282,7 @@ def plan_lines(args: argparse.Namespace) -> list[str]:
              + (f"; after tuning, {len(later)} more for {', '.join(waiting)} (~{_hours(later_s)})" if waiting else ""),
              f"total remaining: ~{_hours(total)}"
              + (f" (pretraining included: ~{_hours(pretrain_s)})" if pretrain_s else "")
+             + ("; the estimates are the full protocol's, not --quick's" if args.quick else "")
              + (f"; shard {args.shard[0]}/{args.shard[1]}" if args.shard[1] > 1 else "")]
     return lines
 
@@ -294,9 +309,9 @@ def cmd_final(args: argparse.Namespace) -> None:
 
 
 def commit_runs(path: Path, commit: Optional[str] = None, include_quick: bool = False):
-    """``(commit, run)``: the campaign's records of ``commit`` (a prefix; default: the latest
-    record's) on a clean tree with the latest record's protocol and checkpoint, and ``run(job)``
-    giving a job's latest result among them, or None."""
+    """``(commit, run, shared)``: the campaign's records of ``commit`` (a prefix; default: the
+    latest record's) on a clean tree with the latest record's protocol and checkpoint,
+    ``run(job)`` giving a job's latest result among them (or None), and those shared settings."""
     mine = [r for r in records.load_records(path) if r.get("benchmark") == BENCHMARK and r.get("dirty") is False
             and (include_quick or not r["settings"].get("quick"))]
     if commit is not None:
@@ -311,12 +326,12 @@ def commit_runs(path: Path, commit: Optional[str] = None, include_quick: bool = 
         s = r["settings"]
         if r["commit"] == last["commit"] and all(s.get(k) == v for k, v in shared.items()):
             by[Job(s["method"], s["setting"], s["target"], s["seed"])] = r["result"]
-    return last["commit"], by.get
+    return last["commit"], by.get, shared
 
 
 def fair_tables(path: Path, stage: str, commit: Optional[str] = None, include_quick: bool = False) -> str:
     """The tuning table (``stage`` tune) or the final table of the campaign's records."""
-    commit, run = commit_runs(path, commit, include_quick)
+    commit, run, shared = commit_runs(path, commit, include_quick)
     chosen = chosen_settings(list(GRID), run)
     if stage == "tune":
         rows = [{"method": m, "setting": s, "run": run(Job(m, s, TUNE_TARGET, TUNE_SEED)), "chosen": chosen[m] == s}
@@ -325,7 +340,8 @@ def fair_tables(path: Path, stage: str, commit: Optional[str] = None, include_qu
             cifar_tables.tuning_table(rows)
     chosen[REFERENCE] = "default"
     runs = [r for job in final_jobs(chosen, list(TARGETS), list(SEEDS)) if (r := run(job)) is not None]
-    return cifar_tables.fair_table(runs, {m: s for m, s in chosen.items() if s}, commit)
+    ranges = split_ranges(shared["train_subset"], shared["val_subset"], shared["heldout2_subset"])
+    return cifar_tables.fair_table(runs, {m: s for m, s in chosen.items() if s}, commit, ranges)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -337,12 +353,19 @@ def _shard(text: str) -> tuple[int, int]:
 
 def add_commands(sub) -> None:
     """The ``tune``, ``final`` and ``plan`` subcommands of cifar_methods.py."""
-    helps = {"tune": "stage 1: every method's settings at target 0.5, seed 0",
+    helps = {"pretrain": "train the shared checkpoint if it is missing (before starting shards side by side)",
+             "tune": "stage 1: every method's settings at target 0.5, seed 0",
              "final": "stage 2: each method's setting chosen on acc_val, at every target and seed",
              "plan": "how many runs of the campaign remain, and the estimated time"}
     for name in COMMANDS:
         c = sub.add_parser(name, help=helps[name])
         c.add_argument("--data", required=name != "plan", help="CIFAR-10 (python version archive or folder)")
+        if name == "pretrain":
+            c.set_defaults(methods=[], targets=[], seeds=[], shard=(0, 1), bisect_probes=0, rerun=False, note=None)
+            c.add_argument("--checkpoint", default=None, help="default: the protocol's (quick: its own)")
+            c.add_argument("--quick", action="store_true", help="the quick checkpoint")
+            c.set_defaults(results=None, gate_lr=None, dry_run=False)
+            continue
         c.add_argument("--methods", nargs="+", default=[*GRID, REFERENCE], choices=[*GRID, REFERENCE])
         c.add_argument("--targets", nargs="+", type=float, default=list(TARGETS))
         c.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
@@ -364,6 +387,8 @@ def dispatch(args: argparse.Namespace) -> None:
         prepare(args, need_checkpoint=args.command != "plan" and not args.dry_run)
         if args.command == "plan":
             print("\n".join(plan_lines(args)))
+        elif args.command == "pretrain":
+            print(f"checkpoint {args.checkpoint}: sha256 {args.checkpoint_sha256}")
         else:
             {"tune": cmd_tune, "final": cmd_final}[args.command](args)
     except (FairError, records.RecordsError) as e:

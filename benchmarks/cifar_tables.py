@@ -93,12 +93,16 @@ def tuning_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def fair_table(runs: list[dict[str, Any]], chosen: dict[str, str], commit: str) -> str:
+def _images(r: range) -> str:
+    return f"training images {r.start:,}-{r.stop - 1:,}"
+
+
+def fair_table(runs: list[dict[str, Any]], chosen: dict[str, str], commit: str, ranges: dict[str, range]) -> str:
     """The final stage: one row per (target, method) at the method's chosen setting, mean ± std
     over seeds on the split no selection read (``acc_heldout2``) and on the test set, then the
-    verdict lines on both."""
-    lines = [f"Records of commit {commit[:12]}; settings chosen on acc_val (training images 10,000-11,999) at "
-             "target 0.5, seed 0; acc held-out 2 is training images 12,000-13,999, which no choice read.", "",
+    verdict lines on both. ``ranges``: the splits (``cifar_protocol.split_ranges``)."""
+    lines = [f"Records of commit {commit[:12]}; settings chosen on acc_val ({_images(ranges['val'])}) at "
+             f"target 0.5, seed 0; acc held-out 2 is {_images(ranges['heldout2'])}, which no choice read.", "",
              "| target | method | setting | seeds | acc held-out 2 | acc test | FLOPs kept | acc_val |",
              "|---:|---|---|---:|---:|---:|---:|---:|"]
     for target, method in _keys(runs):

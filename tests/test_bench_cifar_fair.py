@@ -95,6 +95,7 @@ def test_tune_then_final_choose_on_acc_val_and_reuse_the_tuning_run(tmp_path, cl
     assert all(m[3] == 0.05 for m in made if m[0] != "unpruned")
     text = cifar_fair.fair_tables(args.results, "final")
     assert "| 0.5 | gdp | lr-0.05 | 3 | 0.6500 ± 0.0000 |" in text and "(held-out 2)" in text and "(test)" in text
+    assert "acc_val (training images 10,000-11,999)" in text and "is training images 12,000-13,999" in text
     assert "| gdp | lr-0.05 | 0.7100 | 0.5000 | yes |" in cifar_fair.fair_tables(args.results, "tune")
 
 
@@ -167,3 +168,26 @@ def test_the_plan_counts_the_whole_campaign_and_its_time(tmp_path, clean):
     text = "\n".join(cifar_fair.plan_lines(args))
     assert "tune: 27 runs, 0 recorded, 27 remain" in text
     assert "after tuning, 45 more" in text and "total remaining: ~7.2 CPU-hours" in text
+
+
+def test_a_run_refuses_a_gdp_graph_imported_from_another_checkout(tmp_path, clean, monkeypatch, capsys):
+    args = _args(tmp_path)
+    monkeypatch.setattr(records, "ROOT", tmp_path / "elsewhere")
+    with pytest.raises(SystemExit) as stop:
+        cifar_fair.dispatch(args)
+    assert stop.value.code == 2 and "not from this checkout" in capsys.readouterr().err
+
+
+def test_the_commands_are_subcommands_of_cifar_methods(tmp_path, clean, capsys):
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"weights")
+    common = ["--checkpoint", str(ckpt), "--results", str(tmp_path / "r.json")]
+    cifar_methods.main(["plan", *common, "--methods", "gdp", "l1"])
+    assert "tune: 6 runs, 0 recorded, 6 remain" in capsys.readouterr().out
+    cifar_methods.main(["pretrain", "--data", "unused: the checkpoint exists", "--checkpoint", str(ckpt)])
+    assert records.sha256_file(ckpt) in capsys.readouterr().out
+    cifar_methods.main(["tune", "--data", "d", "--dry-run", "--shard", "1/2", *common])
+    assert "; shard 1/2" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        cifar_methods.main(["table", "--fair", "--results", str(tmp_path / "r.json")])
+    assert stop.value.code == 2
