@@ -344,6 +344,18 @@ def fair_tables(path: Path, stage: str, commit: Optional[str] = None, include_qu
     return cifar_tables.fair_table(runs, {m: s for m, s in chosen.items() if s}, commit, ranges)
 
 
+def grid_table() -> str:
+    """The tuning grid as a markdown table: every method's settings and what each changes."""
+    def show(k: dict[str, Any]) -> str:
+        flat = {**{key: v for key, v in k.items() if key != "policy"}, **k.get("policy", {})}
+        return ", ".join(f"`{key} {json.dumps(v)}`" for key, v in flat.items()) or "the method's default"
+
+    lines = ["| method | " + " | ".join(f"setting {i + 1}" for i in range(SETTINGS_PER_METHOD)) + " |",
+             "|---|" + "---|" * SETTINGS_PER_METHOD]
+    lines += [f"| {m} | " + " | ".join(f"{name}: {show(k)}" for name, k in GRID[m].items()) + " |" for m in GRID]
+    return "\n".join(lines)
+
+
 def _shard(text: str) -> tuple[int, int]:
     i, sep, n = text.partition("/")
     if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
@@ -352,7 +364,8 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def add_commands(sub) -> None:
-    """The ``tune``, ``final`` and ``plan`` subcommands of cifar_methods.py."""
+    """The ``pretrain``, ``tune``, ``final``, ``plan`` and ``grid`` subcommands of cifar_methods.py."""
+    sub.add_parser("grid", help="print the tuning grid")
     helps = {"pretrain": "train the shared checkpoint if it is missing (before starting shards side by side)",
              "tune": "stage 1: every method's settings at target 0.5, seed 0",
              "final": "stage 2: each method's setting chosen on acc_val, at every target and seed",
@@ -383,6 +396,9 @@ def add_commands(sub) -> None:
 
 def dispatch(args: argparse.Namespace) -> None:
     """Run a campaign command; a :class:`FairError` ends it with one line and exit status 2."""
+    if args.command == "grid":
+        print(grid_table())
+        return
     try:
         prepare(args, need_checkpoint=args.command != "plan" and not args.dry_run)
         if args.command == "plan":

@@ -3,7 +3,7 @@
     python benchmarks/cifar_methods.py run --protocol cpu-short --data ../shared/data/cifar10/cifar-10-python.tar.gz \
         [--methods gdp polarization l1 magnitude tp_group_l1 tp_bn_scale] [--targets 0.5 0.35] [--seeds 0 1 2] [--quick]
     python benchmarks/cifar_methods.py table [--results benchmarks/results/cifar_methods.json]
-    python benchmarks/cifar_methods.py plan|tune|final ...; table --fair   # the fair campaign: cifar_fair.py
+    python benchmarks/cifar_methods.py plan|pretrain|tune|final|grid ...; table --fair   # the fair campaign: cifar_fair.py
 
 Protocol (CPU): ResNet-20; the first 10,000 CIFAR-10 training images train (images 10,000 to
 11,999 are a held-out split, reported as ``acc_val``; nothing here is selected on the test

@@ -191,3 +191,10 @@ def test_the_commands_are_subcommands_of_cifar_methods(tmp_path, clean, capsys):
     with pytest.raises(SystemExit) as stop:
         cifar_methods.main(["table", "--fair", "--results", str(tmp_path / "r.json")])
     assert stop.value.code == 2
+
+
+def test_the_grid_table_has_a_row_of_every_method_with_its_settings(capsys):
+    cifar_methods.main(["grid"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "setting 1" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == list(GRID)
+    assert all(r.count(" | ") == SETTINGS_PER_METHOD for r in rows)
