@@ -169,9 +169,18 @@ def _check_uniform(store: ElementStore) -> None:
     roots = store.roots()
     for labels, dim, where in store.uniform:
         classes = roots[labels].movedim(dim, 0).reshape(labels.shape[dim], -1)
-        sets = [set(row[row != 0].tolist()) for row in classes]
-        if any(s != sets[0] for s in sets[1:]):
+        if not _same_sets(classes):
             store.freeze(labels, f"units would change the size of a dimension read by {where}")
+
+
+def _same_sets(rows: torch.Tensor) -> bool:
+    """Whether every row holds the same set of non-null classes (a presence table per row)."""
+    if rows.shape[0] < 2 or rows.numel() == 0:
+        return True
+    classes, where = torch.unique(rows, return_inverse=True)
+    present = torch.zeros(rows.shape[0], classes.numel(), dtype=torch.bool).scatter_(1, where, True)
+    present[:, classes == 0] = False
+    return bool((present == present[:1]).all())
 
 
 def _tie_shared_modules(gm: fx.GraphModule, store: ElementStore) -> None:
@@ -263,34 +272,53 @@ def _form_groups(traced: TracedModel, store: ElementStore, roots: torch.Tensor):
     """Units (union-find classes) made of elements of the same spaces form one group; groups
     are numbered by their smallest element, units within a group by their root."""
     n = store.count
+    unit_roots, gid, unit_index, sizes = _number_units(store, roots)
+    group_of_root = torch.full((n,), -1, dtype=torch.long)
+    unit_of_root = torch.full((n,), -1, dtype=torch.long)
+    group_of_root[unit_roots] = gid
+    unit_of_root[unit_roots] = unit_index
+    group_of = group_of_root[roots]
+    unit_of = unit_of_root[roots]
+    group_of[0] = -1
+    unit_of[0] = -1
+    groups = [ChannelGroup(id=g, size=size, unit="channel", unit_width=1,
+                           frozen_units=torch.zeros(size, dtype=torch.bool))
+              for g, size in enumerate(sizes)]
+    _attach_facts(traced, store, groups, group_of, unit_of)
+    return groups, group_of, unit_of
+
+
+def _number_units(store: ElementStore, roots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """Each unit's root (ascending), group id and index within its group, and the group sizes.
+
+    A unit's signature is the sorted list of spaces its elements come from; a group is all units
+    of one signature, numbered by its smallest root. Most units lie in one space, whose id is
+    their signature; only the others are looked up one by one."""
     space_of = torch.tensor(store.space_of, dtype=torch.long)
     # distinct (root, space) pairs, sorted by root then space, encoded as one integer (a
     # plain unique is far faster than a row-wise one): each unit's sorted space signature
     stride = len(store.spaces) + 1
     pairs = torch.unique(roots[1:] * stride + space_of[1:])
     unit_roots, widths = torch.unique_consecutive(pairs // stride, return_counts=True)
-    spaces = (pairs % stride).tolist()
-    by_sig: dict[tuple[int, ...], list[int]] = {}
-    start = 0
-    for root, width in zip(unit_roots.tolist(), widths.tolist()):
-        by_sig.setdefault(tuple(spaces[start:start + width]), []).append(root)
-        start += width
-    ordered = list(by_sig.values())  # dicts keep insertion order: by first (smallest) root
-    group_of_root = torch.full((n,), -1, dtype=torch.long)
-    unit_of_root = torch.full((n,), -1, dtype=torch.long)
-    for gid, rs in enumerate(ordered):
-        idx = torch.tensor(rs, dtype=torch.long)
-        group_of_root[idx] = gid
-        unit_of_root[idx] = torch.arange(len(rs))
-    group_of = group_of_root[roots]
-    unit_of = unit_of_root[roots]
-    group_of[0] = -1
-    unit_of[0] = -1
-    groups = [ChannelGroup(id=gid, size=len(rs), unit="channel", unit_width=1,
-                           frozen_units=torch.zeros(len(rs), dtype=torch.bool))
-              for gid, rs in enumerate(ordered)]
-    _attach_facts(traced, store, groups, group_of, unit_of)
-    return groups, group_of, unit_of
+    spaces = pairs % stride
+    starts = widths.cumsum(0) - widths
+    signature = spaces[starts].clone()  # one space: its id
+    several: dict[tuple[int, ...], int] = {}
+    listed = spaces.tolist() if bool((widths > 1).any()) else []
+    for u, start, width in zip(*(t.tolist() for t in (torch.nonzero(widths > 1).flatten(), starts[widths > 1],
+                                                      widths[widths > 1]))):
+        signature[u] = stride + several.setdefault(tuple(listed[start:start + width]), len(several))
+    keys, which = torch.unique(signature, return_inverse=True)
+    count = torch.arange(which.numel())
+    first = torch.full((keys.numel(),), which.numel(), dtype=torch.long).scatter_reduce(0, which, count, "amin")
+    rank = torch.empty_like(first)
+    rank[torch.argsort(first)] = torch.arange(first.numel())
+    gid = rank[which]
+    order = torch.argsort(gid, stable=True)  # by group, then root
+    sizes = torch.bincount(gid, minlength=first.numel())
+    unit_index = torch.empty_like(gid)
+    unit_index[order] = count - (sizes.cumsum(0) - sizes)[gid[order]]
+    return unit_roots, gid, unit_index, sizes.tolist()
 
 
 def _groups_of_each(labels: list[torch.Tensor], group_of: torch.Tensor) -> list[list[int]]:
