@@ -122,3 +122,21 @@ def test_holding_the_budget_polarizes_the_gates_at_the_target_before_the_cut():
     assert float(((last < 0.05) | (last > 0.95)).float().mean()) >= 0.9
     cut = torch.cat([g[~gated.analysis.groups[gid].frozen_units] for gid, g in gated.group_gates().items()]) == 0
     assert int(((last <= 0.5) != cut).sum()) <= 2  # the cut confirms the gates
+
+
+def test_a_large_drop_of_epsilon_keeps_the_carried_gates_values():
+    """hold_budget carries the gates outside the budget through epsilon's annealing (theta scaled
+    with sqrt(epsilon)): one step from 5e-3 to 1e-8 (a 3-step window) must not take them for
+    gates at the floor and close them (the cause of a 2-step LLM window losing every block)."""
+    from gdp_graph.gates.bank import GateBank
+    bank = GateBank({0: torch.zeros(4, dtype=torch.bool)}, [7], epsilon=5e-3, init_gate=0.99)
+    with torch.no_grad():
+        bank.group_theta["0"].copy_(torch.tensor([0.7, 0.07, bank.floor(), 0.05]))
+    before = bank.flat()[:5].detach().clone()
+    carry = torch.tensor([True, True, True, False, True])
+    bank.set_epsilon(1e-8, carry)
+    after = bank.flat()[:5].detach()
+    assert torch.allclose(after[:3], before[:3], rtol=1e-4) and float(after[4]) == pytest.approx(0.99, abs=1e-4)
+    assert float(after[3]) == pytest.approx(1.0, abs=1e-4)  # not carried: annealing opens it, as before
+    bank.set_epsilon(1e-8 * 0.5)  # without carry a gate at the floor stays there
+    assert float(bank.flat()[2].detach()) == pytest.approx(0.0099, abs=1e-4)

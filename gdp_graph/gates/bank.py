@@ -301,16 +301,17 @@ class GateBank(nn.Module):
         if not (math.isfinite(value) and value > 0):
             raise GateError(f"epsilon must be finite and > 0, got {value!r}")
         old_floor = self.floor()
+        # which gates sit at the floor is read before carried ones are scaled: a carried gate far
+        # above the floor, scaled by a large drop of epsilon, is not one (it would close: issue 17)
+        theta = self._theta().detach()
+        at_floor = (theta <= old_floor * (1 + 1e-6)) & (theta > 0)
         if carry is not None and self.kind == "smoothed_l0" and bool(carry.any()):
-            theta = self._theta().detach()
             scale = math.sqrt(value / float(self.epsilon))
-            self._write_theta(torch.where(carry.to(theta.device), theta * scale, theta))
+            theta = torch.where(carry.to(theta.device), theta * scale, theta)
+            self._write_theta(theta)
         self.epsilon.fill_(value)
-        if self.kind == "smoothed_l0" and value < old_floor ** 2 * 100:
-            theta = self._theta().detach()
-            at_floor = (theta <= old_floor * (1 + 1e-6)) & (theta > 0)
-            if bool(at_floor.any()):
-                self._write_theta(torch.where(at_floor, torch.full_like(theta, self.floor()), theta))
+        if self.kind == "smoothed_l0" and value < old_floor ** 2 * 100 and bool(at_floor.any()):
+            self._write_theta(torch.where(at_floor, torch.full_like(theta, self.floor()), theta))
 
     def keep_floor(self) -> float:
         """The ``theta`` below which a protected gate is not let go: its gate stays >= 0.9."""
