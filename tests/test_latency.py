@@ -205,7 +205,7 @@ def test_gated_model_trains_against_the_cached_latency_table(tmp_path):
     gated = G.attach(model, policy, example_inputs=inputs, total_steps=50)
     assert gated.cost_model.latency is not None and gated.cost_model.latency.table.key["points"] == 2
     hard, soft = gated.fractions()
-    assert hard == pytest.approx(1.0) and 0 < soft <= 1.0
+    assert hard >= 0.99 and 0 < soft <= 1.0  # the ranked start (init: magnitude) puts the last unit at ~0.5
     optimizer = gated.gate_optimizer()
     for _ in range(20):  # the penalty alone: the gates fall, the soft latency with them
         optimizer.zero_grad()

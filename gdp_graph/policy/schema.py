@@ -150,9 +150,11 @@ REGULARIZER_SPEC = Struct("regularizer", {
                          "rank quantile (0: least important); 0.9 starts the least important gate near "
                          "0.5.", Regularizer.init_spread),
     "hold_budget": Field(Bool(), "With a steered lambda: after every step the units that a cut to the "
-                         "target would keep now (ranked by theta, as the cut ranks them) keep a gate >= 0.9, "
-                         "so the gates can never collapse below the target; only the others go to 0, and "
-                         "the cut at fix_at confirms what the gates did (gdp_graph.gates.hold).",
+                         "target would keep now (ranked by theta, as the cut ranks them) keep a gate >= 0.99, "
+                         "so the gates can never collapse below the target; the others keep their gate value "
+                         "while epsilon shrinks and only the price and the task move them, and the cut at "
+                         "fix_at confirms what the gates did (gdp_graph.gates.hold). With init: magnitude and "
+                         "lambda_controller.deadline (the defaults) the gates polarize before the cut.",
                          Regularizer.hold_budget),
 }, doc="The sparsity regularizer on the gates.", nullable=True)
 

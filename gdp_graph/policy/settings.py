@@ -49,7 +49,7 @@ class LambdaController:
     max: float = 10.0
     step: str = "iteration"
     lead: str = "soft"
-    deadline: bool = False
+    deadline: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,9 @@ class Regularizer:
     threshold: float = 1.0e-6
     fix_at: float = 0.3
     reopen: bool = False
-    init: str = "uniform"
+    init: str = "magnitude"
     init_spread: float = 0.9
-    hold_budget: bool = False
+    hold_budget: bool = True
 
 
 @dataclass(frozen=True)
