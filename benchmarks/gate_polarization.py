@@ -82,7 +82,8 @@ def state(gated, step: int) -> dict:
     from gdp_graph.recipes.driver import free_gate_values
     values = free_gate_values(gated)
     hard, soft = gated.fractions()
-    return {"step": step, "soft": soft, "hard": hard, "middle": float(((values > 0.05) & (values < 0.95)).float().mean()),
+    middle = float(((values > 0.05) & (values < 0.95)).float().mean())
+    return {"step": step, "soft": soft, "hard": hard, "middle": middle,
             "lam": gated.lam, "eps": gated.epsilon, "values": values}
 
 
@@ -135,9 +136,10 @@ def table(path: Path) -> str:
         s, res = r["settings"], r["result"]
         policy = s["policy"] + (", previous default" if s["overrides"] == PREVIOUS else
                                 "".join(f", {o}" for o in s["overrides"]))
+        commit = (r.get("commit") or "?")[:7] + ("+" if r.get("dirty") else "")
         lines.append(f"| {s['model']} | {s['gate_steps']} | {s['target']:g} | {policy} | {res['soft_before']:.3f} / "
                      f"{res['hard_before']:.3f} | {res['after']:.3f} | {res['middle_step_before']:.2f} | "
-                     f"{res['changed']} of {res['units']} | {(r.get('commit') or '?')[:7]}{'+' if r.get('dirty') else ''} |")
+                     f"{res['changed']} of {res['units']} | {commit} |")
     return "\n".join(lines)
 
 

@@ -303,7 +303,7 @@ class GateBank(nn.Module):
         old_floor = self.floor()
         # which gates sit at the floor is read before carried ones are scaled: a carried gate far
         # above the floor, scaled by a large drop of epsilon, is not one (it would close: issue 17)
-        theta = self._theta().detach()
+        theta = self.theta().detach()
         at_floor = (theta <= old_floor * (1 + 1e-6)) & (theta > 0)
         if carry is not None and self.kind == "smoothed_l0" and bool(carry.any()):
             scale = math.sqrt(value / float(self.epsilon))
