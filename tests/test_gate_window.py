@@ -140,3 +140,19 @@ def test_a_large_drop_of_epsilon_keeps_the_carried_gates_values():
     assert float(after[3]) == pytest.approx(1.0, abs=1e-4)  # not carried: annealing opens it, as before
     bank.set_epsilon(1e-8 * 0.5)  # without carry a gate at the floor stays there
     assert float(bank.flat()[2].detach()) == pytest.approx(0.0099, abs=1e-4)
+
+
+def test_a_constant_lambda_holds_no_budget():
+    """hold_budget (on by default) belongs to a steered lambda: with a constant one the price
+    alone decides, so a large price takes the gates below the target before the cut."""
+    data = Policy.default().to_dict()
+    data["regularizer"].update(lambda_controller={"kind": "constant"}, **{"lambda": 50.0}, fix_at=1.0)
+    gated = G.attach(Net(), policy_from_dict(data), example_inputs=torch.randn(2, 3, 8, 8), total_steps=60)
+    assert gated.policy.regularizer.hold_budget and gated.controller is None
+    opt = gated.gate_optimizer(lr=0.05)
+    for _ in range(59):
+        opt.zero_grad()
+        gated.penalty().backward()
+        opt.step()
+        gated.step()
+    assert gated.fractions()[0] < gated.policy.target.fraction - 0.1

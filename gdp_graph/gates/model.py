@@ -250,17 +250,18 @@ class GatedModel(nn.Module):
         if bool(self.fixed):
             return
         scheduled = unit == self.phase.unit
+        hold = self.policy.regularizer.hold_budget and self.controller is not None  # steered lambda only
         if self.bank.kind == "smoothed_l0" and scheduled:
             if self.phase.epsilon_schedule is None:
                 raise GateError("the gdp regularizer anneals epsilon over the gated phase: pass total_steps= "
                                 "(training iterations) to attach() so that the schedule knows its length")
             # regularizer.hold_budget: what a cut to the target would not keep keeps its gate value
             # as epsilon shrinks (only lambda and the task move it), see gates.hold
-            held = budget_keep_mask(self) if self.policy.regularizer.hold_budget else None
+            held = budget_keep_mask(self) if hold else None
             self.bank.set_epsilon(self.phase.epsilon_schedule.value(count), None if held is None else ~held)
         if unit == "iteration" or scheduled:
             # and what it would keep now stays at >= 0.99
-            held = budget_keep_mask(self) if self.policy.regularizer.hold_budget else None
+            held = budget_keep_mask(self) if hold else None
             self.bank.project(self.protected(), held)
         ctrl = self.policy.regularizer.lambda_controller
         if self.controller is not None and ctrl.step == unit:
@@ -268,7 +269,7 @@ class GatedModel(nn.Module):
             lead = self.travel_fraction() if ctrl.lead == "travel" else None
             # with hold_budget the gap is the hard fraction's (what the cut would keep: held units
             # are polarized, the others are not pulled open by epsilon), the look-ahead the soft one's
-            self.controller.update(count, hard if self.policy.regularizer.hold_budget else soft, soft, lead=lead)
+            self.controller.update(count, hard if hold else soft, soft, lead=lead)
         if scheduled and self.phase.fix_step is not None and count >= self.phase.fix_step:
             self.fix_gates()
 
