@@ -2,6 +2,11 @@
 
     python benchmarks/profile_analysis.py densenet121 [--top 25]
     python benchmarks/profile_analysis.py smollm2-shape      # random-weight Llama of SmolLM2-135M's shape
+    python benchmarks/profile_analysis.py resnet50 --repeats 5 --no-profile [--gdp PATH]
+
+It first prints the CPU time (``time.process_time``) of unprofiled calls, the least of
+``--repeats``: on a shared machine that is steadier than the wall clock. ``--gdp PATH`` analyses
+with the gdp-graph found at PATH (a checkout of another commit), to compare two commits.
 
 ``smollm2-shape`` is a ``LlamaConfig`` with SmolLM2-135M's sizes (30 layers, hidden 576, 9 query and
 3 key/value heads, MLP 1536, tied 49,152-token embeddings) and random weights, analysed on 16
@@ -22,9 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import gdp_graph as G  # noqa: E402
-from benchmarks.models import BENCH  # noqa: E402
-
 LLAMA = "smollm2-shape"
 
 
@@ -41,22 +43,37 @@ def smollm2_shape() -> tuple[torch.nn.Module, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", choices=sorted(BENCH) + [LLAMA])
+    p.add_argument("model", help=f"a model of benchmarks/models (BENCH) or {LLAMA}")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--repeats", type=int, default=3, help="unprofiled calls timed (after one warm-up)")
+    p.add_argument("--no-profile", action="store_true", help="only the timed calls")
+    p.add_argument("--gdp", help="import gdp_graph from this folder")
     args = p.parse_args()
+    if args.gdp:  # before anything imports gdp_graph (the benchmark models do)
+        sys.path.insert(0, args.gdp)
+    import gdp_graph as G
+    from benchmarks.models import BENCH
+
+    if args.model not in BENCH and args.model != LLAMA:
+        p.error(f"model: choose from {', '.join(sorted(BENCH) + [LLAMA])}")
+
     torch.set_num_threads(1)
     model, inputs = smollm2_shape() if args.model == LLAMA else BENCH[args.model]()
-    start = time.perf_counter()
     G.analyze(model, inputs)  # warm-up: first-call costs (imports, dispatcher caches) are not the analysis
-    warm = time.perf_counter() - start
-    start = time.perf_counter()
-    G.analyze(model, inputs)
-    plain = time.perf_counter() - start
+    cpu, wall = [], []
+    for _ in range(args.repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        G.analyze(model, inputs)
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start)
+    print(f"analyze {args.model} ({Path(G.__file__).parents[1]}): CPU {min(cpu):.3f} s (least of {args.repeats}), "
+          f"wall {min(wall):.3f}-{max(wall):.3f} s")
+    if args.no_profile:
+        return
     profiler = cProfile.Profile()
     profiler.enable()
     G.analyze(model, inputs)
     profiler.disable()
-    print(f"analyze: first call {warm:.3f} s, second call {plain:.3f} s (unprofiled)")
     stats = pstats.Stats(profiler).strip_dirs()
     stats.sort_stats("cumulative").print_stats(args.top)
     stats.sort_stats("tottime").print_stats(args.top)
