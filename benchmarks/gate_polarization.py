@@ -6,7 +6,9 @@ small model with synthetic data (CPU, seconds to two minutes); no accuracy.
     python benchmarks/gate_polarization.py --table
 
 ``--model own``: examples/own_model.py (two conv layers, 64 gated channels); ``resnet``: a
-ResNet-20 of width 8 (224 gated units, residual streams) on 16x16 inputs with 4 classes. The
+ResNet-20 of width 8 (224 gated units, residual streams) on 16x16 inputs with 4 classes;
+``mobilenetv2`` / ``vit``: the test zoo's models (run them with ``--policy mobilenetv2`` / ``vit``)
+trained to reproduce their own outputs on random inputs. The
 gated phase is sized so that ``fix_at`` falls after ``--gate-steps`` steps (SGD on the weights
 at the task's learning rate, the gates' Adam, ``regularizer.init`` applied as ``prune`` does).
 Printed per sampled step: the soft and hard (gates > 0.5) kept fraction, the share of free gates
@@ -61,6 +63,29 @@ def resnet_model():
     loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
     return net, torch.randn(2, 3, 16, 16), Task(train_loader=loader, loss=lambda o, b: F.cross_entropy(o, b[1]),
                                                 epochs=4, lr=0.05)
+
+
+def zoo_model(name: str):
+    """A model of the test zoo (tests/zoo) trained to reproduce its own outputs on random inputs
+    (64 samples, batch 8): the task gradient keeps what the model computes."""
+    import sys
+    from gdp_graph.recipes.task import Task
+    sys.path.insert(0, str(ROOT))
+    from tests.zoo import ZOO
+    torch.manual_seed(0)
+    net, inputs = ZOO[name]()
+    example = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
+    net.eval()
+    with torch.no_grad():
+        x = torch.randn(64, *example.shape[1:])
+        y = net(x)
+    net.train()
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    return net, example[:2], Task(train_loader=loader, loss=lambda o, b: ((o - b[1]) ** 2).mean(), epochs=1, lr=0.01)
+
+
+MODELS = {"own": own_model, "resnet": resnet_model, "mobilenetv2": lambda: zoo_model("mobilenetv2"),
+          "vit": lambda: zoo_model("vit")}
 
 
 def load(policy: str, target: float, overrides: list[str]):
@@ -134,8 +159,10 @@ def table(path: Path) -> str:
              "gates in (0.05, 0.95) the step before | units the cut changed | commit |", "|---" * 9 + "|"]
     for r in latest.values():
         s, res = r["settings"], r["result"]
-        policy = s["policy"] + (", previous default" if s["overrides"] == PREVIOUS else
-                                "".join(f", {o}" for o in s["overrides"]))
+        if s["overrides"] == PREVIOUS:
+            policy = "previous default" if s["policy"] == "default" else f"{s['policy']}, previous default's keys"
+        else:
+            policy = s["policy"] + "".join(f", {o}" for o in s["overrides"])
         commit = (r.get("commit") or "?")[:7] + ("+" if r.get("dirty") else "")
         lines.append(f"| {s['model']} | {s['gate_steps']} | {s['target']:g} | {policy} | {res['soft_before']:.3f} / "
                      f"{res['hard_before']:.3f} | {res['after']:.3f} | {res['middle_step_before']:.2f} | "
@@ -147,7 +174,7 @@ def main() -> None:
     import warnings
     warnings.simplefilter("ignore")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=("own", "resnet"), default="own")
+    p.add_argument("--model", choices=sorted(MODELS), default="own")
     p.add_argument("--gate-steps", type=int, default=14, help="steps before the cut")
     p.add_argument("--policy", default="default")
     p.add_argument("--target", type=float, default=0.5)
@@ -168,7 +195,7 @@ def main() -> None:
     if not a.rerun and records.recorded(a.results, "gate_polarization", settings):
         return
     torch.set_num_threads(1)
-    net, example, task = (own_model if a.model == "own" else resnet_model)()
+    net, example, task = MODELS[a.model]()
     rows, gated = trace(net, example, task, load(a.policy, a.target, overrides), a.gate_steps, a.seed)
     result = summary(rows, gated)
     for r in result["trace"]:
