@@ -14,7 +14,7 @@ the decode time into embedding, attention, MLP, norms, lm_head and the rest (Pyt
 rotary, masks). Each target appends one record (``benchmarks/records.py``) to
 ``benchmarks/results/llm_decode.json``; a rerun skips what the same clean commit recorded.
 
-    python benchmarks/llm_decode.py --targets 0.7 0.5 --rounds 7
+    python benchmarks/llm_decode.py --targets 0.7 0.5
     python benchmarks/llm_decode.py --table
 """
 
@@ -178,6 +178,8 @@ def run_target(original: nn.Module, task: Any, args: argparse.Namespace, target:
     policy = policy_from_dict(data, source=f"{args.policy} at {target}", name="llm")
     folder = ROOT / "runs" / "llm_decode" / f"{args.method}-{target}" / "hf"
     pruned, about = pruned_folder(original, task, policy, args.method, args.calibration_batches, folder)
+    print(f"  pruned and saved in {about['prune_seconds']:.0f} s: {about['shapes']}; timing {args.rounds} rounds",
+          flush=True)
     prompt = torch.randint(0, original.config.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0))
     speed = interleaved({"original": original, "pruned": pruned}, args.rounds, prompt, args.new)
     params, params0 = count_params(pruned), count_params(original)
@@ -231,10 +233,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5])
     p.add_argument("--method", default="activation", choices=("activation", "magnitude", "taylor", "depth"))
-    p.add_argument("--calibration-batches", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per model")
-    p.add_argument("--prompt", type=int, default=64, help="prompt tokens (prefilled, not timed)")
-    p.add_argument("--new", type=int, default=64, help="greedy tokens decoded per round")
+    p.add_argument("--calibration-batches", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per model")
+    p.add_argument("--prompt", type=int, default=32, help="prompt tokens (prefilled, not timed)")
+    p.add_argument("--new", type=int, default=32, help="greedy tokens decoded per round")
     p.add_argument("--policy", default=str(ROOT / "policies" / "llm.yaml"))
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--table", action="store_true", help="print the tables of the recorded runs and stop")
@@ -253,6 +255,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         if original is None:
             original, task = smollm2.model().eval(), smollm2.task()
+        print(f"{args.method} at {target}", flush=True)
         result = run_target(original, task, args, target)
         records.append_record(args.out, records.new_record(BENCH, settings, result, note=args.note))
         print(f"{args.method} at {target}: params kept {result['params'] / result['params_original']:.3f}, decode "
