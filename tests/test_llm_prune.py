@@ -204,3 +204,59 @@ def test_a_hidden_size_transformers_refuses_saves_in_the_per_layer_form(llama_an
     ids = torch.randint(0, tiny_lm.VOCAB, (1, 9))
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=ids).logits, kept.eval()(input_ids=ids).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden_kept, plain", [(100, True), (102, False)])
+def test_every_kind_of_unit_and_a_removed_layer_round_trip_through_a_fresh_interpreter(llama_analysis, tmp_path,
+                                                                                      hidden_kept, plain):
+    """Hidden channels, one key/value head of two (4 query heads left), half the MLP and a whole
+    layer: a plain folder when the hidden size is a multiple of the heads left (100), else the
+    per-layer form (102). It loads without gdp_graph, computes the pruned model's logits and
+    generates the same tokens with and without the KV cache."""
+    from gdp_graph.prune.hf_save import save_hf
+    from gdp_graph.prune.keep_class import keep_class_of
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_hf_save import IDS, load_elsewhere
+    _, analysis = llama_analysis
+    hidden = next(g for g in analysis.groups if "residual" in g.couplings)
+    keep = {hidden.id: tuple(range(0, 128, 2)) + tuple(range(1, 2 * (hidden_kept - 64), 2))}
+    keep |= {g.id: (1,) for g in analysis.groups if g.unit == "head" and g.prunable}
+    keep |= {g.id: tuple(range(0, 192, 2)) for g in analysis.groups if g.size == 192 and g.prunable}
+    removed = frozenset(b.id for b in analysis.blocks if b.name == "model.layers.1")
+    plan = G.PruningPlan(keep=keep, removed_blocks=removed, allow_inexact=True)
+    kept = keep_class_of(analysis, plan, G.rewrite(analysis, plan, keep_class=False)).model
+    assert kept is not None and kept.model.embed_tokens.embedding_dim == hidden_kept
+    assert save_hf(kept, analysis, plan, tmp_path / "hf") is plain
+    info, logits = load_elsewhere(tmp_path / "hf", remote=not plain)
+    assert info == {"gdp": False, "same": True, "layers": 2,
+                    "class": "LlamaForCausalLM" if plain else "GdpPrunedLlamaForCausalLM"}
+    with torch.no_grad():
+        assert torch.allclose(logits, kept.eval()(IDS).logits, atol=1e-5)
+
+
+def test_gated_under_the_llm_policy_keeps_its_class_and_trains_on_any_shape_and_under_trainer(tmp_path):
+    """Gates on heads, MLP and hidden channels and on whole layers, as forward pre-hooks of the
+    user's LlamaForCausalLM: batches of other sizes and lengths than the example's, and HF
+    Trainer with gradient checkpointing."""
+    import transformers as T
+    from gdp_graph.integrations.hf import GdpTrainerCallback
+    model = tiny_lm.llama()
+    data = _policy(0.6).to_dict()
+    gated = G.attach(model, data, example_inputs={"input_ids": torch.randint(0, tiny_lm.VOCAB, (1, 8))},
+                     total_steps=5)
+    assert type(gated.module) is T.LlamaForCausalLM and gated.hooks_reason == ""
+    gated.train()
+    weights = torch.optim.AdamW([p for n, p in gated.named_parameters() if "gdp_gates" not in n], lr=1e-3)
+    gates = gated.gate_optimizer()
+    for shape in [(2, 16), (3, 5), (1, 11)]:
+        x = torch.randint(0, tiny_lm.VOCAB, shape)
+        loss = gated(input_ids=x, labels=x).loss + gated.penalty()
+        loss.backward()
+        weights.step(), gates.step(), weights.zero_grad(), gates.zero_grad(), gated.step()
+        assert torch.isfinite(loss)
+    rows = [{"input_ids": tiny_lm.counting(1, n)[:n], "labels": tiny_lm.counting(1, n)[:n]} for n in (6, 13)]
+    args = T.TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=1,
+                               gradient_checkpointing=True, report_to=[], use_cpu=True, save_strategy="no",
+                               learning_rate=1e-3)
+    T.Trainer(model=gated, args=args, train_dataset=rows, callbacks=[GdpTrainerCallback(gated, finalize=False)]).train()
+    assert gated.module.is_gradient_checkpointing and int(gated.bank.step) == 2  # the Trainer's global step
