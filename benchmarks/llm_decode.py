@@ -42,9 +42,11 @@ PARTS = ("embedding", "attention", "mlp", "norms", "lm_head")
 
 
 @torch.no_grad()
-def decode_seconds(model: nn.Module, prompt: torch.Tensor, new: int) -> float:
-    """Seconds of ``new`` greedy one-token forwards with the KV cache after the prompt's prefill."""
+def decode_seconds(model: nn.Module, prompt: torch.Tensor, new: int, after_prefill: Callable = lambda: None) -> float:
+    """Seconds of ``new`` greedy one-token forwards with the KV cache after the prompt's prefill
+    (``after_prefill`` is called between the two)."""
     out = model(input_ids=prompt, use_cache=True)
+    after_prefill()
     token = out.logits[:, -1:].argmax(-1)
     cache = out.past_key_values
     started = time.perf_counter()
@@ -126,10 +128,7 @@ def where_the_time_goes(model: nn.Module, prompt: torch.Tensor, new: int) -> dic
         handles.append(module.register_forward_hook(
             lambda m, a, o, part=part: spent.__setitem__(part, spent[part] + time.perf_counter() - started[id(m)])))
     try:
-        decode_seconds(model, prompt, 2)
-        for part in spent:
-            spent[part] = 0.0
-        total = decode_seconds(model, prompt, new)
+        total = decode_seconds(model, prompt, new, after_prefill=lambda: spent.update(dict.fromkeys(PARTS, 0.0)))
     finally:
         for h in handles:
             h.remove()
