@@ -293,7 +293,7 @@ def _number_units(store: ElementStore, roots: torch.Tensor) -> tuple[torch.Tenso
 
     A unit's signature is the sorted list of spaces its elements come from; a group is all units
     of one signature, numbered by its smallest root. Most units lie in one space, whose id is
-    their signature; only the others are looked up one by one."""
+    their signature; the others are told apart as rows of spaces, one width at a time."""
     space_of = torch.tensor(store.space_of, dtype=torch.long)
     # distinct (root, space) pairs, sorted by root then space, encoded as one integer (a
     # plain unique is far faster than a row-wise one): each unit's sorted space signature
@@ -303,11 +303,14 @@ def _number_units(store: ElementStore, roots: torch.Tensor) -> tuple[torch.Tenso
     spaces = pairs % stride
     starts = widths.cumsum(0) - widths
     signature = spaces[starts].clone()  # one space: its id
-    several: dict[tuple[int, ...], int] = {}
-    listed = spaces.tolist() if bool((widths > 1).any()) else []
-    for u, start, width in zip(*(t.tolist() for t in (torch.nonzero(widths > 1).flatten(), starts[widths > 1],
-                                                      widths[widths > 1]))):
-        signature[u] = stride + several.setdefault(tuple(listed[start:start + width]), len(several))
+    offset = stride
+    for width in torch.unique(widths[widths > 1]).tolist():
+        # the units of one width: a row of spaces each, the same signature where the rows are equal
+        units = torch.nonzero(widths == width).flatten()
+        rows = spaces[starts[units].unsqueeze(1) + torch.arange(width)]
+        distinct, which = torch.unique(rows, dim=0, return_inverse=True)
+        signature[units] = offset + which
+        offset += distinct.shape[0]
     keys, which = torch.unique(signature, return_inverse=True)
     count = torch.arange(which.numel())
     first = torch.full((keys.numel(),), which.numel(), dtype=torch.long).scatter_reduce(0, which, count, "amin")
@@ -322,18 +325,18 @@ def _number_units(store: ElementStore, roots: torch.Tensor) -> tuple[torch.Tenso
 
 
 def _groups_of_each(labels: list[torch.Tensor], group_of: torch.Tensor) -> list[list[int]]:
-    """The distinct group ids (ascending) of each labels tensor's non-null elements, found with
-    one ``unique`` over all of them (one per tensor was most of the analysis's group stage)."""
+    """The distinct group ids (ascending) of each labels tensor's non-null elements, read from
+    one presence table (tensor x group) filled by one indexed write over all of them (one
+    ``unique`` per tensor was most of the analysis's group stage)."""
     if not labels:
         return []
     flat = torch.cat([t.reshape(-1) for t in labels])
     owner = torch.repeat_interleave(torch.arange(len(labels)), torch.tensor([t.numel() for t in labels]))
     present = flat != 0
-    gids = group_of[flat[present]]
-    stride = int(group_of.max()) + 2 if group_of.numel() else 1
-    pairs = torch.unique(owner[present] * stride + gids + 1)
+    table = torch.zeros(len(labels), int(group_of.max()) + 1 if group_of.numel() else 0, dtype=torch.bool)
+    table[owner[present], group_of[flat[present]]] = True
     found: list[list[int]] = [[] for _ in labels]
-    for o, g in zip((pairs // stride).tolist(), (pairs % stride - 1).tolist()):
+    for o, g in torch.nonzero(table).tolist():
         found[o].append(g)
     return found
 
