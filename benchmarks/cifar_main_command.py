@@ -97,9 +97,7 @@ def main() -> None:
     p.add_argument("--checkpoint", help="shared pretrained weights (gdp-graph train --save-pretrained)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--variant", action="append", default=None, help="extra gdp-graph train arguments (repeatable)")
-    p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--table", action="store_true", help="print the table of the results file and stop")
-    records.add_record_flags(p)
+    records.add_record_flags(p, results=RESULTS)
     args = p.parse_args()
     if args.table:
         print(table(Path(args.results)))

@@ -103,9 +103,7 @@ def _epochs(net, loader, n: int, lr: float, *, optimizer=None, extra_loss=None, 
 def _policy(method: str, target: float, overrides: tuple[str, ...] = ()):
     """The shipped ``cifar_resnet`` policy for ``method`` at ``target``; ``overrides`` are
     ``dotted.key=yaml-value`` settings applied on top (``--gdp-set``, recorded with the run)."""
-    import yaml
-
-    from gdp_graph.policy import load_policy, policy_from_dict
+    from gdp_graph.policy import load_policy, policy_from_dict, set_override
 
     data = load_policy("cifar_resnet").to_dict()
     data["target"]["fraction"] = target
@@ -118,12 +116,7 @@ def _policy(method: str, target: float, overrides: tuple[str, ...] = ()):
         reg["hold_budget"] = False  # GDP's budget hold and deadline are not the baselines'
         reg.setdefault("lambda_controller", {})["deadline"] = False
     for item in overrides:
-        path, _, value = item.partition("=")
-        *parents, leaf = path.split(".")
-        node = data
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = yaml.safe_load(value)
+        set_override(data, item)
     return policy_from_dict(data, source=f"cifar_resnet for {method}", name="cifar_resnet")
 
 

@@ -36,17 +36,25 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def _rows(runs: list[dict[str, Any]], keys: tuple[str, ...], chosen: dict[str, str] | None = None) -> list[str]:
+    """One markdown row per (target, method): its setting when ``chosen`` is given, the number of
+    seeds, then mean ± std of each of ``keys``."""
+    out = []
+    for target, method in _keys(runs):
+        rs = [r for r in runs if r["target"] == target and r["method"] == method]
+        setting = [] if chosen is None else [chosen.get(method, "-")]
+        cells = [f"{target:g}", method, *setting, str(len(rs)), *(mean_std([r[k] for r in rs]) for k in keys)]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
 def table(results: dict[str, Any], include_quick: bool = False) -> str:
     """The markdown table: one row per (target, method), mean ± std over seeds."""
     runs = [r for r in all_runs(results) if include_quick or not r.get("quick")]
     lines = ["| target | method | seeds | acc after cut | acc fine-tuned | FLOPs kept | params kept | acc held-out |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for target, method in _keys(runs):
-        rs = [r for r in runs if r["target"] == target and r["method"] == method]
-        lines.append(f"| {target:g} | {method} | {len(rs)} | {mean_std([r['acc_finalized'] for r in rs])} | "
-                     f"{mean_std([r['acc_finetuned'] for r in rs])} | {mean_std([r['flops_kept'] for r in rs])} | "
-                     f"{mean_std([r['params_kept'] for r in rs])} | {mean_std([r['acc_val'] for r in rs])} |")
-    lines += ["", *verdicts(runs)]
+             "|---:|---|---:|---:|---:|---:|---:|---:|",
+             *_rows(runs, ("acc_finalized", "acc_finetuned", "flops_kept", "params_kept", "acc_val")),
+             "", *verdicts(runs)]
     return "\n".join(lines)
 
 
@@ -104,11 +112,7 @@ def fair_table(runs: list[dict[str, Any]], chosen: dict[str, str], commit: str, 
     lines = [f"Records of commit {commit[:12]}; settings chosen on acc_val ({_images(ranges['val'])}) at "
              f"target 0.5, seed 0; acc held-out 2 is {_images(ranges['heldout2'])}, which no choice read.", "",
              "| target | method | setting | seeds | acc held-out 2 | acc test | FLOPs kept | acc_val |",
-             "|---:|---|---|---:|---:|---:|---:|---:|"]
-    for target, method in _keys(runs):
-        rs = [r for r in runs if r["target"] == target and r["method"] == method]
-        lines.append(f"| {target:g} | {method} | {chosen.get(method, '-')} | {len(rs)} | "
-                     f"{mean_std([r['acc_heldout2'] for r in rs])} | {mean_std([r['acc_finetuned'] for r in rs])} | "
-                     f"{mean_std([r['flops_kept'] for r in rs])} | {mean_std([r['acc_val'] for r in rs])} |")
-    lines += ["", *verdicts(runs, "acc_heldout2", " (held-out 2)"), *verdicts(runs, "acc_finetuned", " (test)")]
+             "|---:|---|---|---:|---:|---:|---:|---:|",
+             *_rows(runs, ("acc_heldout2", "acc_finetuned", "flops_kept", "acc_val"), chosen),
+             "", *verdicts(runs, "acc_heldout2", " (held-out 2)"), *verdicts(runs, "acc_finetuned", " (test)")]
     return "\n".join(lines)

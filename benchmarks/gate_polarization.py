@@ -89,17 +89,11 @@ MODELS = {"own": own_model, "resnet": resnet_model, "mobilenetv2": lambda: zoo_m
 
 
 def load(policy: str, target: float, overrides: list[str]):
-    import yaml
-    from gdp_graph.policy import load_policy, policy_from_dict
+    from gdp_graph.policy import load_policy, policy_from_dict, set_override
     data = load_policy(policy).to_dict()
     data["target"]["fraction"] = target
     for item in overrides:
-        path, _, value = item.partition("=")
-        node = data
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = yaml.safe_load(value)
+        set_override(data, item)
     return policy_from_dict(data, name=policy)
 
 
@@ -182,9 +176,7 @@ def main() -> None:
                    "regularizer.init=uniform")
     p.add_argument("--previous", action="store_true", help="the previous default: --set " + " --set ".join(PREVIOUS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--table", action="store_true", help="print the table of the recorded runs and stop")
-    records.add_record_flags(p)
+    records.add_record_flags(p, results=RESULTS)
     a = p.parse_args()
     if a.table:
         print(table(Path(a.results)))

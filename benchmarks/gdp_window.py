@@ -33,21 +33,14 @@ RESULTS = Path(__file__).with_name("results") / "gdp_window.json"
 
 
 def _policy(variant: str):
-    import yaml
-
-    from gdp_graph.policy import load_policy, policy_from_dict
+    from gdp_graph.policy import load_policy, policy_from_dict, set_override
     from gdp_graph.recipes.cifar10.pipeline import SHORT_FIX_AT
 
     data = load_policy("cifar_resnet").to_dict()
     data["regularizer"]["fix_at"] = SHORT_FIX_AT
     if variant != "current":
         for item in variant.split(";"):
-            path, _, value = item.strip().partition("=")
-            node = data["regularizer"]
-            *parents, leaf = path.split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = yaml.safe_load(value)
+            set_override(data["regularizer"], item.strip())
     return policy_from_dict(data, source=f"cifar_resnet, {variant}", name="cifar_resnet")
 
 

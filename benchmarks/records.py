@@ -193,11 +193,15 @@ def recorded(path: PathLike, benchmark: str, settings: Mapping[str, Any]) -> Opt
     return None
 
 
-def add_record_flags(parser: argparse.ArgumentParser) -> None:
+def add_record_flags(parser: argparse.ArgumentParser, results: Optional[PathLike] = None) -> None:
     """``--note TEXT`` (stored in every record of the run) and ``--rerun`` (run again what the
-    current commit has already recorded)."""
+    current commit has already recorded); with ``results``, also ``--results FILE`` (default
+    ``results``) and ``--table`` (print the file's table and stop)."""
     parser.add_argument("--note", default=None, help="free text stored with every record this run writes")
     parser.add_argument("--rerun", action="store_true", help="rerun settings this commit has already recorded")
+    if results is not None:
+        parser.add_argument("--results", default=str(results), help=f"the results file (default {results})")
+        parser.add_argument("--table", action="store_true", help="print the table of the results file and stop")
 
 
 def parse_with_protocol(parser: argparse.ArgumentParser, protocols: Mapping[str, Mapping[str, Any]],

@@ -100,6 +100,7 @@ from gdp_graph.policy.yamlcheck import Diagnostic, Location, Node, Reporter, fro
 from gdp_graph.policy.errors import PolicyError
 
 __all__ = [
+    "set_override",
     "BlockSettings", "Defaults", "Diagnostic", "EpsilonSchedule", "GroupSettings",
     "LambdaController", "Location", "Policy", "PolicyError", "PolicyWarning", "Regularizer",
     "Resolution", "Rule", "Selector", "Target", "available_policies", "json_schema",
@@ -169,3 +170,17 @@ def policy_from_dict(d: Mapping[str, Any], source: str = "<dict>", *,
     messages name the key path)."""
     rep = _reporter()
     return build_policy(from_python(d, source, "", rep), rep, source, name or source)
+
+
+def set_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``dotted.key=yaml-value`` override (``--set``) to a policy dict in place; the
+    dict is validated afterwards by :func:`policy_from_dict` like any other."""
+    import yaml
+    path, sep, value = item.partition("=")
+    if not sep or not path:
+        raise PolicyError(f"--set {item!r}: expected KEY=VALUE, e.g. regularizer.init=magnitude")
+    *parents, leaf = path.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = yaml.safe_load(value)

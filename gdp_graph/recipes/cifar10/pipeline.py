@@ -114,7 +114,7 @@ def _policy(settings: TrainSettings, fix_at: float | None = None):
     """The policy with the settings' regularizer/target/``policy_set`` overrides and the
     schedule's ``fix_at`` applied (validated again, so an override produces the same precise
     errors as a file)."""
-    from gdp_graph.policy import load_policy, policy_from_dict
+    from gdp_graph.policy import load_policy, policy_from_dict, set_override
     policy = load_policy(settings.policy)
     if not settings.regularizer and settings.target is None and fix_at is None and not settings.policy_set:
         return policy
@@ -133,22 +133,8 @@ def _policy(settings: TrainSettings, fix_at: float | None = None):
     if fix_at is not None:
         reg["fix_at"] = fix_at
     for item in settings.policy_set:
-        set_key(data, item)
+        set_override(data, item)
     return policy_from_dict(data, source=f"{policy.source} with command-line overrides", name=policy.name)
-
-
-def set_key(data: dict[str, Any], item: str) -> None:
-    """Apply one ``dotted.key=yaml-value`` override to a policy dict."""
-    import yaml
-    from gdp_graph.policy import PolicyError
-    path, sep, value = item.partition("=")
-    if not sep or not path:
-        raise PolicyError(f"--set {item!r}: expected KEY=VALUE, e.g. regularizer.init=magnitude")
-    *parents, leaf = path.split(".")
-    node = data
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = yaml.safe_load(value)
 
 
 def apply_gate_init(gated: Any, train: Any, *, seed: int) -> Optional[Any]:
