@@ -233,25 +233,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5])
     p.add_argument("--method", default="activation", choices=("activation", "magnitude", "taylor", "depth"))
     p.add_argument("--calibration-batches", type=int, default=2)
+    p.add_argument("--policy", default=str(ROOT / "policies" / "llm.yaml"))
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per model")
     p.add_argument("--prompt", type=int, default=32, help="prompt tokens (prefilled, not timed)")
     p.add_argument("--new", type=int, default=32, help="greedy tokens decoded per round")
-    p.add_argument("--policy", default=str(ROOT / "policies" / "llm.yaml"))
-    p.add_argument("--out", type=Path, default=OUT)
-    p.add_argument("--table", action="store_true", help="print the tables of the recorded runs and stop")
-    records.add_record_flags(p)
-    args = p.parse_args(argv)
-    if args.table:
-        print(table(args.out))
+    records.add_record_flags(p, results=OUT, results_flag="--out")
+    args = records.parse_or_table(p, argv, table)
+    if args is None:
         return 0
     torch.set_num_threads(1)
     import smollm2
     original, task = None, None
-    for target in args.targets:
-        settings = settings_of(args, target)
-        if not args.rerun and records.recorded(args.out, BENCH, settings):
-            print(f"skip {args.method} at {target}: recorded by this commit", flush=True)
-            continue
+    runs = [(target, settings_of(args, target)) for target in args.targets]
+    for target, settings in records.pending(args.out, BENCH, runs, args.rerun):
         if original is None:
             original, task = smollm2.model().eval(), smollm2.task()
         print(f"{args.method} at {target}", flush=True)

@@ -256,34 +256,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--calibration-batches", type=int, default=4)
     p.add_argument("--speed-rounds", type=int, default=3)
     p.add_argument("--policy", default=str(ROOT / "policies" / "llm.yaml"))
-    p.add_argument("--out", type=Path, default=OUT)
-    p.add_argument("--table", action="store_true", help="print the table of the recorded runs and stop")
-    records.add_record_flags(p)
-    args = p.parse_args(argv)
-    if args.table:
-        print(table(args.out))
+    records.add_record_flags(p, results=OUT, results_flag="--out")
+    args = records.parse_or_table(p, argv, table)
+    if args is None:
         return 0
     torch.set_num_threads(1)
     import os
     os.environ["LM_EVAL_WINDOWS"] = str(args.eval_windows)
     import smollm2
     original, task = None, None
-    for target in args.targets:
-        for method in args.methods:
-            if method == "unpruned" and target != args.targets[0]:
-                continue  # one reference row
-            for seed in args.seeds:
-                settings = settings_of(args, target, method, seed)
-                if not args.rerun and records.recorded(args.out, BENCH, settings):
-                    print(f"skip {method} at {target} seed {seed}: recorded by this commit", flush=True)
-                    continue
-                if original is None:
-                    original, task = smollm2.model().eval(), smollm2.task()
-                print(f"run {method} at {target} seed {seed} ({args.steps} steps)", flush=True)
-                result = run_one(original, task, args, target, method, seed)
-                records.append_record(args.out, records.new_record(BENCH, settings, result, seed=seed, note=args.note))
-                print(f"  ppl {result['ppl_before_recovery']} -> {result['ppl_after_recovery']}, params kept "
-                      f"{result['params_kept']:.3f}, decode x{result['decode_speedup']:.2f}", flush=True)
+    runs = [((target, method, seed), settings_of(args, target, method, seed)) for target in args.targets
+            for method in args.methods for seed in args.seeds
+            if method != "unpruned" or target == args.targets[0]]  # one unpruned reference row
+    for (target, method, seed), settings in records.pending(args.out, BENCH, runs, args.rerun):
+        if original is None:
+            original, task = smollm2.model().eval(), smollm2.task()
+        print(f"run {method} at {target} seed {seed} ({args.steps} steps)", flush=True)
+        result = run_one(original, task, args, target, method, seed)
+        records.append_record(args.out, records.new_record(BENCH, settings, result, seed=seed, note=args.note))
+        print(f"  ppl {result['ppl_before_recovery']} -> {result['ppl_after_recovery']}, params kept "
+              f"{result['params_kept']:.3f}, decode x{result['decode_speedup']:.2f}", flush=True)
     print(table(args.out))
     return 0
 

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 __all__ = ["RecordsError", "ROOT", "add_record_flags", "append_record", "git_state", "latest_run", "load_records",
            "machine", "new_record", "parse_with_protocol", "recorded", "run_and_table_commands", "sha256_file"]
@@ -193,15 +193,39 @@ def recorded(path: PathLike, benchmark: str, settings: Mapping[str, Any]) -> Opt
     return None
 
 
-def add_record_flags(parser: argparse.ArgumentParser, results: Optional[PathLike] = None) -> None:
+def add_record_flags(parser: argparse.ArgumentParser, results: Optional[PathLike] = None,
+                     results_flag: str = "--results") -> None:
     """``--note TEXT`` (stored in every record of the run) and ``--rerun`` (run again what the
-    current commit has already recorded); with ``results``, also ``--results FILE`` (default
+    current commit has already recorded); with ``results``, also ``results_flag FILE`` (default
     ``results``) and ``--table`` (print the file's table and stop)."""
     parser.add_argument("--note", default=None, help="free text stored with every record this run writes")
     parser.add_argument("--rerun", action="store_true", help="rerun settings this commit has already recorded")
     if results is not None:
-        parser.add_argument("--results", default=str(results), help=f"the results file (default {results})")
+        parser.add_argument(results_flag, type=Path, default=Path(results), help=f"the results file (default {results})")
         parser.add_argument("--table", action="store_true", help="print the table of the results file and stop")
+        parser.set_defaults(results_dest=results_flag.lstrip("-").replace("-", "_"))
+
+
+def pending(path: PathLike, benchmark: str, runs: Iterable[tuple[Any, Mapping[str, Any]]],
+            rerun: bool = False) -> Iterator[tuple[Any, Mapping[str, Any]]]:
+    """The ``(key, settings)`` pairs of ``runs`` that the current commit has not recorded yet (all
+    with ``rerun``), saying which it skips: what makes a long benchmark resumable."""
+    for key, settings in runs:
+        if not rerun and recorded(path, benchmark, settings):
+            print(f"skip {key}: recorded by this commit", flush=True)
+            continue
+        yield key, settings
+
+
+def parse_or_table(parser: argparse.ArgumentParser, argv: Optional[list[str]],
+                   table: Callable[[Path], str]) -> Optional[argparse.Namespace]:
+    """The parsed arguments, or None after printing ``table(results file)`` when ``--table`` is
+    given (flags from :func:`add_record_flags` with ``results``)."""
+    args = parser.parse_args(argv)
+    if not args.table:
+        return args
+    print(table(getattr(args, args.results_dest)))
+    return None
 
 
 def parse_with_protocol(parser: argparse.ArgumentParser, protocols: Mapping[str, Mapping[str, Any]],

@@ -111,6 +111,24 @@ def test_recorded_finds_the_same_settings_at_the_same_clean_commit_only(repo):
     assert records.recorded(path, "bench", settings) is None  # a new commit reruns
 
 
+def test_pending_skips_what_this_commit_recorded_unless_rerun(repo, capsys):
+    path = repo / "benchmarks" / "results" / "r.json"
+    runs = [(t, {"target": t}) for t in (0.7, 0.5)]
+    records.append_record(path, records.new_record("bench", {"target": 0.7}, {"acc": 0.9}))
+    assert [k for k, _ in records.pending(path, "bench", runs)] == [0.5]
+    assert "skip 0.7" in capsys.readouterr().out
+    assert [k for k, _ in records.pending(path, "bench", runs, rerun=True)] == [0.7, 0.5]
+
+
+def test_table_flag_prints_the_results_files_table_instead_of_running(tmp_path, capsys):
+    p = argparse.ArgumentParser()
+    records.add_record_flags(p, results=tmp_path / "r.json", results_flag="--out")
+    assert records.parse_or_table(p, ["--table"], lambda path: f"table of {path.name}") is None
+    assert capsys.readouterr().out == "table of r.json\n"
+    args = records.parse_or_table(p, ["--out", str(tmp_path / "x.json")], lambda path: "unused")
+    assert args.out == tmp_path / "x.json" and not args.table
+
+
 def test_protocol_presets_set_defaults_that_explicit_flags_override():
     protocols = {"cpu-short": {"epochs": 3, "subset": 1000}, "full": {"epochs": 30, "subset": 50000}}
 
