@@ -60,16 +60,22 @@ def run(data: str, seed: int, checkpoint: str | None, variant: str, log: Path) -
 
 def rows(path: Path) -> dict[str, list[tuple[int, float, float | None, float]]]:
     """``{row name: [(seed, test, held-out, FLOPs kept), ...]}``: one row per variant (its own
-    regularizer) and one per method a variant ran with ``--compare`` (named ``variant [commit],
-    compare METHOD``), over every record of this benchmark."""
+    regularizer) and thread setting, one per method a variant ran with ``--compare`` (named
+    ``variant [commit, threads], compare METHOD``) and one for the unpruned model trained as long
+    (``..., unpruned``, where the run trained it), over every record of this benchmark."""
     out: dict[str, list[tuple[int, float, float | None, float]]] = {}
     for r in records.load_records(path):
         if r.get("benchmark") != BENCHMARK:
             continue
         res, name = r["result"], r["settings"]["variant"] or "(as shipped)"
-        label = f"{name} [{r['commit'][:7]}]"
+        threads = r["settings"].get("threads")
+        label = f"{name} [{r['commit'][:7]}" + (f", {threads} threads]" if threads else "]")
         out.setdefault(label, []).append((r["seed"], res["test"]["acc_finetuned"],
                                           res["heldout"].get("acc_finetuned"), res["kept"]))
+        if res["test"].get("acc_unpruned_same_epochs") is not None:
+            out.setdefault(f"{label}, unpruned", []).append(
+                (r["seed"], res["test"]["acc_unpruned_same_epochs"],
+                 res["heldout"].get("acc_unpruned_same_epochs"), 1.0))
         for method, c in res.get("compare", {}).items():
             out.setdefault(f"{label}, compare {method}", []).append(
                 (r["seed"], c["acc_finetuned"], c.get("heldout_acc_finetuned"), c["kept"]))

@@ -24,3 +24,21 @@ def test_the_table_has_a_row_per_variant_and_compared_method_with_the_spread_ove
     text = table(path)
     assert "| (as shipped) [abcdef0] | 0,1 | 0.4200 ± 0.0141 | 0.4100 ± 0.0141 | 0.5000 ± 0.0000 |" in text
     assert "| --regularizer polarization [abcdef0] | 0 | 0.3700 | 0.3800 | 0.5000 |" in text
+
+
+def test_thread_settings_get_their_own_rows_and_the_unpruned_model_its_row(tmp_path):
+    path = tmp_path / "r.json"
+    recs = []
+    for threads, seed in (("1", 0), ("1", 1), ("default", 0)):
+        rec = _record("", seed, 0.40 + seed / 100, 0.41, {"magnitude": 0.39})
+        rec["settings"]["threads"] = threads
+        rec["result"]["test"]["acc_unpruned_same_epochs"] = 0.45
+        rec["result"]["heldout"]["acc_unpruned_same_epochs"] = 0.46
+        recs.append(rec)
+    path.write_text(json.dumps({"records": recs}))
+    got = rows(path)
+    assert list(got) == ["(as shipped) [abcdef0, 1 threads]", "(as shipped) [abcdef0, 1 threads], unpruned",
+                         "(as shipped) [abcdef0, 1 threads], compare magnitude", "(as shipped) [abcdef0, default threads]",
+                         "(as shipped) [abcdef0, default threads], unpruned",
+                         "(as shipped) [abcdef0, default threads], compare magnitude"]
+    assert got["(as shipped) [abcdef0, 1 threads], unpruned"] == [(0, 0.45, 0.46, 1.0), (1, 0.45, 0.46, 1.0)]
