@@ -91,10 +91,30 @@ def table(path: Path) -> str:
         return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
     lines = ["| run [commit] | seeds | held-out fine-tuned | test fine-tuned | FLOPs kept |", "|---|---|---:|---:|---:|"]
-    for name, rs in rows(path).items():
+    table_rows = rows(path)
+    for name, rs in table_rows.items():
         lines.append(f"| {name} | {','.join(str(r[0]) for r in rs)} | {cell([r[2] for r in rs if r[2] is not None])} | "
                      f"{cell([r[1] for r in rs])} | {cell([r[3] for r in rs])} |")
-    return "\n".join(lines)
+    return "\n".join(lines + verdicts(table_rows))
+
+
+def verdicts(table_rows: dict[str, list[tuple[int, float, float | None, float]]]) -> list[str]:
+    """For each run of two or more seeds that compared methods: GDP's mean test accuracy minus
+    each other row's of the same run (points), beside twice the larger standard deviation."""
+    out = []
+    for name, rs in table_rows.items():
+        others = {k[len(name) + 2:]: v for k, v in table_rows.items() if k.startswith(name + ", ")}
+        if len(rs) < 2 or not others:
+            continue
+        gdp = [r[1] for r in rs]
+        parts = []
+        for other, vs in others.items():
+            test = [r[1] for r in vs]
+            spread = 2 * max(statistics.stdev(gdp), statistics.stdev(test) if len(test) > 1 else 0.0)
+            parts.append(f"{other}: {100 * (statistics.mean(gdp) - statistics.mean(test)):+.2f} "
+                         f"(twice the spread {100 * spread:.2f})")
+        out.append(f"- {name}, GDP minus (test, points): " + "; ".join(parts))
+    return ["", *out] if out else []
 
 
 def main() -> None:

@@ -42,3 +42,7 @@ def test_thread_settings_get_their_own_rows_and_the_unpruned_model_its_row(tmp_p
                          "(as shipped) [abcdef0, default threads], unpruned",
                          "(as shipped) [abcdef0, default threads], compare magnitude"]
     assert got["(as shipped) [abcdef0, 1 threads], unpruned"] == [(0, 0.45, 0.46, 1.0), (1, 0.45, 0.46, 1.0)]
+    text = table(path)
+    assert ("- (as shipped) [abcdef0, 1 threads], GDP minus (test, points): unpruned: -4.50 (twice the spread 1.41); "
+            "compare magnitude: +1.50 (twice the spread 1.41)") in text
+    assert "default threads], GDP minus" not in text  # one seed: no spread, no verdict
