@@ -198,7 +198,7 @@ def settings_of(args: argparse.Namespace, target: float, method: str, seed: int)
     return {"model": "SmolLM2-135M-Instruct", "data": "shakespeare", "target": target if method != "unpruned" else 1.0,
             "method": method, "seed": seed, "steps": args.steps, "batch": 2, "length": 256, "lr": args.lr,
             "distill": distill, "eval_windows": args.eval_windows, "calibration_batches": args.calibration_batches,
-            "policy": str(args.policy)}
+            "policy": policy_label(args.policy)}
 
 
 def vars_of(obj: Any) -> dict[str, Any]:
@@ -213,23 +213,32 @@ def _mean_sd(values: list[float]) -> str:
     return f"{mean:.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
 
 
+def policy_label(path: Any) -> str:
+    """A shipped policy as ``policies/NAME.yaml`` whatever checkout ran it (records made in
+    another worktree name the same policy by another absolute path); other files as given."""
+    p = Path(str(path))
+    return f"policies/{p.name}" if p.parent.name == "policies" else str(path)
+
+
 def table(path: Path = OUT) -> str:
-    """Markdown table of the latest record per settings (seeds pooled per target and method)."""
+    """Markdown table of the latest record per settings (seeds pooled per target and method; a
+    rerun of the same settings, from any checkout, replaces the earlier record)."""
     latest: dict[str, dict] = {}
     for r in records.load_records(path):
         if r.get("benchmark") == BENCH:
-            latest[repr(sorted(r["settings"].items()))] = r
+            settings = {**r["settings"], "policy": policy_label(r["settings"].get("policy", ""))}
+            latest[repr(sorted(settings.items()))] = r
     rows: dict[tuple, list[dict]] = {}
     for r in latest.values():
         s = r["settings"]
         rows.setdefault((s["target"], s["method"], s["steps"], repr(s["distill"])), []).append(r)
     lines = ["| target | method | seeds | valid ppl before recovery | valid ppl after | params kept | "
-             "GFLOPs/token | decode speed-up (ideal) | prefill speed-up |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "GFLOPs/token | decode speed-up (ideal) | prefill speed-up | commit |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     if latest:  # the unpruned model as loaded, from any record (every run measures it)
         first = next(iter(latest.values()))["result"]
         lines.append(f"| 1 | original, untrained | - | {first['ppl_original']:.1f} | - | 1.000 | "
-                     f"{first['flops_per_token_original'] / 1e9:.3f} | 1.00 (1.00) | 1.00 |")
+                     f"{first['flops_per_token_original'] / 1e9:.3f} | 1.00 (1.00) | 1.00 | - |")
     for (target, method, steps, _), rs in sorted(rows.items(), key=lambda kv: (-kv[0][0], kv[0][1] != "unpruned",
                                                                              kv[0][1])):
         res = [r["result"] for r in rs]
@@ -239,7 +248,8 @@ def table(path: Path = OUT) -> str:
                      f"{statistics.fmean(x['flops_per_token'] for x in res) / 1e9:.3f} | "
                      f"{statistics.fmean(x['decode_speedup'] for x in res):.2f} "
                      f"({statistics.fmean(x['ideal_speedup'] for x in res):.2f}) | "
-                     f"{statistics.fmean(x['prefill_speedup'] for x in res):.2f} |")
+                     f"{statistics.fmean(x['prefill_speedup'] for x in res):.2f} | "
+                     f"{', '.join(sorted({r['commit'][:7] for r in rs}))} |")
     return "\n".join(lines)
 
 

@@ -46,3 +46,18 @@ def test_one_run_per_kind_of_row(tmp_path, monkeypatch, method):
     record = records.new_record(llm_prune.BENCH, llm_prune.settings_of(args, 0.6, method, 0), result, seed=0)
     records.append_record(tmp_path / "r.json", record)
     assert method in llm_prune.table(tmp_path / "r.json")
+
+
+def test_a_rerun_from_another_checkout_replaces_the_record_and_the_row_names_its_commit(tmp_path):
+    result = {"ppl_before_recovery": 10.0, "ppl_after_recovery": 5.0, "params_kept": 0.7, "flops_per_token": 1e9,
+              "decode_speedup": 1.2, "ideal_speedup": 1.4, "prefill_speedup": 1.1, "ppl_original": 4.0,
+              "flops_per_token_original": 2e9}
+    settings = {"method": "activation", "target": 0.7, "seed": 0, "steps": 16, "distill": None}
+    recs = [{"benchmark": llm_prune.BENCH, "commit": commit, "result": {**result, "ppl_after_recovery": ppl},
+             "settings": {**settings, "policy": f"/work/{checkout}/policies/llm.yaml"}}
+            for commit, checkout, ppl in (("aaaaaaa1", "one", 9.0), ("bbbbbbb2", "two", 7.0))]
+    import json
+    (tmp_path / "r.json").write_text(json.dumps({"records": recs}))
+    rows = [line for line in llm_prune.table(tmp_path / "r.json").splitlines() if "| activation |" in line]
+    assert rows == ["| 0.7 | activation | 1 | 10.0 | 7.0 | 0.700 | 1.000 | 1.20 (1.40) | 1.10 | bbbbbbb |"]
+    assert llm_prune.policy_label("/elsewhere/policies/llm.yaml") == "policies/llm.yaml"
