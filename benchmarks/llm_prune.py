@@ -164,6 +164,16 @@ def original_ppl(original: nn.Module, task: Any) -> Optional[float]:
     return _ORIGINAL[id(original)]
 
 
+def reseed_batches(task: Any, seed: int) -> None:
+    """Start the task's training batches over in the order of ``seed``: its loader shuffles with
+    a generator of its own, which ``torch.manual_seed`` does not touch and which every earlier run
+    of the process has advanced."""
+    generator = getattr(task.train_loader, "generator", None)
+    if generator is None:
+        raise ValueError("the task's train_loader has no generator: its order cannot follow the seed")
+    generator.manual_seed(seed)
+
+
 def run_one(original: nn.Module, task: Any, args: argparse.Namespace, target: float, method: str,
             seed: int) -> dict[str, Any]:
     from gdp_graph.graph.cost import count_params
@@ -173,6 +183,7 @@ def run_one(original: nn.Module, task: Any, args: argparse.Namespace, target: fl
     data["target"]["fraction"] = target
     policy = policy_from_dict(data, source=f"{base.source} at {target}", name=base.name)
     torch.manual_seed(seed)
+    reseed_batches(task, seed)
     run = (_reference_run(original, task, args, policy) if method == "unpruned"
            else _prune_run(original, task, args, policy, method))
     folder = ROOT / "runs" / "llm_prune" / f"{method}-{target}-s{seed}"

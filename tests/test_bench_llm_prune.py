@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
@@ -32,8 +33,12 @@ def _args(tmp_path, *extra: str):
 @pytest.mark.parametrize("method", ["gdp@activation", "depth", "unpruned"])
 def test_one_run_per_kind_of_row(tmp_path, monkeypatch, method):
     monkeypatch.setattr(llm_prune, "ROOT", tmp_path)
+    seeds = []
+    reseed = llm_prune.reseed_batches
+    monkeypatch.setattr(llm_prune, "reseed_batches", lambda task, seed: (seeds.append(seed), reseed(task, seed)))
     args = _args(tmp_path)
     result = llm_prune.run_one(tiny_lm.llama().eval(), tiny_lm.task(), args, 0.6, method, 0)
+    assert seeds == [0]  # the run's batches follow its seed
     assert result["ppl_after_recovery"] > 1 and result["ppl_original"] > 1
     assert result["saved_folder_loads"], result["saved_folder_problem"]
     assert result["decode_speedup"] > 0 and result["flops_per_token"] <= result["flops_per_token_original"]
@@ -61,3 +66,16 @@ def test_a_rerun_from_another_checkout_replaces_the_record_and_the_row_names_its
     rows = [line for line in llm_prune.table(tmp_path / "r.json").splitlines() if "| activation |" in line]
     assert rows == ["| 0.7 | activation | 1 | 10.0 | 7.0 | 0.700 | 1.000 | 1.20 (1.40) | 1.10 | bbbbbbb |"]
     assert llm_prune.policy_label("/elsewhere/policies/llm.yaml") == "policies/llm.yaml"
+
+
+def test_the_seed_sets_the_order_of_the_training_batches_whatever_ran_before():
+    task = tiny_lm.task()
+    first = [b.clone() for b, _ in zip(task.train_loader, range(3))]
+    llm_prune.reseed_batches(task, 0)
+    again = [b.clone() for b, _ in zip(task.train_loader, range(3))]
+    llm_prune.reseed_batches(task, 1)
+    other = [b.clone() for b, _ in zip(task.train_loader, range(3))]
+    llm_prune.reseed_batches(task, 0)
+    assert all(torch.equal(a, b) for a, b in zip(again, [b for b, _ in zip(task.train_loader, range(3))]))
+    assert not all(torch.equal(a, b) for a, b in zip(again, other))
+    assert first  # the loader was used before the reseed
