@@ -3,13 +3,14 @@
 One walk over the graph (an ``fx.Interpreter``) dispatches each node to its rule
 (:mod:`gdp_graph.graph.rules`), storing what it learns on the node (``node.meta["channels"]``).
 The union-find over elements then gives units; units of the same kind (made of elements of the
-same spaces) form a group. The dependency graph (networkx) links groups to the layers they touch.
+same spaces) form a group (:mod:`gdp_graph.graph.grouping`). The dependency graph (networkx)
+links groups to the layers they touch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import networkx as nx
 import torch
@@ -21,7 +22,8 @@ from gdp_graph.graph.blocks import find_blocks
 from gdp_graph.graph.channels import UNTRACKED, Chan, Track, flatten_chans, map_structure
 from gdp_graph.graph.elements import ElementStore
 from gdp_graph.graph.frontend_export import CONSTANT_BUFFER
-from gdp_graph.graph.groups import Block, ChannelGroup, GateSite, Member, OpaqueLeaf
+from gdp_graph.graph.grouping import form_groups
+from gdp_graph.graph.groups import Block, ChannelGroup, Member, OpaqueLeaf
 from gdp_graph.graph.inputs import output_tensors
 from gdp_graph.graph.rules.context import RuleContext, target_name
 from gdp_graph.graph.rules.elementwise import returns_an_input
@@ -263,157 +265,9 @@ def analyze(model: nn.Module, example_inputs: Any, *, front_end: str = "auto", c
 def analyze_traced(traced: TracedModel) -> Analysis:
     store = propagate(traced)
     roots = store.roots()
-    groups, group_of, unit_of = _form_groups(traced, store, roots)
+    groups, group_of, unit_of = form_groups(traced, store, roots)
     blocks = find_blocks(traced, groups)
     return Analysis(traced, groups, blocks, store, group_of, unit_of)
-
-
-def _form_groups(traced: TracedModel, store: ElementStore, roots: torch.Tensor):
-    """Units (union-find classes) made of elements of the same spaces form one group; groups
-    are numbered by their smallest element, units within a group by their root."""
-    n = store.count
-    unit_roots, gid, unit_index, sizes = _number_units(store, roots)
-    group_of_root = torch.full((n,), -1, dtype=torch.long)
-    unit_of_root = torch.full((n,), -1, dtype=torch.long)
-    group_of_root[unit_roots] = gid
-    unit_of_root[unit_roots] = unit_index
-    group_of = group_of_root[roots]
-    unit_of = unit_of_root[roots]
-    group_of[0] = -1
-    unit_of[0] = -1
-    groups = [ChannelGroup(id=g, size=size, unit="channel", unit_width=1,
-                           frozen_units=torch.zeros(size, dtype=torch.bool))
-              for g, size in enumerate(sizes)]
-    _attach_facts(traced, store, groups, group_of, unit_of)
-    return groups, group_of, unit_of
-
-
-def _number_units(store: ElementStore, roots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-    """Each unit's root (ascending), group id and index within its group, and the group sizes.
-
-    A unit's signature is the sorted list of spaces its elements come from; a group is all units
-    of one signature, numbered by its smallest root. Most units lie in one space, whose id is
-    their signature; the others are told apart as rows of spaces, one width at a time."""
-    space_of = torch.tensor(store.space_of, dtype=torch.long)
-    # distinct (root, space) pairs, sorted by root then space, encoded as one integer (a
-    # plain unique is far faster than a row-wise one): each unit's sorted space signature
-    stride = len(store.spaces) + 1
-    pairs = torch.unique(roots[1:] * stride + space_of[1:])
-    unit_roots, widths = torch.unique_consecutive(pairs // stride, return_counts=True)
-    spaces = pairs % stride
-    starts = widths.cumsum(0) - widths
-    signature = spaces[starts].clone()  # one space: its id
-    offset = stride
-    for width in torch.unique(widths[widths > 1]).tolist():
-        # the units of one width: a row of spaces each, the same signature where the rows are equal
-        units = torch.nonzero(widths == width).flatten()
-        rows = spaces[starts[units].unsqueeze(1) + torch.arange(width)]
-        distinct, which = torch.unique(rows, dim=0, return_inverse=True)
-        signature[units] = offset + which
-        offset += distinct.shape[0]
-    keys, which = torch.unique(signature, return_inverse=True)
-    count = torch.arange(which.numel())
-    first = torch.full((keys.numel(),), which.numel(), dtype=torch.long).scatter_reduce(0, which, count, "amin")
-    rank = torch.empty_like(first)
-    rank[torch.argsort(first)] = torch.arange(first.numel())
-    gid = rank[which]
-    order = torch.argsort(gid, stable=True)  # by group, then root
-    sizes = torch.bincount(gid, minlength=first.numel())
-    unit_index = torch.empty_like(gid)
-    unit_index[order] = count - (sizes.cumsum(0) - sizes)[gid[order]]
-    return unit_roots, gid, unit_index, sizes.tolist()
-
-
-def _groups_of_each(labels: list[torch.Tensor], group_of: torch.Tensor) -> list[list[int]]:
-    """The distinct group ids (ascending) of each labels tensor's non-null elements, read from
-    one presence table (tensor x group) filled by one indexed write over all of them (one
-    ``unique`` per tensor was most of the analysis's group stage)."""
-    if not labels:
-        return []
-    flat = torch.cat([t.reshape(-1) for t in labels])
-    owner = torch.repeat_interleave(torch.arange(len(labels)), torch.tensor([t.numel() for t in labels]))
-    present = flat != 0
-    table = torch.zeros(len(labels), int(group_of.max()) + 1 if group_of.numel() else 0, dtype=torch.bool)
-    table[owner[present], group_of[flat[present]]] = True
-    found: list[list[int]] = [[] for _ in labels]
-    for o, g in torch.nonzero(table).tolist():
-        found[o].append(g)
-    return found
-
-
-def _add_reasons(groups: list[ChannelGroup], facts: list[tuple[torch.Tensor, str]], group_of: torch.Tensor,
-                 field_name: str) -> None:
-    for (_, reason), gids in zip(facts, _groups_of_each([t for t, _ in facts], group_of)):
-        for gid in gids:
-            reasons = getattr(groups[gid], field_name)
-            if reason not in reasons:
-                reasons.append(reason)
-
-
-def _freeze_units(groups: list[ChannelGroup], store: ElementStore, group_of: torch.Tensor,
-                  unit_of: torch.Tensor) -> None:
-    """Every unit holding a frozen element is frozen, in one scatter over all groups' units."""
-    if not store.frozen or not groups:
-        return
-    flat = torch.cat([t for t, _ in store.frozen])
-    offsets = torch.tensor([0] + [g.size for g in groups]).cumsum(0)
-    mask = torch.zeros(int(offsets[-1]), dtype=torch.bool)
-    mask[offsets[group_of[flat]] + unit_of[flat]] = True
-    for g, start in zip(groups, offsets.tolist()):
-        g.frozen_units |= mask[start:start + g.size]
-
-
-def _attach_facts(traced, store, groups, group_of, unit_of) -> None:
-    modules = dict(traced.gm.named_modules())
-    if traced.module is not None:  # the model's own classes (torch.export keeps plain Modules)
-        modules.update({k: v for k, v in traced.module.named_modules() if k})
-    nodes = {nd.name: nd for nd in traced.gm.graph.nodes}
-    _freeze_units(groups, store, group_of, unit_of)
-    _add_reasons(groups, store.frozen, group_of, "frozen_reasons")
-    _add_reasons(groups, store.inexact, group_of, "inexact_reasons")
-    for (_, kind), gids in zip(store.tags, _groups_of_each([t for t, _ in store.tags], group_of)):
-        for gid in gids:
-            if kind.startswith("unit:"):
-                groups[gid].unit = kind[5:]
-            else:
-                groups[gid].couplings.add(kind)
-    seen: set[tuple[int, Member]] = set()
-    for (_, member), gids in zip(store.members, _groups_of_each([t for t, _ in store.members], group_of)):
-        qualname = _module_of(nodes.get(member.node), member)
-        for gid in gids:
-            g = groups[gid]
-            if (gid, member) not in seen:
-                seen.add((gid, member))
-                g.members.append(member)
-            if qualname is not None and qualname not in g.modules:
-                g.modules.append(qualname)
-                mod = modules.get(qualname)
-                g.module_types.append(type(mod).__name__ if mod is not None else "Parameter")
-    _attach_sites(store, groups, group_of, unit_of)
-
-
-def _attach_sites(store, groups, group_of, unit_of) -> None:
-    for site, gids in zip(store.sites, _groups_of_each([s.labels for s in store.sites], group_of)):
-        for gid in gids:
-            mine = (group_of[site.labels] == gid) & (site.labels != 0)
-            unit_index = torch.where(mine, unit_of[site.labels], torch.full_like(site.labels, -1))
-            groups[gid].gate_sites.append(GateSite(site.node, site.arg, site.dim, site.ndim, unit_index))
-    for g in groups:
-        widths = [int((s.unit_index == u).sum()) for s in g.gate_sites[:1] for u in range(min(g.size, 1))]
-        g.unit_width = max(widths) if widths else 1
-        if not g.gate_sites and not g.fully_frozen:
-            g.frozen_units[:] = True
-            g.frozen_reasons.append("its channels reach no layer that could drop them")
-
-
-def _module_of(node: Optional[fx.Node], member: Member) -> Optional[str]:
-    if node is None:
-        return None
-    if node.op == "call_module":
-        return str(node.target)
-    if node.op == "get_attr":
-        return str(node.target).rpartition(".")[0] or str(node.target)
-    return None
 
 
 def _dependency_graph(traced: TracedModel, groups: list[ChannelGroup], blocks: list[Block]) -> nx.MultiDiGraph:
