@@ -7,6 +7,7 @@ and the same pruned model.
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from typing import Callable
@@ -57,7 +58,12 @@ def _rank(rank: int, train: Callable[[int], dict], store: str, out: str) -> None
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        torch.save(train(rank), os.path.join(out, f"rank{rank}.pt"))
+        result = train(rank)
+        # DDP's reducer sits in reference cycles; freed after the group is destroyed, its gloo
+        # threads abort the process ("terminate called without an active exception").
+        gc.collect()
+        dist.barrier()
+        torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
