@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks import records  # noqa: E402
+from benchmarks.llm_prune import policy_label  # noqa: E402
 
 BENCH = "llm_decode"
 OUT = ROOT / "benchmarks" / "results" / "llm_decode.json"
@@ -193,17 +194,19 @@ def run_target(original: nn.Module, task: Any, args: argparse.Namespace, target:
 
 
 def settings_of(args: argparse.Namespace, target: float) -> dict[str, Any]:
-    return {"model": "SmolLM2-135M-Instruct", "method": args.method, "target": target, "policy": str(args.policy),
+    return {"model": "SmolLM2-135M-Instruct", "method": args.method, "target": target, "policy": policy_label(args.policy),
             "calibration_batches": args.calibration_batches, "prompt": args.prompt, "new": args.new,
             "rounds": args.rounds, "threads": 1, "batch": 1}
 
 
 def table(path: Path = OUT) -> str:
-    """Markdown tables of the latest record per settings: the speed-ups, then where the time goes."""
+    """Markdown tables of the latest record per settings (a shipped policy named the same from any
+    checkout): the speed-ups, then where the time goes."""
     latest: dict[str, dict] = {}
     for r in records.load_records(path):
         if r.get("benchmark") == BENCH:
-            latest[repr(sorted(r["settings"].items()))] = r
+            settings = {**r["settings"], "policy": policy_label(r["settings"].get("policy", ""))}
+            latest[repr(sorted(settings.items()))] = r
     rows = sorted(latest.values(), key=lambda r: (r["settings"]["method"], -r["settings"]["target"]))
     lines = ["| method | target | params kept | ideal | decode speed-up (min-max) | of ideal | generate speed-up "
              "(min-max) | of ideal | ms/token original -> pruned |",

@@ -3,6 +3,7 @@ one-shot, saved, reloaded and timed against the original; its record and the tab
 
 from __future__ import annotations
 
+import argparse
 import sys
 import types
 from pathlib import Path
@@ -44,3 +45,25 @@ def test_one_target_is_saved_timed_profiled_and_recorded(tmp_path, monkeypatch, 
     assert (tmp_path / "runs" / "llm_decode" / "activation-0.6" / "hf" / "config.json").is_file()
     tables = llm_decode.table(out)
     assert "| activation | 0.6 |" in tables and "| pruned |" in tables
+
+
+def test_a_shipped_policy_is_recorded_by_its_label_and_older_paths_pool_with_it(tmp_path):
+    args = argparse.Namespace(
+        policy="/some/checkout/policies/llm.yaml", method="activation", calibration_batches=2, prompt=32, new=32,
+        rounds=5)
+    settings = llm_decode.settings_of(args, 0.5)
+    assert settings["policy"] == "policies/llm.yaml"
+    out = tmp_path / "r.json"
+    profile = {"ms_per_token": dict.fromkeys((*llm_decode.PARTS, "rest"), 1.0),
+               "params": dict.fromkeys(llm_decode.PARTS, 1), "total_ms_per_token": 6.0}
+    timing = {"ms_per_token_median": 2.0}
+    for policy, speedup in (("/old/worktree/policies/llm.yaml", 1.1), ("policies/llm.yaml", 1.3)):
+        span = {"median": speedup, "min": speedup, "max": speedup}
+        result = {"params": 5, "params_original": 10, "ideal_speedup": 2.0, "decode_share_of_ideal": speedup / 2,
+                  "generate_share_of_ideal": speedup / 2, "profile": {"original": profile, "pruned": profile},
+                  "speed": {"decode_speedup": span, "generate_speedup": span,
+                            "original": {"decode": timing}, "pruned": {"decode": timing}}}
+        records.append_record(out, records.new_record(llm_decode.BENCH, {**settings, "policy": policy}, result))
+    first_table = llm_decode.table(out).split("\n\n")[0]
+    rows = [line for line in first_table.splitlines() if line.startswith("| activation |")]
+    assert len(rows) == 1 and "1.30 (1.30-1.30)" in rows[0]  # the later record replaces the older path's
