@@ -105,10 +105,12 @@ def main() -> None:
     parser.add_argument("--skip-in-memory", action="store_true", help="skip stage 4 (it holds the model twice)")
     parser.add_argument("--only-in-memory", action="store_true", help="stage 4 alone, against the last streamed folder")
     parser.add_argument("--table", action="store_true", help="print the last recorded run's stages and stop")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/stream_llama.json",
+                        help="the results file (default benchmarks/results/stream_llama.json)")
     records.add_record_flags(parser)
     args = parser.parse_args()
     if args.table:
-        return print(table(ROOT / "benchmarks/results/stream_llama.json"))
+        return print(table(args.out))
     folder, work = ROOT / args.folder, ROOT / f"{args.folder}_work"
     if args.stage == "create":
         return create(folder)
@@ -119,7 +121,7 @@ def main() -> None:
         same, mem_s, mem_rss = timed([sys.executable, __file__, "--folder", args.folder, "--stage", "equal"])
         result = {"in_memory": {**same, "seconds": mem_s, "peak_rss_gb": mem_rss}}
         print(json.dumps(result, indent=1))
-        return records.append_record(ROOT / "benchmarks/results/stream_llama.json",
+        return records.append_record(args.out,
                                      records.new_record("stream_llama_in_memory", settings, result, seed=0,
                                                         note=args.note))
     cli = [sys.executable, "-m", "gdp_graph.cli.main"]
@@ -144,7 +146,7 @@ def main() -> None:
         same, mem_s, mem_rss = timed([sys.executable, __file__, "--folder", args.folder, "--stage", "equal"])
         result["in_memory"] = {**same, "seconds": mem_s, "peak_rss_gb": mem_rss}
     print(json.dumps(result, indent=1))
-    records.append_record(ROOT / "benchmarks/results/stream_llama.json",
+    records.append_record(args.out,
                           records.new_record("stream_llama", settings, result, seed=0, note=args.note))
 
 

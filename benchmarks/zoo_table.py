@@ -1,7 +1,7 @@
 """The reference zoo (tests/zoo) pruned at random: groups, prunable groups, blocks, parameters and
 FLOPs removed, and the largest difference to the gated reference.
 
-    python benchmarks/zoo_table.py run [--ratio 0.3] [--seed 0] [--blocks 0.5] [--note TEXT]
+    python benchmarks/zoo_table.py run [--ratio 0.3] [--seed 0] [--blocks 0.5] [--models vgg,vit] [--note TEXT]
     python benchmarks/zoo_table.py table          # the table, from benchmarks/results/zoo_table.json
 
 ``run`` appends one record per model (``benchmarks/records.py``) and skips the models the
@@ -63,6 +63,7 @@ def main() -> None:
     r.add_argument("--ratio", type=float, default=0.3)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--blocks", type=float, default=0.5, help="share of removable blocks to remove")
+    r.add_argument("--models", default="", help="comma-separated zoo names (default: every model)")
     args = p.parse_args()
     if args.command == "table":
         print(table(args.results))
@@ -71,7 +72,10 @@ def main() -> None:
 
     from tests.zoo import ZOO
     torch.set_num_threads(1)
-    for name in ZOO:
+    names = [n for n in args.models.split(",") if n] or list(ZOO)
+    if unknown := [n for n in names if n not in ZOO]:
+        p.error(f"--models: no zoo model {', '.join(unknown)} (one of {', '.join(ZOO)})")
+    for name in names:
         settings = {"model": name, "ratio": args.ratio, "seed": args.seed, "blocks": args.blocks}
         if not args.rerun and records.recorded(args.out, "zoo_table", settings):
             continue

@@ -1,0 +1,197 @@
+"""The comparison behind ``benchmarks/reproduce.py``: which records make a table's rows, what kind
+each figure is, and the interval a fresh figure must fall in.
+
+    rows = rows_of(committed_records)                  # row key -> one record per seed
+    verdicts = compare_rows(rows, rows_of(fresh_records), Tolerances())
+
+A figure is a scalar leaf of a record's ``result`` (nested names joined with dots); lists are not
+figures, but a list of repeats (``runs``, ``rounds``) or an ``iqr`` beside a time or a ratio gives
+that figure's interquartile range. The kind of a figure is read from its name and value:
+
+    time      *_s, *_ms, *seconds*, *ms_per_token*, *tokens_per_s*   factor, or the IQR
+    ratio     *ratio*, *speedup*, *_over_*, *share*                  relative tolerance, or the IQR
+    memory    *rss*, *_gb                                            relative 0.25
+    noise     *diff*                                                 <= 10x committed, or < 1e-4
+    exact     bools, strings, integers, None                         equal
+    value     any other float                                        seeds: mean +- spread x std;
+                                                                     one seed: relative 1e-3
+Spread figures themselves (``*_min``, ``*_max``, ``min_s``, ``max_s``) are not compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import PurePosixPath
+from typing import Any, Iterable, Optional
+
+SAME_SEED = 1e-3  # relative: one seed rerun is the same computation
+MEMORY = 0.25
+NOISE_FLOOR, NOISE_FACTOR = 1e-4, 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerances:
+    spread: float = 2.0  # seed standard deviations
+    time_factor: float = 2.0  # a time may be this many times larger or smaller
+    ratio: float = 0.25  # relative, on a ratio measured in one process
+
+
+def _plain(value: Any) -> Any:
+    """Settings as identity: absolute paths by their file name (a worktree's path names no setting)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return PurePosixPath(value).name
+    return value
+
+
+def row_key(record: dict[str, Any]) -> str:
+    """What identifies a record's row: its settings without the seed and the commit timed."""
+    settings = {k: v for k, v in record.get("settings", {}).items() if k != "seed" and "commit" not in k}
+    return json.dumps(_plain(settings), sort_keys=True)
+
+
+def rows_of(recs: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Row key -> the records of the latest commit that recorded the key, the latest per seed
+    (records in file order; rows in the order first recorded)."""
+    latest: dict[str, dict[Any, dict[str, Any]]] = {}
+    for r in recs:
+        per_seed = latest.setdefault(row_key(r), {})
+        if per_seed and next(iter(per_seed.values())).get("commit") != r.get("commit"):
+            per_seed.clear()  # a later commit's run of this row replaces the earlier one's
+        per_seed.pop(r.get("seed"), None)
+        per_seed[r.get("seed")] = r
+    return {k: list(v.values()) for k, v in latest.items()}
+
+
+def flatten(result: dict[str, Any], prefix: str = "") -> tuple[dict[str, Any], dict[str, list]]:
+    """(scalar leaves, list leaves) of a result, by dotted name."""
+    scalars: dict[str, Any] = {}
+    lists: dict[str, list] = {}
+    for k, v in result.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            s, l = flatten(v, name + ".")
+            scalars.update(s), lists.update(l)
+        elif isinstance(v, list):
+            lists[name] = v
+        else:
+            scalars[name] = v
+    return scalars, lists
+
+
+def kind_of(name: str, value: Any) -> Optional[str]:
+    """The kind of a figure (module docstring), or None for a spread figure not compared."""
+    leaf = name.rsplit(".", 1)[-1].lower()
+    if leaf.endswith(("_min", "_max")) or leaf in ("min", "max", "min_s", "max_s", "min_ms", "max_ms"):
+        return None
+    if isinstance(value, bool) or value is None or isinstance(value, str) or isinstance(value, int):
+        return "exact"
+    if "diff" in leaf:
+        return "noise"
+    if leaf.endswith(("_s", "_ms", "seconds")) or "ms_per_token" in leaf or "tokens_per_s" in leaf:
+        return "time"
+    if any(w in leaf for w in ("ratio", "speedup", "_over_", "share")):
+        return "ratio"
+    if "rss" in leaf or leaf.endswith("_gb"):
+        return "memory"
+    return "value"
+
+
+def quartiles(values: list) -> Optional[tuple[float, float]]:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) < 2:
+        return None
+    q = statistics.quantiles(numbers, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def iqr_of(name: str, lists: dict[str, list]) -> Optional[tuple[float, float]]:
+    """The interquartile range recorded beside a figure: an ``iqr`` pair, or the quartiles of a
+    list of repeats (``runs``, ``rounds``) in the same place."""
+    parent = name.rsplit(".", 1)[0] + "." if "." in name else ""
+    siblings = {k[len(parent):]: v for k, v in lists.items() if k.startswith(parent) and "." not in k[len(parent):]}
+    if len(siblings.get("iqr", [])) == 2:
+        return tuple(siblings["iqr"])  # type: ignore[return-value]
+    for leaf, values in siblings.items():
+        if "runs" in leaf or "rounds" in leaf:
+            return quartiles(values)
+    return None
+
+
+def interval(kind: str, committed: list[float], iqr: Optional[tuple[float, float]],
+             tol: Tolerances) -> tuple[float, float]:
+    """The interval a fresh figure of this kind must fall in, from its committed values."""
+    mean = statistics.fmean(committed)
+    if kind == "time":
+        low, high = mean / tol.time_factor, mean * tol.time_factor
+    elif kind == "ratio":
+        low, high = mean * (1 - tol.ratio), mean * (1 + tol.ratio)
+    elif kind == "memory":
+        low, high = mean * (1 - MEMORY), mean * (1 + MEMORY)
+    elif kind == "noise":
+        return 0.0, max(NOISE_FACTOR * max(committed), NOISE_FLOOR)
+    else:
+        width = abs(mean) * SAME_SEED
+        if len(committed) >= 2:
+            width = max(width, tol.spread * statistics.stdev(committed))
+        low, high = mean - width, mean + width
+    if iqr is not None and len(committed) == 1:
+        low, high = min(low, iqr[0]), max(high, iqr[1])
+    return min(low, high), max(low, high)
+
+
+def compare_figure(name: str, old: list[dict[str, Any]], new: list[dict[str, Any]], tol: Tolerances) -> Optional[dict]:
+    """One figure of a row: committed and fresh values (a mean over seeds), the interval, inside."""
+    old_values = [flatten(r["result"])[0].get(name) for r in old]
+    new_values = [flatten(r["result"])[0].get(name) for r in new if name in flatten(r["result"])[0]]
+    kind = kind_of(name, old_values[0])
+    if kind is None:
+        return None
+    out: dict[str, Any] = {"figure": name, "kind": kind, "committed": old_values[0], "fresh": None,
+                           "low": None, "high": None, "inside": False}
+    if not new_values:
+        out["fresh"] = "missing"
+        return out
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in old_values + new_values)
+    if kind == "exact" or not numeric:
+        out.update(fresh=new_values[0], inside=all(v == old_values[0] for v in old_values + new_values))
+        return out
+    low, high = interval(kind, old_values, iqr_of(name, flatten(old[-1]["result"])[1]), tol)
+    fresh = statistics.fmean(new_values)
+    out.update(committed=statistics.fmean(old_values), fresh=fresh, low=low, high=high, inside=low <= fresh <= high)
+    return out
+
+
+def _label(key: str, varying: set[str]) -> str:
+    settings = json.loads(key)
+    shown = {k: v for k, v in settings.items() if k in varying} or settings
+    return ", ".join(f"{v}" if k in ("model", "name") else f"{k} {v}" for k, v in shown.items())
+
+
+def compare_rows(committed: dict[str, list[dict[str, Any]]], fresh: dict[str, list[dict[str, Any]]],
+                 tol: Tolerances = Tolerances()) -> list[dict[str, Any]]:
+    """A verdict per row: ``inside``, ``outside``, ``missing`` (not rerun) or ``new`` (only
+    rerun), with every figure compared."""
+    keys = [*committed, *(k for k in fresh if k not in committed)]
+    settings = [json.loads(k) for k in keys]
+    varying = {n for s in settings for n in s if len({json.dumps(t.get(n)) for t in settings}) > 1}
+    out = []
+    for key in keys:
+        row = {"row": _label(key, varying), "key": key, "figures": []}
+        if key not in committed:
+            out.append({**row, "verdict": "new"})
+            continue
+        if key not in fresh:
+            out.append({**row, "verdict": "missing"})
+            continue
+        names = flatten(committed[key][-1]["result"])[0]
+        figures = [f for n in names if (f := compare_figure(n, committed[key], fresh[key], tol)) is not None]
+        inside = all(f["inside"] for f in figures)
+        out.append({**row, "verdict": "inside" if inside else "outside", "figures": figures,
+                    "seeds": [len(committed[key]), len(fresh[key])]})
+    return out

@@ -1,0 +1,119 @@
+"""benchmarks/reproduce.py: which records make a table's rows, the comparison of fresh figures
+with committed ones (seed spread, time factor, ratio tolerance, exact), the list of tables, bad
+input, and one quick rerun of a one-model zoo table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import docs_tables, records
+from benchmarks import reproduce as R
+from benchmarks.reproduce_compare import Tolerances, compare_rows, kind_of, rows_of
+
+
+def rec(result, *, seed=0, commit="a" * 40, model="m", command="python benchmarks/x.py --out /tmp/x.json", **settings):
+    return {"benchmark": "x", "settings": {"model": model, "seed": seed, **settings}, "result": result, "seed": seed,
+            "commit": commit, "command": command, "date": "2026-12-06T10:00:00Z", "machine": {"threads": 1}}
+
+
+def verdict(old, new, **tol):
+    rows = compare_rows(rows_of(old), rows_of(new), Tolerances(**tol))
+    return {r["row"]: r for r in rows}
+
+
+def test_seeded_figures_are_compared_within_the_seed_spread():
+    old = [rec({"acc": a}, seed=s) for s, a in enumerate((0.70, 0.72, 0.71))]  # mean 0.71, std 0.01
+    assert verdict(old, [rec({"acc": 0.725})])["m"]["verdict"] == "inside"
+    out = verdict(old, [rec({"acc": 0.74})])["m"]
+    assert out["verdict"] == "outside"
+    (figure,) = out["figures"]
+    assert figure["low"] == pytest.approx(0.69) and figure["high"] == pytest.approx(0.73)
+    # the fresh side's seeds are averaged
+    assert verdict(old, [rec({"acc": 0.70}, seed=0), rec({"acc": 0.74}, seed=1)])["m"]["verdict"] == "inside"
+
+
+def test_one_seed_is_the_same_computation_and_exact_figures_must_be_equal():
+    old = [rec({"flops_kept": 0.5, "groups": 7, "ok": True, "front_end": "fx"})]
+    assert verdict(old, [rec({"flops_kept": 0.5002, "groups": 7, "ok": True, "front_end": "fx"})])["m"]["verdict"] == "inside"
+    assert verdict(old, [rec({"flops_kept": 0.51, "groups": 7, "ok": True, "front_end": "fx"})])["m"]["verdict"] == "outside"
+    bad = verdict(old, [rec({"flops_kept": 0.5, "groups": 8, "ok": True, "front_end": "fx"})])["m"]
+    assert [f["figure"] for f in bad["figures"] if not f["inside"]] == ["groups"]
+
+
+def test_times_get_a_factor_or_their_interquartile_range_and_ratios_a_relative_tolerance():
+    old = [rec({"t": {"runs": [1.0, 1.1, 4.0, 4.2, 4.4], "median_s": 1.0, "min_s": 1.0, "max_s": 4.4},
+                "ours_over_theirs": 1.5})]
+    assert verdict(old, [rec({"t": {"median_s": 1.9}, "ours_over_theirs": 1.7})])["m"]["verdict"] == "inside"
+    assert verdict(old, [rec({"t": {"median_s": 0.4}, "ours_over_theirs": 1.5})])["m"]["verdict"] == "outside"
+    # 4.1 is beyond the factor 2 but inside the runs' quartiles (1.1 to 4.2)
+    assert verdict(old, [rec({"t": {"median_s": 4.1}, "ours_over_theirs": 1.5})])["m"]["verdict"] == "inside"
+    assert verdict(old, [rec({"t": {"median_s": 1.0}, "ours_over_theirs": 2.0})])["m"]["verdict"] == "outside"
+    assert verdict(old, [rec({"t": {"median_s": 1.0}, "ours_over_theirs": 2.0})], ratio=0.5)["m"]["verdict"] == "inside"
+    assert kind_of("t.min_s", 1.0) is None and kind_of("ratio_max", 1.0) is None  # spreads are not figures
+
+
+def test_missing_and_new_rows_and_missing_figures():
+    old = [rec({"x": 1.0}, model="a"), rec({"x": 1.0}, model="b")]
+    got = verdict(old, [rec({"x": 1.0}, model="a"), rec({"x": 1.0}, model="c")])
+    assert {k: v["verdict"] for k, v in got.items()} == {"a": "inside", "b": "missing", "c": "new"}
+    gone = verdict([rec({"x": 1.0, "y": 2})], [rec({"x": 1.0})])["m"]
+    assert gone["verdict"] == "outside" and [f["fresh"] for f in gone["figures"]] == [1.0, "missing"]
+
+
+def test_a_row_is_the_latest_commit_that_recorded_it_one_record_per_seed():
+    recs = [rec({"x": 1.0}, seed=0, commit="a"), rec({"x": 2.0}, seed=1, commit="a"),
+            rec({"x": 3.0}, seed=0, commit="b"), rec({"x": 4.0}, seed=0, commit="b", gdp_graph_commit="b")]
+    (row,) = rows_of(recs).values()  # the commit timed is not part of a row's identity, nor the seed
+    assert [r["result"]["x"] for r in row] == [4.0]
+
+
+def test_a_rerun_command_drops_the_note_the_rerun_flag_and_the_results_file():
+    cmd = "python3.11 benchmarks/zoo_table.py run --note 'a note' --out /w/zoo.json --rerun --ratio 0.3"
+    assert R.rerun_command(cmd, "--out") == "python benchmarks/zoo_table.py run --ratio 0.3"
+    assert R.rerun_command("python b.py --results=/x.json --seeds 0 1", "--results") == "python b.py --seeds 0 1"
+
+
+def test_every_generated_table_is_known_and_listed(capsys):
+    known = {t.block for t in R.TABLES.values()} | set(R.NOT_MEASURED)
+    for path in docs_tables.documents():
+        for command, _ in docs_tables.blocks(path.read_text(encoding="utf-8")) if path.exists() else ():
+            assert command in known, f"{path.name}: no reproduce.TABLES entry for {command!r}"
+    assert R.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in R.TABLES) and "CPU-min" in out
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert R.main(["no-such-table"]) == 2
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps([{"model": "ResNet-20"}]))
+    assert R.main(["memory-format", "--results", str(legacy)]) == 2
+    nameless = tmp_path / "nameless.json"
+    records.append_record(nameless, {**rec({"x": 1.0}), "benchmark": "zoo_table", "command": None})
+    assert R.main(["zoo", "--results", str(nameless)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+
+
+def test_a_one_model_zoo_table_reproduces_and_a_changed_figure_does_not(tmp_path):
+    committed = tmp_path / "zoo.json"
+    subprocess.run([sys.executable, "benchmarks/zoo_table.py", "run", "--models", "vgg", "--out", str(committed)],
+                   cwd=R.ROOT, check=True, capture_output=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                                                                    "PYTHONPATH": str(R.ROOT)})
+    out = tmp_path / "reproduce.json"
+    common = ["zoo", "--results", str(committed), "--scratch", str(tmp_path / "scratch"), "--out", str(out)]
+    assert R.main(common) == 0
+    (made,) = records.load_records(out)
+    assert made["benchmark"] == "reproduce" and made["settings"]["commands"] == ["python benchmarks/zoo_table.py run --models vgg"]
+    assert made["result"]["counts"] == {"inside": 1, "outside": 0, "missing": 0, "new": 0}
+    assert made["commit"] and made["machine"] and made["command"] and made["date"]
+    (fresh,) = (tmp_path / "scratch").glob("zoo-*.json")
+    data = json.loads(fresh.read_text())
+    data["records"][0]["result"]["groups"] += 1
+    fresh.write_text(json.dumps(data))
+    assert R.main([*common, "--fresh", str(fresh)]) == 1
+    assert records.load_records(out)[-1]["result"]["counts"]["outside"] == 1
