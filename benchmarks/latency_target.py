@@ -4,7 +4,10 @@ latency ratio against the target, and the FLOPs-targeted plan at the same latenc
 For each model (224 px, batch 1, one thread): a latency table is timed (``gdp_graph.latency``,
 ``--points`` widths; its build time recorded, the goal is under 60 s), then for each target the
 one-shot magnitude plan to that fraction of the *predicted* latency is rewritten (the model's own
-class where it verifies), saved with ``torch.save``, loaded back and timed against the original
+class where it verifies) and timed against the original, and the fraction aimed at corrected by
+what was measured (``--corrections`` rounds at most, the thread's CPU time:
+:mod:`gdp_graph.latency.loop`; every round recorded). The plan measured closest to the target is
+saved with ``torch.save``, loaded back and timed against the original again
 in one process (interleaved rounds, the order alternating; the ratio is the median of per-round
 ratios, with its interquartile range), on the wall clock (``measured``, the goal) and on the
 thread's CPU time (``measured_cpu``: what other jobs on a shared machine do not inflate). Beside it, the magnitude plan to a FLOPs budget chosen so
@@ -41,6 +44,7 @@ from gdp_graph.gates.selection import plan_fraction  # noqa: E402
 from gdp_graph.graph.cost import CostModel, model_cost  # noqa: E402
 from gdp_graph.importance import one_shot_plan, score_units  # noqa: E402
 from gdp_graph.latency import LatencySettings, attach_latency, load_or_build  # noqa: E402
+from gdp_graph.latency.loop import one_shot_to_latency  # noqa: E402
 from gdp_graph.policy import policy_from_dict, resolve  # noqa: E402
 from gdp_graph.report.latency import time_models  # noqa: E402
 
@@ -99,13 +103,25 @@ def _figures(model: nn.Module, inputs: tuple, before) -> dict[str, Any]:
             "flops_kept": round(c.flops / before.flops, 4)}
 
 
+def _closed_loop(name: str, analysis, cost: CostModel, scores, target: float, args, model: nn.Module):
+    """The one-shot plan to ``target`` of the measured latency (``--corrections`` rounds of
+    timing the rewritten model and correcting the aim; 0: the table's plan)."""
+    resolution = _resolution(analysis, "latency", target, args.round_to)
+    settings = LatencySettings(points=args.points, round_to=args.round_to, cache=args.cache)
+    return one_shot_to_latency(analysis, scores, resolution, cost, model, settings=settings,
+                               corrections=args.corrections, rounds=args.rounds, repeat=args.repeat,
+                               on_round=lambda r: print(f"{name} target {target}: aimed at {r.aim:.3f}, predicted "
+                                                        f"{r.predicted:.3f}, measured {r.measured.ratio:.3f} "
+                                                        "(CPU time)", flush=True))
+
+
 def run_target(name: str, analysis, cost: CostModel, scores, target: float, args, model: nn.Module,
                inputs: tuple) -> dict[str, Any]:
-    plan, predicted = one_shot_plan(analysis, scores, _resolution(analysis, "latency", target, args.round_to),
-                                    cost_model=cost)
+    loop = _closed_loop(name, analysis, cost, scores, target, args, model)
+    plan, predicted = loop.plan, loop.predicted
     f_target, f_plan, f_predicted = _flops_plan_at(analysis, cost, scores, predicted, args.round_to)
     with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
-        pruned = _saved(G.rewrite(analysis, plan), Path(tmp))
+        pruned = _saved(loop.model, Path(tmp))
         flops_model = G.rewrite(analysis, f_plan)
         models = [model, pruned, flops_model]
         wall = time_models(models, inputs, rounds=args.rounds, warmup=2, repeat=args.repeat, threads=1)
@@ -116,7 +132,7 @@ def run_target(name: str, analysis, cost: CostModel, scores, target: float, args
     def measured(i: int) -> dict[str, Any]:
         return {"measured": _ratios(list(wall[0].samples), list(wall[i].samples)),
                 "measured_cpu": _ratios(list(cpu[0].samples), list(cpu[i].samples))}
-    result = {"target": target, "predicted": round(predicted, 4), **measured(1),
+    result = {"target": target, "predicted": round(predicted, 4), "loop": loop.to_dict(), **measured(1),
               "original_ms": round(1e3 * wall[0].median_s, 3), "original_cpu_ms": round(1e3 * cpu[0].median_s, 3),
               "pruned_class": type(pruned).__name__, "latency_plan": _figures(pruned, inputs, before),
               "flops_plan": {"flops_target": round(f_target, 4), "predicted": round(f_predicted, 4), **measured(2),
@@ -124,7 +140,7 @@ def run_target(name: str, analysis, cost: CostModel, scores, target: float, args
     result["within_0.05"] = abs(result["measured"]["ratio"] - target) <= 0.05
     result["within_0.05_cpu"] = abs(result["measured_cpu"]["ratio"] - target) <= 0.05
     short = {k: (v if not isinstance(v, dict) or "ratio" not in v else [v["ratio"], v["iqr"]])
-             for k, v in result.items() if k != "flops_plan"}
+             for k, v in result.items() if k not in ("flops_plan", "loop")}
     print(f"{name} target {target}: {json.dumps(short)}\n  flops plan: {json.dumps(result['flops_plan'])}", flush=True)
     return result
 
@@ -133,7 +149,7 @@ def run_model(name: str, args, out: Path) -> None:
     todo = []
     for target in args.target_list:
         settings = {"model": name, "target": target, "batch": 1, "threads": 1, "points": args.points,
-                    "round_to": args.round_to, "rounds": args.rounds}
+                    "round_to": args.round_to, "rounds": args.rounds, "corrections": args.corrections}
         if not args.rerun and records.recorded(out, "latency_target", settings):
             print(f"{name} target {target}: recorded by this commit, skipped (--rerun to time it again)")
             continue
@@ -157,6 +173,14 @@ def run_model(name: str, args, out: Path) -> None:
         records.append_record(out, records.new_record("latency_target", record_settings, result, note=args.note))
 
 
+def _loop_cell(loop: Any) -> str:
+    """``predicted → measured`` of each round of the closed loop, the chosen one in bold."""
+    if not loop:
+        return "-"
+    return ", ".join((f"**{r['predicted']:.3f} → {r['measured']:.3f}**" if i == loop["chosen"] else
+                      f"{r['predicted']:.3f} → {r['measured']:.3f}") for i, r in enumerate(loop["rounds"]))
+
+
 def table(path: Path) -> str:
     """The latest record of each (model, target, round_to) as a markdown table."""
     rows: dict[tuple, dict[str, Any]] = {}
@@ -164,13 +188,15 @@ def table(path: Path) -> str:
         if r.get("benchmark") == "latency_target":
             st = r["settings"]
             rows[(st["model"], st["target"], st["round_to"])] = r
-    lines = ["| model | round_to | target | predicted | measured (wall) [IQR] | measured (CPU time) [IQR] | table build s "
-             "| FLOPs / params kept | FLOPs plan at that latency: FLOPs / params kept, measured (CPU) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | round_to | target | loop: predicted → measured (CPU) per round | predicted | measured (wall) [IQR] "
+             "| measured (CPU time) [IQR] | table build s | FLOPs / params kept "
+             "| FLOPs plan at that latency: FLOPs / params kept, measured (CPU) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (model, target, round_to), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2], -kv[0][1])):
         res, fp = r["result"], r["result"]["flops_plan"]
         wall, cpu = res["measured"], res["measured_cpu"]
-        lines.append(f"| {model} | {round_to} | {target} | {res['predicted']:.3f} | {wall['ratio']:.3f} "
+        lines.append(f"| {model} | {round_to} | {target} | {_loop_cell(res.get('loop'))} | {res['predicted']:.3f} "
+                     f"| {wall['ratio']:.3f} "
                      f"[{wall['iqr'][0]:.3f}-{wall['iqr'][1]:.3f}] | {cpu['ratio']:.3f} [{cpu['iqr'][0]:.3f}-"
                      f"{cpu['iqr'][1]:.3f}] | {res['table_build_s']:.1f} | {res['latency_plan']['flops_kept']:.3f} / "
                      f"{res['latency_plan']['params_kept']:.3f} | {fp['flops_kept']:.3f} / {fp['params_kept']:.3f}, "
@@ -185,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     p.add_argument("--repeat", type=int, default=2, help="forwards per model per round")
     p.add_argument("--points", type=int, default=8, help="widths in the latency table")
+    p.add_argument("--corrections", type=int, default=LatencySettings.corrections,
+                   help="rounds of timing the pruned model and correcting the aim (latency.corrections; 0: the "
+                        "table's plan)")
     p.add_argument("--round-to", default="1", help="kept channel counts a multiple of this; auto: the step of this "
                                                     "device's convolution staircase (gdp_graph.latency.probe)")
     p.add_argument("--cache", default=str(ROOT / "runs" / "latency_tables"), help="latency table cache folder")

@@ -10,7 +10,7 @@ from benchmarks import latency_target, records
 def test_latency_target_writes_one_record_per_target(tmp_path):
     out = tmp_path / "latency_target.json"
     latency_target.main(["--models", "zoo:mobilenetv2", "--targets", "0.9,0.8", "--rounds", "2", "--repeat", "1",
-                         "--points", "2", "--cache", str(tmp_path / "tables"), "--out", str(out)])
+                         "--points", "2", "--corrections", "1", "--cache", str(tmp_path / "tables"), "--out", str(out)])
     recs = records.load_records(out)
     assert [r["settings"]["target"] for r in recs] == [0.9, 0.8]
     for r in recs:
@@ -22,5 +22,8 @@ def test_latency_target_writes_one_record_per_target(tmp_path):
         flops = res["flops_plan"]
         assert 0 < flops["flops_target"] <= 1 and flops["params"] > 0 and flops["flops"] > 0
         assert flops["predicted"] > 0  # its latency as the table predicts it (measured, so not compared)
+        loop = res["loop"]  # the closed loop's rounds: the chosen plan is the one saved and timed
+        assert 1 <= len(loop["rounds"]) <= 2 and loop["rounds"][0]["aim"] == r["settings"]["target"]
+        assert loop["predicted"] == res["predicted"] and r["settings"]["corrections"] == 1
     rows = latency_target.table(out).splitlines()
-    assert len(rows) == 4 and rows[2].startswith("| zoo:mobilenetv2 | 1 | 0.9 |")
+    assert len(rows) == 4 and rows[2].startswith("| zoo:mobilenetv2 | 1 | 0.9 | ") and "→" in rows[2]

@@ -54,6 +54,26 @@ def test_prune_without_task_to_a_latency_budget(tmp_path, latency_policy):
     assert cost["latency_before_s"] > 0 and cost["latency_after_s"] > 0
     assert cost["latency_kept"] == pytest.approx(report["kept"])
     assert cost["latency_after_s"] / cost["latency_before_s"] == pytest.approx(report["kept"], rel=1e-6)
+    # the loop closed on the measurement (default: 2 corrections at most): every round recorded
+    loop = report["latency_loop"]
+    assert 1 <= len(loop["rounds"]) <= 3 and loop["rounds"][0]["aim"] == 0.6
+    chosen = loop["rounds"][loop["chosen"]]
+    assert chosen["predicted"] == pytest.approx(report["kept"], abs=1e-4)
+    assert cost["latency_measured"] == pytest.approx(chosen["measured"], abs=1e-4) and chosen["measured"] > 0
+    done = gdp_graph("report", SPEC, str(tmp_path / "run"), "--input-shape", "1,3,8,8", "--no-latency")
+    assert done.returncode == 0, done.stderr
+    assert "round 0: aimed at 0.600, predicted" in done.stdout
+
+
+def test_prune_to_latency_without_corrections_trusts_the_table(tmp_path):
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"version: 1\ntarget: {{metric: latency, fraction: 0.6}}\n"
+                      f"latency: {{cache: {tmp_path / 'tables'}, points: 2, corrections: 0}}\n")
+    done = gdp_graph("prune", SPEC, "--input-shape", "1,3,8,8", "--policy", str(policy), "--method", "magnitude",
+                     "--out", str(tmp_path / "run"), "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["latency_loop"] is None and "latency_measured" not in report["cost"]
 
 
 def test_prune_without_task_refuses_what_needs_data(tmp_path):

@@ -42,6 +42,8 @@ def print_report(console, report: dict[str, Any], title: str) -> None:
     if predicted:
         console.print(f"latency ratio predicted by the table: {predicted['ratio']:.3f} ({predicted['before_ms']:.2f} -> "
                       f"{predicted['after_ms']:.2f} ms, {predicted['threads']} thread(s), batch {predicted['batch']})")
+    from gdp_graph.cli.prune_oneshot import print_loop
+    print_loop(console, report.get("latency_loop"))
     if lat:
         note = (f"latency ratio {lat['ratio']:.3f} (median of per-round ratios; IQR {lat['ratio_q1']:.3f}-"
                 f"{lat['ratio_q3']:.3f}; {lat['baseline']['rounds']} interleaved rounds x {lat['repeat']} forwards, "
@@ -64,6 +66,19 @@ def _predicted(args: argparse.Namespace, original: torch.nn.Module, inputs: Any)
     settings = LatencySettings(threads=args.threads, batch=batch_size(analysis.traced.example_inputs),
                                cache=args.latency_cache)
     return predict_plan(analysis, load_plan(args.pruned), settings, show_progress=not args.json)
+
+
+def _loop_rounds(pruned: str) -> Any:
+    """The closed latency loop's rounds that ``prune`` recorded in the folder's report.json (the
+    table's prediction against the measurement, per correction), or None."""
+    import json
+
+    from gdp_graph.report.outputs import pruned_path
+    path = pruned_path(pruned).parent / "report.json"
+    try:
+        return json.loads(path.read_text()).get("latency_loop") if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _check_same_model(args: argparse.Namespace, original: torch.nn.Module, inputs: Any) -> None:
@@ -93,6 +108,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     report.update(spec=args.spec, pruned=str(args.pruned))
     if args.predict:
         report["latency_predicted"] = _predicted(args, original, inputs)
+    report["latency_loop"] = _loop_rounds(args.pruned)
     if args.json:
         print_json(report)
     else:

@@ -50,10 +50,20 @@ def prune_without_task(args: argparse.Namespace, policy: Any) -> int:
             console.print(f"hint: convolutions on this device take as long for any width up to the next multiple of "
                           f"{step} channels: defaults.round_to: {step} keeps only widths that pay off", style="yellow")
     scores = score_units(analysis, method)
-    plan, kept = one_shot_plan(analysis, scores, resolution, cost_model=cost_model)
-    pruned = rewrite(analysis, plan, keep_class=None if not args.graph_module else False).eval()
+    keep_class = None if not args.graph_module else False
+    loop = None
+    if metric == "latency" and policy.latency.corrections > 0:
+        from gdp_graph.latency.loop import one_shot_to_latency
+        loop = one_shot_to_latency(analysis, scores, resolution, cost_model, model,
+                                   build=lambda p: rewrite(analysis, p, keep_class=keep_class).eval(),
+                                   on_round=lambda r: console.print(f"latency: aimed at {r.aim:.3f}, predicted "
+                                                                    f"{r.predicted:.3f}, measured {r.measured.ratio:.3f}"))
+        plan, kept, pruned = loop.plan, loop.predicted, loop.model
+    else:
+        plan, kept = one_shot_plan(analysis, scores, resolution, cost_model=cost_model)
+        pruned = rewrite(analysis, plan, keep_class=keep_class).eval()
     before, after = model_cost(analysis.traced.gm, inputs), model_cost(pruned, inputs)
-    report = _report(args, policy, method, before, after, kept, cost_model, plan, pruned)
+    report = _report(args, policy, method, before, after, kept, cost_model, plan, pruned, loop)
     report["seconds"] = {"total": time.perf_counter() - started}
     out = Path(args.out)
     write_outputs(out, pruned, plan, report, inputs, analysis=analysis)
@@ -68,7 +78,9 @@ def prune_without_task(args: argparse.Namespace, policy: Any) -> int:
 
 
 def _report(args: argparse.Namespace, policy: Any, method: str, before: Any, after: Any, kept: float,
-            cost_model: Any, plan: Any, pruned: Any) -> dict[str, Any]:
+            cost_model: Any, plan: Any, pruned: Any, loop: Any = None) -> dict[str, Any]:
+    """``kept``: the table's prediction; with a closed loop (``loop``), the target is checked
+    against the measured ratio and every round is in ``latency_loop``."""
     from dataclasses import asdict
     metric = policy.target.metric
     cost = {"params_before": before.params, "params_after": after.params,
@@ -78,15 +90,19 @@ def _report(args: argparse.Namespace, policy: Any, method: str, before: Any, aft
     if metric == "latency":
         predicted = cost_model.plan_cost(plan.keep, sorted(plan.removed_blocks))
         cost.update(latency_before_s=cost_model.total.latency, latency_after_s=predicted.latency, latency_kept=kept)
+    if loop is not None:
+        cost["latency_measured"] = loop.measured
     warnings = []
     if not plan.keep and not plan.removed_blocks:
         warnings.append("nothing was pruned: the policy gates nothing the budget lets go")
-    if abs(kept - policy.target.fraction) > policy.target.tolerance:
-        warnings.append(f"target missed: kept {kept:.3f} of {metric}, target {policy.target.fraction:g} "
+    landed, how = (loop.measured, " (measured)") if loop is not None else (kept, "")
+    if abs(landed - policy.target.fraction) > policy.target.tolerance:
+        warnings.append(f"target missed: kept {landed:.3f} of {metric}{how}, target {policy.target.fraction:g} "
                         f"± {policy.target.tolerance:g}")
     return {"spec": args.spec, "task": None, "method": method, "policy": policy.name, "target": policy.target.fraction,
             "metric": metric, "kept": kept, "cost": cost, "plan": plan.summary(cost_model.analysis),
             "latency": asdict(policy.latency) if metric == "latency" else None,
+            "latency_loop": loop.to_dict() if loop is not None else None,
             "pruned_class": type(pruned).__name__, "warnings": warnings}
 
 
@@ -100,4 +116,17 @@ def _print(console: Any, report: dict[str, Any], out: Path) -> None:
     console.print(before_after_table(rows, title=f"prune ({report['method']}, no task): before / after"))
     console.print(f"kept {report['kept']:.3f} of {report['metric']} (target {report['target']:g}); pruned model: "
                   f"{report['pruned_class']}")
+    print_loop(console, report.get("latency_loop"))
     console.print(f"wrote {out}/pruned.pt, plan.json, report.json")
+
+
+def print_loop(console: Any, loop: Any) -> None:
+    """The rounds of a closed latency loop (``report.json``'s ``latency_loop``), if any."""
+    if not loop:
+        return
+    console.print(f"latency target {loop['target']:g}: predicted by the table against measured (median of "
+                  f"interleaved rounds), per correction:")
+    for i, r in enumerate(loop["rounds"]):
+        mark = "*" if i == loop["chosen"] else " "
+        console.print(f"{mark} round {i}: aimed at {r['aim']:.3f}, predicted {r['predicted']:.3f}, measured "
+                      f"{r['measured']:.3f} [IQR {r['iqr'][0]:.3f}-{r['iqr'][1]:.3f}]")

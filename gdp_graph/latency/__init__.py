@@ -14,16 +14,19 @@ table because they were measured.
     cost_model.plan_cost(plan.keep, plan.removed_blocks).latency          # predicted seconds
 
 With a table attached, every consumer of a metric name takes ``"latency"``: the ``gdp``
-regularizer, the lambda controller, the cut at ``fix_at``, the one-shot plans.
+regularizer, the lambda controller, the cut at ``fix_at``, the one-shot plans. A one-shot plan
+to a latency target can close the loop on the device (:mod:`gdp_graph.latency.loop`): the pruned
+model is timed against the original and the fraction aimed at corrected by what was measured.
 """
 
 from gdp_graph.latency.build import LatencyError, build_table, grid_plan
 from gdp_graph.latency.cache import fingerprint, load_or_build, table_key
 from gdp_graph.latency.fit import LatencyFit, attach_latency, latency_cost_model
+from gdp_graph.latency.loop import LoopResult, LoopRound, Measured, close_loop, one_shot_to_latency
 from gdp_graph.latency.table import LatencyTable
 from gdp_graph.latency.timing import ClockTimer, NodeTimer, Timer, default_timer
 from gdp_graph.policy.schema import LatencySettings
 
-__all__ = ["ClockTimer", "LatencyError", "LatencyFit", "LatencySettings", "LatencyTable", "NodeTimer", "Timer",
-           "attach_latency", "default_timer", "build_table", "fingerprint", "grid_plan", "latency_cost_model", "load_or_build",
+__all__ = ["ClockTimer", "LatencyError", "LatencyFit", "LatencySettings", "LatencyTable", "LoopResult", "LoopRound",
+           "Measured", "NodeTimer", "Timer", "attach_latency", "close_loop", "one_shot_to_latency", "default_timer", "build_table", "fingerprint", "grid_plan", "latency_cost_model", "load_or_build",
            "table_key"]

@@ -141,3 +141,6 @@ class LatencySettings:
     cache: Optional[str] = None  #: folder of the cached tables (default ~/.cache/gdp-graph/latency)
     points: int = 8  #: kept widths timed, from all units down to 1/points of each group
     round_to: int = 1  #: kept channel counts of the timed widths are multiples of this
+    #: after the table's plan, up to this many rounds of building the pruned model, timing it against the
+    #: original and correcting the fraction the planner aims at (0: trust the table)
+    corrections: int = 2

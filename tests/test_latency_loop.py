@@ -1,0 +1,141 @@
+"""Closing the loop on a latency target (gdp_graph.latency.loop): the plan is built, measured
+and the aim corrected. Every measurement here is deterministic (a fake device whose latency the
+table gets wrong, or a clock that counts parameters), so the tests check the mechanics (the
+correction converges, every round is recorded, the closest plan is kept), never a timing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gdp_graph as G
+from gdp_graph.graph.cost import CostModel
+from gdp_graph.importance import score_units
+from gdp_graph.latency import LatencySettings, attach_latency, build_table
+from gdp_graph.latency.loop import LoopRound, Measured, close_loop, latency_measure, next_aim, one_shot_to_latency
+from gdp_graph.policy import policy_from_dict, resolve
+from gdp_graph.prune.plan import PruningPlan
+from tests.test_latency import FakeTimer, _measured
+from tests.zoo import ZOO
+
+
+def _device(slope: float, offset: float):
+    """A planner whose plans are predicted at their aim (to 0.005) and a device that measures
+    ``slope * predicted + offset`` of them: the table is wrong, deterministically."""
+    def plan_at(aim: float):
+        predicted = round(aim / 0.005) * 0.005
+        return PruningPlan(keep={0: tuple(range(int(predicted * 1000)))}), predicted
+
+    def measure(plan: PruningPlan):
+        p = len(plan.keep[0]) / 1000
+        m = slope * p + offset
+        return torch.nn.Identity(), Measured(m, m - 0.01, m + 0.01, 5)
+    return plan_at, measure
+
+
+def _round(aim: float, predicted: float, measured: float) -> LoopRound:
+    return LoopRound(aim, predicted, Measured(measured, measured, measured))
+
+
+def test_next_aim_ratio_then_secant():
+    assert next_aim(0.5, [_round(0.5, 0.5, 0.6)]) == pytest.approx(0.5 * 0.5 / 0.6)
+    # two rounds: the secant through (0.5, 0.6) and (0.4, 0.48) solved for 0.5
+    assert next_aim(0.5, [_round(0.5, 0.5, 0.6), _round(0.42, 0.4, 0.48)]) == pytest.approx(0.4 + 0.02 / 1.2)
+    # an implausible slope (noise: measured rose while predicted fell) falls back to the ratio
+    assert next_aim(0.5, [_round(0.5, 0.5, 0.55), _round(0.45, 0.45, 0.56)]) == pytest.approx(0.45 * 0.5 / 0.56)
+    assert next_aim(0.5, [_round(0.5, 0.02, 4.0)]) == 0.01  # kept inside the range of fractions
+
+
+@pytest.mark.parametrize("slope,offset", [(1.0, 0.06), (1.0, -0.05), (1.3, -0.1), (0.8, 0.15)])
+def test_close_loop_converges_on_a_biased_device(slope, offset):
+    plan_at, measure = _device(slope, offset)
+    for target in (0.7, 0.5):
+        result = close_loop(target, plan_at, measure, corrections=2, tolerance=0.02)
+        assert abs(result.measured - target) <= 0.02
+        assert 1 <= len(result.rounds) <= 3
+        assert result.rounds[0].aim == target  # the first plan is the table's own
+        d = result.to_dict()
+        assert [r["measured"] for r in d["rounds"]] == [round(r.measured.ratio, 4) for r in result.rounds]
+        assert d["measured"] == round(result.measured, 4) and d["chosen"] == result.chosen
+
+
+def test_close_loop_rounds_and_choice():
+    plan_at, measure = _device(1.0, 0.06)
+    none = close_loop(0.5, plan_at, measure, corrections=0)
+    assert len(none.rounds) == 1 and none.measured == pytest.approx(0.56) and none.predicted == 0.5
+    seen = []
+    exact = close_loop(0.5, *_device(1.0, 0.0), corrections=3, on_round=seen.append)
+    assert len(exact.rounds) == 1 and seen == list(exact.rounds)  # within tolerance at once: no correction
+    # a device that never gets closer: every correction is spent and the closest round is kept
+    far = close_loop(0.5, plan_at, lambda p: (torch.nn.Identity(), Measured(0.9 - len(p.keep[0]) / 1e4, 0, 1)),
+                     corrections=2, tolerance=0.0)
+    assert len(far.rounds) == 3
+    assert far.chosen == min(range(3), key=lambda i: abs(far.rounds[i].measured.ratio - 0.5))
+    with pytest.raises(ValueError):
+        close_loop(0.5, plan_at, measure, corrections=-1)
+
+
+def test_close_loop_stops_when_the_plan_repeats():
+    calls = []
+
+    def measure(plan):
+        calls.append(plan)
+        return torch.nn.Identity(), Measured(0.6, 0.6, 0.6)
+    result = close_loop(0.5, lambda aim: (PruningPlan(keep={}), 0.5), measure, corrections=3)
+    assert len(calls) == 1 and len(result.rounds) == 1
+
+
+class _SlowerTimer(FakeTimer):
+    """The device as it really is: every node pays twice the overhead the table was built with,
+    so small widths are slower than the table says."""
+
+    def model(self, module, inputs) -> float:
+        nodes = len([n for n in module.graph.nodes if n.op.startswith("call")])
+        return super().model(module, inputs) + 2e-6 * nodes
+
+
+def test_one_shot_to_latency_corrects_the_table_on_a_real_model():
+    model, inputs = ZOO["mobilenetv2"]()
+    analysis = G.analyze(model, inputs)
+    cost = CostModel(analysis)
+    attach_latency(cost, build_table(analysis, LatencySettings(points=4), cost_model=cost, timer=FakeTimer()))
+    policy = policy_from_dict({"version": 1, "target": {"metric": "latency", "fraction": 0.6, "tolerance": 0.01},
+                               "latency": {"corrections": 3}})
+    resolution = resolve(policy, analysis.groups, analysis.blocks)
+    timer = _SlowerTimer()
+    x = analysis.traced.example_inputs
+    whole = timer.model(G.rewrite(analysis, PruningPlan(keep={}), check=False, keep_class=False), x)
+
+    def measure(plan):
+        pruned = G.rewrite(analysis, plan, check=False, keep_class=False)
+        r = timer.model(pruned, x) / whole
+        return pruned, Measured(r, r, r, 1)
+    result = one_shot_to_latency(analysis, score_units(analysis, "magnitude"), resolution, cost, model,
+                                 measure=measure)
+    first = result.rounds[0]
+    assert abs(first.predicted - 0.6) < 0.03 and first.measured.ratio - first.predicted > 0.01  # the table is off
+    assert len(result.rounds) >= 2 and abs(result.measured - 0.6) < abs(first.measured.ratio - 0.6)
+    assert _measured(analysis, result.plan) > 0  # the chosen plan rewrites
+
+
+def test_latency_measure_times_the_plan_against_the_original():
+    """With a clock that advances by each forward's parameter count, the measured ratio is the
+    parameter ratio, exactly: the plan's model was built and timed beside the original."""
+    model, inputs = ZOO["mobilenetv2"]()
+    analysis = G.analyze(model, inputs)
+    ticks = [0.0]
+
+    def count(module, args, out):
+        ticks[0] += sum(p.numel() for p in module.parameters())
+
+    def build(plan):
+        pruned = G.rewrite(analysis, plan)
+        pruned.register_forward_hook(count)
+        return pruned
+    model.register_forward_hook(count)
+    plan = G.random_plan(analysis, 0.4, seed=0)
+    measure = latency_measure(model, build, analysis.traced.example_inputs, LatencySettings(), rounds=3, repeat=1,
+                              clock=lambda: ticks[0])
+    pruned, m = measure(plan)
+    ratio = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
+    assert m.ratio == pytest.approx(ratio) and m.rounds == 3 and m.q1 == pytest.approx(ratio)
