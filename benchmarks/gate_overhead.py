@@ -113,13 +113,17 @@ def main() -> None:
 
 
 def table(path: Path) -> str:
-    """Every run of a results file (records, and the rows written before records) as a table."""
+    """The runs of a results file as a table: the latest of each model, batch, threads and
+    precision (a record replaces a row written before records, commit "-", with the same ones)."""
     data = json.loads(path.read_text())
-    rows = [{**r, "name": r["model"], "commit": "-", "date": r["date"]} for r in data.get("legacy", [])] \
-        if isinstance(data, dict) else [{**r, "name": r["model"], "commit": "-"} for r in data]
-    for rec in records.load_records(path):
-        commit = (rec["commit"] or "?")[:7]
-        rows.append({**rec["settings"], **rec["result"], "date": rec["date"][:10], "commit": commit})
+    legacy = data.get("legacy", []) if isinstance(data, dict) else data
+    latest: dict[tuple, dict] = {}
+    runs = [{**r, "name": r["model"], "commit": "-"} for r in legacy]
+    runs += [{**rec["settings"], **rec["result"], "date": rec["date"][:10], "commit": (rec["commit"] or "?")[:7]}
+             for rec in records.load_records(path)]
+    for r in runs:
+        latest[(r["name"], r["batch"], r["threads"], r["precision"])] = r
+    rows = list(latest.values())
     lines = ["| model | batch | threads | precision | gated / plain step, median (min–max) | pairs | "
              "gate machinery, share of a plain step | date | commit |", "|---|---:|---:|---|---:|---:|---:|---|---|"]
     for r in rows:

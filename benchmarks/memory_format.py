@@ -47,11 +47,13 @@ def compare(model: torch.nn.Module, penalty_of, x: torch.Tensor, y: torch.Tensor
 
 
 def table(path: Path) -> str:
-    """Every run of a results file (records, and the rows written before records) as a table."""
+    """The runs of a results file as a table: the latest of each model, batch and threads (a record
+    replaces a row written before records, commit "-", with the same ones)."""
     data = json.loads(path.read_text())
     runs = [(r, r["date"], "-") for r in (data.get("legacy", []) if isinstance(data, dict) else data)]
     runs += [({**rec["settings"], **rec["result"]}, rec["date"][:10], (rec["commit"] or "?")[:7])
              for rec in records.load_records(path)]
+    runs = list({(r["model"], r["batch"], r["threads"]): (r, date, commit) for r, date, commit in runs}.values())
     lines = ["| model | batch | threads | model kind | channels-last / contiguous step, median (min–max) | pairs "
              "| date | commit |", "|---|---:|---:|---|---:|---:|---|---|"]
     for r, date, commit in runs:
