@@ -100,7 +100,8 @@ def main() -> None:
     print(f"{name}, batch {batch}, {torch.get_num_threads()} threads, "
           f"{'bf16 autocast' if args.autocast else 'fp32'}; gates: {report}")
     print(f"plain step  median {statistics.median(times[0]) * 1e3:8.1f} ms")
-    print(f"gated step  median {statistics.median(times[1]) * 1e3:8.1f} ms (penalty and gated.step() included)")
+    print(f"gated step  median {statistics.median(times[1]) * 1e3:8.1f} ms (penalty included; gated.step() runs between "
+          "timed steps and is in the machinery below)")
     print(f"gated/plain median ratio {statistics.median(ratios):.3f} "
           f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} interleaved pairs)")
     print(f"gate machinery alone {machinery:.1f} ms per step (bank forward+backward, penalty, gated.step()) = "
