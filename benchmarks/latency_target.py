@@ -181,13 +181,48 @@ def _loop_cell(loop: Any) -> str:
                       f"{r['predicted']:.3f} → {r['measured']:.3f}") for i, r in enumerate(loop["rounds"]))
 
 
-def table(path: Path) -> str:
-    """The latest record of each (model, target, round_to) as a markdown table."""
+def _latest(path: Path) -> dict[tuple, dict[str, Any]]:
+    """The latest record of each (model, target, round_to)."""
     rows: dict[tuple, dict[str, Any]] = {}
     for r in records.load_records(path):
         if r.get("benchmark") == "latency_target":
             st = r["settings"]
             rows[(st["model"], st["target"], st["round_to"])] = r
+    return rows
+
+
+def _within(rows: dict[tuple, dict[str, Any]]) -> str:
+    """How many of the rows landed within ±0.05 of their target, on each clock, and the errors' range."""
+    def errors(key: str) -> list[float]:
+        return [r["result"][key]["ratio"] - r["settings"]["target"] for r in rows.values()]
+    parts = []
+    for key, label in (("measured", "wall clock"), ("measured_cpu", "CPU time")):
+        e = errors(key)
+        parts.append(f"{sum(abs(x) <= 0.05 for x in e)} of {len(e)} on the {label} (errors {min(e):+.3f} to "
+                     f"{max(e):+.3f})")
+    commits = sorted({str(r["commit"])[:7] for r in rows.values()})
+    builds = [r["result"]["table_build_s"] for r in rows.values()]
+    return (f"Within ±0.05 of the target: {'; '.join(parts)}. Tables built in {min(builds):.1f}-{max(builds):.1f} s. "
+            f"Commit {', '.join(commits)}.")
+
+
+def compact_table(path: Path) -> str:
+    """The README's short form: the measured ratio against the target, per model and target."""
+    rows = _latest(path)
+    lines = ["| model | target | measured latency ratio, wall clock [IQR] | CPU time [IQR] | plans measured "
+             "| table build s |", "|---|---|---|---|---|---|"]
+    for (model, target, _), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2], -kv[0][1])):
+        res = r["result"]
+        wall, cpu = res["measured"], res["measured_cpu"]
+        lines.append(f"| {model} | {target} | {wall['ratio']:.3f} [{wall['iqr'][0]:.3f}-{wall['iqr'][1]:.3f}] "
+                     f"| {cpu['ratio']:.3f} [{cpu['iqr'][0]:.3f}-{cpu['iqr'][1]:.3f}] "
+                     f"| {len(res['loop']['rounds']) if res.get('loop') else 1} | {res['table_build_s']:.1f} |")
+    return "\n".join(lines + ["", _within(rows)])
+
+
+def table(path: Path) -> str:
+    """The latest record of each (model, target, round_to) as a markdown table."""
+    rows = _latest(path)
     lines = ["| model | round_to | target | loop: predicted → measured (CPU) per round | predicted | measured (wall) [IQR] "
              "| measured (CPU time) [IQR] | table build s | FLOPs / params kept "
              "| FLOPs plan at that latency: FLOPs / params kept, measured (CPU) |",
@@ -201,7 +236,7 @@ def table(path: Path) -> str:
                      f"{cpu['iqr'][1]:.3f}] | {res['table_build_s']:.1f} | {res['latency_plan']['flops_kept']:.3f} / "
                      f"{res['latency_plan']['params_kept']:.3f} | {fp['flops_kept']:.3f} / {fp['params_kept']:.3f}, "
                      f"{fp['measured_cpu']['ratio']:.3f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", _within(rows)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,10 +256,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="time the table again (its build time is recorded); --no-rebuild-table reuses the cache")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency_target.json"))
     p.add_argument("--table", action="store_true", help="print the records of --out as a markdown table and stop")
+    p.add_argument("--compact", action="store_true", help="with --table: the README's short table")
     records.add_record_flags(p)
     args = p.parse_args(argv)
     if args.table:
-        print(table(Path(args.out)))
+        print(compact_table(Path(args.out)) if args.compact else table(Path(args.out)))
         return
     args.target_list = [float(t) for t in args.targets.split(",") if t]
     torch.set_num_threads(1)

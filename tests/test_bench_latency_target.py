@@ -26,4 +26,7 @@ def test_latency_target_writes_one_record_per_target(tmp_path):
         assert 1 <= len(loop["rounds"]) <= 2 and loop["rounds"][0]["aim"] == r["settings"]["target"]
         assert loop["predicted"] == res["predicted"] and r["settings"]["corrections"] == 1
     rows = latency_target.table(out).splitlines()
-    assert len(rows) == 4 and rows[2].startswith("| zoo:mobilenetv2 | 1 | 0.9 | ") and "→" in rows[2]
+    assert len(rows) == 6 and rows[2].startswith("| zoo:mobilenetv2 | 1 | 0.9 | ") and "→" in rows[2]
+    assert rows[5].startswith("Within ±0.05 of the target: ") and " of 2 on the wall clock" in rows[5]
+    short = latency_target.compact_table(out).splitlines()
+    assert len(short) == 6 and short[2].startswith("| zoo:mobilenetv2 | 0.9 | ") and short[5] == rows[5]
