@@ -20,7 +20,7 @@ def test_quick_mode_records_both_runs_and_the_calibration(tmp_path, monkeypatch)
     out = tmp_path / "cifar_latency.json"
     cifar_latency.main(["run", "--data", str(data.archive), "--quick", "--train-subset", "8", "--val-subset", "4",
                         "--heldout2-subset", "0", "--targets", "0.7", "--seeds", "0", "--width", "0.25",
-                        "--rounds", "2", "--repeat", "1", "--calibration-rounds", "1",
+                        "--rounds", "2", "--repeat", "1", "--calibration-rounds", "1", "--latency-batch", "2",
                         "--checkpoint", str(tmp_path / "ck.pt"), "--latency-cache", str(tmp_path / "tables"),
                         "--results", str(out)])
     recs = records.load_records(out)
@@ -36,6 +36,7 @@ def test_quick_mode_records_both_runs_and_the_calibration(tmp_path, monkeypatch)
     assert flops["metric"] == "flops" and flops["fraction"] == cal["flops_target"]
     assert flops["latency_run_ratio"] == lat["latency"]["ratio"] == cal["target"]
     assert 1 <= len(cal["rounds"]) <= 2 and cal["rounds"][0]["aim"] == cal["target"]
+    assert recs[0]["settings"]["latency_batch"] == 2
     assert "no records" == cifar_latency.table(out)  # quick runs stay out of the table
     rows = cifar_latency.table(out, include_quick=True).splitlines()
     assert rows[4].startswith("| 0.7 | gdp_latency | 1 | latency 0.700 |")

@@ -120,22 +120,25 @@ def close_loop(target: float, plan_at: Callable[[float], tuple[PruningPlan, floa
     if corrections < 0:
         raise ValueError(f"corrections must be >= 0, got {corrections}")
     rounds: list[LoopRound] = []
-    tried: list[tuple[PruningPlan, nn.Module]] = []
+    plans: list[PruningPlan] = []
+    best: Optional[tuple[int, nn.Module]] = None  # only the closest model is kept in memory
     aim = float(target)
     for _ in range(corrections + 1):
         plan, predicted = plan_at(aim)
-        if any(plan == p for p, _ in tried):
+        if plan in plans:
             break  # the corrected aim gives a plan already measured: nothing new to learn
         model, measured = measure(plan)
         rounds.append(LoopRound(aim, float(predicted), measured))
-        tried.append((plan, model))
+        plans.append(plan)
+        if best is None or abs(measured.ratio - target) < abs(rounds[best[0]].measured.ratio - target):
+            best = (len(rounds) - 1, model)
         if on_round:
             on_round(rounds[-1])
         if abs(measured.ratio - target) <= tolerance:
             break
         aim = next_aim(target, rounds)
-    chosen = min(range(len(rounds)), key=lambda i: abs(rounds[i].measured.ratio - target))
-    return LoopResult(float(target), tried[chosen][0], tried[chosen][1], tuple(rounds), chosen)
+    assert best is not None
+    return LoopResult(float(target), plans[best[0]], best[1], tuple(rounds), best[0])
 
 
 def measured_ratio(base: Sequence[float], other: Sequence[float]) -> Measured:
