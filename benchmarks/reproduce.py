@@ -37,6 +37,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -214,6 +215,8 @@ def list_tables() -> None:
     from rich.console import Console
     from rich.table import Table as Grid
 
+    reproduced = {r["settings"]["table"]: r["result"].get("rerun_seconds") for r in records.load_records(OUT)
+                  if r.get("benchmark") == "reproduce"}
     grid = Grid("table", "shown in", "rows", "rerun commands (from the records)", "CPU cost, estimated",
                 title="Generated tables and how to reproduce them", show_lines=True)
     for t in TABLES.values():
@@ -221,9 +224,11 @@ def list_tables() -> None:
         total = [s * n for _, s, n in found if s is not None]
         known = len(total) == len(found) and found
         size = len(committed_rows(t)) if (RESULTS / t.results).exists() else 0
+        last = reproduced.get(t.name)
         grid.add_row(t.name, where(t.block), str(size), "\n".join(c for c, _, _ in found) or why,
                      (f"~{_minutes(sum(total))}" if known else
-                      f"≥{_minutes(sum(total))} (some unknown)" if total else "unknown"))
+                      f"≥{_minutes(sum(total))} (some unknown)" if total else "unknown")
+                     + (f"; last reproduction {_minutes(last)} wall" if last else ""))
     for block, why in NOT_MEASURED.items():
         grid.add_row("-", where(block), "-", block, why)
     Console(width=200).print(grid)
@@ -281,7 +286,9 @@ def reproduce(table: Table, args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(cmds))
         return 0
+    started = time.perf_counter()
     fresh_path = args.fresh or rerun(table, cmds, args.scratch, args.timeout)
+    seconds = None if args.fresh else round(time.perf_counter() - started, 1)
     fresh = rows_of(table_records(table, records.load_records(fresh_path)))
     tol = Tolerances(spread=args.spread, time_factor=args.time_factor, ratio=args.ratio_tolerance)
     verdicts = compare_rows(committed, fresh, tol)
@@ -289,8 +296,8 @@ def reproduce(table: Table, args: argparse.Namespace) -> int:
     settings = {"table": table.name, "block": table.block, "commands": cmds, "tolerances": dataclasses.asdict(tol),
                 "committed": str(args.results or Path("benchmarks/results") / table.results),
                 "fresh": str(fresh_path) if args.fresh else None}
-    records.append_record(args.out, records.new_record("reproduce", settings, {"counts": counts, "rows": verdicts},
-                                                       note=args.note))
+    result = {"counts": counts, "rerun_seconds": seconds, "rows": verdicts}
+    records.append_record(args.out, records.new_record("reproduce", settings, result, note=args.note))
     return 1 if counts["outside"] or counts["missing"] else 0
 
 
