@@ -286,6 +286,8 @@ def reproduce(table: Table, args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(cmds))
         return 0
+    if not args.fresh and records.git_state()["dirty"] is not False:
+        print("warning: the tree differs from its commit: the rerun's records say dirty", file=sys.stderr)
     started = time.perf_counter()
     fresh_path = args.fresh or rerun(table, cmds, args.scratch, args.timeout)
     seconds = None if args.fresh else round(time.perf_counter() - started, 1)

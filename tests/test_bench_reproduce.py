@@ -117,3 +117,20 @@ def test_a_one_model_zoo_table_reproduces_and_a_changed_figure_does_not(tmp_path
     fresh.write_text(json.dumps(data))
     assert R.main([*common, "--fresh", str(fresh)]) == 1
     assert records.load_records(out)[-1]["result"]["counts"]["outside"] == 1
+
+
+def test_the_cost_of_a_command_comes_from_its_records():
+    def timed(date, **result):
+        return {**rec(result), "date": date}
+
+    walls = [timed("2026-12-06T10:00:00Z", wall_seconds=100.0), timed("2026-12-06T10:01:00Z", wall_seconds=50.0)]
+    assert R.cost(walls, {}) == 150.0  # recorded durations beat a shorter span of dates
+    spans = [timed(f"2026-12-06T10:0{i}:00Z", x=1.0) for i in range(3)]  # 2 minutes over 3 records
+    assert R.cost(spans, {}) == pytest.approx(180.0)
+    stages = [timed("2026-12-06T10:00:00Z", analyze_seconds=20.0, plan={"seconds": 5.0})]
+    assert R.cost(stages, {}) == 25.0
+    (alone,) = spans[:1]
+    before = timed("2026-12-06T09:58:00Z", x=1.0)
+    assert R.cost([alone], {id(alone): before}) == 120.0  # the gap to the record before it
+    assert R.cost([alone], {id(alone): {**before, "commit": "b" * 40}}) is None  # another commit's run
+    assert R.cost([alone], {}) is None
