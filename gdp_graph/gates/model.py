@@ -251,17 +251,18 @@ class GatedModel(nn.Module):
             return
         scheduled = unit == self.phase.unit
         hold = self.policy.regularizer.hold_budget and self.controller is not None  # steered lambda only
+        # regularizer.hold_budget: what a cut to the target would keep now (see gates.hold). One
+        # ranking serves both uses below: scaling the other units' theta with sqrt(epsilon) moves
+        # them only further down the ranking, so the cut keeps the same set afterwards
+        held = budget_keep_mask(self) if hold and (unit == "iteration" or scheduled) else None
         if self.bank.kind == "smoothed_l0" and scheduled:
             if self.phase.epsilon_schedule is None:
                 raise GateError("the gdp regularizer anneals epsilon over the gated phase: pass total_steps= "
                                 "(training iterations) to attach() so that the schedule knows its length")
-            # regularizer.hold_budget: what a cut to the target would not keep keeps its gate value
-            # as epsilon shrinks (only lambda and the task move it), see gates.hold
-            held = budget_keep_mask(self) if hold else None
+            # what the cut would not keep keeps its gate value as epsilon shrinks
             self.bank.set_epsilon(self.phase.epsilon_schedule.value(count), None if held is None else ~held)
         if unit == "iteration" or scheduled:
-            # and what it would keep now stays at >= 0.99
-            held = budget_keep_mask(self) if hold else None
+            # and what it would keep stays at >= 0.99
             self.bank.project(self.protected(), held)
         ctrl = self.policy.regularizer.lambda_controller
         if self.controller is not None and ctrl.step == unit:

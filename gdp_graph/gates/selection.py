@@ -17,6 +17,7 @@ is the count the rewritten model loses, and both apply the structure a policy ad
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import replace
 from typing import Iterable, Mapping, Optional
 
@@ -124,8 +125,7 @@ def plan_from_gates(analysis: Analysis, group_gates: Mapping[int, Tensor], block
 def _plan(analysis: Analysis, removed: Mapping[int, list[int]], removed_blocks: frozenset[int]) -> PruningPlan:
     keep = {}
     for gid, units in removed.items():
-        units = set(units)
-        keep[gid] = tuple(u for u in range(analysis.groups[gid].size) if u not in units)
+        keep[gid] = tuple(sorted(set(range(analysis.groups[gid].size)).difference(units)))
     inexact = any(not analysis.groups[g].exact for g in keep)
     return PruningPlan(keep=keep, removed_blocks=removed_blocks, allow_inexact=inexact)
 
@@ -190,28 +190,40 @@ class _Ranking:
                  removed_blocks: frozenset[int]):
         self.analysis, self.resolution, self.removed_blocks = analysis, resolution, removed_blocks
         gone = _groups_inside(analysis, removed_blocks)
-        self.scores = {gid: _prepared(analysis, gid, s, normalize) for gid, s in scores.items() if gid not in gone}
+        # plain lists: this runs after every gate step under hold_budget, and indexing tensors
+        # element by element cost 40x more
+        score = {gid: _prepared(analysis, gid, s, normalize).tolist() for gid, s in scores.items() if gid not in gone}
         # every group's free units, lowest score first (ties by index)
         self.ranked = {gid: sorted(torch.nonzero(~analysis.groups[gid].frozen_units).flatten().tolist(),
-                                   key=lambda u, s=s: (float(s[u]), u)) for gid, s in self.scores.items()}
+                                   key=lambda u, s=s: (s[u], u)) for gid, s in score.items()}
         limits = {gid: group_limit(analysis, resolution, gid, len(units)) for gid, units in self.ranked.items()}
-        self.sets = _live_sets(analysis, resolution, self.scores, removed_blocks)
+        self.sets = _live_sets(analysis, resolution, score, removed_blocks)
+        self.order = self._order(score, limits)
+        # where each group's (set's, block's) steps fall in the order: the plan of a prefix counts them
+        self.positions: dict[tuple[str, int], list[int]] = {}
+        for position, (kind, ident, *_) in enumerate(self.order):
+            self.positions.setdefault((str(kind), int(ident)), []).append(position)
+
+    def _order(self, score: Mapping[int, list[float]], limits: Mapping[int, int]) -> list[tuple[int | str, ...]]:
+        """Every step, ascending score (see :func:`plan_for_budget`); a unit past its group's
+        limit is skipped."""
         in_set = {g for members in self.sets for g in members}
         entries: list[tuple[tuple[float, int, int, int], tuple[int | str, ...]]] = []
         for gid, units in self.ranked.items():
             if gid not in in_set:
-                entries += [((float(self.scores[gid][u]), 0, gid, u), ("unit", gid, u)) for u in units]
+                entries += [((score[gid][u], 0, gid, u), ("unit", gid, u)) for u in units]
         for j, members in enumerate(self.sets):
-            slices = common_removal(analysis, resolution, {g: (limits[g], len(self.ranked[g])) for g in members})
+            slices = common_removal(self.analysis, self.resolution,
+                                    {g: (limits[g], len(self.ranked[g])) for g in members})
             for k in range(slices):
-                mean = sum(float(self.scores[g][self.ranked[g][k]]) for g in members) / len(members)
+                mean = sum(score[g][self.ranked[g][k]] for g in members) / len(members)
                 entries.append(((mean, 0, members[0], k), ("slice", j)))
-        for bid, inner in resolution.inner_blocks.items():
-            if bid not in removed_blocks and all(g in self.scores and self.ranked[g] for g in inner):
-                top = max(float(self.scores[g][self.ranked[g][-1]]) for g in inner)
+        for bid, inner in self.resolution.inner_blocks.items():
+            if bid not in self.removed_blocks and all(g in score and self.ranked[g] for g in inner):
+                top = max(score[g][self.ranked[g][-1]] for g in inner)
                 entries.append(((top, 1, bid, 0), ("block", bid)))
         entries.sort(key=lambda e: e[0])
-        self.order: list[tuple[int | str, ...]] = []
+        order: list[tuple[int | str, ...]] = []
         taken: dict[int, int] = {}
         for _, step in entries:
             if step[0] == "unit":
@@ -219,22 +231,19 @@ class _Ranking:
                 if taken.get(gid, 0) >= limits[gid]:
                     continue
                 taken[gid] = taken.get(gid, 0) + 1
-            self.order.append(step)
+            order.append(step)
+        return order
+
+    def _taken(self, kind: str, k: int) -> dict[int, int]:
+        """How many steps of ``kind`` each group (set, block) has among the first ``k``."""
+        counts = {ident: bisect.bisect_left(positions, k) for (kd, ident), positions in self.positions.items()
+                  if kd == kind}
+        return {ident: n for ident, n in counts.items() if n > 0}
 
     def plan(self, k: int) -> PruningPlan:
         """The plan of the first ``k`` steps, every count rounded down to what the limits allow."""
-        units: dict[int, int] = {}
-        slices: dict[int, int] = {}
-        blocks = set(self.removed_blocks)
-        for step in self.order[:k]:
-            kind, ident = step[0], int(step[1])
-            if kind == "unit":
-                units[ident] = units.get(ident, 0) + 1
-            elif kind == "slice":
-                slices[ident] = slices.get(ident, 0) + 1
-            else:
-                blocks.add(ident)
-        removed_blocks = frozenset(blocks)
+        units, slices = self._taken("unit", k), self._taken("slice", k)
+        removed_blocks = frozenset(set(self.removed_blocks) | set(self._taken("block", k)))
         gone = _groups_inside(self.analysis, removed_blocks)
         counts: dict[int, int] = {}
         for gid, n in units.items():  # a group's units are taken lowest score first: a prefix of its ranking
