@@ -107,7 +107,7 @@ def _settings(args):
 def _latency(args, original: nn.Module, pruned: nn.Module) -> dict[str, Any]:
     """``pruned``'s latency ratio against ``original`` (``--latency-batch``, one thread, CPU time)."""
     from gdp_graph.latency.loop import measured_ratio
-    from gdp_graph.report.latency import time_models
+    from gdp_graph.latency.interleaved import time_models
     x = torch.randn(args.latency_batch, 3, 32, 32)
     t = time_models([original, pruned], (x,), rounds=args.rounds, warmup=2, repeat=args.repeat, threads=1,
                     clock=time.thread_time)

@@ -44,9 +44,9 @@ from gdp_graph.gates.selection import plan_fraction  # noqa: E402
 from gdp_graph.graph.cost import CostModel, model_cost  # noqa: E402
 from gdp_graph.importance import one_shot_plan, score_units  # noqa: E402
 from gdp_graph.latency import LatencySettings, attach_latency, load_or_build  # noqa: E402
-from gdp_graph.latency.loop import one_shot_to_latency  # noqa: E402
+from gdp_graph.importance import one_shot_to_latency  # noqa: E402
 from gdp_graph.policy import policy_from_dict, resolve  # noqa: E402
-from gdp_graph.report.latency import time_models  # noqa: E402
+from gdp_graph.latency.interleaved import time_models  # noqa: E402
 
 
 def _factory(name: str) -> Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]:

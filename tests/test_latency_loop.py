@@ -12,7 +12,8 @@ import gdp_graph as G
 from gdp_graph.graph.cost import CostModel
 from gdp_graph.importance import score_units
 from gdp_graph.latency import LatencySettings, attach_latency, build_table
-from gdp_graph.latency.loop import LoopRound, Measured, close_loop, latency_measure, next_aim, one_shot_to_latency
+from gdp_graph.importance import one_shot_to_latency
+from gdp_graph.latency.loop import LoopRound, Measured, close_loop, latency_measure, next_aim
 from gdp_graph.policy import policy_from_dict, resolve
 from gdp_graph.prune.plan import PruningPlan
 from tests.test_latency import FakeTimer, _measured

@@ -53,7 +53,7 @@ def prune_without_task(args: argparse.Namespace, policy: Any) -> int:
     keep_class = None if not args.graph_module else False
     loop = None
     if metric == "latency" and policy.latency.corrections > 0:
-        from gdp_graph.latency.loop import one_shot_to_latency
+        from gdp_graph.importance import one_shot_to_latency
         loop = one_shot_to_latency(analysis, scores, resolution, cost_model, model,
                                    build=lambda p: rewrite(analysis, p, keep_class=keep_class).eval(),
                                    on_round=lambda r: console.print(f"latency: aimed at {r.aim:.3f}, predicted "

@@ -13,8 +13,8 @@ imports it. :func:`init_gates` starts a gated model's gates ranked by importance
 ``regularizer.init``).
 """
 
-from gdp_graph.importance.plan import one_shot_plan
+from gdp_graph.importance.plan import one_shot_plan, one_shot_to_latency
 from gdp_graph.importance.ranked import init_gates
 from gdp_graph.importance.scores import METHODS, ImportanceError, Scores, magnitude_scores, score_units
 
-__all__ = ["METHODS", "ImportanceError", "Scores", "init_gates", "magnitude_scores", "one_shot_plan", "score_units"]
+__all__ = ["METHODS", "ImportanceError", "Scores", "init_gates", "magnitude_scores", "one_shot_plan", "one_shot_to_latency", "score_units"]

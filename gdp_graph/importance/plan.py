@@ -5,16 +5,19 @@ sets and inner blocks honoured), the same that cuts GDP's gates at ``fix_at``.""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
+
+from torch import nn
 
 from gdp_graph.gates.selection import plan_for_budget, plan_fraction
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import CostModel
 from gdp_graph.importance.common import ImportanceError, Scores
 from gdp_graph.policy import Resolution
+from gdp_graph.latency.loop import LoopResult, LoopRound, Measured, close_loop, latency_measure
 from gdp_graph.prune.plan import PruningPlan
 
-__all__ = ["one_shot_plan"]
+__all__ = ["one_shot_plan", "one_shot_to_latency"]
 
 
 def one_shot_plan(analysis: Analysis, scores: Scores, resolution: Resolution, target: Optional[float] = None, *,
@@ -78,3 +81,29 @@ def _blocks_to_budget(analysis: Analysis, cost_model: CostModel, resolution: Res
             break
     assert best is not None
     return best[1], best[2]
+
+
+def one_shot_to_latency(analysis: Any, scores: Any, resolution: Any, cost_model: Any, original: nn.Module, *,
+                        target: Optional[float] = None, settings: Any = None, corrections: Optional[int] = None,
+                        measure: Optional[Callable[[PruningPlan], tuple[nn.Module, Measured]]] = None,
+                        build: Optional[Callable[[PruningPlan], nn.Module]] = None, rounds: int = 15, repeat: int = 2,
+                        on_round: Optional[Callable[[LoopRound], None]] = None) -> LoopResult:
+    """The one-shot plan of ``scores`` to ``target`` (default: the policy's) of the *measured*
+    latency: :func:`close_loop` around :func:`gdp_graph.importance.one_shot_plan` on
+    ``cost_model``'s latency table. ``settings`` and ``corrections`` default to the policy's
+    ``latency:`` section, the stopping tolerance is ``target.tolerance``; ``build`` defaults to
+    :func:`gdp_graph.prune.rewrite.rewrite` (the model's own class where it verifies),
+    ``measure`` to :func:`latency_measure` against ``original`` on the analysis' inputs."""
+    from gdp_graph.prune.rewrite import rewrite
+    policy = resolution.policy
+    settings = settings or policy.latency
+    target = policy.target.fraction if target is None else float(target)
+    corrections = settings.corrections if corrections is None else corrections
+    build = build or (lambda plan: rewrite(analysis, plan).eval())
+    measure = measure or latency_measure(original, build, analysis.traced.example_inputs, settings, rounds=rounds,
+                                         repeat=repeat)
+
+    def plan_at(aim: float) -> tuple[PruningPlan, float]:
+        return one_shot_plan(analysis, scores, resolution, aim, metric="latency", cost_model=cost_model)
+    return close_loop(target, plan_at, measure, corrections=corrections, tolerance=policy.target.tolerance,
+                      on_round=on_round)

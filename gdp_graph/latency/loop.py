@@ -156,11 +156,11 @@ def latency_measure(original: nn.Module, build: Callable[[PruningPlan], nn.Modul
                     clock: Optional[Callable[[], float]] = None) -> Callable[[PruningPlan], tuple[nn.Module, Measured]]:
     """A ``measure`` for :func:`close_loop` on ``settings``' device, threads, batch, dtype and
     memory format: the plan's model from ``build`` timed against ``original`` in ``rounds``
-    interleaved rounds (:func:`gdp_graph.report.latency.time_models`), on the table's clock (the
+    interleaved rounds (:func:`gdp_graph.latency.interleaved.time_models`), on the table's clock (the
     thread's CPU time on a CPU at one thread, otherwise the wall clock) unless ``clock`` is given."""
     from gdp_graph.latency.build import _batched, _placed
     from gdp_graph.latency.timing import default_timer
-    from gdp_graph.report.latency import time_models
+    from gdp_graph.latency.interleaved import time_models
     clock = clock or default_timer(settings.device, settings.threads).clock
     base = _timed_copy(settings, original)
     placed = _placed(settings, nn.Identity(), _batched(list(inputs), settings.batch))[1]
@@ -179,30 +179,3 @@ def _timed_copy(settings: Any, model: nn.Module) -> nn.Module:
     from gdp_graph.latency.build import _placed
     same = (settings.device, settings.dtype, settings.memory_format) == ("cpu", "float32", "contiguous")
     return _placed(settings, model if same else copy.deepcopy(model), [])[0]
-
-
-def one_shot_to_latency(analysis: Any, scores: Any, resolution: Any, cost_model: Any, original: nn.Module, *,
-                        target: Optional[float] = None, settings: Any = None, corrections: Optional[int] = None,
-                        measure: Optional[Callable[[PruningPlan], tuple[nn.Module, Measured]]] = None,
-                        build: Optional[Callable[[PruningPlan], nn.Module]] = None, rounds: int = 15, repeat: int = 2,
-                        on_round: Optional[Callable[[LoopRound], None]] = None) -> LoopResult:
-    """The one-shot plan of ``scores`` to ``target`` (default: the policy's) of the *measured*
-    latency: :func:`close_loop` around :func:`gdp_graph.importance.one_shot_plan` on
-    ``cost_model``'s latency table. ``settings`` and ``corrections`` default to the policy's
-    ``latency:`` section, the stopping tolerance is ``target.tolerance``; ``build`` defaults to
-    :func:`gdp_graph.prune.rewrite.rewrite` (the model's own class where it verifies),
-    ``measure`` to :func:`latency_measure` against ``original`` on the analysis' inputs."""
-    from gdp_graph.importance import one_shot_plan
-    from gdp_graph.prune.rewrite import rewrite
-    policy = resolution.policy
-    settings = settings or policy.latency
-    target = policy.target.fraction if target is None else float(target)
-    corrections = settings.corrections if corrections is None else corrections
-    build = build or (lambda plan: rewrite(analysis, plan).eval())
-    measure = measure or latency_measure(original, build, analysis.traced.example_inputs, settings, rounds=rounds,
-                                         repeat=repeat)
-
-    def plan_at(aim: float) -> tuple[PruningPlan, float]:
-        return one_shot_plan(analysis, scores, resolution, aim, metric="latency", cost_model=cost_model)
-    return close_loop(target, plan_at, measure, corrections=corrections, tolerance=policy.target.tolerance,
-                      on_round=on_round)
