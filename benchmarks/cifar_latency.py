@@ -54,13 +54,14 @@ from torch import nn  # noqa: E402
 from benchmarks import records  # noqa: E402
 from benchmarks.cifar_methods import _epochs, _loaders  # noqa: E402
 from benchmarks.cifar_protocol import PROTOCOLS, QUICK  # noqa: E402
+from tests.zoo.mobile import MobileNetV2, _make_divisible  # noqa: E402
 
 BENCHMARK = "cifar_latency"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "cifar_latency.json"
 RUNS = ("gdp_latency", "gdp_flops")
 
 
-class CifarMobileNetV2(nn.Module):
+class CifarMobileNetV2(MobileNetV2):
     """MobileNetV2 (Sandler et al., 2018) at CIFAR strides: the stem and the first two stages keep
     32x32, three stride-2 stages bring it to 4x4; channels scaled by ``width``."""
 
@@ -69,22 +70,8 @@ class CifarMobileNetV2(nn.Module):
                 (6, 320, 1, 1))
 
     def __init__(self, width: float = 0.5, num_classes: int = 10, last_channel: int = 1280):
-        super().__init__()
-        from tests.zoo.mobile import ConvNormActivation, InvertedResidualV2, _make_divisible
-        channels = _make_divisible(32 * width)
-        layers: list[nn.Module] = [ConvNormActivation(3, channels, stride=1)]
-        for t, c, n, s in self.SETTINGS:
-            out = _make_divisible(c * width)
-            for i in range(n):
-                layers.append(InvertedResidualV2(channels, out, s if i == 0 else 1, expand_ratio=t))
-                channels = out
-        layers.append(ConvNormActivation(channels, last_channel, kernel_size=1))
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(p=0.2), nn.Linear(last_channel, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
-        return self.classifier(x)
+        super().__init__(num_classes, _make_divisible(32 * width), last_channel, stem_stride=1,
+                         settings=[(t, _make_divisible(c * width), n, s) for t, c, n, s in self.SETTINGS])
 
 
 def _network(args) -> nn.Module:

@@ -74,10 +74,11 @@ class MobileNetV2(nn.Module):
     # t (expansion), c (out channels), n (repeats), s (first stride)
     SETTINGS = [[1, 8, 1, 1], [6, 12, 2, 2], [6, 16, 2, 2], [6, 24, 1, 1]]
 
-    def __init__(self, num_classes: int = 10, input_channel: int = 16, last_channel: int = 64):
+    def __init__(self, num_classes: int = 10, input_channel: int = 16, last_channel: int = 64,
+                 settings=None, stem_stride: int = 2):
         super().__init__()
-        features: List[nn.Module] = [ConvNormActivation(3, input_channel, stride=2)]
-        for t, c, n, s in self.SETTINGS:
+        features: List[nn.Module] = [ConvNormActivation(3, input_channel, stride=stem_stride)]
+        for t, c, n, s in self.SETTINGS if settings is None else settings:
             for i in range(n):
                 features.append(InvertedResidualV2(input_channel, c, s if i == 0 else 1, expand_ratio=t))
                 input_channel = c
