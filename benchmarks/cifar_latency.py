@@ -98,7 +98,7 @@ def _latency(args, original: nn.Module, pruned: nn.Module) -> dict[str, Any]:
     x = torch.randn(args.latency_batch, 3, 32, 32)
     t = time_models([original, pruned], (x,), rounds=args.rounds, warmup=2, repeat=args.repeat, threads=1,
                     clock=time.thread_time)
-    m = measured_ratio(t[0].samples, t[1].samples)
+    m = measured_ratio(t[0], t[1])
     return {"ratio": round(m.ratio, 4), "iqr": [round(m.q1, 4), round(m.q3, 4)], "rounds": m.rounds}
 
 

@@ -13,8 +13,8 @@ from gdp_graph.gates.selection import plan_for_budget, plan_fraction
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import CostModel
 from gdp_graph.importance.common import ImportanceError, Scores
-from gdp_graph.policy import Resolution
 from gdp_graph.latency.loop import LoopResult, LoopRound, Measured, close_loop, latency_measure
+from gdp_graph.policy import Resolution
 from gdp_graph.prune.plan import PruningPlan
 
 __all__ = ["one_shot_plan", "one_shot_to_latency"]
@@ -83,7 +83,8 @@ def _blocks_to_budget(analysis: Analysis, cost_model: CostModel, resolution: Res
     return best[1], best[2]
 
 
-def one_shot_to_latency(analysis: Any, scores: Any, resolution: Any, cost_model: Any, original: nn.Module, *,
+def one_shot_to_latency(analysis: Analysis, scores: Scores, resolution: Resolution, cost_model: CostModel,
+                        original: nn.Module, *,
                         target: Optional[float] = None, settings: Any = None, corrections: Optional[int] = None,
                         measure: Optional[Callable[[PruningPlan], tuple[nn.Module, Measured]]] = None,
                         build: Optional[Callable[[PruningPlan], nn.Module]] = None, rounds: int = 15, repeat: int = 2,

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["Timing", "quartiles", "time_models"]
+__all__ = ["Timing", "quartiles", "round_ratios", "time_models"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,9 @@ def time_models(models: Sequence[nn.Module], inputs: Sequence[Any], *, rounds: i
         for m, s in zip(models, states):
             m.train(s)
     return [_timing(t) for t in times]
+
+
+def round_ratios(base: Timing, other: Timing) -> list[float]:
+    """``other / base`` per interleaved round (rounds where ``base`` took no time left out): a slow
+    round, another process waking up, slows both models of that round alike."""
+    return [o / b for b, o in zip(base.samples, other.samples) if b > 0]

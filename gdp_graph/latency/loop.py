@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from torch import nn
 
+from gdp_graph.latency.build import _batched, _placed
+from gdp_graph.latency.interleaved import Timing, quartiles, round_ratios, time_models
+from gdp_graph.latency.timing import default_timer
 from gdp_graph.prune.plan import PruningPlan
 
 #: a secant slope (measured over predicted) outside this range is taken for noise
@@ -141,13 +143,12 @@ def close_loop(target: float, plan_at: Callable[[float], tuple[PruningPlan, floa
     return LoopResult(float(target), plans[best[0]], best[1], tuple(rounds), best[0])
 
 
-def measured_ratio(base: Sequence[float], other: Sequence[float]) -> Measured:
-    """Median and quartiles of the per-round ratios ``other / base``."""
-    ratios = [o / b for b, o in zip(base, other) if b > 0]
-    if len(ratios) < 2:
-        r = ratios[0] if ratios else math.nan
-        return Measured(r, r, r, len(ratios))
-    q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+def measured_ratio(base: Timing, other: Timing) -> Measured:
+    """Median and quartiles of the per-round ratios ``other / base`` (nan without a round)."""
+    ratios = round_ratios(base, other)
+    if not ratios:
+        return Measured(math.nan, math.nan, math.nan, 0)
+    q1, med, q3 = quartiles(ratios)
     return Measured(med, q1, q3, len(ratios))
 
 
@@ -158,9 +159,6 @@ def latency_measure(original: nn.Module, build: Callable[[PruningPlan], nn.Modul
     memory format: the plan's model from ``build`` timed against ``original`` in ``rounds``
     interleaved rounds (:func:`gdp_graph.latency.interleaved.time_models`), on the table's clock (the
     thread's CPU time on a CPU at one thread, otherwise the wall clock) unless ``clock`` is given."""
-    from gdp_graph.latency.build import _batched, _placed
-    from gdp_graph.latency.timing import default_timer
-    from gdp_graph.latency.interleaved import time_models
     clock = clock or default_timer(settings.device, settings.threads).clock
     base = _timed_copy(settings, original)
     placed = _placed(settings, nn.Identity(), _batched(list(inputs), settings.batch))[1]
@@ -169,13 +167,12 @@ def latency_measure(original: nn.Module, build: Callable[[PruningPlan], nn.Modul
         model = build(plan)
         t = time_models([base, _timed_copy(settings, model)], placed, rounds=rounds, warmup=2, repeat=repeat, threads=settings.threads,
                         clock=clock)
-        return model, measured_ratio(t[0].samples, t[1].samples)
+        return model, measured_ratio(t[0], t[1])
     return measure
 
 
 def _timed_copy(settings: Any, model: nn.Module) -> nn.Module:
     """``model`` on the table's device, dtype and memory format (a copy where that changes it,
     so the model returned to the caller stays as built)."""
-    from gdp_graph.latency.build import _placed
     same = (settings.device, settings.dtype, settings.memory_format) == ("cpu", "float32", "contiguous")
     return _placed(settings, model if same else copy.deepcopy(model), [])[0]

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from gdp_graph.latency.interleaved import Timing, quartiles, time_models
+from gdp_graph.latency.interleaved import Timing, quartiles, round_ratios, time_models
 
 __all__ = ["LatencyComparison", "Timing", "compare_latency", "measure_latency", "time_models"]
 
@@ -67,8 +67,7 @@ def compare_latency(baseline: nn.Module, candidate: nn.Module, inputs: Sequence[
     """Time ``candidate`` against ``baseline``; the ratio is taken per round, so a slow round
     (another process woke up) affects both models of that round alike."""
     base, cand = time_models([baseline, candidate], inputs, rounds=rounds, warmup=warmup, repeat=repeat, threads=threads)
-    ratios = [c / b for b, c in zip(base.samples, cand.samples) if b > 0]
-    q1, median, q3 = quartiles(ratios)
+    q1, median, q3 = quartiles(round_ratios(base, cand))
     values = inputs.values() if isinstance(inputs, Mapping) else inputs
     first = next((v for v in values if isinstance(v, torch.Tensor) and v.dim() > 0), None)
     return LatencyComparison(base, cand, median, q1, q3, threads, repeat,
