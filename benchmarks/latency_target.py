@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ from gdp_graph.importance import one_shot_plan, score_units  # noqa: E402
 from gdp_graph.latency import LatencySettings, attach_latency, load_or_build  # noqa: E402
 from gdp_graph.importance import one_shot_to_latency  # noqa: E402
 from gdp_graph.policy import policy_from_dict, resolve  # noqa: E402
-from gdp_graph.latency.interleaved import time_models  # noqa: E402
+from gdp_graph.latency.interleaved import Timing, quartiles, round_ratios, time_models  # noqa: E402
 
 
 def _factory(name: str) -> Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]:
@@ -91,9 +90,9 @@ def _saved(model: nn.Module, folder: Path) -> nn.Module:
     return torch.load(path, weights_only=False).eval()
 
 
-def _ratios(base: list[float], other: list[float]) -> dict[str, Any]:
-    r = [o / b for b, o in zip(base, other)]
-    q1, med, q3 = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else (r[0], r[0], r[0])
+def _ratios(base: Timing, other: Timing) -> dict[str, Any]:
+    r = round_ratios(base, other)
+    q1, med, q3 = quartiles(r)
     return {"ratio": round(med, 4), "iqr": [round(q1, 4), round(q3, 4)], "rounds": [round(x, 4) for x in r]}
 
 
@@ -128,7 +127,7 @@ def _closed_loop(name: str, analysis, cost: CostModel, scores, target: float, ar
 def run_target(name: str, analysis, cost: CostModel, scores, target: float, args, model: nn.Module,
                inputs: tuple) -> dict[str, Any]:
     loop = _closed_loop(name, analysis, cost, scores, target, args, model)
-    plan, predicted = loop.plan, loop.predicted
+    predicted = loop.predicted
     f_target, f_plan, f_predicted = _flops_plan_at(analysis, cost, scores, predicted, args.round_to)
     with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
         pruned = _saved(loop.model, Path(tmp))
@@ -142,8 +141,8 @@ def run_target(name: str, analysis, cost: CostModel, scores, target: float, args
 
     def measured(i: int) -> dict[str, Any]:
         wall, cpu = timed[i]
-        return {"measured": _ratios(list(wall[0].samples), list(wall[1].samples)),
-                "measured_cpu": _ratios(list(cpu[0].samples), list(cpu[1].samples))}
+        return {"measured": _ratios(wall[0], wall[1]),
+                "measured_cpu": _ratios(cpu[0], cpu[1])}
     wall, cpu = timed[1]
     result = {"target": target, "predicted": round(predicted, 4), "loop": loop.to_dict(), **measured(1),
               "original_ms": round(1e3 * wall[0].median_s, 3), "original_cpu_ms": round(1e3 * cpu[0].median_s, 3),
