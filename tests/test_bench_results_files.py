@@ -23,8 +23,8 @@ FILES = sorted(RESULTS.glob("*.json"))
 #: is rerun. Never add an entry: new results go through records.append_record. Remove an entry
 #: when its content goes (a rerun by the script cannot remove it; a commit deleting history can).
 LEGACY: dict[str, tuple[str, str]] = {
-    "analysis_speed.json": ("c01574204b41", "the README analysis table's 'previous' columns"),
-    "analysis_speed_before.json": ("be1b941349de", "the README analysis table's 'before' column (355c0aa)"),
+    "analysis_speed.json": ("c01574204b41", "the analysis table's 'previous' columns (docs/benchmarks.md)"),
+    "analysis_speed_before.json": ("be1b941349de", "the analysis table's 'before' column (355c0aa)"),
     "analysis_speed_previous.json": ("be5a6075a723", "history: the measurement before analysis_speed.json's"),
     "attach_speed.json": ("6f9c0691bb40", "history: the attach table before records"),
     "cifar_gdp_tuning.json": ("1854037dfbd7", "history: GDP's twelve tuned settings (hand fields: experiment)"),
