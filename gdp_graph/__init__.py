@@ -34,7 +34,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Analysis", "AnalysisError", "Block", "ChannelGroup", "FinalizeError", "GateError", "GateSite",
     "GatedModel", "GdpError", "Member", "OpRule", "OpaqueLeaf", "PlanError", "Policy", "PolicyError",
-    "PruningPlan", "RewriteError", "Rewritten", "RuleContext", "SliceMap", "TraceError", "VerifyResult", "analyze", "apply_plan", "attach",
+    "PruningPlan", "RewriteError", "Rewritten", "RuleContext", "SliceMap", "TraceError", "VerifyResult", "analyze",
+    "apply_plan", "attach",
     "finalize", "load_policy", "random_plan", "register_channelwise", "register_rule", "rewrite", "slice_map", "trace",
     "verify",
 ]

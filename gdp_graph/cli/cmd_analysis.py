@@ -46,7 +46,8 @@ def _policy_columns(analysis, policy_arg: Optional[str]):
     group_col, block_col = {}, {}
     for gid, s in res.group_settings.items():
         rules = ",".join(str(r) for r in s.rules) or "defaults"
-        group_col[gid] = f"{s.level} (rules {rules})" if ("group", gid) not in reasons else f"ungated: {reasons[('group', gid)]}"
+        group_col[gid] = (f"{s.level} (rules {rules})" if ("group", gid) not in reasons
+                          else f"ungated: {reasons[('group', gid)]}")
     for bid, s in res.block_settings.items():
         block_col[bid] = s.level if ("block", bid) not in reasons else f"ungated: {reasons[('block', bid)]}"
     return group_col, block_col, [res.report()]
@@ -68,7 +69,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print_json({
             "groups": group_rows(analysis, shares),
             "blocks": [{"block": b.id, "name": b.name, "modules": b.modules, "prunable": b.prunable,
-                        "identity_shortcut": b.shortcut_is_identity, "frozen": b.frozen_reasons} for b in analysis.blocks],
+                        "identity_shortcut": b.shortcut_is_identity, "frozen": b.frozen_reasons}
+                       for b in analysis.blocks],
             "opaque": [{"module": o.module, "reason": o.reason} for o in analysis.opaque],
             "front_end": {"name": analysis.traced.front_end, "reason": analysis.traced.front_end_reason},
             "flops_per_sample": cost.total.flops / per_sample, "params": cost.total.params,
@@ -96,7 +98,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(f"--blocks must be in [0, 1], got {args.blocks}")
     _, inputs, analysis = analyze_spec(args, realistic=args.realistic_weights)
     if not analysis.prunable_groups():
-        raise UsageError(f"{args.spec}: no prunable channel group (every group is frozen; run 'gdp-graph inspect' to see why)")
+        raise UsageError(f"{args.spec}: no prunable channel group "
+                         "(every group is frozen; run 'gdp-graph inspect' to see why)")
     plan = random_plan(analysis, args.ratio, seed=args.seed, block_ratio=args.blocks)
     if args.meta:
         return _check_on_meta(args, analysis, plan)
@@ -117,7 +120,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         "groups": len(analysis.groups), "prunable_groups": len(analysis.prunable_groups()),
         "groups_pruned": len(plan.keep), "removable_blocks": len([b for b in analysis.blocks if b.prunable]),
         "removed_blocks": sorted(plan.removed_blocks),
-        "frozen": [{"group": g.id, "reason": g.describe_frozen()} for g in analysis.groups if not (g.prunable and g.exact)],
+        "frozen": [{"group": g.id, "reason": g.describe_frozen()} for g in analysis.groups
+                   if not (g.prunable and g.exact)],
         "opaque": [{"module": o.module, "reason": o.reason} for o in analysis.opaque],
         "params_before": before.params, "params_after": after.params,
         "flops_per_sample_before": before.flops / n, "flops_per_sample_after": after.flops / n,
@@ -184,8 +188,10 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     add_model_arguments(p)
     add_meta_argument(p)
     add_output_arguments(p)
-    p.add_argument("--policy", help="a YAML policy file or shipped policy name: show which groups and blocks each rule gates")
-    p.add_argument("--draw", metavar="FILE", help="draw the channel groups on the model graph (.svg or .png; needs the 'plot' extra)")
+    p.add_argument("--policy", help="a YAML policy file or shipped policy name: "
+                                    "show which groups and blocks each rule gates")
+    p.add_argument("--draw", metavar="FILE", help="draw the channel groups on the model graph "
+                                                  "(.svg or .png; needs the 'plot' extra)")
     p.set_defaults(func=cmd_inspect)
 
     p = add("check", "prune at random, rewrite and verify that outputs equal the gated reference "
@@ -203,7 +209,8 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
                         "1 thread, cached) beside the measured one")
     p.add_argument("--latency-cache", metavar="DIR", help="folder of the cached latency tables "
                                                           "(default ~/.cache/gdp-graph/latency)")
-    p.add_argument("--save-plan", metavar="FILE", help="write the random plan as JSON (re-apply it with 'gdp-graph apply')")
+    p.add_argument("--save-plan", metavar="FILE",
+                   help="write the random plan as JSON (re-apply it with 'gdp-graph apply')")
     p.add_argument("--realistic-weights", action=argparse.BooleanOptionalAction, default=True,
                    help="first redraw degenerate weights of a copy of the model (constant tensors: zero biases, "
                         "1e-6 layer scales, zero-initialised heads) and calibrate BatchNorm statistics, so that "

@@ -30,7 +30,8 @@ def export_source(module: nn.Module, target: Path, inputs: Sequence[Any]) -> Any
     from gdp_graph.prune.export import export_source as write_source
     write_source(module, target)
     name = f"_gdp_exported_{abs(hash(str(target.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, target / "__init__.py", submodule_search_locations=[str(target)])
+    spec = importlib.util.spec_from_file_location(name, target / "__init__.py",
+                                                  submodule_search_locations=[str(target)])
     package = importlib.util.module_from_spec(spec)
     sys.modules[name] = package
     spec.loader.exec_module(package)
@@ -119,7 +120,8 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--format", choices=FORMATS, default="source",
                    help="source: a Python package (plain torch); torchscript: torch.jit.trace; "
                         "onnx: needs the 'onnx' extra; pt2: torch.export")
-    p.add_argument("--out", metavar="PATH", help="output path (default: next to PRUNED: pruned/, pruned.ts, pruned.onnx, pruned.pt2)")
+    p.add_argument("--out", metavar="PATH",
+                   help="output path (default: next to PRUNED: pruned/, pruned.ts, pruned.onnx, pruned.pt2)")
     p.add_argument("--input-shape", help="example input shape (default: the example_inputs.pt saved with the model)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="allowed max |diff| relative to the output scale")
     add_output_arguments(p)

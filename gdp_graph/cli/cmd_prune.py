@@ -193,7 +193,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "target": policy.target.fraction, "metric": policy.target.metric, "device": str(device),
         "method": schedule.method, "distill": asdict(policy.distill) if args.distill else None,
         "schedule": asdict(schedule),
-        "task_metric": result.metrics, "cost": cost, "finalize": _per_sample(fr.to_dict(), n), "gates": result.gates_report,
+        "task_metric": result.metrics, "cost": cost, "finalize": _per_sample(fr.to_dict(), n),
+        "gates": result.gates_report,
         "history": result.history.to_dict(), "layers": layers, "seconds": result.seconds,
         "pruned_class": type(pruned_cpu).__name__, "kept_class_reason": why_not_class or None}
     report["warnings"] = _warnings(result, policy, report) + _class_warnings(model, why_not_class, dropped_hooks,
@@ -243,18 +244,25 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--calibration-batches", type=int, default=8,
                    help="training batches the one-shot importance (activation, taylor, depth; gdp's "
                         "regularizer.init) is measured on")
-    p.add_argument("--epochs", type=int, help="epochs of the gated phase (default: the policy's schedule, the task's, else 3)")
-    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after finalize (default: the policy's schedule, the task's, else 0)")
-    p.add_argument("--lr", type=float, help="weight learning rate in the gated phase (default: the policy's schedule, the task's, else 0.01)")
-    p.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: the policy's schedule, the task's, else 0.001)")
-    p.add_argument("--gate-lr", type=float, help="gate learning rate (default: the policy's schedule, else the gates' own)")
+    p.add_argument("--epochs", type=int,
+                   help="epochs of the gated phase (default: the policy's schedule, the task's, else 3)")
+    p.add_argument("--finetune-epochs", type=int,
+                   help="fine-tuning epochs after finalize (default: the policy's schedule, the task's, else 0)")
+    p.add_argument("--lr", type=float,
+                   help="weight learning rate in the gated phase "
+                        "(default: the policy's schedule, the task's, else 0.01)")
+    p.add_argument("--finetune-lr", type=float,
+                   help="learning rate of fine-tuning (default: the policy's schedule, the task's, else 0.001)")
+    p.add_argument("--gate-lr", type=float,
+                   help="gate learning rate (default: the policy's schedule, else the gates' own)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), help="weight optimizer: sgd (momentum 0.9) or adam (AdamW) "
                                                                 "(default: the policy's schedule, else sgd)")
     p.add_argument("--weight-decay", type=float, help="weight decay of the weight optimizer (default: the policy's "
                                                       "schedule, else 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
     p.add_argument("--seed", type=int, default=0, help="torch seed")
-    p.add_argument("--strict", action="store_true", help=f"exit {EXIT_MISSED} when the target is missed or nothing is pruned")
+    p.add_argument("--strict", action="store_true",
+                   help=f"exit {EXIT_MISSED} when the target is missed or nothing is pruned")
     p.add_argument("--graph-module", action="store_true",
                    help="save the pruned fx.GraphModule instead of the model's own class, which is saved where its "
                         "forward reproduces the GraphModule ('export --format source' traces the class with torch.fx, "

@@ -17,13 +17,15 @@ def build_report(original: torch.nn.Module, pruned: torch.nn.Module, inputs: Any
     """Totals, per-layer rows and (optionally) latency; ``inputs`` positional (a tuple) or keyword (a dict)."""
     from gdp_graph.report.latency import compare_latency
     from gdp_graph.report.layers import compare_layers, total_figures
-    (flops_before, params_before), (flops_after, params_after) = total_figures(original, inputs), total_figures(pruned, inputs)
+    flops_before, params_before = total_figures(original, inputs)
+    flops_after, params_after = total_figures(pruned, inputs)
     report: dict[str, Any] = {
         "params_before": params_before, "params_after": params_after,
         "flops_per_sample_before": flops_before, "flops_per_sample_after": flops_after,
         "layers": compare_layers(original, pruned, inputs), "latency": None}
     if latency:
-        report["latency"] = compare_latency(original, pruned, inputs, rounds=rounds, repeat=repeat, threads=threads).to_dict()
+        report["latency"] = compare_latency(original, pruned, inputs, rounds=rounds, repeat=repeat,
+                                            threads=threads).to_dict()
     return report
 
 
@@ -40,7 +42,8 @@ def print_report(console, report: dict[str, Any], title: str) -> None:
     console.print(before_after_table(rows, title=title))
     predicted = report.get("latency_predicted")
     if predicted:
-        console.print(f"latency ratio predicted by the table: {predicted['ratio']:.3f} ({predicted['before_ms']:.2f} -> "
+        console.print(f"latency ratio predicted by the table: {predicted['ratio']:.3f} "
+                      f"({predicted['before_ms']:.2f} -> "
                       f"{predicted['after_ms']:.2f} ms, {predicted['threads']} thread(s), batch {predicted['batch']})")
     from gdp_graph.cli.prune_oneshot import print_loop
     print_loop(console, report.get("latency_loop"))

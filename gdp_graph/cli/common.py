@@ -67,7 +67,8 @@ def resolve_device(name: str) -> torch.device:
         raise UsageError(f"--device {name!r}: not a device name ({exc})") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            built = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            built = ("this torch build has no CUDA support" if torch.version.cuda is None
+                     else "no CUDA device is visible")
             raise UsageError(f"--device {name}: {built}; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")

@@ -36,7 +36,8 @@ class HelpFormatter(RichHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     formatter = HelpFormatter
-    parser = argparse.ArgumentParser(prog="gdp-graph", description=__doc__.splitlines()[0].replace("``", ""), formatter_class=formatter)
+    parser = argparse.ArgumentParser(prog="gdp-graph", description=__doc__.splitlines()[0].replace("``", ""),
+                                     formatter_class=formatter)
     parser.add_argument("--version", action="version", version=f"gdp-graph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)

@@ -56,8 +56,9 @@ def prune_without_task(args: argparse.Namespace, policy: Any) -> int:
         from gdp_graph.importance import one_shot_to_latency
         loop = one_shot_to_latency(analysis, scores, resolution, cost_model, model,
                                    build=lambda p: rewrite(analysis, p, keep_class=keep_class).eval(),
-                                   on_round=lambda r: console.print(f"latency: aimed at {r.aim:.3f}, predicted "
-                                                                    f"{r.predicted:.3f}, measured {r.measured.ratio:.3f}"))
+                                   on_round=lambda r: console.print(
+                                       f"latency: aimed at {r.aim:.3f}, predicted {r.predicted:.3f}, "
+                                       f"measured {r.measured.ratio:.3f}"))
         plan, kept, pruned = loop.plan, loop.predicted, loop.model
     else:
         plan, kept = one_shot_plan(analysis, scores, resolution, cost_model=cost_model)

@@ -17,4 +17,5 @@ from gdp_graph.importance.plan import one_shot_plan, one_shot_to_latency
 from gdp_graph.importance.ranked import init_gates
 from gdp_graph.importance.scores import METHODS, ImportanceError, Scores, magnitude_scores, score_units
 
-__all__ = ["METHODS", "ImportanceError", "Scores", "init_gates", "magnitude_scores", "one_shot_plan", "one_shot_to_latency", "score_units"]
+__all__ = ["METHODS", "ImportanceError", "Scores", "init_gates", "magnitude_scores", "one_shot_plan",
+           "one_shot_to_latency", "score_units"]

@@ -38,7 +38,8 @@ class _UnitMeans(nn.Module):
                                   f"{self.dim}, the analysis labelled {self.unit_index.numel()}")
         at = self.unit_index >= 0
         sums = torch.zeros_like(self.total).index_add_(0, self.unit_index[at], per_position[at])
-        counts = torch.zeros_like(self.total).index_add_(0, self.unit_index[at], torch.ones(int(at.sum()), dtype=torch.float64))
+        ones = torch.ones(int(at.sum()), dtype=torch.float64)
+        counts = torch.zeros_like(self.total).index_add_(0, self.unit_index[at], ones)
         self.total += sums / counts.clamp_min(1.0)
         self.calls += 1
         return x

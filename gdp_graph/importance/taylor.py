@@ -57,7 +57,8 @@ def taylor_scores(analysis: Analysis, batches: Iterable[Any], loss_fn: LossFn, *
         args, kwargs = call_args(batch, inputs)
         loss = loss_fn(gm(*args, **kwargs), batch)
         if not isinstance(loss, Tensor) or loss.dim() != 0:
-            raise ImportanceError(f"taylor: loss_fn(output, batch) must return a scalar tensor, got {type(loss).__name__}")
+            raise ImportanceError("taylor: loss_fn(output, batch) must return a scalar tensor, "
+                                  f"got {type(loss).__name__}")
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
         total += flat.detach().abs().double().cpu()

@@ -54,16 +54,18 @@ def draw_groups(analysis: Analysis, path: str | Path) -> Path:
               for n in flow.nodes]
     nx.draw_networkx_edges(flow, pos, ax=ax, arrows=True, arrowsize=8, edge_color="0.6", node_size=900)
     nx.draw_networkx_nodes(flow, pos, ax=ax, node_color=colours, node_size=900, node_shape="s",
-                           edgecolors=["red" if f else "black" for f in frozen], linewidths=[2.0 if f else 0.5 for f in frozen])
+                           edgecolors=["red" if f else "black" for f in frozen],
+                           linewidths=[2.0 if f else 0.5 for f in frozen])
     labels = {}
     for name, node in nodes.items():
         label = str(node.target) if node.op in ("call_module", "get_attr") else name
         labels[name] = label if groups[name] is None else f"{label}\ng{groups[name]}"
     nx.draw_networkx_labels(flow, pos, labels, ax=ax, font_size=6)
     shown = sorted({g for g in groups.values() if g is not None})
-    handles = [plt.Line2D([], [], marker="s", linestyle="", markersize=8, color=palette(g % 20),
-                          markeredgecolor="red" if not (analysis.groups[g].prunable and analysis.groups[g].exact) else "black",
-                          label=f"group {g} ({analysis.groups[g].size} {analysis.groups[g].unit}s)") for g in shown[:40]]
+    groups_shown = [analysis.groups[g] for g in shown[:40]]
+    handles = [plt.Line2D([], [], marker="s", linestyle="", markersize=8, color=palette(g.id % 20),
+                          markeredgecolor="red" if not (g.prunable and g.exact) else "black",
+                          label=f"group {g.id} ({g.size} {g.unit}s)") for g in groups_shown]
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small",
                   title="output channels (red edge: frozen)")

@@ -58,11 +58,13 @@ def member_nodes(analysis: Analysis, gid: int) -> dict[str, str]:
 def coupling_graph(analysis: Analysis, gid: int) -> nx.Graph:
     """Undirected data-flow graph on the nodes carrying group ``gid`` and its members."""
     if not 0 <= gid < len(analysis.groups):
-        raise ExplainError(f"group {gid} does not exist (groups 0..{len(analysis.groups) - 1}; see 'gdp-graph inspect')")
+        raise ExplainError(f"group {gid} does not exist "
+                           f"(groups 0..{len(analysis.groups) - 1}; see 'gdp-graph inspect')")
     carriers = {n.name for n in analysis.traced.gm.graph.nodes
                 if _carries(analysis.chan(n), gid, analysis.group_of_element)}
     keep = {("node", name) for name in carriers | set(member_nodes(analysis, gid))}
-    data_edges = [(u, v) for u, v, kind in analysis.graph.edges(data="kind") if kind == "data" and u in keep and v in keep]
+    data_edges = [(u, v) for u, v, kind in analysis.graph.edges(data="kind")
+                  if kind == "data" and u in keep and v in keep]
     graph = nx.Graph()
     graph.add_nodes_from(keep)
     graph.add_edges_from(data_edges)

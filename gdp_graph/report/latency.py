@@ -66,7 +66,8 @@ def compare_latency(baseline: nn.Module, candidate: nn.Module, inputs: Sequence[
                     warmup: int = 5, repeat: int = 3, threads: int = 1) -> LatencyComparison:
     """Time ``candidate`` against ``baseline``; the ratio is taken per round, so a slow round
     (another process woke up) affects both models of that round alike."""
-    base, cand = time_models([baseline, candidate], inputs, rounds=rounds, warmup=warmup, repeat=repeat, threads=threads)
+    base, cand = time_models([baseline, candidate], inputs, rounds=rounds, warmup=warmup, repeat=repeat,
+                             threads=threads)
     q1, median, q3 = quartiles(round_ratios(base, cand))
     values = inputs.values() if isinstance(inputs, Mapping) else inputs
     first = next((v for v in values if isinstance(v, torch.Tensor) and v.dim() > 0), None)

@@ -129,8 +129,9 @@ def print_check(console: Console, result: Mapping[str, Any]) -> None:
         ("FLOPs per sample", result["flops_per_sample_before"], result["flops_per_sample_after"], "count"),
     ], title="check: random pruning, rewrite, verify"))
     verdict = ("verified: outputs equal", "green") if result["ok"] else ("OUTPUTS DIFFER", "red")
-    console.print(styled(verdict, f" (max |diff| {result['max_abs_diff']:.3g}, relative {result['max_rel_diff']:.3g}, "
-                  f"tolerance {result['tolerance']:g}); {result['groups_pruned']} groups pruned by {result['ratio']:g}; "
+    console.print(styled(verdict, f" (max |diff| {result['max_abs_diff']:.3g}, "
+                  f"relative {result['max_rel_diff']:.3g}, tolerance {result['tolerance']:g}); "
+                  f"{result['groups_pruned']} groups pruned by {result['ratio']:g}; "
                   f"{len(result['removed_blocks'])} of {result['removable_blocks']} removable blocks removed "
                   f"(--blocks {result['block_ratio']:g}; --blocks 0 keeps them all)"))
     if result.get("plan_file"):
