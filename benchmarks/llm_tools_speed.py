@@ -80,7 +80,7 @@ def attach_part(model: torch.nn.Module, repeats: int) -> dict[str, Any]:
         opt.step(), gate_opt.step(), opt.zero_grad(), gate_opt.zero_grad(), gated.step()
         steps.append({"shape": list(shape), "seconds": round(time.perf_counter() - start, 3),
                       "loss": round(float(loss), 4)})
-    return {"attach": times, "class": type(gated.module).__name__, "hooks_reason": gated.module.gdp_hooks_reason,
+    return {"attach": times, "class": type(gated.module).__name__, "hooks_reason": gated.hooks_reason,
             "steps": steps}
 
 
