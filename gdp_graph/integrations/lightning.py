@@ -24,6 +24,12 @@ weights, gates included, when it wraps the module), the gates' task gradients ar
 the rest, and every rank makes the same cut and ends with the same plan (see
 :mod:`gdp_graph.integrations.driver`). Use ``sync_batchnorm=True`` where the model has BatchNorm,
 so that the statistics absorbed at the end are the same on every rank.
+
+Lightning checkpoints resume mid-gate-phase (``trainer.fit(module, loader, ckpt_path=...)``): the
+gates, epsilon, the step counters, lambda and its controller are in the module's own state dict
+(``pl_module.<attribute>`` is the gated model from ``setup`` on, before Lightning restores it),
+and the callback's :meth:`~GdpCallback.state_dict` holds the rest, the gates' own optimizer and
+the last global step (:meth:`GateDriver.state_dict`).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ class GdpCallback(pl.Callback):
         self.replace = replace
         self.log = log
         self.driver: Optional[GateDriver] = None
+        self._restored: Optional[dict[str, Any]] = None  # a checkpoint's driver state, until the optimizer exists
 
     @property
     def pruned(self):
@@ -78,6 +85,24 @@ class GdpCallback(pl.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.driver.start()
+        self._restore()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What Lightning saves in its checkpoints for this callback: the driver's state (the
+        gates' optimizer, the last global step); the gates themselves are in the module's."""
+        return self.driver.state_dict() if self.driver is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict) or None
+        self._restore()
+
+    def _restore(self) -> None:
+        """Load a checkpoint's driver state once the gates' optimizer exists: Lightning loads callback
+        states before ``on_fit_start`` (after it for strategies that restore after setup), and the
+        optimizer is made there, once the model is on its device, so that its state follows."""
+        if self._restored is not None and self.driver is not None and self.driver.gate_optimizer is not None:
+            self.driver.load_state_dict(self._restored)
+            self._restored = None
 
     def on_after_backward(self, trainer, pl_module) -> None:
         self.driver.after_backward()
