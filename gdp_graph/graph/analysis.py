@@ -120,7 +120,8 @@ class _Propagation(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         module = self.submodules.get(n.target) if n.op == "call_module" else None
         self.ctx = RuleContext(n, module, self.store, self.env)
-        chan = super().run_node(n)
+        # every handler reads the node's inputs through ``ctx``: no arguments fetched for it
+        chan = getattr(self, n.op)(n.target, (), {})
         n.meta["channels"] = chan
         return chan
 

@@ -87,7 +87,7 @@ def _common_prefix(names: list[str]) -> str:
 
 def find_blocks(traced: TracedModel, groups: list[ChannelGroup]) -> list[Block]:
     gm = traced.gm
-    nodes = {n.name: n for n in gm.graph.nodes}
+    runner = _ZeroedInputs(gm, gm.graph)  # what each branch outputs on zero input
     ancestors = _Ancestry(gm.graph)
     blocks: list[Block] = []
     for node in gm.graph.nodes:
@@ -99,7 +99,7 @@ def find_blocks(traced: TracedModel, groups: list[ChannelGroup]) -> list[Block]:
         # one removable branch per add: the longer one when both qualify (the main branch of a
         # downsampling block, not its projection shortcut)
         candidates = [b for arg in (1, 0)
-                      if (b := _branch_block(traced, nodes, ancestors, node, arg, operands[arg], operands[1 - arg], len(blocks), groups)) is not None]
+                      if (b := _branch_block(traced, runner, ancestors, node, arg, operands[arg], operands[1 - arg], len(blocks), groups)) is not None]
         if candidates:
             blocks.append(max(candidates, key=lambda b: len(b.nodes)))
     for g in groups:
@@ -170,7 +170,7 @@ def _without_shared_side_inputs(order: list[fx.Node], outside: _Within) -> set[s
     return kept
 
 
-def _branch_block(traced, nodes, ancestors: _Ancestry, add: fx.Node, arg: int, branch: fx.Node, other: fx.Node, bid: int,
+def _branch_block(traced, runner: "_ZeroedInputs", ancestors: _Ancestry, add: fx.Node, arg: int, branch: fx.Node, other: fx.Node, bid: int,
                   groups: list[ChannelGroup]) -> Optional[Block]:
     if branch.meta[VALUE].shape != add.meta[VALUE].shape:
         return None
@@ -203,7 +203,7 @@ def _branch_block(traced, nodes, ancestors: _Ancestry, add: fx.Node, arg: int, b
                   nodes=[n.name for n in member_nodes], modules=modules, shortcut_is_identity=identity,
                   gate_sites=sites)
     try:
-        constant = branch_constant(traced, block)
+        constant = branch_constant(traced, block, runner=runner)
     except Exception as exc:  # noqa: BLE001 - recorded as the reason the block stays
         if any(p.is_meta for p in traced.gm.parameters()):
             block.frozen_reasons.append(f"on the meta device the branch's constant on zero input needs the weights "
@@ -232,9 +232,10 @@ class _ZeroedInputs(fx.Interpreter):
     The shape of each node's value on the example inputs (``node.meta[VALUE]``) lets a layer of
     ``_BIAS_ON_ZERO`` whose only input is zeroed return its bias without running."""
 
-    def __init__(self, module: torch.nn.Module, graph: fx.Graph, zeroed: set[tuple[str, int]]):
+    def __init__(self, module: torch.nn.Module, graph: fx.Graph):
+        # its construction walks every submodule: one runner serves all blocks of a graph
         super().__init__(module, garbage_collect_values=False, graph=graph)
-        self.zeroed = zeroed
+        self.zeroed: set[tuple[str, int]] = set()
 
     def run_node(self, n: fx.Node) -> Any:
         with self._set_current_node(n):
@@ -295,13 +296,15 @@ def _upstream_missing(node: fx.Node, env: _Recorded) -> list[fx.Node]:
     return [n for n in node.graph.nodes if n in need]
 
 
-def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.Module] = None) -> Optional[torch.Tensor]:
+def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.Module] = None,
+                    runner: Optional[_ZeroedInputs] = None) -> Optional[torch.Tensor]:
     """What the branch outputs when its block gate is zero (the inputs of its last consuming
     layers zeroed), reduced to a broadcastable tensor (size 1 on every untracked dim), or None
     when it varies along an untracked dim.
 
     ``root``: a module with the traced graph's structure whose layers and attributes to use
-    (e.g. trained weights); defaults to the traced module."""
+    (e.g. trained weights); defaults to the traced module. ``runner``: a ``_ZeroedInputs`` on
+    that module and the traced graph, reused from an earlier call."""
     gm = traced.gm
     # every node outside the branch keeps its recorded value; the branch runs again (on the
     # weights of ``root``), with the inputs of its gated layers zeroed
@@ -313,8 +316,8 @@ def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.M
         for n in map(traced.node, block.nodes):
             if n.name in rerun or any(a.name in rerun for a in n.all_input_nodes):
                 rerun.add(n.name)
-    runner = _ZeroedInputs(root if root is not None else gm, gm.graph,
-                           {(s.node, s.arg) for s in block.gate_sites})
+    runner = runner if runner is not None else _ZeroedInputs(root if root is not None else gm, gm.graph)
+    runner.zeroed = {(s.node, s.arg) for s in block.gate_sites}
     branch = traced.node(block.nodes[-1])
     runner.env = env = _Recorded(rerun)
     with torch.no_grad():

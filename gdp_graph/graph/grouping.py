@@ -4,6 +4,7 @@ the facts the rules recorded."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -54,9 +55,9 @@ def _number_units(store: ElementStore, roots: torch.Tensor) -> tuple[torch.Tenso
         # the units of one width: a row of spaces each, the same signature where the rows are equal
         units = torch.nonzero(widths == width).flatten()
         rows = spaces[starts[units].unsqueeze(1) + torch.arange(width)]
-        distinct, which = torch.unique(rows, dim=0, return_inverse=True)
+        distinct, which = _distinct_rows(rows, stride)
         signature[units] = offset + which
-        offset += distinct.shape[0]
+        offset += distinct
     keys, which = torch.unique(signature, return_inverse=True)
     count = torch.arange(which.numel())
     first = torch.full((keys.numel(),), which.numel(), dtype=torch.long).scatter_reduce(0, which, count, "amin")
@@ -68,6 +69,21 @@ def _number_units(store: ElementStore, roots: torch.Tensor) -> tuple[torch.Tenso
     unit_index = torch.empty_like(gid)
     unit_index[order] = count - (sizes.cumsum(0) - sizes)[gid[order]]
     return unit_roots, gid, unit_index, sizes.tolist()
+
+
+def _distinct_rows(rows: torch.Tensor, base: int) -> tuple[int, torch.Tensor]:
+    """The number of distinct rows and each row's index among them in sorted order, as
+    ``torch.unique(rows, dim=0, return_inverse=True)`` gives them. Entries lie in ``[0, base)``,
+    so where a row fits in 63 bits it is read as one integer in base ``base`` (the same order):
+    a row-wise unique was a tenth of a MobileNetV3's analysis."""
+    if rows.shape[1] * math.log2(max(base, 2)) < 62:
+        code = rows[:, 0].clone()
+        for k in range(1, rows.shape[1]):
+            code = code * base + rows[:, k]
+        distinct, which = torch.unique(code, return_inverse=True)
+        return distinct.numel(), which
+    distinct, which = torch.unique(rows, dim=0, return_inverse=True)
+    return distinct.shape[0], which
 
 
 def _groups_of_each(labels: list[torch.Tensor], group_of: torch.Tensor) -> list[list[int]]:

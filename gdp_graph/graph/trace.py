@@ -270,8 +270,9 @@ class _Recorder(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         before = self.counter.get_total_flops() if self.counter is not None else 0
-        try:
-            out = super().run_node(n)
+        try:  # fx's run_node less its per-node context manager (a traceback marker, unused here)
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            out = getattr(self, n.op)(n.target, args, kwargs)
         except Exception as exc:
             raise TraceError(f"running node '{n.name}' ({n.format_node()}) on the example inputs failed: {_first_line(exc)}") from exc
         n.meta[VALUE] = out
