@@ -244,15 +244,11 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--calibration-batches", type=int, default=8,
                    help="training batches the one-shot importance (activation, taylor, depth; gdp's "
                         "regularizer.init) is measured on")
-    p.add_argument("--epochs", type=int,
-                   help="epochs of the gated phase (default: the policy's schedule, the task's, else 3)")
-    p.add_argument("--finetune-epochs", type=int,
-                   help="fine-tuning epochs after finalize (default: the policy's schedule, the task's, else 0)")
-    p.add_argument("--lr", type=float,
-                   help="weight learning rate in the gated phase "
-                        "(default: the policy's schedule, the task's, else 0.01)")
-    p.add_argument("--finetune-lr", type=float,
-                   help="learning rate of fine-tuning (default: the policy's schedule, the task's, else 0.001)")
+    for flag, kind, what, default in (("--epochs", int, "epochs of the gated phase", 3),
+                                      ("--finetune-epochs", int, "fine-tuning epochs after finalize", 0),
+                                      ("--lr", float, "weight learning rate in the gated phase", 0.01),
+                                      ("--finetune-lr", float, "learning rate of fine-tuning", 0.001)):
+        p.add_argument(flag, type=kind, help=f"{what} (default: the policy's schedule, the task's, else {default})")
     p.add_argument("--gate-lr", type=float,
                    help="gate learning rate (default: the policy's schedule, else the gates' own)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), help="weight optimizer: sgd (momentum 0.9) or adam (AdamW) "
