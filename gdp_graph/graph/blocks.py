@@ -329,7 +329,8 @@ def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.M
     reduce_dims = [d for d in range(value.dim()) if d not in keep]
     reduced = value.amax(dim=reduce_dims, keepdim=True) if reduce_dims else value
     low = value.amin(dim=reduce_dims, keepdim=True) if reduce_dims else value
-    scale = float(value.abs().max()) if value.numel() else 0.0
+    # the largest magnitude, read off the extremes already taken: no full-size pass of its own
+    scale = max(abs(float(reduced.max())), abs(float(low.min()))) if value.numel() else 0.0
     if float((reduced - low).abs().max()) > 1e-6 * max(1.0, scale):
         return None
     return reduced
