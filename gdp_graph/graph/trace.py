@@ -191,8 +191,12 @@ def _plain_module_class(cls: type) -> bool:
             and not copyreg._slotnames(cls))
 
 
+#: the exact types of :data:`_ATOMS` (and bool): one set lookup for most attributes
+_ATOM_TYPES = frozenset(_ATOMS + (bool,))
+
+
 def _copy_value(value: Any, memo: dict[int, Any]) -> Any:
-    if isinstance(value, _ATOMS) or (type(value) is tuple and all(isinstance(v, _ATOMS) for v in value)):
+    if type(value) in _ATOM_TYPES or isinstance(value, _ATOMS) or (type(value) is tuple and all(isinstance(v, _ATOMS) for v in value)):
         return value
     if type(value) in (dict, OrderedDict, set) and not value:  # a module's hook tables, mostly empty
         return type(value)()
@@ -267,6 +271,12 @@ class _Recorder(fx.Interpreter):
             return super().run(*args, **kwargs)
         with self.counter:
             return super().run(*args, **kwargs)
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        # the layer from the table fx built once, not by walking its dotted path per call (a
+        # module registered under two names is listed under its first only: those are walked)
+        layer = self.submodules.get(target)
+        return layer(*args, **kwargs) if layer is not None else super().call_module(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
         before = self.counter.get_total_flops() if self.counter is not None else 0
