@@ -111,3 +111,27 @@ def test_ddp_two_ranks_end_identical() -> None:
     assert all(torch.equal(a["pruned"][k], b["pruned"][k]) for k in a["pruned"])
     assert a["report"]["equal"] and a["report"]["removed_units"] > 0 and a["report"]["removed_blocks"] == [0]
     assert a["report"]["params_after"] < a["report"]["params_before"]
+
+
+def _diverged(rank: int) -> dict:
+    from gdp_graph.gates.attach import attach
+    from gdp_graph.gates.bank import GateError
+    from gdp_graph.integrations.driver import GateDriver
+
+    torch.manual_seed(0)
+    gated = attach(TinyRes().train(), POLICY, example_inputs=torch.randn(2, 3, 8, 8), total_steps=STEPS,
+                   init_gate=0.5)
+    with torch.no_grad():  # gates that drifted apart: rank 1 closes a third of every group's units
+        for theta in gated.bank.group_theta.values():
+            theta[::3] = 0.0 if rank == 1 else 1.0
+    try:
+        GateDriver(gated).finalize()
+    except GateError as error:
+        return {"error": str(error)}
+    return {"error": ""}
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_ranks_that_reach_different_plans_are_refused_on_every_rank() -> None:
+    a, b = on_ranks(_diverged)
+    assert "ranks [1] reached another plan than rank 0" in a["error"] == b["error"]
