@@ -102,9 +102,10 @@ def find_blocks(traced: TracedModel, groups: list[ChannelGroup]) -> list[Block]:
                       if (b := _branch_block(traced, runner, ancestors, node, arg, operands[arg], operands[1 - arg], len(blocks), groups)) is not None]
         if candidates:
             blocks.append(max(candidates, key=lambda b: len(b.nodes)))
+    block_nodes = [(b, set(b.nodes)) for b in blocks]
     for g in groups:
         member_nodes = {m.node for m in g.members}
-        inside = [b for b in blocks if member_nodes and member_nodes <= set(b.nodes)]
+        inside = [b for b, names in block_nodes if member_nodes and member_nodes <= names]
         if inside:
             g.block = min(inside, key=lambda b: len(b.nodes)).id
     return blocks

@@ -127,10 +127,12 @@ class ElementStore:
             self.inexact.append((flat.clone(), reason))
 
     def tag(self, labels: torch.Tensor, kind: str) -> None:
+        # kept as given, repeats included: groups are read from a presence table (one
+        # ``unique`` per tag was a twentieth of a RegNet's analysis)
         flat = labels.reshape(-1)
         flat = flat[flat != 0]
         if flat.numel():
-            self.tags.append((torch.unique(flat), kind))
+            self.tags.append((flat, kind))
 
     def add_member(self, labels: torch.Tensor, member: Member) -> None:
         self.members.append((labels.reshape(-1).clone(), member))
