@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -71,6 +70,7 @@ def _rank(rank: int, train: Callable[[int], dict], store: str, out: str) -> None
 def _train(rank: int) -> dict:
     from gdp_graph.gates.attach import attach
     from gdp_graph.gates.finalize import finalize
+    from tests.fixtures.gated_steps import train_steps
 
     torch.manual_seed(0)  # the same model and gates on both ranks
     gated = attach(TinyRes().train(), POLICY, example_inputs=torch.randn(2, 3, 8, 8), total_steps=STEPS,
@@ -82,15 +82,9 @@ def _train(rank: int) -> dict:
     ddp = DistributedDataParallel(gated)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
     gen = torch.Generator().manual_seed(100 + rank)  # different data per rank
-    losses = []
-    for _ in range(STEPS):
-        x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen)
-        opt.zero_grad()
-        loss = F.cross_entropy(ddp(x), y) + gated.penalty()
-        loss.backward()
-        opt.step()
-        gated.step()
-        losses.append(loss.item())
+    batches = ((torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen))
+               for _ in range(STEPS))
+    losses = train_steps(gated, opt, batches, forward=ddp)
     assert bool(gated.fixed)  # fix_at 0.3 of 4 steps: the gates were cut and fixed
     pruned, report = finalize(gated)
     return {"gates": {k: v.detach() for k, v in gated.group_gates().items()},

@@ -14,10 +14,11 @@ from torch import nn
 
 from gdp_graph.gates.attach import attach
 from gdp_graph.gates.finalize import finalize
-from gdp_graph.gates.model import GatedModel, GateError
+from gdp_graph.gates.model import GateError
 from gdp_graph.gates.schedule import EpsilonRamp
 from gdp_graph.graph.inject import gate_multiply, gated_layer
 from gdp_graph.policy import EpsilonSchedule
+from tests.fixtures.gated_steps import train_steps
 from tests.zoo import ZOO
 
 
@@ -195,19 +196,6 @@ def test_gates_reach_exact_zero_on_a_known_answer() -> None:
     assert gated.group_gates()[0].detach().tolist() == gates.tolist()
 
 
-def _train(gated: GatedModel, opt: torch.optim.Optimizer, steps: range) -> list[float]:
-    losses = []
-    for step in steps:
-        x, y = batch(step)
-        opt.zero_grad()
-        loss = F.cross_entropy(gated(x), y) + gated.penalty()
-        loss.backward()
-        opt.step()
-        gated.step()
-        losses.append(loss.item())
-    return losses
-
-
 def test_resume_from_state_dict_is_exact() -> None:
     controller = {"kind": "proportional", "gain": 0.5, "min": 0.0, "max": 1.0}
     policy = gdp_policy(**{"lambda": 0.05, "lambda_controller": controller})
@@ -219,10 +207,10 @@ def test_resume_from_state_dict_is_exact() -> None:
         return gated, torch.optim.SGD(gated.parameters(), lr=0.05, momentum=0.9)
 
     whole, opt = fresh()
-    expected = _train(whole, opt, range(8))
+    expected = train_steps(whole, opt, map(batch, range(8)))
 
     first, opt = fresh()
-    losses = _train(first, opt, range(4))
+    losses = train_steps(first, opt, map(batch, range(4)))
     buffer = io.BytesIO()
     torch.save({"model": first.state_dict(), "opt": opt.state_dict()}, buffer)
     buffer.seek(0)
@@ -230,7 +218,7 @@ def test_resume_from_state_dict_is_exact() -> None:
     resumed, opt = fresh()
     resumed.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
-    losses += _train(resumed, opt, range(4, 8))
+    losses += train_steps(resumed, opt, map(batch, range(4, 8)))
 
     assert losses == expected
     assert resumed.lam == whole.lam != 0.05  # the controller moved lambda, and resumed exactly
@@ -281,7 +269,7 @@ def test_user_model_is_never_mutated() -> None:
     modules = [id(m) for m in model.modules()]
     gated = attach(model, gdp_policy(), example_inputs=torch.randn(2, 3, 8, 8), total_steps=6, init_gate=0.5)
     opt = torch.optim.SGD(gated.parameters(), lr=0.1, momentum=0.9)
-    _train(gated, opt, range(3))
+    train_steps(gated, opt, map(batch, range(3)))
     with torch.no_grad():
         gated.bank.group_theta[next(iter(gated.bank.group_theta))][:2] = 0.0
     pruned, _ = finalize(gated)
