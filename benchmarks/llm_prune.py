@@ -102,15 +102,14 @@ def _saved_model(pruned: nn.Module, run: dict, folder: Path, check_ids: torch.Te
 
 def _reference_run(original: nn.Module, task: Any, args: argparse.Namespace, policy: Any) -> dict[str, Any]:
     """The unpruned model trained the same steps (with the same distillation)."""
-    from gdp_graph.recipes.driver import evaluate, make_optimizer, Schedule
-    from gdp_graph.recipes.recovery import Distillation, frozen_teacher, train_steps
+    from gdp_graph.recipes.evaluation import evaluate
+    from gdp_graph.recipes.recovery import Distillation, frozen_teacher, make_optimizer, train_steps
     device = torch.device("cpu")
     model = copy.deepcopy(original)
-    schedule = Schedule(optimizer="adam", finetune_lr=args.lr)
     teacher = (None if args.no_distill else
                Distillation(frozen_teacher(original, device), policy.distill.temperature, policy.distill.alpha))
     started = time.perf_counter()
-    train_steps(model, task, device, args.steps, make_optimizer(list(model.parameters()), schedule, args.lr),
+    train_steps(model, task, device, args.steps, make_optimizer(list(model.parameters()), args.lr, kind="adam"),
                 distill=teacher, after_step=lambda step, loss, info: _progress("train", step, args.steps,
                                                                                {"loss": loss, **info}))
     return {"model": model.eval(), "metrics": {"fine_tuned": evaluate(model, task, device)},
@@ -158,7 +157,7 @@ _ORIGINAL: dict[int, float] = {}
 
 def original_ppl(original: nn.Module, task: Any) -> Optional[float]:
     """The unpruned model's validation perplexity (evaluated once per process)."""
-    from gdp_graph.recipes.driver import evaluate
+    from gdp_graph.recipes.evaluation import evaluate
     if id(original) not in _ORIGINAL:
         _ORIGINAL[id(original)] = _ppl(evaluate(original, task, torch.device("cpu")))
     return _ORIGINAL[id(original)]

@@ -18,10 +18,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from gdp_graph.recipes.task import Task, TaskError, batch_length, model_inputs, move_to
+from gdp_graph.recipes.evaluation import evaluate
+from gdp_graph.recipes.recovery import make_optimizer
+from gdp_graph.recipes.task import Task, TaskError, move_to
 
-__all__ = ["Schedule", "History", "PruneResult", "evaluate", "train_epochs", "run_prune", "free_gate_values",
-           "group_gate_values"]
+__all__ = ["Schedule", "History", "PruneResult", "train_epochs", "run_prune", "free_gate_values", "group_gate_values"]
 
 
 @dataclass(frozen=True)
@@ -109,35 +110,6 @@ def group_gate_values(gated: Any) -> dict[int, torch.Tensor]:
     return out
 
 
-def _forward(model: nn.Module, task: Task, batch: Any) -> Any:
-    args, kwargs = model_inputs(task, batch)
-    return model(*args, **kwargs)
-
-
-def evaluate(model: nn.Module, task: Task, device: torch.device) -> Optional[float]:
-    """The task's metric averaged over ``eval_loader`` weighted by batch size (the mean loss
-    without a metric); None without an evaluation loader; an empty one is a :class:`TaskError`."""
-    if task.eval_loader is None:
-        return None
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        with torch.no_grad():
-            for batch in task.eval_loader:
-                batch = move_to(batch, device)
-                output = _forward(model, task, batch)
-                value = task.metric(output, batch) if task.metric is not None else task.loss(output, batch)
-                n = max(batch_length(batch), 1)
-                total += float(value) * n
-                count += n
-    finally:
-        model.train(was)
-    if not count:  # evaluated first on the original model, so this stops a run before training
-        raise TaskError(f"TASK {task.name}: eval_loader is empty")
-    return total / count
-
-
 def steps_per_epoch(task: Task) -> int:
     try:
         n = len(task.train_loader)  # type: ignore[arg-type]
@@ -147,12 +119,6 @@ def steps_per_epoch(task: Task) -> int:
     if n <= 0:
         raise TaskError(f"TASK {task.name}: train_loader is empty")
     return n
-
-
-def make_optimizer(params: Sequence[nn.Parameter], schedule: Schedule, lr: float) -> torch.optim.Optimizer:
-    if schedule.optimizer == "adam":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=schedule.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=schedule.weight_decay)
 
 
 def train_epochs(model: nn.Module, task: Task, device: torch.device, epochs: int, optimizer: torch.optim.Optimizer,
@@ -233,7 +199,7 @@ def _gdp_phase(model: nn.Module, inputs: Any, task: Task, policy: Any, schedule:
                max_batches=schedule.calibration_batches)
     gate_ids = {id(p) for p in gated.gate_parameters()}
     weights = [p for p in gated.parameters() if id(p) not in gate_ids and p.requires_grad]
-    optimizer = make_optimizer(weights, schedule, schedule.lr)
+    optimizer = make_optimizer(weights, schedule.lr, weight_decay=schedule.weight_decay, kind=schedule.optimizer)
     gate_opt = gated.gate_optimizer(schedule.gate_lr) if schedule.gate_lr is not None else gated.gate_optimizer()
     history = History()
     history.record(gated)
@@ -286,7 +252,8 @@ def _recover(pruned: nn.Module, task: Task, schedule: Schedule, device: torch.de
     for p in pruned.parameters():
         p.requires_grad_(True)
     params = [p for p in pruned.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, schedule, schedule.finetune_lr)
+    optimizer = make_optimizer(params, schedule.finetune_lr, weight_decay=schedule.weight_decay,
+                               kind=schedule.optimizer)
     if steps is None and teacher is None:
         train_epochs(pruned, task, device, schedule.finetune_epochs, optimizer, after_step=after_step)
     else:

@@ -15,7 +15,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from torch import nn
 from gdp_graph.recipes.task import Task, TaskError, batch_length, model_inputs, move_to
 
 __all__ = ["COSINE", "Distillation", "StepResult", "Throughput", "output_logits", "distill_loss", "cycle",
-           "frozen_teacher", "train_steps"]
+           "frozen_teacher", "make_optimizer", "train_steps"]
 
 #: ``after_step(step, loss, info)``: info holds the throughput (``tokens_per_s`` or ``samples_per_s``)
 AfterStep = Callable[[int, float, dict], None]
@@ -147,6 +147,34 @@ def _optimizer_step(loss: torch.Tensor, optimizers: tuple, scheduler: Any) -> No
         opt.step()
     if scheduler is not None:
         scheduler.step()
+
+
+def make_optimizer(params: Union[nn.Module, Iterable[nn.Parameter]], lr: float, momentum: float = 0.9,
+                   weight_decay: float = 0.0, nesterov: bool = False, *, kind: str = "sgd",
+                   no_weight_decay: Optional[Callable[[str, nn.Parameter], bool]] = None) -> torch.optim.Optimizer:
+    """The weights' optimizer of every recipe: SGD (``kind`` "sgd"; Nesterov only with momentum,
+    which torch requires) or AdamW (``kind`` "adam"; ``momentum`` and ``nesterov`` unused).
+
+    ``params``: a module (its parameters that require gradients) or the parameters themselves,
+    taken as given. ``no_weight_decay(name, param)`` (a module only) picks parameters that get
+    no weight decay (e.g. BN affine parameters); they form a second parameter group."""
+    if isinstance(params, nn.Module):
+        named = [(n, p) for n, p in params.named_parameters() if p.requires_grad]
+    elif no_weight_decay is not None:
+        raise TypeError("no_weight_decay selects by name: pass the module, not its parameters")
+    else:
+        named = [("", p) for p in params]
+    plain = [p for n, p in named if no_weight_decay is not None and no_weight_decay(n, p)]
+    chosen = {id(p) for p in plain}
+    decay = [p for _, p in named if id(p) not in chosen]
+    if not named:
+        raise ValueError("no trainable parameters to optimize")
+    groups = ([{"params": decay, "weight_decay": weight_decay}] if decay else []) + (
+        [{"params": plain, "weight_decay": 0.0}] if plain else [])
+    if kind == "adam":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=bool(nesterov and momentum > 0))
 
 
 def train_steps(model: nn.Module, task: Task, device: torch.device, steps: int, optimizer: torch.optim.Optimizer, *,

@@ -36,7 +36,7 @@ class GateOptimizer:
         gates = gated.gate_parameters()
         ids = {id(p) for p in gates}
         weights = [p for p in gated.parameters() if id(p) not in ids and p.requires_grad]
-        self.weights = torch.optim.SGD(weights, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        self.weights = make_optimizer(weights, lr)  # the recipe's SGD preset
         self.gates = gated.gate_optimizer(gate_lr) if gates else None
         self.param_groups = self.weights.param_groups  # the cosine schedule drives the weights
 

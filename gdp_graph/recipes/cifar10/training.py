@@ -14,6 +14,7 @@ steps while a progress bar is shown), so the loop does not force a device sync p
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import time
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gdp_graph.recipes.recovery import make_optimizer as _make_optimizer
 from gdp_graph.vocabulary import half_cosine
 
 if TYPE_CHECKING:
@@ -49,14 +51,6 @@ _REFRESH_EVERY = 25  # steps between progress-bar loss readouts (each one syncs 
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _autocast(
-    device: torch.device, enabled: bool, dtype: torch.dtype
-) -> contextlib.AbstractContextManager[Any]:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class _Bar:
@@ -132,10 +126,6 @@ def _num_batches(loader: Iterable[Any], max_steps: int | None) -> int | None:
     if max_steps is not None:
         n = max_steps if n is None else min(n, max_steps)
     return n
-
-
-def _to_device(t: Tensor, device: torch.device) -> Tensor:
-    return t if t.device == device else t.to(device, non_blocking=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,94 +235,48 @@ def evaluate(
     max_batches: int | None = None,
     description: str = "eval",
 ) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` over ``loader``, in eval mode without gradients.
-
-    Every submodule's ``training`` flag is restored afterwards (also on error), so a model
-    that was training, or that had e.g. some BN layers frozen in eval mode, is left as it was.
+    """Mean loss and accuracy of ``model`` over ``loader``, through the library's evaluation loop
+    (:func:`gdp_graph.recipes.evaluation.eval_batches`: eval mode, no gradients, every
+    submodule's ``training`` flag restored afterwards, also on error).
 
     Returns:
         ``loss`` (mean per sample, ``loss_fn`` must return the batch mean), ``accuracy``
         (fraction), ``n`` (samples seen) and ``seconds``.
     """
+    from gdp_graph.recipes.evaluation import eval_batches
+    from gdp_graph.recipes.task import Task
+
     dev = torch.device(device)
-    modes = [(m, m.training) for m in model.modules()]
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     correct = torch.zeros((), dtype=torch.int64, device=dev)
     n = 0
     t0 = time.perf_counter()
-    model.eval()
-    try:
-        with (
-            torch.no_grad(),
-            _progress_bar(progress, _num_batches(loader, max_batches), description) as bar,
-        ):
-            for i, (x, y) in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    break
-                x = _to_device(x, dev)
-                y = _to_device(y, dev)
-                with _autocast(dev, autocast, autocast_dtype):
-                    logits = model(x)
-                    loss = loss_fn(logits, y)
-                bs = int(y.shape[0])
-                n += bs
-                loss_sum += loss.double() * bs
-                correct += (logits.argmax(dim=1) == y).sum()
-                bar.update(1)
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with _progress_bar(progress, _num_batches(loader, max_batches), description) as bar:
+
+        def visit(batch: tuple[Tensor, Tensor], logits: Tensor) -> None:
+            nonlocal loss_sum, correct, n
+            y = batch[1]
+            bs = int(y.shape[0])
+            n += bs
+            loss_sum += loss_fn(logits, y).double() * bs
+            correct += (logits.argmax(dim=1) == y).sum()
+            bar.update(1)
+
+        task = Task(train_loader=(), eval_loader=loader, loss=lambda logits, batch: loss_fn(logits, batch[1]),
+                    name="cifar10")
+        eval_batches(model, task, dev, visit, autocast=autocast_dtype if autocast else None, max_batches=max_batches)
     denom = max(n, 1)
-    return {
-        "loss": loss_sum.item() / denom,
-        "accuracy": correct.item() / denom,
-        "n": n,
-        "seconds": time.perf_counter() - t0,
-    }
+    return {"loss": loss_sum.item() / denom, "accuracy": correct.item() / denom, "n": n,
+            "seconds": time.perf_counter() - t0}
 
 
 # --------------------------------------------------------------------------------------------
 # optimizer and schedule
 
 
-def make_optimizer(
-    model: nn.Module,
-    lr: float,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    nesterov: bool = True,
-    *,
-    no_weight_decay: Callable[[str, nn.Parameter], bool] | None = None,
-) -> torch.optim.SGD:
-    """SGD over the model's trainable parameters.
-
-    Args:
-        lr, momentum, weight_decay: the usual; ``nesterov`` is ignored when ``momentum == 0``
-            (torch refuses Nesterov without momentum).
-        no_weight_decay: ``(name, param) -> bool``; parameters it selects get no weight decay
-            (e.g. pruning gates or BN affine parameters).
-    """
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    decay: list[nn.Parameter] = []
-    plain: list[nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if no_weight_decay is not None and no_weight_decay(name, p):
-            plain.append(p)
-        else:
-            decay.append(p)
-    if not decay and not plain:
-        raise ValueError("the model has no trainable parameters")
-    groups: list[dict[str, Any]] = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if plain:
-        groups.append({"params": plain, "weight_decay": 0.0})
-    return torch.optim.SGD(
-        groups, lr=lr, momentum=momentum, nesterov=bool(nesterov and momentum > 0)
-    )
+#: SGD with momentum 0.9, weight decay 5e-4 and Nesterov over a model's trainable parameters (the
+#: library's :func:`~gdp_graph.recipes.recovery.make_optimizer` with the CIFAR preset)
+make_optimizer = functools.partial(_make_optimizer, weight_decay=5e-4, nesterov=True)
 
 
 def cosine_lr_factor(
