@@ -55,6 +55,10 @@ def test_lightning_ddp_resumes_mid_gate_phase_from_its_checkpoint(tmp_path):
     assert saved["global_step"] < whole[0]["fix_step"]  # saved before the cut
     resumed = _run([sys.executable, SCRIPT, "lightning-resumed", str(tmp_path)], tmp_path, "lightning-resumed")
     _same_on_both_ranks(*resumed)
+    _resumed_as_whole(resumed, whole)
+
+
+def _resumed_as_whole(resumed: list[dict], whole: list[dict]) -> None:
     for a, b in zip(resumed, whole):
         assert a["plan"] == b["plan"] and a["lambda"] == b["lambda"] and a["controller"] == b["controller"]
         assert all(torch.equal(x, y) for x, y in zip(a["theta"], b["theta"]))
@@ -80,3 +84,15 @@ def test_hf_trainer_under_accelerate_launch_two_ranks_end_with_the_same_plan(tmp
     a, b = _run(argv, tmp_path, "hf")
     assert a["world"] == b["world"] == 2
     _same_on_both_ranks(a, b)
+
+
+@pytest.mark.slow  # two torchrun launches
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None or importlib.util.find_spec("accelerate") is None,
+                    reason="the 'hf' extra is not installed")
+def test_hf_trainer_under_torchrun_resumes_mid_gate_phase_from_its_checkpoint(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT]
+    whole = _run([*torchrun, "hf-whole", str(tmp_path)], tmp_path, "hf-whole")
+    assert whole[0]["fix_step"] > 4 and (tmp_path / "hf" / "checkpoint-4" / "gdp_state.pt").is_file()
+    resumed = _run([*torchrun, "hf-resumed", str(tmp_path)], tmp_path, "hf-resumed")
+    _same_on_both_ranks(*resumed)
+    _resumed_as_whole(resumed, whole)
