@@ -1,47 +1,5 @@
-"""Datasets: CIFAR-10 reading, downloading and fast in-memory batch iteration."""
+"""Datasets: CIFAR-10 reading, downloading and fast in-memory batch iteration (the public names
+of :mod:`~gdp_graph.recipes.cifar10.data.cifar10`)."""
 
-from gdp_graph.recipes.cifar10.data.cifar10 import (
-    CIFAR10_CLASSES,
-    CIFAR10_ENV_VAR,
-    CIFAR10_MD5,
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    CIFAR10_URL,
-    Cifar10ChecksumError,
-    Cifar10Data,
-    Cifar10DownloadError,
-    Cifar10Error,
-    Cifar10FormatError,
-    CifarLoader,
-    cifar10_loaders,
-    crop_and_flip,
-    default_cache_dir,
-    download_cifar10,
-    load_cifar10,
-    md5_of_file,
-    read_cifar10,
-    resolve_cifar10_path,
-)
-
-__all__ = [
-    "CIFAR10_CLASSES",
-    "CIFAR10_ENV_VAR",
-    "CIFAR10_MD5",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "CIFAR10_URL",
-    "Cifar10ChecksumError",
-    "Cifar10Data",
-    "Cifar10DownloadError",
-    "Cifar10Error",
-    "Cifar10FormatError",
-    "CifarLoader",
-    "cifar10_loaders",
-    "crop_and_flip",
-    "default_cache_dir",
-    "download_cifar10",
-    "load_cifar10",
-    "md5_of_file",
-    "read_cifar10",
-    "resolve_cifar10_path",
-]
+from gdp_graph.recipes.cifar10.data.cifar10 import *  # noqa: F403
+from gdp_graph.recipes.cifar10.data.cifar10 import __all__  # noqa: F401 - listed once, there

@@ -1,23 +1,4 @@
-"""Built-in models."""
+"""Built-in models (the public names of :mod:`~gdp_graph.recipes.cifar10.models.cifar_resnet`)."""
 
-from gdp_graph.recipes.cifar10.models.cifar_resnet import (
-    BasicBlock,
-    CifarResNet,
-    cifar_resnet,
-    resnet20,
-    resnet32,
-    resnet44,
-    resnet56,
-    resnet110,
-)
-
-__all__ = [
-    "BasicBlock",
-    "CifarResNet",
-    "cifar_resnet",
-    "resnet20",
-    "resnet32",
-    "resnet44",
-    "resnet56",
-    "resnet110",
-]
+from gdp_graph.recipes.cifar10.models.cifar_resnet import *  # noqa: F403
+from gdp_graph.recipes.cifar10.models.cifar_resnet import __all__  # noqa: F401 - listed once, there
