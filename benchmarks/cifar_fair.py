@@ -330,7 +330,8 @@ def commit_runs(path: Path, commit: Optional[str] = None, include_quick: bool = 
 
 
 def fair_tables(path: Path, stage: str, commit: Optional[str] = None, include_quick: bool = False) -> str:
-    """The tuning table (``stage`` tune) or the final table of the campaign's records."""
+    """The tuning table (``stage`` tune), the final table (``final``) or the final stage's gates at
+    the cut (``cut``) of the campaign's records."""
     commit, run, shared = commit_runs(path, commit, include_quick)
     chosen = chosen_settings(list(GRID), run)
     if stage == "tune":
@@ -340,8 +341,18 @@ def fair_tables(path: Path, stage: str, commit: Optional[str] = None, include_qu
             cifar_tables.tuning_table(rows)
     chosen[REFERENCE] = "default"
     runs = [r for job in final_jobs(chosen, list(TARGETS), list(SEEDS)) if (r := run(job)) is not None]
+    if stage == "cut":
+        return cifar_tables.cut_table(runs, commit)
     ranges = split_ranges(shared["train_subset"], shared["val_subset"], shared["heldout2_subset"])
     return cifar_tables.fair_table(runs, {m: s for m, s in chosen.items() if s}, commit, ranges)
+
+
+def cut_figure(path: Path, out: Path, commit: Optional[str] = None) -> None:
+    """The final stage's gate trajectories as a picture (``table --fair --figure OUT``)."""
+    commit, run, _ = commit_runs(path, commit)
+    chosen = chosen_settings(list(GRID), run)
+    runs = [r for job in final_jobs(chosen, list(TARGETS), list(SEEDS)) if (r := run(job)) is not None]
+    cifar_tables.cut_figure(runs, str(out))
 
 
 def grid_table() -> str:

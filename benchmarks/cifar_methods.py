@@ -330,7 +330,8 @@ def cmd_run(args) -> None:
     for method, target, seed in jobs:
         settings = {"method": method, "target": target, "seed": seed, "quick": args.quick,
                     **{k: getattr(args, k) for k in ("sparse_epochs", "finetune_epochs", "lr", "finetune_lr", "gate_lr",
-                                                     "train_subset", "val_subset", "gdp_set")}}
+                                                     "train_subset", "val_subset", "gdp_set")},
+                    **({"heldout2_subset": args.heldout2_subset} if args.heldout2_subset else {})}
         if not args.rerun and records.recorded(path, BENCHMARK, settings):
             continue
         record = run_one(args, method, target, seed)
@@ -357,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--gate-lr", type=float, default=None)
     r.add_argument("--train-subset", type=int, default=10000)
     r.add_argument("--val-subset", type=int, default=2000)
+    r.add_argument("--heldout2-subset", type=int, default=0,
+                   help="images after the held-out split kept as a second one no selection reads (acc_heldout2)")
     r.add_argument("--gdp-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a policy key for the gdp method only, e.g. regularizer.fix_at=0.3 (repeatable)")
     r.add_argument("--bisect-probes", type=int, default=8, help="polarization_bisect: probes per target")
@@ -370,7 +373,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--results", default=None, help=f"default: {DEFAULT_RESULTS}")
     t.add_argument("--include-quick", action="store_true")
     t.add_argument("--fair", action="store_true", help="the fair campaign's table (tune and final)")
-    t.add_argument("--stage", choices=("tune", "final"), default="final", help="with --fair: which stage")
+    t.add_argument("--stage", choices=("tune", "final", "cut"), default="final",
+                   help="with --fair: which stage (cut: the final stage's gates at the cut)")
+    t.add_argument("--figure", type=Path, default=None,
+                   help="with --fair: also draw the final stage's gate trajectories to this PNG")
     t.add_argument("--commit", default=None, help="with --fair: the records of this commit (default: the latest's)")
     args = p.parse_args(argv)
     if args.command == "run" and args.protocol:
@@ -389,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
         fair = _fair()
         try:
             print(fair.fair_tables(results, args.stage, args.commit, args.include_quick))
+            if args.figure:
+                fair.cut_figure(results, args.figure, args.commit)
         except fair.FairError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None

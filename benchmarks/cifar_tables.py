@@ -15,7 +15,7 @@ try:
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     from cifar_protocol import COMPETITORS, METHODS
 
-__all__ = ["all_runs", "fair_table", "mean_std", "table", "tuning_table", "verdicts"]
+__all__ = ["all_runs", "cut_figure", "cut_table", "fair_table", "mean_std", "table", "tuning_table", "verdicts"]
 
 #: the benchmark name of the ``run`` command's records
 BENCHMARK = "cifar_methods"
@@ -116,3 +116,78 @@ def fair_table(runs: list[dict[str, Any]], chosen: dict[str, str], commit: str, 
              *_rows(runs, ("acc_heldout2", "acc_finetuned", "flops_kept", "acc_val"), chosen),
              "", *verdicts(runs, "acc_heldout2", " (held-out 2)"), *verdicts(runs, "acc_finetuned", " (test)")]
     return "\n".join(lines)
+
+
+#: the points of the gate window where the cut table reads the soft kept fraction
+WINDOW_POINTS = (0.25, 0.5, 0.75)
+
+
+def _soft_at(run: dict[str, Any], point: float) -> float:
+    """The soft kept FLOPs fraction at ``point`` (0-1] of the steps before the cut."""
+    steps = run["steps"]
+    return steps[max(0, round(point * len(steps)) - 1)][1]
+
+
+def _count_mean_std(values: list[int]) -> str:
+    if len(values) == 1:
+        return str(values[0])
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _cut_rows(runs: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for target, method in _keys(runs):
+        rs = [r for r in runs if r["target"] == target and r["method"] == method and r.get("fix") and r.get("steps")]
+        if not rs:
+            continue
+        fix = [r["fix"] for r in rs]
+        cells = [f"{target:g}", method, str(len(rs)), str(rs[0]["fix"]["step"]),
+                 *(mean_std([_soft_at(r, p) for r in rs]) for p in WINDOW_POINTS),
+                 mean_std([f["soft_before"] for f in fix]), mean_std([f["hard_before"] for f in fix]),
+                 mean_std([f["fraction"] for f in fix]),
+                 mean_std([abs(f["hard_before"] - f["fraction"]) for f in fix]),
+                 _count_mean_std([f["cut_units"] for f in fix]), mean_std([r["steps"][-1][2] for r in rs])]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def cut_table(runs: list[dict[str, Any]], commit: str) -> str:
+    """What the gates had decided when they were cut, per (target, gate method), mean ± std over
+    seeds: the soft kept FLOPs fraction at a quarter, half and three quarters of the gate window
+    and just before the cut; the hard fraction (gates above 0.5) there; the fraction the cut kept
+    (the budget); how far the cut moved the hard fraction (0: the cut only confirmed the gates);
+    the units it removed; and lambda at the cut."""
+    head = " | ".join(f"soft at {p:g}" for p in WINDOW_POINTS)
+    lines = [f"Gate trajectories of the final stage (records of commit {commit[:12]}); fractions of the FLOPs.", "",
+             f"| target | method | seeds | cut at step | {head} | soft before cut | hard before cut | kept by cut | "
+             "cut moved | units cut | lambda at cut |",
+             "|---:|---|---:|---:|" + "---:|" * (len(WINDOW_POINTS) + 6), *_cut_rows(runs)]
+    return "\n".join(lines)
+
+
+def cut_figure(runs: list[dict[str, Any]], path: str) -> None:
+    """The soft kept FLOPs fraction over the gate window, one panel per target, the mean over
+    seeds of each gate method (the seeds' range shaded), the target as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gated = [r for r in runs if r.get("steps")]
+    targets = sorted({r["target"] for r in gated}, reverse=True)
+    fig, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 3.8), squeeze=False, sharey=True)
+    for ax, target in zip(axes[0], targets):
+        for _, method in [k for k in _keys(gated) if k[0] == target]:
+            rs = [r for r in gated if r["target"] == target and r["method"] == method]
+            n = min(len(r["steps"]) for r in rs)
+            step = [s[0] for s in rs[0]["steps"][:n]]
+            soft = [[r["steps"][i][1] for r in rs] for i in range(n)]
+            line, = ax.plot(step, [statistics.mean(v) for v in soft], label=f"{method} ({len(rs)} seeds)")
+            ax.fill_between(step, [min(v) for v in soft], [max(v) for v in soft], color=line.get_color(), alpha=0.2)
+        ax.axhline(target, color="black", linestyle="--", linewidth=1)
+        ax.set(title=f"target {target:g} of the FLOPs", xlabel="gate step (the cut follows the last)",
+               ylim=(0, 1.02))
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("soft kept fraction of the FLOPs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

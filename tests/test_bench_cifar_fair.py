@@ -198,3 +198,45 @@ def test_the_grid_table_has_a_row_of_every_method_with_its_settings(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "setting 1" not in line]
     assert [r.split("|")[1].strip() for r in rows] == list(GRID)
     assert all(r.count(" | ") == SETTINGS_PER_METHOD for r in rows)
+
+
+def _gate_run(method, target, seed, soft, hard_before, kept):
+    """A gate method's result as run_one records it: per-step [step, soft, lambda] until the cut."""
+    steps = [[i + 1, s, 1.0 + 0.1 * i] for i, s in enumerate(soft)]
+    fix = {"step": len(soft), "hard_before": hard_before, "soft_before": soft[-1], "fraction": kept,
+           "cut_units": 10 + seed, "kept_low": 0, "reopened": 0}
+    return {"method": method, "target": target, "seed": seed, "flops_kept": kept, "acc_val": 0.7,
+            "acc_finetuned": 0.7, "acc_heldout2": 0.7, "steps": steps, "fix": fix}
+
+
+def test_the_cut_table_reads_the_gates_trajectory_and_how_far_the_cut_moved_them(tmp_path, clean, monkeypatch, capsys):
+    def run_one(args, method, target, seed):
+        if method not in ("gdp", "polarization"):
+            return {"method": method, "target": target, "seed": seed, "flops_kept": target, "acc_val": 0.7,
+                    "acc_finetuned": 0.7, "acc_heldout2": 0.7}
+        # gdp stops 0.1 above the target and the cut decides; polarization reaches it
+        soft = [1.0, 0.8, target + 0.1, target + 0.1] if method == "gdp" else [1.0, 0.9, 0.7, target]
+        return _gate_run(method, target, seed, soft, soft[-1], target)
+
+    monkeypatch.setattr(cifar_methods, "run_one", run_one)
+    args = _args(tmp_path, methods=["gdp", "polarization", "magnitude"])
+    cifar_fair.execute(args, cifar_fair.tune_jobs(args.methods), "tune")
+    args.command = "final"
+    cifar_fair.cmd_final(args)
+    text = cifar_fair.fair_tables(args.results, "cut")
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in text.splitlines() if line.startswith("| 0.")}
+    assert set(rows) == {("0.5", "gdp"), ("0.5", "polarization"), ("0.35", "gdp"), ("0.35", "polarization")}
+    gdp = [c.strip() for c in rows[("0.5", "gdp")].split("|")[1:-1]]
+    header = [c.strip() for c in text.splitlines()[2].split("|")[1:-1]]
+    cell = dict(zip(header, gdp))
+    assert len(gdp) == len(header) == text.splitlines()[3].count("|") - 1
+    assert cell["seeds"] == "3" and cell["cut at step"] == "4"
+    assert cell["soft at 0.25"] == "1.0000 ± 0.0000" and cell["soft at 0.5"] == "0.8000 ± 0.0000"
+    assert cell["soft before cut"] == "0.6000 ± 0.0000" and cell["cut moved"] == "0.1000 ± 0.0000"
+    assert cell["units cut"] == "11.0 ± 1.0" and cell["lambda at cut"] == "1.3000 ± 0.0000"
+    assert dict(zip(header, [c.strip() for c in rows[("0.35", "polarization")].split("|")[1:-1]]))["cut moved"] \
+        == "0.0000 ± 0.0000"
+    figure = tmp_path / "cut.png"
+    capsys.readouterr()
+    cifar_methods.main(["table", "--fair", "--stage", "cut", "--results", str(args.results), "--figure", str(figure)])
+    assert capsys.readouterr().out.startswith("Gate trajectories") and figure.read_bytes()[:4] == b"\x89PNG"

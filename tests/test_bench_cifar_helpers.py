@@ -73,3 +73,20 @@ def test_run_one_records_what_the_table_reads(args, method, target):
     else:  # one gated step cannot reach the target, but finalize is exact and the record complete
         assert record["acc_gated"] == pytest.approx(record["acc_finalized"])
         assert record["finalize_max_rel_diff"] <= 1e-4 and record["steps"] and record["fix"] is not None
+
+
+def test_the_run_command_keeps_a_second_held_out_split_when_asked(args, tmp_path):
+    from benchmarks import records
+    results = tmp_path / "runs.json"
+    argv = ["run", "--data", args.data, "--methods", "magnitude", "--targets", "0.5", "--seeds", "0",
+            "--checkpoint", args.checkpoint, "--train-subset", "12", "--val-subset", "4", "--sparse-epochs", "1",
+            "--finetune-epochs", "1", "--results", str(results)]
+    threads = torch.get_num_threads()
+    try:
+        cifar_methods.main([*argv, "--heldout2-subset", "4"])
+        cifar_methods.main(argv)  # another setting: recorded beside it, without the split
+    finally:
+        torch.set_num_threads(threads)
+    first, second = records.load_records(results)
+    assert first["settings"]["heldout2_subset"] == 4 and "acc_heldout2" in first["result"]
+    assert "heldout2_subset" not in second["settings"] and "acc_heldout2" not in second["result"]
