@@ -5,7 +5,6 @@ pictures."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,10 +12,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from gdp_graph.cli.common import (EXIT_OK, UsageError, add_model_arguments, make_console, print_json, resolve_device,
-                                  resolve_policy_argument)
-
-EXIT_MISSED = 3  #: --strict: the target was missed or nothing was pruned
+from gdp_graph.cli.common import (EXIT_MISSED, UsageError, add_model_arguments, finish_prune, make_console,
+                                  resolve_device, resolve_policy_argument)
 
 
 def _schedule(args: argparse.Namespace, task, policy) -> Any:
@@ -206,14 +203,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     pictures, why_not = ([], "--no-pictures") if args.no_pictures else _pictures(out, result.history.to_dict(True),
                                                                                  policy.target.tolerance)
     report["pictures"], report["seconds"]["total"] = pictures, time.perf_counter() - started
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
-    if args.json:
-        print_json(report)
-    else:
-        _print_summary(console, layers, cost, result, fr, pruned_cpu, why_not_class, out, pictures, why_not)
-    for line in report["warnings"]:
-        console.print(f"warning: {line}", style="yellow")
-    return EXIT_MISSED if args.strict and report["warnings"] else EXIT_OK
+    return finish_prune(args, console, report, out, lambda: _print_summary(
+        console, layers, cost, result, fr, pruned_cpu, why_not_class, out, pictures, why_not))
 
 
 def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:

@@ -9,7 +9,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from rich.console import Console
@@ -18,6 +18,7 @@ from gdp_graph.report.console import terminal_console
 from gdp_graph.errors import GdpError
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE = 0, 1, 2
+EXIT_MISSED = 3  #: prune --strict: the target was missed or nothing was pruned
 
 
 class UsageError(GdpError, ValueError):
@@ -98,3 +99,18 @@ def one_line(exc: BaseException) -> str:
     lines = [re.sub(r":0:0:", ":", line.strip()) for line in str(exc).splitlines() if line.strip()]
     text = " | ".join(lines[:4]) + (f" | … ({len(lines) - 4} more)" if len(lines) > 4 else "")
     return text or type(exc).__name__
+
+
+def finish_prune(args: argparse.Namespace, console: Console, report: dict[str, Any], out: Path,
+                 summary: Callable[[], None]) -> int:
+    """The end of both ``prune`` paths: ``report.json`` written to ``out``, then the report
+    (``--json``) or ``summary()``, every warning in yellow; the exit code (``EXIT_MISSED`` under
+    ``--strict`` when there are warnings)."""
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    if args.json:
+        print_json(report)
+    else:
+        summary()
+    for line in report["warnings"]:
+        console.print(f"warning: {line}", style="yellow")
+    return EXIT_MISSED if args.strict and report["warnings"] else EXIT_OK

@@ -6,12 +6,11 @@ depth) and every training phase still need ``--task``."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from gdp_graph.cli.common import EXIT_OK, UsageError, make_console, print_json
+from gdp_graph.cli.common import UsageError, finish_prune, make_console
 
 #: one-shot methods that need no batches
 TASKLESS = ("magnitude",)
@@ -68,14 +67,7 @@ def prune_without_task(args: argparse.Namespace, policy: Any) -> int:
     report["seconds"] = {"total": time.perf_counter() - started}
     out = Path(args.out)
     write_outputs(out, pruned, plan, report, inputs, analysis=analysis)
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
-    if args.json:
-        print_json(report)
-    else:
-        _print(console, report, out)
-    for line in report["warnings"]:
-        console.print(f"warning: {line}", style="yellow")
-    return 3 if args.strict and report["warnings"] else EXIT_OK
+    return finish_prune(args, console, report, out, lambda: _print(console, report, out))
 
 
 def _report(args: argparse.Namespace, policy: Any, method: str, before: Any, after: Any, kept: float,
