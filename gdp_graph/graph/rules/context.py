@@ -125,8 +125,10 @@ class RuleContext:
 
         ``positionwise`` names dims (the same in every input and output) that the op maps
         position to position whatever their size, e.g. every dim but the one a ``cat`` joins.
-        Those no input tracks are run at size 1: labels are constant along them, and a
-        DenseNet's concatenations would otherwise run on every spatial position.
+        Those that no track of a run covers are run at size 1 (every other input of a run is
+        nulls): labels are constant along them, and a DenseNet's concatenations would otherwise
+        run on every spatial position (a Swin-T's patch merging, on every position, once per
+        channel track too).
 
         ``side_by_side``: the op places its inputs side by side along this dim (``cat``).
         When every input's only track is on that dim, no two inputs' channels can meet, so
@@ -137,10 +139,9 @@ class RuleContext:
         results: list[Any] = []
         lost: list[torch.Tensor] = []
         chans = {inp.name: (overrides or {}).get(inp.name) or self.chan(inp) for inp in inputs}
-        tracked = {d for c in chans.values() if isinstance(c, Chan) for d in c.dims()}
-        shrink = set(positionwise) - tracked
 
         def run_with(given: dict[str, Track]) -> None:
+            shrink = set(positionwise) - {d for t in given.values() for d in t.dims}
             sub = functools.partial(_label_input, shrink, given)
             try:
                 # first as broadcast views: views and permutes keep their stride-0 dims, so
