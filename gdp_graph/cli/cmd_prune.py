@@ -14,6 +14,9 @@ import torch
 
 from gdp_graph.cli.common import (EXIT_MISSED, UsageError, add_model_arguments, finish_prune, make_console,
                                   resolve_device, resolve_policy_argument)
+from gdp_graph.policy.settings import OPTIMIZERS
+from gdp_graph.recipes.oneshot import ONE_SHOT_METHODS
+from gdp_graph.vocabulary import METRICS
 
 
 def _schedule(args: argparse.Namespace, task, policy) -> Any:
@@ -218,10 +221,10 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--policy", default="default", help="YAML policy file or shipped policy name")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--target", type=float, help="override the policy's target fraction to keep")
-    p.add_argument("--metric", choices=("flops", "params", "latency"),
+    p.add_argument("--metric", choices=METRICS,
                    help="override the policy's target metric (latency: measured on this machine per the policy's "
                         "latency: section, the table cached)")
-    p.add_argument("--method", default="gdp", choices=("gdp", "magnitude", "activation", "taylor", "depth"),
+    p.add_argument("--method", default="gdp", choices=("gdp", *ONE_SHOT_METHODS),
                    help="gdp: train gates (the policy's regularizer), then finalize; magnitude (weights), activation "
                         "(mean |activation| on training batches, Minitron), taylor (|gradient x gate|): one-shot "
                         "unit importance cut to the budget, no gate phase; depth: whole removable blocks only, by "
@@ -242,8 +245,8 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         p.add_argument(flag, type=kind, help=f"{what} (default: the policy's schedule, the task's, else {default})")
     p.add_argument("--gate-lr", type=float,
                    help="gate learning rate (default: the policy's schedule, else the gates' own)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), help="weight optimizer: sgd (momentum 0.9) or adam (AdamW) "
-                                                                "(default: the policy's schedule, else sgd)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="weight optimizer: sgd (momentum 0.9) or adam (AdamW) "
+                                                           "(default: the policy's schedule, else sgd)")
     p.add_argument("--weight-decay", type=float, help="weight decay of the weight optimizer (default: the policy's "
                                                       "schedule, else 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")

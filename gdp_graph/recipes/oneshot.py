@@ -10,12 +10,13 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
+from gdp_graph.importance.common import METHODS
 from gdp_graph.recipes.task import Task, model_inputs
 
 __all__ = ["ONE_SHOT_METHODS", "one_shot_prune"]
 
-#: methods without a gate phase (``gdp`` is the gated one)
-ONE_SHOT_METHODS = ("magnitude", "activation", "taylor", "depth")
+#: methods without a gate phase (``gdp`` is the gated one): the importance methods
+ONE_SHOT_METHODS = METHODS
 
 
 def _feed(task: Task):
