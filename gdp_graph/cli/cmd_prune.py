@@ -15,6 +15,7 @@ import torch
 from gdp_graph.cli.common import (EXIT_MISSED, UsageError, add_model_arguments, finish_prune, make_console,
                                   resolve_device, resolve_policy_argument)
 from gdp_graph.policy.settings import OPTIMIZERS
+from gdp_graph.recipes.driver import Schedule
 from gdp_graph.recipes.oneshot import ONE_SHOT_METHODS
 from gdp_graph.vocabulary import METRICS
 
@@ -22,7 +23,6 @@ from gdp_graph.vocabulary import METRICS
 def _schedule(args: argparse.Namespace, task, policy) -> Any:
     """Each setting from the first that gives it: the flag, the policy's ``schedule`` section,
     the TASK's default, the built-in default."""
-    from gdp_graph.recipes.driver import Schedule
     base, planned = Schedule(), policy.schedule
 
     def pick(key: str, from_task: Optional[Any] = None) -> Any:
@@ -235,13 +235,14 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--distill", action="store_true",
                    help="logit distillation from the frozen original model during training: alpha * T^2 * KL + "
                         "(1 - alpha) * task loss (the policy's distill: {temperature, alpha}; default 2.0, 0.5)")
-    p.add_argument("--calibration-batches", type=int, default=8,
+    p.add_argument("--calibration-batches", type=int, default=Schedule.calibration_batches,
                    help="training batches the one-shot importance (activation, taylor, depth; gdp's "
                         "regularizer.init) is measured on")
-    for flag, kind, what, default in (("--epochs", int, "epochs of the gated phase", 3),
-                                      ("--finetune-epochs", int, "fine-tuning epochs after finalize", 0),
-                                      ("--lr", float, "weight learning rate in the gated phase", 0.01),
-                                      ("--finetune-lr", float, "learning rate of fine-tuning", 0.001)):
+    for flag, kind, what in (("--epochs", int, "epochs of the gated phase"),
+                             ("--finetune-epochs", int, "fine-tuning epochs after finalize"),
+                             ("--lr", float, "weight learning rate in the gated phase"),
+                             ("--finetune-lr", float, "learning rate of fine-tuning")):
+        default = getattr(Schedule, flag[2:].replace("-", "_"))
         p.add_argument(flag, type=kind, help=f"{what} (default: the policy's schedule, the task's, else {default})")
     p.add_argument("--gate-lr", type=float,
                    help="gate learning rate (default: the policy's schedule, else the gates' own)")
