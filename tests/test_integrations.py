@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import gdp_graph as G
+from tests.fixtures.lightning_module import classifier
 
 
 class Net(nn.Module):
@@ -49,20 +50,8 @@ def _params(m: nn.Module) -> int:
 def test_lightning_callback_prunes_with_the_users_optimizer(tmp_path):
     from gdp_graph.integrations.lightning import GdpCallback, pl
 
-    class Classifier(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = Net()
-
-        def training_step(self, batch, _):
-            x, y = batch
-            return F.cross_entropy(self.model(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-
     torch.manual_seed(0)
-    module = Classifier()
+    module = classifier(Net(), weight_decay=1e-3)
     original = module.model
     before = _params(original)
     gdp = GdpCallback(policy="default", example_inputs=torch.randn(2, 3, 8, 8))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from tests.fixtures.ddp_callbacks import POLICY as DDP_POLICY, Net, Synthetic
+from tests.fixtures.lightning_module import classifier
 
 #: steered lambda, the cut at 0.6 of the gated phase: after the first checkpoint
 POLICY = {**DDP_POLICY, "regularizer": {**DDP_POLICY["regularizer"], "fix_at": 0.6}}
@@ -43,25 +44,13 @@ def _assert_same(a: dict, b: dict) -> None:
 def _lightning_fit(root: Path, ckpt_path: str | None = None):
     from gdp_graph.integrations.lightning import GdpCallback, pl
 
-    class Classifier(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = Net()
-
-        def training_step(self, batch, _):
-            x, y = batch
-            return F.cross_entropy(self.model(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
-
     torch.manual_seed(0)
     gdp = GdpCallback(policy=POLICY, example_inputs=torch.randn(2, 3, 8, 8), log=False)
     every_epoch = pl.callbacks.ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_epochs=1,
                                                filename="{epoch}")
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=root, callbacks=[gdp, every_epoch])
-    trainer.fit(Classifier(), DataLoader(Synthetic(n=64), batch_size=16), ckpt_path=ckpt_path)
+    trainer.fit(classifier(Net()), DataLoader(Synthetic(n=64), batch_size=16), ckpt_path=ckpt_path)
     return gdp
 
 
