@@ -51,9 +51,12 @@ def _rows(runs: list[dict[str, Any]], keys: tuple[str, ...], chosen: dict[str, s
 def table(results: dict[str, Any], include_quick: bool = False) -> str:
     """The markdown table: one row per (target, method), mean ± std over seeds."""
     runs = [r for r in all_runs(results) if include_quick or not r.get("quick")]
-    lines = ["| target | method | seeds | acc after cut | acc fine-tuned | FLOPs kept | params kept | acc held-out |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|",
-             *_rows(runs, ("acc_finalized", "acc_finetuned", "flops_kept", "params_kept", "acc_val")),
+    keys = ("acc_finalized", "acc_finetuned", "flops_kept", "params_kept", "acc_val")
+    second = all("acc_heldout2" in r for r in runs) and bool(runs)  # runs with --heldout2-subset
+    lines = ["| target | method | seeds | acc after cut | acc fine-tuned | FLOPs kept | params kept | acc held-out |"
+             + (" acc held-out 2 |" if second else ""),
+             "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if second else ""),
+             *_rows(runs, keys + (("acc_heldout2",) if second else ())),
              "", *verdicts(runs)]
     return "\n".join(lines)
 

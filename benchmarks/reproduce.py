@@ -92,6 +92,10 @@ TABLES = {t.name: t for t in (
           "cifar_fair", "--results"),
     Table("cifar-fair", "python benchmarks/cifar_methods.py table --fair", "cifar_methods.json", "cifar_fair",
           "--results"),
+    Table("cifar-fair-cut", "python benchmarks/cifar_methods.py table --fair --stage cut", "cifar_methods.json",
+          "cifar_fair", "--results"),
+    Table("cifar-gdp-variants", "python benchmarks/cifar_methods.py table --results "
+          "benchmarks/results/cifar_gdp_variants.json", "cifar_gdp_variants.json", "cifar_methods", "--results"),
     Table("cifar-main-command", "python benchmarks/cifar_main_command.py --table", "cifar_main_command.json",
           "cifar_main_command", "--results"),
     Table("latency-target", "python benchmarks/latency_target.py --table", "latency_target.json", "latency_target"),

@@ -26,6 +26,13 @@ def test_table_has_one_row_per_target_and_method_and_skips_quick_runs() -> None:
     assert "no call (a single seed)" in text
 
 
+def test_the_second_held_out_split_is_a_column_only_when_every_run_has_it() -> None:
+    runs = [dict(_run("gdp", 0.5, s, 0.7, 0.5), acc_heldout2=0.69 + 0.01 * s) for s in range(2)]
+    text = table({"runs": runs})
+    assert text.splitlines()[0].endswith("| acc held-out 2 |") and "| 0.6950 ± 0.0071 |" in text
+    assert "held-out 2" not in table({"runs": [*runs, _run("l1", 0.5, 0, 0.6, 0.5)]})
+
+
 def test_baselines_get_the_shared_schedule_but_not_the_gdp_gate_settings() -> None:
     from benchmarks.cifar_methods import _policy
 
