@@ -15,9 +15,29 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch import nn
+from torch.fx.immutable_collections import immutable_list
 
 from gdp_graph.graph.channels import Chan, Track
 from gdp_graph.graph.rules.registry import OpRule, Resize, register_class_rule, register_rule
+
+
+#: types ``pytree`` treats as leaves, and the plain containers it rebuilds as their own type,
+#: that node arguments are made of
+_LEAF_TYPES = frozenset({fx.Node, int, float, bool, str, type(None), slice, type(Ellipsis)})
+_SEQUENCE_TYPES = frozenset({tuple, list, immutable_list})
+
+
+def _tree_map(fn, value: Any) -> Any:
+    """``pytree.tree_map(fn, value)``, walking the leaves and sequences node arguments are made
+    of here and anything else by pytree (its generic walk was a third of a view's propagation)."""
+    kind = type(value)
+    if kind in _LEAF_TYPES:
+        return fn(value)
+    if kind in _SEQUENCE_TYPES:
+        return kind(_tree_map(fn, v) for v in value)
+    if kind is dict:
+        return {k: _tree_map(fn, v) for k, v in value.items()}
+    return pytree.tree_map(fn, value)
 
 
 def _substitute(value: Any, sub, ctx) -> Any:
@@ -29,7 +49,7 @@ def _substitute(value: Any, sub, ctx) -> Any:
             return sub(a) if isinstance(concrete, torch.Tensor) else concrete
         return ctx.value(a) if isinstance(a, slice) else a
 
-    return pytree.tree_map(leaf, value)
+    return _tree_map(leaf, value)
 
 
 def _tensor_inputs(ctx) -> list[fx.Node]:
