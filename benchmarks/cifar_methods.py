@@ -47,7 +47,7 @@ first part and from ``--finetune-lr`` over the second:
 
 FLOPs are measured with FlopCounterMode on the finalized, physically smaller model. Each run
 appends one record (with its per-epoch trajectory) to the results JSON; ``table`` prints the
-mean +- std per method and target as the README's table.
+mean +- std per method and target (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -218,20 +218,6 @@ def _within(rows: dict[tuple, dict[str, Any]]) -> str:
             f"Commit {', '.join(commits)}.")
 
 
-def compact_table(path: Path) -> str:
-    """The README's short form: the measured ratio against the target, per model and target."""
-    rows = _latest(path)
-    lines = ["| model | target | measured latency ratio, wall clock [IQR] | CPU time [IQR] | plans measured "
-             "| table build s |", "|---|---|---|---|---|---|"]
-    for (model, target, _), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2], -kv[0][1])):
-        res = r["result"]
-        wall, cpu = res["measured"], res["measured_cpu"]
-        lines.append(f"| {model} | {target} | {wall['ratio']:.3f} [{wall['iqr'][0]:.3f}-{wall['iqr'][1]:.3f}] "
-                     f"| {cpu['ratio']:.3f} [{cpu['iqr'][0]:.3f}-{cpu['iqr'][1]:.3f}] "
-                     f"| {len(res['loop']['rounds']) if res.get('loop') else 1} | {res['table_build_s']:.1f} |")
-    return "\n".join(lines + ["", _within(rows)])
-
-
 def table(path: Path) -> str:
     """The latest record of each (model, target, round_to) as a markdown table."""
     rows = _latest(path)
@@ -268,11 +254,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="time the table again (its build time is recorded); --no-rebuild-table reuses the cache")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency_target.json"))
     p.add_argument("--table", action="store_true", help="print the records of --out as a markdown table and stop")
-    p.add_argument("--compact", action="store_true", help="with --table: the README's short table")
     records.add_record_flags(p)
     args = p.parse_args(argv)
     if args.table:
-        print(compact_table(Path(args.out)) if args.compact else table(Path(args.out)))
+        print(table(Path(args.out)))
         return
     args.target_list = [float(t) for t in args.targets.split(",") if t]
     torch.set_num_threads(1)
