@@ -102,13 +102,15 @@ def _check_metric(metric: str) -> None:
         raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(map(repr, METRICS))}")
 
 
-def _fraction(cost_model: CostModel, group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor], metric: str) -> float:
+def _fraction(cost_model: CostModel, group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor],
+              metric: str) -> float:
     """Cost of the given gates as a fraction of the total, in float64 on the CPU."""
     total = cost_model.total.metric(metric)
     if not total > 0:
         return 1.0
     with torch.no_grad():
-        units = cost_model.gate_vector({gid: g.detach().reshape(-1).cpu() for gid, g in group_gates.items()}, torch.float64)
+        flat = {gid: g.detach().reshape(-1).cpu() for gid, g in group_gates.items()}
+        units = cost_model.gate_vector(flat, torch.float64)
         blocks = {bid: g.detach().reshape(()).cpu().double() for bid, g in block_gates.items()}
         value = float(cost_model.evaluate_metric(units, blocks, metric)) / total
     return min(max(value, 0.0), 1.0)
@@ -187,11 +189,13 @@ class BudgetController:
         _check_metric(metric)
         _require(_finite(tolerance) and 0.0 <= tolerance < 1.0, f"tolerance must be in [0, 1), got {tolerance!r}")
         _require(_finite(gain) and gain > 0, f"gain must be a finite number > 0, got {gain!r}")
-        _require(_finite(lambda_min) and lambda_min >= 0, f"lambda_min must be a finite number >= 0, got {lambda_min!r}")
+        _require(_finite(lambda_min) and lambda_min >= 0,
+                 f"lambda_min must be a finite number >= 0, got {lambda_min!r}")
         _require(_finite(lambda_max) and lambda_max > 0, f"lambda_max must be a finite number > 0, got {lambda_max!r}")
         _require(lambda_min <= lambda_max, f"lambda_min ({lambda_min!r}) must not exceed lambda_max ({lambda_max!r})")
         _require(_finite(lambda_init) and lambda_init > 0 and lambda_min <= lambda_init <= lambda_max,
-                 f"lambda_init must be > 0 and within [lambda_min, lambda_max] = [{lambda_min!r}, {lambda_max!r}], got {lambda_init!r}")
+                 f"lambda_init must be > 0 and within [lambda_min, lambda_max] = [{lambda_min!r}, {lambda_max!r}], "
+                 f"got {lambda_init!r}")
         horizon = 3.0 / gain if horizon is None else horizon
         _require(_finite(horizon) and horizon >= 0, f"horizon must be None or a finite number >= 0, got {horizon!r}")
         _require(_finite(span) and span > 0, f"span must be a finite number > 0, got {span!r}")
@@ -251,10 +255,12 @@ class BudgetController:
         or never).
         """
         _require(isinstance(step, int) and not isinstance(step, bool), f"step must be an int, got {step!r}")
-        _require(_finite(hard_fraction) and hard_fraction >= 0, f"hard_fraction must be a finite number >= 0, got {hard_fraction!r}")
+        _require(_finite(hard_fraction) and hard_fraction >= 0,
+                 f"hard_fraction must be a finite number >= 0, got {hard_fraction!r}")
         _require(soft_fraction is None or (_finite(soft_fraction) and soft_fraction >= 0),
                  f"soft_fraction must be None or a finite number >= 0, got {soft_fraction!r}")
-        _require(lead is None or (_finite(lead) and lead >= 0), f"lead must be None or a finite number >= 0, got {lead!r}")
+        _require(lead is None or (_finite(lead) and lead >= 0),
+                 f"lead must be None or a finite number >= 0, got {lead!r}")
         hard = float(hard_fraction)
         soft = None if soft_fraction is None else float(soft_fraction)
         self.reached = self.reached or hard <= self.target + self.tolerance + _SLACK

@@ -98,7 +98,8 @@ def _check_gates(cost_model: CostModel, group_gates: Mapping[int, Tensor], block
             raise ValueError(f"block {bid}: a block gate is one scalar, got shape {tuple(g.shape)}")
 
 
-def _placement(group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor]) -> tuple[torch.device, torch.dtype]:
+def _placement(group_gates: Mapping[int, Tensor],
+               block_gates: Mapping[int, Tensor]) -> tuple[torch.device, torch.dtype]:
     """Device of the gates and the dtype to compute in (at least float32)."""
     tensors = [*group_gates.values(), *block_gates.values()]
     if not tensors:
@@ -110,7 +111,8 @@ def _placement(group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tens
     return tensors[0].device, dtype
 
 
-def free_gate_vector(cost_model: CostModel, group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor]) -> Tensor:
+def free_gate_vector(cost_model: CostModel, group_gates: Mapping[int, Tensor],
+                     block_gates: Mapping[int, Tensor]) -> Tensor:
     """All gates as one vector: each group's non-frozen units (groups by id), then the block
     gates (by id). Frozen units (constant 1) are left out."""
     device, dtype = _placement(group_gates, block_gates)

@@ -28,5 +28,5 @@ from gdp_graph.latency.timing import ClockTimer, NodeTimer, Timer, default_timer
 from gdp_graph.policy.schema import LatencySettings
 
 __all__ = ["ClockTimer", "LatencyError", "LatencyFit", "LatencySettings", "LatencyTable", "LoopResult", "LoopRound",
-           "Measured", "NodeTimer", "Timer", "attach_latency", "close_loop", "default_timer", "build_table", "fingerprint", "grid_plan", "latency_cost_model", "load_or_build",
-           "table_key"]
+           "Measured", "NodeTimer", "Timer", "attach_latency", "close_loop", "default_timer", "build_table",
+           "fingerprint", "grid_plan", "latency_cost_model", "load_or_build", "table_key"]

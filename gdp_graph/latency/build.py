@@ -153,7 +153,8 @@ def build_table(analysis: Analysis, settings: Optional[LatencySettings] = None, 
     between passes, so that a machine busy with other work slows every width
     alike; each node keeps its fastest time (:func:`~gdp_graph.latency.timing.fastest_run`), the
     whole model too. ``timer`` defaults to :func:`~gdp_graph.latency.timing.default_timer`;
-    ``progress(label, done, total)`` is called after each step. Raises :class:`LatencyError` naming the width that failed."""
+    ``progress(label, done, total)`` is called after each step. Raises :class:`LatencyError`
+    naming the width that failed."""
     settings = settings or LatencySettings()
     started = time.perf_counter()
     cost_model = cost_model or CostModel(analysis)

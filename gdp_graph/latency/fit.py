@@ -5,7 +5,7 @@ Differentiable in the scales, so the ``gdp`` regularizer can train against it.""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor

@@ -1,5 +1,5 @@
 """Closing the loop on a latency target: the table predicts a plan's latency to within a few
-hundredths, in both directions (densenet121 measured 0.754 for a plan predicted at 0.700). After
+hundredths, in both directions (docs/latency.md gives the measured misses). After
 the table-driven plan, the pruned model is built and timed against the original (interleaved
 rounds, median of the per-round ratios), and the fraction the planner aims at is corrected by what
 was measured, for ``latency.corrections`` rounds at most::
@@ -165,8 +165,8 @@ def latency_measure(original: nn.Module, build: Callable[[PruningPlan], nn.Modul
 
     def measure(plan: PruningPlan) -> tuple[nn.Module, Measured]:
         model = build(plan)
-        t = time_models([base, _timed_copy(settings, model)], placed, rounds=rounds, warmup=2, repeat=repeat, threads=settings.threads,
-                        clock=clock)
+        t = time_models([base, _timed_copy(settings, model)], placed, rounds=rounds, warmup=2, repeat=repeat,
+                        threads=settings.threads, clock=clock)
         return model, measured_ratio(t[0], t[1])
     return measure
 

@@ -35,7 +35,8 @@ class LatencyTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "key": dict(self.key), "whole_s": self.whole_s, "fractions": list(self.fractions),
-                "build_s": self.build_s, "extra": dict(self.extra), "whole_points": [list(p) for p in self.whole_points],
+                "build_s": self.build_s, "extra": dict(self.extra),
+                "whole_points": [list(p) for p in self.whole_points],
                 "points": {n: [list(p) for p in pts] for n, pts in self.points.items()}}
 
     @classmethod
@@ -44,7 +45,8 @@ class LatencyTable:
             raise ValueError(f"latency table format {data.get('format')!r}, expected {FORMAT}")
         points = {n: tuple((float(s), float(t)) for s, t in pts) for n, pts in data["points"].items()}
         return cls(key=dict(data["key"]), whole_s=float(data["whole_s"]), points=points,
-                   fractions=tuple(float(f) for f in data.get("fractions", ())), build_s=float(data.get("build_s", 0.0)),
+                   fractions=tuple(float(f) for f in data.get("fractions", ())),
+                   build_s=float(data.get("build_s", 0.0)),
                    extra=dict(data.get("extra", {})),
                    whole_points=tuple((float(a), float(b)) for a, b in data.get("whole_points", ())))
 
