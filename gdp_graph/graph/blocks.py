@@ -21,11 +21,13 @@ from gdp_graph.graph.groups import Block, ChannelGroup, GateSite
 from gdp_graph.graph.meta import VALUE
 from gdp_graph.graph.trace import TracedModel
 
-_ADDS = (operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)  # aten: torch.export
+_ADDS = (operator.add, operator.iadd, torch.add,
+         torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)  # aten: torch.export
 
 
 def _is_add(node: fx.Node) -> bool:
-    return (node.op == "call_function" and node.target in _ADDS) or (node.op == "call_method" and node.target in ("add", "add_"))
+    return ((node.op == "call_function" and node.target in _ADDS)
+            or (node.op == "call_method" and node.target in ("add", "add_")))
 
 
 class _Ancestry:
@@ -99,7 +101,8 @@ def find_blocks(traced: TracedModel, groups: list[ChannelGroup]) -> list[Block]:
         # one removable branch per add: the longer one when both qualify (the main branch of a
         # downsampling block, not its projection shortcut)
         candidates = [b for arg in (1, 0)
-                      if (b := _branch_block(traced, runner, ancestors, node, arg, operands[arg], operands[1 - arg], len(blocks), groups)) is not None]
+                      if (b := _branch_block(traced, runner, ancestors, node, arg, operands[arg], operands[1 - arg],
+                                             len(blocks), groups)) is not None]
         if candidates:
             blocks.append(max(candidates, key=lambda b: len(b.nodes)))
     block_nodes = [(b, set(b.nodes)) for b in blocks]
@@ -111,14 +114,16 @@ def find_blocks(traced: TracedModel, groups: list[ChannelGroup]) -> list[Block]:
     return blocks
 
 
-def _terminal_sites(member_nodes: list[fx.Node], members: set[str], groups: list[ChannelGroup], ancestors: _Ancestry) -> list[GateSite]:
+def _terminal_sites(member_nodes: list[fx.Node], members: set[str], groups: list[ChannelGroup],
+                    ancestors: _Ancestry) -> list[GateSite]:
     """Gate sites of the branch's last consuming layers: zeroing their inputs makes the branch
     output depend on nothing but biases."""
     sites: dict[tuple[str, int], GateSite] = {}
     for g in groups:
         for s in g.gate_sites:
             if s.node in members:
-                sites.setdefault((s.node, s.arg), GateSite(s.node, s.arg, s.dim, s.ndim, torch.zeros(1, dtype=torch.long)))
+                sites.setdefault((s.node, s.arg),
+                                 GateSite(s.node, s.arg, s.dim, s.ndim, torch.zeros(1, dtype=torch.long)))
     consumers = {node for node, _ in sites}
     by_name = {n.name: n for n in member_nodes}
     terminal = {c for c in consumers
@@ -171,8 +176,8 @@ def _without_shared_side_inputs(order: list[fx.Node], outside: _Within) -> set[s
     return kept
 
 
-def _branch_block(traced, runner: "_ZeroedInputs", ancestors: _Ancestry, add: fx.Node, arg: int, branch: fx.Node, other: fx.Node, bid: int,
-                  groups: list[ChannelGroup]) -> Optional[Block]:
+def _branch_block(traced, runner: "_ZeroedInputs", ancestors: _Ancestry, add: fx.Node, arg: int, branch: fx.Node,
+                  other: fx.Node, bid: int, groups: list[ChannelGroup]) -> Optional[Block]:
     if branch.meta[VALUE].shape != add.meta[VALUE].shape:
         return None
     outside = ancestors.mask(other)

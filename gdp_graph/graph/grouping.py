@@ -35,7 +35,8 @@ def form_groups(traced: TracedModel, store: ElementStore, roots: torch.Tensor):
     return groups, group_of, unit_of
 
 
-def _number_units(store: ElementStore, roots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+def _number_units(store: ElementStore,
+                  roots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     """Each unit's root (ascending), group id and index within its group, and the group sizes.
 
     A unit's signature is the sorted list of spaces its elements come from; a group is all units

@@ -102,7 +102,8 @@ def _state_off(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict
     names = list(signature.parameters)
     given = set(names[:len(args)]) | set(kwargs)
     return {k: v for k, v in STATE_FLAGS.items() if k in signature.parameters and k not in given
-            and signature.parameters[k].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+            and signature.parameters[k].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                 inspect.Parameter.KEYWORD_ONLY)}
 
 
 def is_flag(value: Any) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import operator
 
-import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +23,8 @@ def _is_item(node: fx.Node, index: int) -> bool:
 def _lowerable(node: fx.Node, m: nn.MultiheadAttention) -> bool:
     if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
         return False
-    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
+             "is_causal")
     bound = dict(zip(names, node.args))
     bound.update(node.kwargs)
     if bound.get("key_padding_mask") is not None or bound.get("attn_mask") is not None or bound.get("is_causal"):

@@ -196,7 +196,8 @@ _ATOM_TYPES = frozenset(_ATOMS + (bool,))
 
 
 def _copy_value(value: Any, memo: dict[int, Any]) -> Any:
-    if type(value) in _ATOM_TYPES or isinstance(value, _ATOMS) or (type(value) is tuple and all(isinstance(v, _ATOMS) for v in value)):
+    if (type(value) in _ATOM_TYPES or isinstance(value, _ATOMS)
+            or (type(value) is tuple and all(isinstance(v, _ATOMS) for v in value))):
         return value
     if type(value) in (dict, OrderedDict, set) and not value:  # a module's hook tables, mostly empty
         return type(value)()
@@ -284,7 +285,8 @@ class _Recorder(fx.Interpreter):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             out = getattr(self, n.op)(n.target, args, kwargs)
         except Exception as exc:
-            raise TraceError(f"running node '{n.name}' ({n.format_node()}) on the example inputs failed: {_first_line(exc)}") from exc
+            raise TraceError(f"running node '{n.name}' ({n.format_node()}) on the example inputs failed: "
+                             f"{_first_line(exc)}") from exc
         n.meta[VALUE] = out
         if self.counter is not None and n.op in ("call_module", "call_function", "call_method"):
             n.meta["flops"] = float(self.counter.get_total_flops() - before)
@@ -296,7 +298,8 @@ def _run_eagerly(model: nn.Module, work: nn.Module, bound: BoundInputs) -> Any:
         with torch.no_grad():
             return bound.call(work)
     except Exception as exc:  # noqa: BLE001
-        raise TraceError(f"{type(model).__name__} does not run on example inputs of shape {bound.describe()}: {_first_line(exc)}") from exc
+        raise TraceError(f"{type(model).__name__} does not run on example inputs of shape {bound.describe()}: "
+                         f"{_first_line(exc)}") from exc
 
 
 def _on_meta(module: nn.Module) -> bool:

@@ -126,7 +126,8 @@ def pruned_sizes(config: Any, analysis: Analysis, plan: PruningPlan) -> PrunedSi
     model = analysis.traced.module
     count = _get(config, "num_hidden_layers")
     prefix = layer_list(model, count) if model is not None else None
-    heads, kv_heads, hidden = _get(config, "num_attention_heads"), _get(config, "num_key_value_heads"), _get(config, "hidden_size")
+    heads, kv_heads = _get(config, "num_attention_heads"), _get(config, "num_key_value_heads")
+    hidden = _get(config, "hidden_size")
     mlp_attr, mlp = _mlp_attribute(config)
     head_dim = _get(config, "head_dim") or (hidden // heads if hidden and heads else None)
     kept_hidden = None

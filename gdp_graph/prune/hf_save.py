@@ -208,7 +208,8 @@ def save_hf(model: nn.Module, analysis: Analysis, plan: PruningPlan, folder: str
     folder = Path(folder)
     target.save_pretrained(folder)
     if not uniform:
-        source = _MODELING.format(base=cls.__name__, module=cls.__module__, apply=inspect.getsource(apply_pruned_shapes))
+        source = _MODELING.format(base=cls.__name__, module=cls.__module__,
+                                  apply=inspect.getsource(apply_pruned_shapes))
         (folder / HF_MODELING_FILE).write_text(source)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)

@@ -2,8 +2,8 @@
 
 from gdp_graph.graph.rules.context import RuleContext, merge_tracks
 from gdp_graph.graph.rules.registry import (
-    OpRule, Resize, copy_to_resize, describe_key, has_leaf_rule, kept_slices, lookup, register_channelwise, register_rule,
-    register_sizes, registered_keys, sizes_of,
+    OpRule, Resize, copy_to_resize, describe_key, has_leaf_rule, kept_slices, lookup, register_channelwise,
+    register_rule, register_sizes, registered_keys, sizes_of,
 )
 from gdp_graph.graph.rules import attention, elementwise, layers, reduce, shape  # noqa: F401  (registers the rules)
 from gdp_graph.graph.rules import aten  # noqa: F401,E402  (ATen rules reuse the ones above)

@@ -32,7 +32,8 @@ register_rule(*overloads("relu", "gelu", "silu", "sigmoid", "tanh", "exp", "log"
                          "abs", "cos", "sin", "erf", "clone", "contiguous", "alias", "detach", "to",
                          "_to_copy", "dropout", "clamp", "hardtanh", "hardswish", "hardsigmoid", "mish",
                          "leaky_relu", "elu", "square", "reciprocal", "type_as", "lift_fresh_copy",
-                         "relu_", "silu_", "gelu_", "hardswish_", "hardsigmoid_", "hardtanh_", "sigmoid_", "tanh_"))(elementwise.unary_rule)
+                         "relu_", "silu_", "gelu_", "hardswish_", "hardsigmoid_", "hardtanh_", "sigmoid_",
+                         "tanh_"))(elementwise.unary_rule)
 register_rule(*overloads("add", "sub", "rsub", "add_", "sub_"))(elementwise.add_rule)
 register_rule(*overloads("mul", "div", "pow", "maximum", "minimum", "mul_", "div_"))(elementwise.multiply_rule)
 register_rule(*overloads("where"))(elementwise.where_rule)

@@ -51,7 +51,8 @@ class _Operand:
                 self.out_tracks.append(t.shifted(self.offset))
             elif k_dim not in dims and len(batch) == 1:
                 # (heads, free) joint track: keep it joint, the heads dim ties to the other side
-                self.out_tracks.append(Track(tuple(d + self.offset if d != free_dim else out_free_dim for d in t.dims), t.labels))
+                dims = tuple(d + self.offset if d != free_dim else out_free_dim for d in t.dims)
+                self.out_tracks.append(Track(dims, t.labels))
             else:
                 ctx.freeze(t.labels, "matrix product over channels tied to several dimensions")
 

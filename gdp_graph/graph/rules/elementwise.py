@@ -70,7 +70,8 @@ class AddRule(OpRule):
         left, right = rctx.args
         if isinstance(right, tuple):  # size()[:k] + (literal, ...)
             offset = len(value) - len(right)
-            right = tuple(new_shape[offset + i] if offset + i in changed and s != -1 else s for i, s in enumerate(right))
+            right = tuple(new_shape[offset + i] if offset + i in changed and s != -1 else s
+                          for i, s in enumerate(right))
         elif isinstance(left, tuple):  # (literal, ...) + size()[k:]
             left = tuple(new_shape[i] if i in changed and s != -1 else s for i, s in enumerate(left))
         else:
