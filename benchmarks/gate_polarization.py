@@ -115,8 +115,7 @@ def trace(net, example, task, policy, gate_steps: int, seed: int):
     gated = attach(net, policy, example_inputs=(example,), total_steps=total, steps_per_epoch=len(task.train_loader))
     gated.train()
     init_gates(gated, itertools.islice(itertools.cycle(task.train_loader), 4), task.loss, max_batches=4)
-    gate_ids = {id(p) for p in gated.gate_parameters()}
-    weights = torch.optim.SGD([p for p in gated.parameters() if id(p) not in gate_ids], lr=task.lr, momentum=0.9)
+    weights = torch.optim.SGD(gated.weight_parameters(), lr=task.lr, momentum=0.9)
     gates = gated.gate_optimizer()
     rows = [state(gated, 0)]
     for step, (x, y) in enumerate(itertools.chain.from_iterable(itertools.repeat(task.train_loader)), 1):

@@ -44,8 +44,7 @@ def main(argv=None) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.export's notices about the HF model
         gated = G.attach(model, args.policy, example_inputs=example, total_steps=args.steps)
-    gate_ids = {id(p) for p in gated.gate_parameters()}
-    weights = torch.optim.AdamW([p for p in gated.parameters() if id(p) not in gate_ids], lr=3e-3)
+    weights = torch.optim.AdamW(gated.weight_parameters(), lr=3e-3)
     gates = gated.gate_optimizer()
     for ids in batches(args.steps):
         logits = gated(input_ids=ids, use_cache=False).logits

@@ -117,6 +117,9 @@ def test_one_bank_call_and_one_multiplier_per_site() -> None:
     names = [n for n, _ in gated.named_parameters()]
     assert len(names) == len({id(p) for p in gated.parameters()})
     assert len(names) == len(list(model.parameters())) + len(gated.gate_parameters())
+    # the weights the task optimizer gets: every trainable parameter but the gates, each once
+    weights, gates = gated.weight_parameters(), gated.gate_parameters()
+    assert len(weights) == len(list(model.parameters())) and not {id(p) for p in weights} & {id(p) for p in gates}
 
 
 @pytest.mark.parametrize("name", ["resnet_basic", "densenet", "vit", "unet"])

@@ -164,6 +164,11 @@ class GatedModel(nn.Module):
         """The gates' ``theta`` (e.g. for an optimizer group without weight decay)."""
         return list(self.bank.parameters())
 
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """The model's trainable parameters other than the gates (what the task optimizer trains)."""
+        gates = {id(p) for p in self.gate_parameters()}
+        return [p for p in self.parameters() if id(p) not in gates and p.requires_grad]
+
     def gate_optimizer(self, lr: Optional[float] = None) -> torch.optim.Optimizer:
         """The gates' optimizer, by the one convention of this library: Adam on every ``theta``
         with one learning rate, no weight decay. Adam moves each ``theta`` by about ``lr`` per

@@ -197,9 +197,7 @@ def _gdp_phase(model: nn.Module, inputs: Any, task: Task, policy: Any, schedule:
     # the policy's regularizer.init: gates start ranked by a one-shot importance
     init_gates(gated, cycle(task.train_loader, schedule.calibration_batches), task.loss, inputs=_feed(task),
                max_batches=schedule.calibration_batches)
-    gate_ids = {id(p) for p in gated.gate_parameters()}
-    weights = [p for p in gated.parameters() if id(p) not in gate_ids and p.requires_grad]
-    optimizer = make_optimizer(weights, schedule.lr, weight_decay=schedule.weight_decay, kind=schedule.optimizer)
+    optimizer = make_optimizer(gated.weight_parameters(), schedule.lr, weight_decay=schedule.weight_decay, kind=schedule.optimizer)
     gate_opt = gated.gate_optimizer(schedule.gate_lr) if schedule.gate_lr is not None else gated.gate_optimizer()
     history = History()
     history.record(gated)

@@ -34,9 +34,7 @@ class GateOptimizer:
 
     def __init__(self, gated: GatedModel, lr: float, gate_lr: float):
         gates = gated.gate_parameters()
-        ids = {id(p) for p in gates}
-        weights = [p for p in gated.parameters() if id(p) not in ids and p.requires_grad]
-        self.weights = make_optimizer(weights, lr)  # the recipe's SGD preset
+        self.weights = make_optimizer(gated.weight_parameters(), lr)  # the recipe's SGD preset
         self.gates = gated.gate_optimizer(gate_lr) if gates else None
         self.param_groups = self.weights.param_groups  # the cosine schedule drives the weights
 
