@@ -70,20 +70,17 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict[str, Any]:
-    """The CPU model, core counts, Python, torch version and torch's thread count."""
+    """The CPU model and its details (family, model, stepping, cache, kernel flags: one model name
+    covers several hosts on virtual machines), core counts, Python, torch version and torch's
+    thread count."""
     import torch
 
+    from gdp_graph.latency.cache import cpu_identity
+
+    cpu, details = cpu_identity()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "host": platform.node(),
+    return {"cpu": cpu, "cpu_details": details, "cores": os.cpu_count(), "usable_cores": usable, "host": platform.node(),
             "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 

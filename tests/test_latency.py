@@ -160,6 +160,39 @@ def test_cache_is_reused_and_keyed(tmp_path):
     assert third.calls > 0
 
 
+_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: {model}
+model name\t: Intel(R) Xeon(R) Processor
+stepping\t: 1
+cache size\t: 16384 KB
+flags\t\t: fpu sse2 avx2 {flags}
+
+processor\t: 1
+model name\t: another CPU
+"""
+
+
+def test_one_model_name_on_two_hosts_is_two_devices(monkeypatch):
+    """Virtual machines name different hosts alike: the cache key tells them apart by family,
+    model, stepping, cache and the flags that pick kernels (a table of one host is not reused on
+    the other)."""
+    from gdp_graph.latency import cache
+
+    old = _CPUINFO.format(model=85, flags="avx512f avx512_vnni")
+    new = _CPUINFO.format(model=143, flags="avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16")
+    name, details = cache.cpu_identity(old)
+    assert name == "Intel(R) Xeon(R) Processor"  # the first processor's block only
+    assert details == "cpu family 6, model 85, stepping 1, cache size 16384 KB, avx2, avx512f, avx512_vnni"
+    assert cache.cpu_identity(new)[1].endswith("avx512_bf16, amx_tile, amx_bf16")
+    keys, parse = [], cache.cpu_identity
+    for text in (old, new):
+        monkeypatch.setattr(cache, "cpu_identity", lambda text=text: parse(text))
+        keys.append(cache.device_name("cpu"))
+    assert keys[0] != keys[1] and all(k.startswith("cpu:Intel(R) Xeon(R) Processor [cpu family 6") for k in keys)
+
+
 def test_a_node_keeps_its_fastest_pass():
     runs = [{"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 9.0}, {"a": 9.0}]
     assert fastest_run(runs) == {"a": 1.0, "b": 1.0}

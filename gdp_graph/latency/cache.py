@@ -24,6 +24,9 @@ from gdp_graph.policy.schema import LatencySettings
 
 #: how a table turns timed passes into seconds (a table made another way is measured again)
 ESTIMATOR = "fastest-of-7/whole-per-width/2-mixed/thread-cpu-time-at-1-thread"
+#: CPU flags that select other kernels in oneDNN and MKL: virtual machines often report one model
+#: name ("Intel(R) Xeon(R) Processor") for hosts of different generations, which these tell apart
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def fingerprint(analysis: Analysis) -> str:
@@ -38,20 +41,35 @@ def fingerprint(analysis: Analysis) -> str:
     return h.hexdigest()
 
 
+def cpu_identity(cpuinfo: Optional[str] = None) -> tuple[str, str]:
+    """``(model name, details)`` of the first CPU in ``/proc/cpuinfo`` (``cpuinfo``: its text):
+    details are family, model, stepping, cache size and the :data:`KERNEL_FLAGS` it has, so that
+    two hosts sold under one model name differ. Without ``/proc/cpuinfo``: the platform's name
+    and no details."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.processor() or platform.machine(), ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    parts = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping", "cache size") if k in fields]
+    parts += [f for f in KERNEL_FLAGS if f in flags]
+    return fields.get("model name") or platform.processor() or platform.machine(), ", ".join(parts)
+
+
 def device_name(device: str) -> str:
-    """The device as precisely as torch and the OS name it (CPU model, GPU name)."""
+    """The device as precisely as torch and the OS name it (GPU name; CPU model name with
+    :func:`cpu_identity`'s details)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(dev)}"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{dev.type}:{model}"
+    name, details = cpu_identity()
+    return f"{dev.type}:{name}" + (f" [{details}]" if details else "")
 
 
 def table_key(analysis: Analysis, settings: LatencySettings) -> dict[str, Any]:
