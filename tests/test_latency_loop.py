@@ -11,7 +11,7 @@ import torch
 import gdp_graph as G
 from gdp_graph.graph.cost import CostModel
 from gdp_graph.importance import score_units
-from gdp_graph.latency import LatencySettings, attach_latency, build_table
+from gdp_graph.latency import LatencySettings, attach_latency, build_table, load_or_build
 from gdp_graph.importance import one_shot_to_latency
 from gdp_graph.latency.loop import LoopRound, Measured, close_loop, latency_measure, next_aim
 from gdp_graph.policy import policy_from_dict, resolve
@@ -140,3 +140,83 @@ def test_latency_measure_times_the_plan_against_the_original():
     pruned, m = measure(plan)
     ratio = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
     assert m.ratio == pytest.approx(ratio) and m.rounds == 3 and m.q1 == pytest.approx(ratio)
+
+
+def _gated_to_latency(tmp_path, corrections: int):
+    """mobilenetv2 gated to 0.8 of the latency on the fake table (cached; its gated groups can go
+    down to about 0.67), the cut after 4 steps."""
+    model, inputs = ZOO["mobilenetv2"]()
+    policy = {"version": 1, "target": {"metric": "latency", "fraction": 0.8, "tolerance": 0.01},
+              "latency": {"cache": str(tmp_path), "points": 2, "corrections": corrections},
+              "regularizer": {"fix_at": 0.5}}
+    load_or_build(G.analyze(model, inputs), policy_from_dict(policy).latency, timer=FakeTimer(), show_progress=False)
+    return G.attach(model, policy, example_inputs=inputs, total_steps=8), inputs
+
+
+def test_gdp_cut_to_a_latency_target_is_corrected_by_what_is_measured(tmp_path):
+    """A device 1.1x slower than the table (deterministic, from the cost model's own
+    prediction): the cut's first plan is the table's, measured above the target, and the loop
+    cuts deeper until the measurement lands; the gates are cut to the plan it chose, and the
+    report keeps every round."""
+    from gdp_graph.gates.selection import plan_fraction
+    gated, _ = _gated_to_latency(tmp_path, corrections=3)
+
+    def measure(plan):
+        m = 1.1 * plan_fraction(gated.cost_model, plan, "latency")
+        return torch.nn.Identity(), Measured(m, m, m, 1)
+    gated.cut_measure = measure
+    report = gated.fix_gates()
+    loop = report["latency_loop"]
+    first = loop["rounds"][0]
+    assert first["aim"] == 0.8 and first["measured"] > 0.8 + 0.05  # the table's own cut, too slow here
+    assert 2 <= len(loop["rounds"]) <= 4 and abs(loop["measured"] - 0.8) <= 0.02
+    assert report["fraction"] == pytest.approx(loop["predicted"], abs=0.005)  # the gates cut to the chosen plan
+    assert bool(gated.fixed) and report["fraction"] < first["predicted"] - 0.03  # deeper than the table's cut
+
+
+def test_gdp_cut_without_a_measure_or_corrections_is_the_tables(tmp_path):
+    for corrections, measure in ((3, None), (0, lambda plan: pytest.fail("measured with corrections 0"))):
+        gated, _ = _gated_to_latency(tmp_path / str(corrections), corrections)
+        gated.cut_measure = measure
+        report = gated.fix_gates()
+        assert "latency_loop" not in report and report["fraction"] == pytest.approx(0.8, abs=0.03)
+
+
+def test_the_prune_driver_measures_the_cut_of_a_latency_target(tmp_path, monkeypatch):
+    """``prune`` to a latency target sets the cut's measure (the policy's default corrections)
+    and returns what the cut did in the gates' report; the measure here is a fake (parameters
+    kept), so nothing is timed."""
+    import importlib.util
+    from pathlib import Path
+
+    from gdp_graph import latency
+    from gdp_graph.policy import Policy
+    from gdp_graph.recipes.driver import Schedule, run_prune
+    spec = importlib.util.spec_from_file_location("own_model", Path(__file__).parents[1] / "examples" / "own_model.py")
+    own = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(own)
+    torch.manual_seed(0)
+    model, example = own.model()
+    task = own.task()
+    data = Policy.default().to_dict()
+    data["target"] = {"metric": "latency", "fraction": 0.6, "tolerance": 0.02}
+    data["latency"] = {"cache": str(tmp_path), "points": 2}
+    policy = policy_from_dict(data)
+    load_or_build(G.analyze(model, (example,)), policy.latency, timer=FakeTimer(), show_progress=False)
+    asked = []
+
+    def fake_cut_measure(analysis, settings):
+        asked.append(settings.corrections)
+        whole = sum(p.numel() for p in G.rewrite(analysis, PruningPlan(keep={}), check=False).parameters())
+
+        def measure(plan):
+            pruned = G.rewrite(analysis, plan, check=False, keep_class=False)
+            r = sum(p.numel() for p in pruned.parameters()) / whole
+            return pruned, Measured(r, r, r, 1)
+        return measure
+    monkeypatch.setattr(latency, "cut_measure", fake_cut_measure)
+    result = run_prune(model, (example,), task, policy, Schedule(epochs=1, lr=task.lr, evaluate_original=False),
+                       torch.device("cpu"))
+    fix = result.gates_report["fix"]
+    assert asked == [2] and fix["latency_loop"]["rounds"][0]["aim"] == 0.6
+    assert 1 <= len(fix["latency_loop"]["rounds"]) <= 3 and fix["step"] >= 1

@@ -24,7 +24,7 @@ from gdp_graph.graph.analysis import Analysis
 from gdp_graph.policy import Resolution
 from gdp_graph.prune.plan import PruningPlan
 
-__all__ = ["budget_plan", "plan_from_gates", "protected_mask"]
+__all__ = ["budget_plan", "budget_plan_at", "plan_from_gates", "protected_mask"]
 
 
 def plan_from_gates(analysis: Analysis, bank: GateBank, resolution: Resolution, threshold: float) -> PruningPlan:
@@ -38,13 +38,18 @@ def budget_plan(gated: Any, theta: Tensor) -> PruningPlan:
     """The cut of a :class:`~gdp_graph.gates.model.GatedModel` to its target with the units
     ranked by ``theta`` (flat, the bank's order: at a tiny epsilon every surviving gate is 1.0,
     its ``theta`` still tells them apart); blocks whose gate is ``<= 0.5`` are removed."""
+    return budget_plan_at(gated, theta, gated.policy.target.fraction)[0]
+
+
+def budget_plan_at(gated: Any, theta: Tensor, fraction: float) -> tuple[PruningPlan, float]:
+    """:func:`budget_plan` to ``fraction`` of the target metric instead of the policy's target,
+    with the fraction the cost model predicts for it (the planner of the closed-loop cut)."""
     bank = gated.bank
     groups, _ = bank.split(theta)
     _, blocks = bank.values()
     gone = frozenset(b for b, g in blocks.items() if float(g) <= 0.5)
-    plan, _ = selection.plan_for_budget(gated.analysis, gated.cost_model, gated.resolution, groups,
-                                        gated.policy.target.fraction, metric=gated.metric, removed_blocks=gone)
-    return plan
+    return selection.plan_for_budget(gated.analysis, gated.cost_model, gated.resolution, groups, fraction,
+                                     metric=gated.metric, removed_blocks=gone)
 
 
 def protected_mask(analysis: Analysis, resolution: Resolution, bank: GateBank) -> Tensor:

@@ -19,7 +19,7 @@ controller (:mod:`gdp_graph.gates.phase`), the plans read from the gates
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.fx as fx
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from gdp_graph.gates.absorb import reopen_into_weights
 from gdp_graph.gates.bank import GateBank, GateError
 from gdp_graph.gates.budget import BudgetController, soft_fraction
-from gdp_graph.gates.cut import budget_plan, plan_from_gates, protected_mask
+from gdp_graph.gates.cut import budget_plan, budget_plan_at, plan_from_gates, protected_mask
 from gdp_graph.gates.hold import budget_keep_mask
 from gdp_graph.gates.hooks import ClassForward, gated_module
 from gdp_graph.gates.phase import GatedPhase, cost_model_for, lambda_controller
@@ -37,6 +37,7 @@ from gdp_graph.gates.schedule import EpsilonRamp
 from gdp_graph.gates.selection import plan_fraction
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.policy import Resolution
+from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.vocabulary import DEFAULT_T
 
 __all__ = ["DEFAULT_GATE_LR", "GatedModel", "GateError", "polarization_stats"]
@@ -116,6 +117,10 @@ class GatedModel(nn.Module):
         self._lambda = float(reg.lambda_)
         self.controller: Optional[BudgetController] = lambda_controller(policy, self.phase)
         self.fix_report: dict[str, Any] = {}
+        #: ``plan -> (model, Measured)``: with a latency target and ``latency.corrections`` > 0, the
+        #: cut at ``fix_at`` is corrected by measured latency (see :meth:`fix_gates`); set by the
+        #: caller (``gdp_graph.latency.cut_measure``), None: the table's cut
+        self.cut_measure: Optional[Callable[[PruningPlan], tuple[nn.Module, Any]]] = None
         self.train()
 
     @property
@@ -285,8 +290,9 @@ class GatedModel(nn.Module):
         every gate's value; returns what was done (also kept in :attr:`fix_report`)."""
         bank = self.bank
         hard_before, soft_before = self.fractions()
+        loop = None
         if self.controller is not None:  # ranked by theta: at a tiny epsilon every surviving gate is 1.0
-            plan = budget_plan(self, bank.theta().detach().abs())
+            plan, loop = self._cut_plan(bank.theta().detach().abs())
         else:
             plan = self.current_plan(0.5)
         cut = bank.removed_by(plan, self.resolution.inner_blocks)
@@ -297,8 +303,22 @@ class GatedModel(nn.Module):
         hard, soft = self.fractions()
         self.fix_report = {"step": int(bank.step), "hard_before": hard_before, "soft_before": soft_before,
                            "fraction": hard, "cut_units": int(cut.sum()), "kept_low": low,
-                           "reopened": low if self.policy.regularizer.reopen else 0}
+                           "reopened": low if self.policy.regularizer.reopen else 0,
+                           **({"latency_loop": loop} if loop is not None else {})}
         return self.fix_report
+
+    def _cut_plan(self, theta: Tensor) -> tuple[PruningPlan, Optional[dict[str, Any]]]:
+        """The cut to the budget ranked by ``theta``; to a latency target with :attr:`cut_measure`
+        set and ``latency.corrections`` > 0, the plan of :func:`~gdp_graph.latency.loop.close_loop`:
+        the cut is built and timed, and the fraction aimed at corrected by what was measured
+        (its rounds are returned for the fix report)."""
+        corrections = self.policy.latency.corrections
+        if self.metric != "latency" or self.cut_measure is None or corrections < 1:
+            return budget_plan(self, theta), None
+        from gdp_graph.latency.loop import close_loop
+        loop = close_loop(self.policy.target.fraction, lambda aim: budget_plan_at(self, theta, aim), self.cut_measure,
+                          corrections=corrections, tolerance=self.policy.target.tolerance)
+        return loop.plan, loop.to_dict()
 
     # -- reporting ------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:

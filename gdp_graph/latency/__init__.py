@@ -22,11 +22,11 @@ model is timed against the original and the fraction aimed at corrected by what 
 from gdp_graph.latency.build import LatencyError, build_table, grid_plan
 from gdp_graph.latency.cache import fingerprint, load_or_build, table_key
 from gdp_graph.latency.fit import LatencyFit, attach_latency, latency_cost_model
-from gdp_graph.latency.loop import LoopResult, LoopRound, Measured, close_loop
+from gdp_graph.latency.loop import LoopResult, LoopRound, Measured, close_loop, cut_measure
 from gdp_graph.latency.table import LatencyTable
 from gdp_graph.latency.timing import ClockTimer, NodeTimer, Timer, default_timer
 from gdp_graph.policy.schema import LatencySettings
 
 __all__ = ["ClockTimer", "LatencyError", "LatencyFit", "LatencySettings", "LatencyTable", "LoopResult", "LoopRound",
-           "Measured", "NodeTimer", "Timer", "attach_latency", "close_loop", "default_timer", "build_table",
-           "fingerprint", "grid_plan", "latency_cost_model", "load_or_build", "table_key"]
+           "Measured", "NodeTimer", "Timer", "attach_latency", "close_loop", "cut_measure", "default_timer",
+           "build_table", "fingerprint", "grid_plan", "latency_cost_model", "load_or_build", "table_key"]

@@ -171,6 +171,19 @@ def latency_measure(original: nn.Module, build: Callable[[PruningPlan], nn.Modul
     return measure
 
 
+def cut_measure(analysis: Any, settings: Any, *, rounds: int = 15, repeat: int = 2,
+                clock: Optional[Callable[[], float]] = None) -> Callable[[PruningPlan], tuple[nn.Module, Measured]]:
+    """The ``measure`` of GDP's closed-loop cut (``GatedModel.cut_measure``): a plan of
+    ``analysis`` rewritten as a GraphModule and timed against the unpruned rewrite (like for like:
+    both are what ``rewrite`` emits) by :func:`latency_measure` on ``settings``."""
+    from gdp_graph.prune.rewrite import rewrite
+
+    def build(plan: PruningPlan) -> nn.Module:
+        return rewrite(analysis, plan, check=False, keep_class=False).eval()
+    return latency_measure(build(PruningPlan(keep={})), build, analysis.traced.example_inputs, settings,
+                           rounds=rounds, repeat=repeat, clock=clock)
+
+
 def _timed_copy(settings: Any, model: nn.Module) -> nn.Module:
     """``model`` on the table's device, dtype and memory format (a copy where that changes it,
     so the model returned to the caller stays as built)."""

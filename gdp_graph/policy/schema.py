@@ -225,9 +225,10 @@ LATENCY_SPEC = Struct("latency", {
                     "its units.", LatencySettings.points),
     "round_to": Field(Int(minimum=1), "Kept channel counts of the timed widths are multiples of this.",
                       LatencySettings.round_to),
-    "corrections": Field(Int(minimum=0), "One-shot plans to a latency target: after the table's plan, up to this "
-                         "many rounds of timing the pruned model against the original and correcting the fraction "
-                         "aimed at (0: the table's plan as it is).", LatencySettings.corrections),
+    "corrections": Field(Int(minimum=0), "One-shot plans and GDP's cut at fix_at to a latency target: after the "
+                         "table's plan, up to this many rounds of timing the pruned model against the original and "
+                         "correcting the fraction aimed at (0: the table's plan as it is).",
+                         LatencySettings.corrections),
 }, doc="How latency is measured when target.metric is latency (a table timed on this device).", nullable=True)
 DISTILL_SPEC = Struct("distill", {
     "temperature": Field(Number(minimum=0, exclusive_minimum=True), "Softmax temperature T of teacher and "

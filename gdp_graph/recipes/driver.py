@@ -190,6 +190,9 @@ def _gdp_phase(model: nn.Module, inputs: Any, task: Task, policy: Any, schedule:
     n = steps_per_epoch(task) if schedule.steps is None else max(1, schedule.steps)
     total = schedule.epochs * n if schedule.steps is None else schedule.steps
     gated = attach(model, policy, example_inputs=inputs, total_steps=total, steps_per_epoch=n)
+    if gated.metric == "latency" and gated.policy.latency.corrections > 0:
+        from gdp_graph.latency import cut_measure  # the cut at fix_at corrected by measured latency
+        gated.cut_measure = cut_measure(gated.analysis, gated.policy.latency)
     gated.to(device).train()
     from gdp_graph.importance import init_gates
     from gdp_graph.recipes.oneshot import _feed
@@ -197,7 +200,8 @@ def _gdp_phase(model: nn.Module, inputs: Any, task: Task, policy: Any, schedule:
     # the policy's regularizer.init: gates start ranked by a one-shot importance
     init_gates(gated, cycle(task.train_loader, schedule.calibration_batches), task.loss, inputs=_feed(task),
                max_batches=schedule.calibration_batches)
-    optimizer = make_optimizer(gated.weight_parameters(), schedule.lr, weight_decay=schedule.weight_decay, kind=schedule.optimizer)
+    optimizer = make_optimizer(gated.weight_parameters(), schedule.lr, weight_decay=schedule.weight_decay,
+                               kind=schedule.optimizer)
     gate_opt = gated.gate_optimizer(schedule.gate_lr) if schedule.gate_lr is not None else gated.gate_optimizer()
     history = History()
     history.record(gated)
@@ -228,7 +232,8 @@ def _gdp_phase(model: nn.Module, inputs: Any, task: Task, policy: Any, schedule:
             metrics["gated"] = evaluate(gated, task, device)
     used = int(gated.report()["step"])
     pruned, report = finalize(gated)
-    return pruned, report, history, gated.report(), gated.analysis, used
+    # the gates' state, and what the cut did (with a latency target: the measured rounds)
+    return pruned, report, history, {**gated.report(), "fix": dict(gated.fix_report)}, gated.analysis, used
 
 
 def _recover(pruned: nn.Module, task: Task, schedule: Schedule, device: torch.device, on_progress: Optional[Callable],
