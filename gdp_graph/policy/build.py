@@ -194,8 +194,7 @@ class _PolicyBuilder:
         self.check_gate_removes(path, checked)
         values = {k: v for k, v in checked.values.items() if k not in (key, "name")}
         selector = Selector(**sel.values) if sel else Selector()
-        return Rule(index=index, target=target, selector=selector,
-                    name=checked.values.get("name"), location=checked.location, **values)
+        return Rule.of(index, target, selector, values, name=checked.values.get("name"), location=checked.location)
 
     def contradictions(self, checked: Sequence[Checked], rules: Sequence[Rule]) -> None:
         """Report a key set to different values by two rules with the same selector."""

@@ -55,23 +55,33 @@ class Selector:
 @dataclass(frozen=True)
 class Rule:
     """One entry of ``rules``: ``target`` is ``group`` (``match:``) or ``block`` (``blocks:``);
-    settings left ``None`` are not set by the rule."""
+    ``sets`` holds the :data:`GROUP_KEYS` it sets, in that order (:meth:`of` builds it)."""
 
     index: int
     target: str
     selector: Selector
-    level: Optional[str] = None
-    min_channels: Optional[int] = None
-    round_to: Optional[int] = None
-    max_fraction: Optional[float] = None
-    allow_inexact: Optional[bool] = None
-    uniform: Optional[bool] = None
+    sets: tuple[tuple[str, Any], ...] = ()
     name: Optional[str] = None
     location: Location = field(default=Location("<dict>"), compare=False)
 
+    @classmethod
+    def of(cls, index: int, target: str, selector: Selector, settings: Mapping[str, Any], **kw: Any) -> "Rule":
+        """A rule setting ``settings`` (group keys; None means not set)."""
+        unknown = set(settings) - set(GROUP_KEYS)
+        if unknown:
+            raise ValueError(f"not group settings: {', '.join(sorted(unknown))}")
+        sets = tuple((k, settings[k]) for k in GROUP_KEYS if settings.get(k) is not None)
+        return cls(index=index, target=target, selector=selector, sets=sets, **kw)
+
     def settings(self) -> dict[str, Any]:
         """The keys this rule sets, with their values."""
-        return {k: getattr(self, k) for k in GROUP_KEYS if getattr(self, k) is not None}
+        return dict(self.sets)
+
+    def __getattr__(self, key: str) -> Any:
+        """``rule.round_to`` and the other group keys: the value set, or None."""
+        if key in GROUP_KEYS:
+            return dict(self.__dict__.get("sets", ())).get(key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
 
     @property
     def label(self) -> str:
