@@ -99,6 +99,8 @@ TABLES = {t.name: t for t in (
     Table("cifar-main-command", "python benchmarks/cifar_main_command.py --table", "cifar_main_command.json",
           "cifar_main_command", "--results"),
     Table("latency-target", "python benchmarks/latency_target.py --table", "latency_target.json", "latency_target"),
+    Table("latency-repeat", "python benchmarks/latency_repeat.py --table", "latency_repeat.json", "latency_repeat",
+          "--results"),
     Table("llm-prune", "python benchmarks/llm_prune.py --table", "llm_prune.json", "llm_prune"),
     Table("llm-decode", "python benchmarks/llm_decode.py --table", "llm_decode.json", "llm_decode"),
     Table("stream-llama", "python benchmarks/stream_llama.py --table", "stream_llama.json", "stream_llama", last_run=True),
