@@ -87,7 +87,7 @@ def table(path: Path) -> str:
             overlap = max(m["q1"] for m in ms) <= min(m["q3"] for m in ms)
             lines.append(f"| {s['model']} | {s['batch']} | {f} | {len(ms)} | {min(ratios):.3f} | "
                          f"{statistics.median(ratios):.3f} | {max(ratios):.3f} | {max(ratios) - min(ratios):.3f} | "
-                         f"{'yes' if overlap else 'no'} | {res['load_before']}-{res['load_after']} | "
+                         f"{'yes' if overlap else 'no'} | {res['load_before']:.2f}-{res['load_after']:.2f} | "
                          f"{str(r['commit'])[:7]} |")
     return "\n".join(lines)
 
