@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Optional
 
 SAME_SEED = 1e-3  # relative: one seed rerun is the same computation
@@ -38,14 +38,22 @@ class Tolerances:
     ratio: float = 0.25  # relative, on a ratio measured in one process
 
 
+#: the repository's top-level folders: a relative path starting with one is a file of the checkout
+_CHECKOUT_FOLDERS = frozenset(p.name for p in Path(__file__).resolve().parents[1].iterdir() if p.is_dir())
+
+
 def _plain(value: Any) -> Any:
-    """Settings as identity: absolute paths by their file name (a worktree's path names no setting)."""
+    """Settings as identity: absolute paths, and relative ones inside the checkout
+    (``policies/llm.yaml``), by their file name (a worktree's path names no setting, and one
+    script recorded a shipped policy by its absolute path before it recorded it relatively)."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
-    if isinstance(value, str) and value.startswith("/"):
-        return PurePosixPath(value).name
+    if isinstance(value, str):
+        parts = PurePosixPath(value).parts
+        if value.startswith("/") or (len(parts) > 1 and parts[0] in _CHECKOUT_FOLDERS):
+            return parts[-1]
     return value
 
 
@@ -86,14 +94,16 @@ def flatten(result: dict[str, Any], prefix: str = "") -> tuple[dict[str, Any], d
 
 def kind_of(name: str, value: Any) -> Optional[str]:
     """The kind of a figure (module docstring), or None for a spread figure not compared."""
-    leaf = name.rsplit(".", 1)[-1].lower()
+    parts = name.lower().split(".")
+    leaf = parts[-1]
     if leaf.endswith(("_min", "_max")) or leaf in ("min", "max", "min_s", "max_s", "min_ms", "max_ms"):
         return None
     if isinstance(value, bool) or value is None or isinstance(value, str) or isinstance(value, int):
         return "exact"
     if "diff" in leaf:
         return "noise"
-    if leaf.endswith(("_s", "_ms", "seconds")) or "ms_per_token" in leaf or "tokens_per_s" in leaf:
+    # a time, or one part of a time broken down by name (profile.pruned.ms_per_token.attention)
+    if leaf.endswith(("_s", "_ms", "seconds")) or any("ms_per_token" in p or "tokens_per_s" in p for p in parts):
         return "time"
     if any(w in leaf for w in ("ratio", "speedup", "_over_", "share")):
         return "ratio"

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import docs_tables, records
 from benchmarks import reproduce as R
+from benchmarks import reproduce_compare as C
 from benchmarks.reproduce_compare import Tolerances, compare_rows, kind_of, rows_of
 
 
@@ -69,6 +70,21 @@ def test_a_row_is_the_latest_commit_that_recorded_it_one_record_per_seed():
             rec({"x": 3.0}, seed=0, commit="b"), rec({"x": 4.0}, seed=0, commit="b", gdp_graph_commit="b")]
     (row,) = rows_of(recs).values()  # the commit timed is not part of a row's identity, nor the seed
     assert [r["result"]["x"] for r in row] == [4.0]
+
+
+def test_a_time_broken_down_by_part_is_a_time():
+    assert kind_of("profile.pruned.ms_per_token.attention", 13.7) == "time"
+    assert kind_of("decode.tokens_per_s", 30.0) == "time" and kind_of("profile.pruned.params", 1.5) == "value"
+
+
+def test_a_path_in_the_checkout_names_its_file_whether_absolute_or_relative():
+    """llm_decode recorded the shipped policy by a worktree's absolute path, then as
+    policies/llm.yaml: one row, so a rerun is compared with the committed figures."""
+    old = {"settings": {"policy": "/work/wt/llm/policies/llm.yaml", "target": 0.7}}
+    new = {"settings": {"policy": "policies/llm.yaml", "target": 0.7}}
+    assert C.row_key(old) == C.row_key(new)
+    assert C.row_key({"settings": {"model": "HuggingFaceTB/SmolLM2-135M"}}) != C.row_key(
+        {"settings": {"model": "SmolLM2-135M"}})  # a hub name is not a path of the checkout
 
 
 def test_a_rerun_command_drops_the_note_the_rerun_flag_and_the_results_file():
