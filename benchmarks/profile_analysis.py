@@ -60,6 +60,7 @@ def stage_times(model: torch.nn.Module, inputs: Any, repeats: int, peer: bool = 
     """One line: the CPU seconds of each stage of ``analyze`` on ``model`` (least of ``repeats``)."""
     from gdp_graph.graph import analysis, blocks, grouping
     from gdp_graph.graph import trace as tracing
+    from gdp_graph.graph.model_copy import private_copy
 
     args = inputs if isinstance(inputs, tuple) else ()
     kwargs = inputs if isinstance(inputs, dict) else {}
@@ -68,7 +69,7 @@ def stage_times(model: torch.nn.Module, inputs: Any, repeats: int, peer: bool = 
     groups = grouping.form_groups(traced, store, store.roots())[0]
     with torch.no_grad():
         times = {"analyze": lambda: analysis.analyze(model, inputs),
-                 "private copy": lambda: tracing.private_copy(model),
+                 "private copy": lambda: private_copy(model),
                  "fx trace": lambda: tracing.symbolic_trace_with_fallback(traced.module),
                  "recording forward": lambda: tracing._record(traced.gm, traced.example_inputs),
                  "(eager forward)": lambda: model(*args, **kwargs),

@@ -17,7 +17,7 @@ from torch import nn
 import gdp_graph as G
 from gdp_graph.graph import blocks as blocks_module
 from gdp_graph.graph.blocks import branch_constant
-from gdp_graph.graph.trace import private_copy
+from gdp_graph.graph.model_copy import private_copy
 
 
 class _Stem(nn.Module):

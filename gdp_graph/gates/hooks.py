@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.frontend_export import module_of
 from gdp_graph.graph.inject import FixedScales, SiteSpec, gate_multiply, insert_site_multipliers
-from gdp_graph.graph.trace import private_copy
+from gdp_graph.graph.model_copy import private_copy
 
 __all__ = ["ClassForward", "consuming_module", "gated_module", "hooked_model", "run_as_called"]
 

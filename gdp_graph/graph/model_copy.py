@@ -1,0 +1,85 @@
+"""A private copy of a model to trace: parameters that share the user's storage in new objects,
+cloned buffers, and modules copied as ``copy.deepcopy`` would, without its per-attribute
+dispatch (stage 1's first step, :func:`gdp_graph.graph.trace.trace`)."""
+
+from __future__ import annotations
+
+import copy
+import copyreg
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["private_copy"]
+
+
+def private_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` to trace, in eval mode, whose parameters share the user's storage.
+
+    Cloning every weight cost more than the rest of the analysis on a ViT-B (0.4 s of 1.4 s);
+    the analysis only reads weights, and every stage that changes them (gates, rewrite,
+    finalize) deep-copies the traced module first. The parameters are new objects (so a
+    ``.to()`` or ``.data =`` on the copy never reaches the user's model); buffers, which a
+    forward in train mode updates in place, are cloned (they are small). Modules are copied as
+    ``copy.deepcopy`` would (:func:`_copy_module`), without its per-attribute dispatch.
+    """
+    lazy = (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)  # no data yet: deep-copied
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        if not isinstance(p, lazy):
+            memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        if not isinstance(b, lazy):
+            memo[id(b)] = b.clone()
+    return _copy_module(model, memo).eval()
+
+
+#: values ``copy.deepcopy`` returns as they are
+_ATOMS = (int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size, torch.layout,
+          torch.memory_format)
+
+
+def _plain_module_class(cls: type) -> bool:
+    """Whether ``copy.deepcopy`` copies modules of ``cls`` by the default protocol: a new object
+    whose state is its ``__dict__`` (no ``__deepcopy__``, ``__reduce__`` or slots of its own)."""
+    return (getattr(cls, "__deepcopy__", None) is None and cls.__reduce_ex__ is object.__reduce_ex__
+            and cls.__reduce__ is object.__reduce__ and cls.__getstate__ is nn.Module.__getstate__
+            and not copyreg._slotnames(cls))
+
+
+#: the exact types of :data:`_ATOMS` (and bool): one set lookup for most attributes
+_ATOM_TYPES = frozenset(_ATOMS + (bool,))
+
+
+def _copy_value(value: Any, memo: dict[int, Any]) -> Any:
+    if (type(value) in _ATOM_TYPES or isinstance(value, _ATOMS)
+            or (type(value) is tuple and all(isinstance(v, _ATOMS) for v in value))):
+        return value
+    if type(value) in (dict, OrderedDict, set) and not value:  # a module's hook tables, mostly empty
+        return type(value)()
+    if isinstance(value, nn.Module):
+        return _copy_module(value, memo)
+    return copy.deepcopy(value, memo)
+
+
+def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """``copy.deepcopy(module, memo)``, an order of magnitude faster on a model of plain modules:
+    submodules recurse here, and immutable or empty attributes are taken without a deep copy."""
+    if id(module) in memo:
+        return memo[id(module)]
+    cls = type(module)
+    if not _plain_module_class(cls):
+        return copy.deepcopy(module, memo)
+    new = cls.__new__(cls)
+    memo[id(module)] = new
+    state = module.__getstate__()
+    for key, value in state.items():
+        if key in ("_modules", "_parameters", "_buffers"):
+            state[key] = type(value)((k, _copy_value(v, memo)) for k, v in value.items())
+        else:
+            state[key] = _copy_value(value, memo)
+    new.__setstate__(state)
+    copy._keep_alive(module, memo)  # as deepcopy does: the memo's ids stay valid
+    return new
