@@ -220,3 +220,32 @@ def test_the_prune_driver_measures_the_cut_of_a_latency_target(tmp_path, monkeyp
     fix = result.gates_report["fix"]
     assert asked == [2] and fix["latency_loop"]["rounds"][0]["aim"] == 0.6
     assert 1 <= len(fix["latency_loop"]["rounds"]) <= 3 and fix["step"] >= 1
+
+
+def test_cut_measure_times_a_plan_against_the_unpruned_rewrite_built_at_the_first_call(monkeypatch):
+    """With a clock that advances by each forward's parameter count the ratio is the parameter
+    ratio of the plan's rewrite to the unpruned one; nothing is rewritten before the first call."""
+    from gdp_graph.latency import cut_measure
+    from gdp_graph.prune import rewrite as rewrite_module
+    model, inputs = ZOO["mobilenetv2"]()
+    analysis = G.analyze(model, inputs)
+    ticks, built = [0.0], []
+    made = rewrite_module.rewrite
+
+    def count(module, args, out):
+        ticks[0] += sum(p.numel() for p in module.parameters())
+
+    def counting_rewrite(*args, **kwargs):
+        out = made(*args, **kwargs)
+        out.register_forward_hook(count)
+        built.append(out)
+        return out
+    monkeypatch.setattr(rewrite_module, "rewrite", counting_rewrite)
+    measure = cut_measure(analysis, LatencySettings(), rounds=2, repeat=1, clock=lambda: ticks[0])
+    assert built == []  # nothing built or held while the gates would train
+    plan = G.random_plan(analysis, 0.4, seed=0)
+    pruned, m = measure(plan)
+    whole = sum(p.numel() for p in built[0].parameters())
+    assert m.ratio == pytest.approx(sum(p.numel() for p in pruned.parameters()) / whole) and len(built) == 2
+    measure(plan)
+    assert len(built) == 3  # the unpruned rewrite is built once

@@ -175,13 +175,20 @@ def cut_measure(analysis: Any, settings: Any, *, rounds: int = 15, repeat: int =
                 clock: Optional[Callable[[], float]] = None) -> Callable[[PruningPlan], tuple[nn.Module, Measured]]:
     """The ``measure`` of GDP's closed-loop cut (``GatedModel.cut_measure``): a plan of
     ``analysis`` rewritten as a GraphModule and timed against the unpruned rewrite (like for like:
-    both are what ``rewrite`` emits) by :func:`latency_measure` on ``settings``."""
+    both are what ``rewrite`` emits) by :func:`latency_measure` on ``settings``. The unpruned
+    rewrite is built at the first measurement, at the cut, not held while the gates train."""
     from gdp_graph.prune.rewrite import rewrite
 
     def build(plan: PruningPlan) -> nn.Module:
         return rewrite(analysis, plan, check=False, keep_class=False).eval()
-    return latency_measure(build(PruningPlan(keep={})), build, analysis.traced.example_inputs, settings,
-                           rounds=rounds, repeat=repeat, clock=clock)
+    made: list[Callable[[PruningPlan], tuple[nn.Module, Measured]]] = []
+
+    def measure(plan: PruningPlan) -> tuple[nn.Module, Measured]:
+        if not made:
+            made.append(latency_measure(build(PruningPlan(keep={})), build, analysis.traced.example_inputs,
+                                        settings, rounds=rounds, repeat=repeat, clock=clock))
+        return made[0](plan)
+    return measure
 
 
 def _timed_copy(settings: Any, model: nn.Module) -> nn.Module:
