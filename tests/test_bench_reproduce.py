@@ -150,3 +150,25 @@ def test_the_cost_of_a_command_comes_from_its_records():
     assert R.cost([alone], {id(alone): before}) == 120.0  # the gap to the record before it
     assert R.cost([alone], {id(alone): {**before, "commit": "b" * 40}}) is None  # another commit's run
     assert R.cost([alone], {}) is None
+
+
+def test_where_reruns_and_compares_only_the_rows_that_match(tmp_path, capsys):
+    committed = tmp_path / "zoo.json"
+    for model in ("vgg", "grouped_norm"):
+        subprocess.run([sys.executable, "benchmarks/zoo_table.py", "run", "--models", model, "--out", str(committed)],
+                       cwd=R.ROOT, check=True, capture_output=True,
+                       env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(R.ROOT)})
+    out = tmp_path / "reproduce.json"
+    common = ["zoo", "--results", str(committed), "--scratch", str(tmp_path / "scratch"), "--out", str(out)]
+    assert R.main([*common, "--where", "model=grouped_norm", "--dry-run"]) == 0
+    assert capsys.readouterr().out.split("\n")[0] == "python benchmarks/zoo_table.py run --models grouped_norm"
+    assert R.main([*common, "--where", "model=grouped_norm", "--where", "ratio=0.3"]) == 0
+    (made,) = records.load_records(out)
+    assert made["settings"]["commands"] == ["python benchmarks/zoo_table.py run --models grouped_norm"]
+    assert made["settings"]["where"] == ["model=grouped_norm", "ratio=0.3"]
+    assert [v["row"] for v in made["result"]["rows"]] == ["blocks 0.5, grouped_norm, ratio 0.3"]
+    capsys.readouterr()
+    assert R.main([*common, "--where", "model=resnet"]) == 2
+    assert R.main([*common, "--where", "model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: no row matches --where model=resnet", "error: --where 'model': expected KEY=VALUE"]
