@@ -4,6 +4,9 @@
   through it, and nothing it returns may alias the user's weights.
 - Branch constants skip running a linear/conv layer on zeros (its bias everywhere): the
   constants must equal what running the layer gives.
+- Branch constants on the traced weights run the ops after the zeroed layers at one position
+  where they are position-wise (:mod:`gdp_graph.graph.collapsed`): the same constants (or the
+  same None) as running them at every position, and the model's biases untouched.
 - ``rewrite_graph(copy_weights=False)`` (finalize) builds on the weights it is handed, never on the
   traced module that shares the user's storage.
 """
@@ -104,6 +107,51 @@ def test_branch_constants_equal_running_the_layers_on_zeros(monkeypatch):
     for f, s in zip(fast, slow):
         if f is not None:
             assert torch.allclose(f, s, atol=1e-6) and f.abs().max() > 0.1
+
+
+class _Scaled(nn.Module):
+    """Branches ending in a zeroed layer followed by position-wise ops: an in-place activation
+    on the bias, a layer scale after a permute, a scale read off the data (full-size operand)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 1),
+                               nn.BatchNorm2d(8), nn.ReLU(inplace=True))
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Hardswish())
+        self.gamma = nn.Parameter(torch.rand(8))
+        self.c = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.a(x)
+        x = x + (self.b(x).permute(0, 2, 3, 1) * self.gamma).permute(0, 3, 1, 2)
+        return x + self.c(torch.relu(x)) * x.sigmoid()
+
+
+def test_collapsed_branch_constants_equal_the_full_run(monkeypatch):
+    from gdp_graph.graph import collapsed
+
+    torch.manual_seed(0)
+    model = _Scaled()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            nn.init.uniform_(m.bias, -1, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    analysis = G.analyze(model, torch.randn(1, 3, 8, 8))
+    assert len(analysis.blocks) == 3
+    ran = []
+    real = collapsed.collapsed_run
+    monkeypatch.setattr(blocks_module, "collapsed_run", lambda *a: ran.append(real(*a)) or ran[-1])
+    fast = [branch_constant(analysis.traced, b) for b in analysis.blocks]
+    assert ran == [True, True, True]
+    monkeypatch.setattr(blocks_module, "collapsed_run", lambda *a: False)
+    slow = [branch_constant(analysis.traced, b) for b in analysis.blocks]
+    assert [c is None for c in fast] == [c is None for c in slow] == [False, False, True]
+    for f, s in zip(fast[:2], slow[:2]):
+        assert f.shape == s.shape and torch.allclose(f, s, atol=1e-6) and f.abs().max() > 0.05
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.long])

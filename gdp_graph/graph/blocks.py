@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch.fx as fx
 from torch import nn
 
 from gdp_graph.graph.channels import Chan
+from gdp_graph.graph.collapsed import collapsed_run
 from gdp_graph.graph.groups import Block, ChannelGroup, GateSite
 from gdp_graph.graph.meta import VALUE
 from gdp_graph.graph.trace import TracedModel
@@ -290,6 +291,17 @@ class _Recorded(dict):
         return n.meta[VALUE]
 
 
+def _reduce(value: torch.Tensor, dims: list[int], op: Callable) -> torch.Tensor:
+    """``op(value, dims, keepdim=True)``, read off one position of each dim ``value`` is
+    broadcast along (stride 0: the same values, at a fraction of the cost)."""
+    if not dims:
+        return value
+    one = [d for d in dims if value.stride(d) == 0 or value.shape[d] == 1]
+    base = value[tuple(slice(0, 1) if d in one else slice(None) for d in range(value.dim()))]
+    rest = [d for d in dims if d not in one]
+    return op(base, dim=rest, keepdim=True) if rest else base
+
+
 def _upstream_missing(node: fx.Node, env: _Recorded) -> list[fx.Node]:
     """The nodes ``node`` needs that ``env`` has no value for (``node`` included), in graph
     order: a branch constant runs only these, not the whole graph."""
@@ -300,6 +312,24 @@ def _upstream_missing(node: fx.Node, env: _Recorded) -> list[fx.Node]:
                 need.add(a)
                 todo.append(a)
     return [n for n in node.graph.nodes if n in need]
+
+
+def _branch_output(runner: _ZeroedInputs, rerun: set[str], branch: fx.Node, collapse: bool) -> torch.Tensor:
+    """The branch's output with its gated layers' inputs zeroed. ``collapse``: the zeroed
+    layers' biases go through the rest of the branch at one position where every op there acts
+    position by position (:mod:`.collapsed`), broadcast back to the output's shape."""
+    runner.env = env = _Recorded(rerun)
+    order = _upstream_missing(branch, env)
+    full = branch.meta[VALUE].shape
+    if collapse and collapsed_run(order, env, runner.zeroed, runner.fetch_attr, runner.run_node, _BIAS_ON_ZERO, VALUE):
+        value = env[branch]
+        if isinstance(value, torch.Tensor) and value.dim() == len(full) and \
+                all(a in (1, b) for a, b in zip(value.shape, full)):
+            return value.expand(full)
+    runner.env = env = _Recorded(rerun)
+    for n in order:
+        env[n] = runner.run_node(n)
+    return env[branch]
 
 
 def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.Module] = None,
@@ -325,16 +355,13 @@ def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.M
     runner = runner if runner is not None else _ZeroedInputs(root if root is not None else gm, gm.graph)
     runner.zeroed = {(s.node, s.arg) for s in block.gate_sites}
     branch = traced.node(block.nodes[-1])
-    runner.env = env = _Recorded(rerun)
     with torch.no_grad():
-        for n in _upstream_missing(branch, env):
-            env[n] = runner.run_node(n)
-    value = env[branch]
+        value = _branch_output(runner, rerun, branch, collapse=root is None)
     chan = branch.meta.get("channels")
     keep = chan.dims() if isinstance(chan, Chan) else set()
     reduce_dims = [d for d in range(value.dim()) if d not in keep]
-    reduced = value.amax(dim=reduce_dims, keepdim=True) if reduce_dims else value
-    low = value.amin(dim=reduce_dims, keepdim=True) if reduce_dims else value
+    reduced = _reduce(value, reduce_dims, torch.amax)
+    low = _reduce(value, reduce_dims, torch.amin)
     # the largest magnitude, read off the extremes already taken: no full-size pass of its own
     scale = max(abs(float(reduced.max())), abs(float(low.min()))) if value.numel() else 0.0
     if float((reduced - low).abs().max()) > 1e-6 * max(1.0, scale):

@@ -1,0 +1,105 @@
+"""A branch's output on zeroed inputs, computed on one position instead of every position.
+
+A removable branch is tested by zeroing the inputs of its last layers (:func:`~gdp_graph.graph
+.blocks.branch_constant`): a zeroed linear or convolution returns its bias at every position,
+and what follows it is, in most networks, position-wise (a norm in eval mode, an activation, a
+layer scale). Running those ops on the full activation (1 x 256 x 56 x 56 in a ResNet-50) cost
+a tenth of the analysis; the same ops on the bias alone, kept with size 1 on every other dim,
+give the same value at every position, and broadcasting against full-size operands keeps it
+exact. Any other op hands the branch back to the full run.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Optional
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+#: modules that act on each position alone (per-channel parameters at most), in eval mode
+_POSITIONWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+                         nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout)
+#: element-wise functions with broadcasting
+_ELEMENTWISE_FUNCTIONS = frozenset({operator.add, operator.mul, operator.sub, operator.truediv, torch.add,
+                                    torch.mul, torch.sub, torch.relu, torch.sigmoid, torch.tanh,
+                                    nn.functional.relu, nn.functional.silu, nn.functional.gelu,
+                                    nn.functional.hardswish, nn.functional.hardsigmoid})
+
+#: methods that only reorder dims: on a tensor of size 1 along some dims, the same reordering
+#: of the full tensor broadcast (a view or reshape, which read sizes, are not)
+_REORDERING_METHODS = frozenset({"permute", "transpose", "contiguous"})
+
+
+def _positionwise_module(layer: nn.Module) -> bool:
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        # eval mode with running statistics: a per-channel affine map (batch statistics are not)
+        return not layer.training and layer.running_mean is not None and layer.running_var is not None
+    return isinstance(layer, _POSITIONWISE_MODULES) and not (isinstance(layer, nn.Dropout) and layer.training)
+
+
+def _hands_on_its_input(n: fx.Node, layer: Optional[nn.Module], value_key: str) -> bool:
+    """An eval-mode module that returned its input object as is (a drop-path), or torchvision's
+    ``stochastic_depth`` traced in eval mode (``training`` False)."""
+    if not n.args or not isinstance(n.args[0], fx.Node):
+        return False
+    if layer is not None:
+        recorded = n.meta.get(value_key)
+        return not layer.training and len(n.args) == 1 and not n.kwargs and recorded is not None \
+            and recorded is n.args[0].meta.get(value_key)
+    target = n.target
+    if getattr(target, "__name__", "") != "stochastic_depth" or \
+            not str(getattr(target, "__module__", "")).startswith("torchvision"):
+        return False
+    training = n.args[3] if len(n.args) > 3 else n.kwargs.get("training", True)
+    return training is False
+
+
+def _zeroed_bias(n: fx.Node, value: Any, layer: Optional[nn.Module], bias_layers: dict[type, int],
+                 zeroed: set) -> Optional[torch.Tensor]:
+    """The bias a zeroed linear/convolution layer returns, with size 1 on every dim but its
+    channels (None when ``n`` is not such a layer with its only input zeroed). ``value``: the
+    node's recorded value (its shape and dtype)."""
+    if layer is None or type(layer) not in bias_layers or (n.name, 0) not in zeroed or len(n.args) != 1 \
+            or n.kwargs or not isinstance(value, torch.Tensor):
+        return None
+    full = value.shape
+    spatial = bias_layers[type(layer)]
+    channel = len(full) - 1 if spatial == 0 else len(full) - 1 - spatial
+    shape = [1] * len(full)
+    shape[channel] = full[channel]
+    bias = getattr(layer, "bias", None)
+    if bias is None:
+        return torch.zeros(shape, dtype=value.dtype, device=value.device)
+    if bias.is_meta or bias.numel() != full[channel]:
+        return None
+    return bias.detach().to(value.dtype).reshape(shape).clone()  # an in-place activation may follow
+
+
+def collapsed_run(order: list[fx.Node], env: dict, zeroed: set, fetch: Callable[[str], Any],
+                  run_node: Callable[[fx.Node], Any], bias_layers: dict[type, int], value_key: str) -> bool:
+    """Run ``order`` (the branch's nodes to run again, in graph order) into ``env`` with every
+    zeroed layer's output collapsed to one position; False (``env`` partly filled) as soon as an
+    op is not known to act position by position, so the caller runs the branch in full."""
+    for n in order:
+        layer = fetch(str(n.target)) if n.op == "call_module" else None
+        bias = _zeroed_bias(n, n.meta.get(value_key), layer, bias_layers, zeroed)
+        if bias is not None:
+            env[n] = bias
+            continue
+        if any((n.name, i) in zeroed for i in range(len(n.args))):
+            return False
+        if n.op == "get_attr":
+            env[n] = run_node(n)
+        elif n.op == "call_module" and _positionwise_module(layer) and len(n.args) == 1 and not n.kwargs:
+            env[n] = run_node(n)
+        elif n.op == "call_function" and n.target in _ELEMENTWISE_FUNCTIONS:
+            env[n] = run_node(n)
+        elif n.op == "call_method" and n.target in _REORDERING_METHODS:
+            env[n] = run_node(n)
+        elif _hands_on_its_input(n, layer, value_key):
+            env[n] = env[n.args[0]]
+        else:
+            return False
+    return True
