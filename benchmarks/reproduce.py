@@ -90,8 +90,6 @@ TABLES = {t.name: t for t in (
           "memory_format.json", "memory_format"),
     Table("gate-polarization", "python benchmarks/gate_polarization.py --table", "gate_polarization.json",
           "gate_polarization", "--results"),
-    Table("cifar-methods", "python benchmarks/cifar_methods.py table", "cifar_methods.json", "cifar_methods",
-          "--results"),
     Table("cifar-fair-tune", "python benchmarks/cifar_methods.py table --fair --stage tune", "cifar_methods.json",
           "cifar_fair", "--results"),
     Table("cifar-fair", "python benchmarks/cifar_methods.py table --fair", "cifar_methods.json", "cifar_fair",
