@@ -9,7 +9,7 @@ figures, but a list of repeats (``runs``, ``rounds``) or an ``iqr`` beside a tim
 that figure's interquartile range. The kind of a figure is read from its name and value:
 
     time      *_s, *_ms, *seconds*, *ms_per_token*, *tokens_per_s*   factor, or the IQR
-    ratio     *ratio*, *speedup*, *_over_*, *share*                  relative tolerance, or the IQR
+    ratio     *ratio*, *speedup*, *_over_*, *share* (also X.median)   relative tolerance, or the IQR
     memory    *rss*, *_gb                                            relative 0.25
     noise     *diff*                                                 <= 10x committed, or < 1e-4
     exact     bools, strings, integers, None                         equal
@@ -29,6 +29,7 @@ from typing import Any, Iterable, Optional
 SAME_SEED = 1e-3  # relative: one seed rerun is the same computation
 MEMORY = 0.25
 NOISE_FLOOR, NOISE_FACTOR = 1e-4, 10.0
+STATISTICS = frozenset({"median", "mean"})  # leaves that name a statistic of their parent figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +106,9 @@ def kind_of(name: str, value: Any) -> Optional[str]:
     # a time, or one part of a time broken down by name (profile.pruned.ms_per_token.attention)
     if leaf.endswith(("_s", "_ms", "seconds")) or any("ms_per_token" in p or "tokens_per_s" in p for p in parts):
         return "time"
-    if any(w in leaf for w in ("ratio", "speedup", "_over_", "share")):
+    # a statistic of a named ratio (speed.decode_speedup.median) is that ratio
+    named = parts[-2] if leaf in STATISTICS and len(parts) > 1 else leaf
+    if any(w in named for w in ("ratio", "speedup", "_over_", "share")):
         return "ratio"
     if "rss" in leaf or leaf.endswith("_gb"):
         return "memory"

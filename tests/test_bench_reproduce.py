@@ -74,6 +74,8 @@ def test_a_row_is_the_latest_commit_that_recorded_it_one_record_per_seed():
 
 def test_a_time_broken_down_by_part_is_a_time():
     assert kind_of("profile.pruned.ms_per_token.attention", 13.7) == "time"
+    assert kind_of("speed.decode_speedup.median", 1.31) == "ratio" and kind_of("ratio.median", 0.5) == "ratio"
+    assert kind_of("speed.perplexity.median", 12.0) == "value"
     assert kind_of("decode.tokens_per_s", 30.0) == "time" and kind_of("profile.pruned.params", 1.5) == "value"
 
 
