@@ -100,7 +100,9 @@ def table(path: Path) -> str:
 
 def verdicts(table_rows: dict[str, list[tuple[int, float, float | None, float]]]) -> list[str]:
     """For each run of two or more seeds that compared methods: GDP's mean test accuracy minus
-    each other row's of the same run (points), beside twice the larger standard deviation."""
+    each other row's of the same run (points), beside twice the larger standard deviation, and
+    the same difference paired by seed (a seed's runs share its pretrained weights and data
+    order, so the paired spread is the method's, not the seed's)."""
     out = []
     for name, rs in table_rows.items():
         others = {k[len(name) + 2:]: v for k, v in table_rows.items() if k.startswith(name + ", ")}
@@ -112,9 +114,19 @@ def verdicts(table_rows: dict[str, list[tuple[int, float, float | None, float]]]
             test = [r[1] for r in vs]
             spread = 2 * max(statistics.stdev(gdp), statistics.stdev(test) if len(test) > 1 else 0.0)
             parts.append(f"{other}: {100 * (statistics.mean(gdp) - statistics.mean(test)):+.2f} "
-                         f"(twice the spread {100 * spread:.2f})")
+                         f"(twice the spread {100 * spread:.2f}{paired(rs, vs)})")
         out.append(f"- {name}, GDP minus (test, points): " + "; ".join(parts))
     return ["", *out] if out else []
+
+
+def paired(gdp: list[tuple[int, float, float | None, float]], other: list[tuple[int, float, float | None, float]]) -> str:
+    """``; by seed s0 +a, s1 +b, ...: standard error e`` over the seeds both rows ran, or '' (under two)."""
+    theirs = {r[0]: r[1] for r in other}
+    diffs = {r[0]: 100 * (r[1] - theirs[r[0]]) for r in gdp if r[0] in theirs}
+    if len(diffs) < 2:
+        return ""
+    error = statistics.stdev(diffs.values()) / len(diffs) ** 0.5
+    return f"; by seed {', '.join(f's{seed} {d:+.2f}' for seed, d in sorted(diffs.items()))}: standard error {error:.2f}"
 
 
 def main() -> None:

@@ -43,6 +43,15 @@ def test_thread_settings_get_their_own_rows_and_the_unpruned_model_its_row(tmp_p
                          "(as shipped) [abcdef0, default threads], compare magnitude"]
     assert got["(as shipped) [abcdef0, 1 threads], unpruned"] == [(0, 0.45, 0.46, 1.0), (1, 0.45, 0.46, 1.0)]
     text = table(path)
-    assert ("- (as shipped) [abcdef0, 1 threads], GDP minus (test, points): unpruned: -4.50 (twice the spread 1.41); "
-            "compare magnitude: +1.50 (twice the spread 1.41)") in text
+    assert ("- (as shipped) [abcdef0, 1 threads], GDP minus (test, points): unpruned: -4.50 (twice the spread 1.41; "
+            "by seed s0 -5.00, s1 -4.00: standard error 0.50); "
+            "compare magnitude: +1.50 (twice the spread 1.41; by seed s0 +1.00, s1 +2.00: standard error 0.50)") in text
     assert "default threads], GDP minus" not in text  # one seed: no spread, no verdict
+
+
+def test_the_paired_difference_matches_seeds_not_positions(tmp_path):
+    path = tmp_path / "r.json"
+    recs = [_record("", 1, 0.44, 0.4, {"polarization": 0.40}), _record("", 0, 0.40, 0.4, {"polarization": 0.41})]
+    recs[1]["result"]["compare"]["polarization"]["acc_finetuned"] = 0.41
+    path.write_text(json.dumps({"records": recs}))
+    assert "by seed s0 -1.00, s1 +4.00: standard error 2.50" in table(path)
