@@ -86,6 +86,7 @@ class ElementStore:
     uniform: list[tuple[torch.Tensor, int, str]] = field(default_factory=list)
     _pending: list[torch.Tensor] = field(default_factory=list, repr=False)
     _roots: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.long), repr=False)
+    _starts: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long), repr=False)
 
     # -- creation and union -------------------------------------------------------------------
     def new_space(self, size: int, node: str, description: str) -> torch.Tensor:
@@ -147,6 +148,13 @@ class ElementStore:
 
     def require_divisor(self, labels: torch.Tensor, divisor: int) -> None:
         self.divisors.append((labels.reshape(-1).clone(), divisor))
+
+    def space_starts(self) -> torch.Tensor:
+        """The first element of every space, ascending (a space's id is its index), kept until
+        a space is added: a residual add reads it to tell layers apart."""
+        if self._starts.numel() != len(self.spaces):
+            self._starts = torch.tensor([sp.first for sp in self.spaces], dtype=torch.long)
+        return self._starts
 
     # -- results --------------------------------------------------------------------------------
     @property

@@ -280,6 +280,10 @@ def merge_tracks(tracks: Sequence[Track], store: ElementStore, kind: Optional[st
         if len(cluster) == 1:
             out.append(cluster[0])
             continue
+        same = _merge_same_track(cluster, store, kind)
+        if same is not None:
+            out.append(same)
+            continue
         order = sorted(dims)
         sizes = {}
         for t in cluster:
@@ -303,7 +307,28 @@ def merge_tracks(tracks: Sequence[Track], store: ElementStore, kind: Optional[st
     return Chan(tuple(out))
 
 
+def _merge_same_track(cluster: list[Track], store: ElementStore, kind: Optional[str]) -> Optional[Track]:
+    """:func:`merge_tracks` of single tracks on one dim without nulls (a residual add of two
+    layers' channels, the common case), or None: union and tag position by position, and the
+    first track's labels are the result (what the general path's where/infer_tracks would give;
+    at each add that path cost ~0.2 ms of small tensor ops)."""
+    first = cluster[0]
+    if not first.single() or any(t.dims != first.dims or t.labels.shape != first.labels.shape for t in cluster):
+        return None
+    labels = first.labels
+    if labels.dtype != torch.long or labels.numel() < 2 or not all(bool((t.labels != NULL).all()) for t in cluster):
+        return None
+    low, high = torch.aminmax(labels)
+    if int(low) == int(high):  # the same element everywhere: infer_tracks keeps no track of it
+        return None
+    for t in cluster[1:]:
+        store.union(labels, t.labels)
+        if kind:
+            both = labels if kind != "residual" else labels[_space_ids(store, labels) != _space_ids(store, t.labels)]
+            store.tag(both, kind)
+    return Track(first.dims, labels.contiguous())
+
+
 def _space_ids(store: ElementStore, labels: torch.Tensor) -> torch.Tensor:
     """The space (the layer output or parameter that created it) of every element in ``labels``."""
-    firsts = torch.tensor([sp.first for sp in store.spaces], dtype=torch.long)
-    return torch.searchsorted(firsts, labels.contiguous(), right=True) - 1
+    return torch.searchsorted(store.space_starts(), labels.contiguous(), right=True) - 1
