@@ -18,6 +18,7 @@ from torch import nn
 from torch.fx.immutable_collections import immutable_list
 
 from gdp_graph.graph.channels import Chan, Track
+from gdp_graph.graph.rules.moved import moved_track
 from gdp_graph.graph.rules.registry import OpRule, Resize, register_class_rule, register_rule
 
 
@@ -94,8 +95,8 @@ def _new_sizes(rctx, sizes: list, out_dims_offset: int = 0) -> list:
 
 
 def _propagate_moved(ctx):
-    """Channels of an op that moves positions: the op run on labels, reorders tagged."""
-    chan = _run_on_labels(ctx)
+    """Channels of an op that moves positions: the op run on labels (or tracks moved, .moved), reorders tagged."""
+    chan = moved_track(ctx) or _run_on_labels(ctx)
     x = ctx.chan(ctx.arg(0))
     if isinstance(x, Chan) and isinstance(chan, Chan):
         _tag_reorder(ctx, x, chan)
@@ -241,7 +242,7 @@ class SplitRule(OpRule):
     split when the pieces stop being equal)."""
 
     def propagate(self, ctx):
-        chan = _run_on_labels(ctx)
+        chan = moved_track(ctx) or _run_on_labels(ctx)
         x = ctx.chan(ctx.arg(0))
         if isinstance(x, Chan):
             for t in x.tracks:
