@@ -32,6 +32,39 @@ _ELEMENTWISE_FUNCTIONS = frozenset({operator.add, operator.mul, operator.sub, op
 _REORDERING_METHODS = frozenset({"permute", "transpose", "contiguous"})
 
 
+def _rolls_given_dims(n: fx.Node) -> bool:
+    """A roll or flip along named dims: per dim, so on one position of a dim it is that position."""
+    if n.target in ("roll", torch.roll):
+        return n.op in ("call_method", "call_function") and (len(n.args) > 2 or "dims" in n.kwargs)
+    return n.target in ("flip", torch.flip) and n.op in ("call_method", "call_function")
+
+
+def _reads_a_shape(n: fx.Node, value_key: str) -> bool:
+    """``x.shape``, ``x.size()``, ``x.dim()`` or an item of those: sizes, not values."""
+    if isinstance(n.meta.get(value_key), torch.Tensor):
+        return False
+    if n.op == "call_method":
+        return n.target in ("size", "dim")
+    if n.op == "call_function" and n.target is getattr:
+        return len(n.args) == 2 and n.args[1] in ("shape", "ndim")
+    if n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[0], fx.Node):
+        return _reads_a_shape(n.args[0], value_key)
+    return False
+
+
+def _keeps_last_dim(n: fx.Node, env: dict, value_key: str) -> bool:
+    """A view or reshape of a one-position tensor (size 1 on every dim but the last) that keeps
+    the last dim's size: in row-major order each position keeps its place along the last dim,
+    so the full tensor's view is the same labels' broadcast."""
+    if not (n.op == "call_method" and n.target in ("view", "reshape") and isinstance(n.args[0], fx.Node)):
+        return False
+    value, full_in, full_out = env[n.args[0]], n.args[0].meta.get(value_key), n.meta.get(value_key)
+    if not all(isinstance(v, torch.Tensor) for v in (value, full_in, full_out)) or value.dim() != full_in.dim():
+        return False
+    size = value.shape[-1]
+    return value.numel() == size and (size == 1 or full_in.shape[-1] == full_out.shape[-1] == size)
+
+
 def _positionwise_module(layer: nn.Module) -> bool:
     if isinstance(layer, nn.modules.batchnorm._BatchNorm):
         # eval mode with running statistics: a per-channel affine map (batch statistics are not)
@@ -96,8 +129,13 @@ def collapsed_run(order: list[fx.Node], env: dict, zeroed: set, fetch: Callable[
             env[n] = run_node(n)
         elif n.op == "call_function" and n.target in _ELEMENTWISE_FUNCTIONS:
             env[n] = run_node(n)
-        elif n.op == "call_method" and n.target in _REORDERING_METHODS:
+        elif n.op == "call_method" and n.target in _REORDERING_METHODS or _rolls_given_dims(n):
             env[n] = run_node(n)
+        elif _reads_a_shape(n, value_key):
+            env[n] = n.meta[value_key]  # the full run's shapes are the recorded ones
+        elif _keeps_last_dim(n, env, value_key):
+            value = env[n.args[0]]
+            env[n] = value.reshape([1] * (n.meta[value_key].dim() - 1) + [value.shape[-1]])
         elif _hands_on_its_input(n, layer, value_key):
             env[n] = env[n.args[0]]
         else:
