@@ -7,6 +7,10 @@ analysis freezes every channel that touches it.
 
 from __future__ import annotations
 
+import bisect
+import dis
+import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -30,6 +34,41 @@ class TraceError(GdpError, RuntimeError):
     """The model (or its example inputs) cannot be traced or run."""
 
 
+class _Unpacking:
+    """``a, b = proxy`` reading each function's bytecode once per trace.
+
+    fx counts the unpacking targets by disassembling the caller's whole function at every
+    unpack (Swin-T unpacks ``x.shape`` 39 times: 10 of its 46 ms of tracing); the instructions
+    are kept by the tracer here, and read the way fx reads them. Attributes (``x.shape``) are
+    proxies of this kind too."""
+
+    def __iter__(self) -> Iterator[fx.Proxy]:
+        frame = inspect.currentframe()
+        calling = frame.f_back if frame is not None else None
+        if calling is None:
+            return super().__iter__()
+        known = self.tracer.instructions.get(calling.f_code)
+        if known is None:
+            listed = list(dis.get_instructions(calling.f_code))
+            known = self.tracer.instructions[calling.f_code] = (listed, [i.offset for i in listed])
+        listed, offsets = known
+        index = bisect.bisect_left(offsets, calling.f_lasti) if sys.version_info >= (3, 11) else calling.f_lasti // 2
+        if listed[index].opname == "UNPACK_SEQUENCE":
+            return (self[i] for i in range(listed[index].argval))
+        return self.tracer.iter(self)
+
+    def __getattr__(self, k: str) -> fx.Proxy:
+        return _UnpackingAttribute(self, k)
+
+
+class _UnpackingProxy(_Unpacking, fx.Proxy):
+    pass
+
+
+class _UnpackingAttribute(_Unpacking, fx.proxy.Attribute):
+    pass
+
+
 class _FallbackTracer(fx.Tracer):
     """A tracer that keeps standard layers as leaves plus a set of opaque submodules.
 
@@ -41,6 +80,10 @@ class _FallbackTracer(fx.Tracer):
         super().__init__()
         self.opaque = opaque
         self.stack: list[str] = []
+        self.instructions: dict[Any, tuple[list, list[int]]] = {}  #: code -> its instructions, offsets
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _UnpackingProxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         # a module whose type has a registered rule is one op: its rule, not its code, is used
