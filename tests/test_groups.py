@@ -110,3 +110,30 @@ def test_wrong_input_shape_is_a_clear_error():
     model, _ = ZOO["vgg"]()
     with pytest.raises(G.TraceError, match="does not run on example inputs of shape"):
         G.analyze(model, torch.randn(1, 5, 32, 32))
+
+
+def test_distinct_rows_partition_long_rows_as_a_row_wise_unique_does(monkeypatch):
+    """Rows too long for one integer are hashed, and the hash checked against the rows: the
+    same partition as ``torch.unique(rows, dim=0)``, also when two different rows share a hash."""
+    from gdp_graph.graph import grouping
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 5, (200, 40), generator=g)
+    rows[100:] = rows[:100]  # every row twice
+    expected = torch.unique(rows, dim=0, return_inverse=True)[1]
+
+    def same_partition(which: torch.Tensor) -> bool:
+        return bool(((which[:, None] == which[None, :]) == (expected[:, None] == expected[None, :])).all())
+
+    count, which = grouping._distinct_rows(rows, 5)
+    assert count == 100 and same_partition(which)
+    real_unique = torch.unique
+
+    def colliding(x, *args, **kwargs):  # every hash equal: the check must catch it
+        if x.dim() == 1 and kwargs.get("return_inverse") and x.numel() == rows.shape[0]:
+            x = torch.zeros_like(x)
+        return real_unique(x, *args, **kwargs)
+
+    monkeypatch.setattr(grouping.torch, "unique", colliding)
+    count, which = grouping._distinct_rows(rows, 5)
+    assert count == 100 and same_partition(which)

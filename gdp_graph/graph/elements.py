@@ -7,6 +7,7 @@ final partition into :class:`~gdp_graph.graph.groups.ChannelGroup` objects.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -75,7 +76,7 @@ class ElementStore:
     one vectorized pass when :meth:`roots` is asked for it, which no rule does.
     """
 
-    space_of: list[int] = field(default_factory=lambda: [-1])
+    count: int = 1  #: elements so far, the null element included (ids run from 0 to count - 1)
     spaces: list[Space] = field(default_factory=list)
     frozen: list[tuple[torch.Tensor, str]] = field(default_factory=list)
     inexact: list[tuple[torch.Tensor, str]] = field(default_factory=list)
@@ -90,10 +91,10 @@ class ElementStore:
 
     # -- creation and union -------------------------------------------------------------------
     def new_space(self, size: int, node: str, description: str) -> torch.Tensor:
-        first = len(self.space_of)
+        first = self.count
         space = Space(len(self.spaces), node, description, first, size)
         self.spaces.append(space)
-        self.space_of.extend([space.id] * size)
+        self.count += size  # an element's space is found by its first element (space_of_elements)
         return torch.arange(first, first + size, dtype=torch.long)
 
     def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -157,9 +158,12 @@ class ElementStore:
         return self._starts
 
     # -- results --------------------------------------------------------------------------------
-    @property
-    def count(self) -> int:
-        return len(self.space_of)
+    def space_of_elements(self) -> torch.Tensor:
+        """The space id of every element (-1 for the null element), built from the spaces:
+        a list grown element by element, then converted, cost 3 ms on a ConvNeXt-T."""
+        sizes = torch.tensor([sp.size for sp in self.spaces], dtype=torch.long)
+        ids = torch.repeat_interleave(torch.arange(len(self.spaces), dtype=torch.long), sizes)
+        return torch.cat([torch.full((1,), -1, dtype=torch.long), ids])
 
     def roots(self) -> torch.Tensor:
         """Root (smallest element of its unit) of every element; index 0 is the null element."""
@@ -175,5 +179,6 @@ class ElementStore:
         return int(self.roots()[x])
 
     def space(self, element: int) -> Optional[Space]:
-        sid = self.space_of[element]
-        return self.spaces[sid] if sid >= 0 else None
+        if not 0 < element < self.count:
+            return None
+        return self.spaces[bisect.bisect_right([sp.first for sp in self.spaces], element) - 1]
