@@ -99,18 +99,20 @@ def _distinct_rows(rows: torch.Tensor, base: int) -> tuple[int, torch.Tensor]:
 
 def _groups_of_each(labels: list[torch.Tensor], group_of: torch.Tensor) -> list[list[int]]:
     """The distinct group ids (ascending) of each labels tensor's non-null elements, read from
-    one presence table (tensor x group) filled by one indexed write over all of them (one
-    ``unique`` per tensor was most of the analysis's group stage)."""
+    one count over (tensor, group) cells filled by all of them at once (one ``unique`` per
+    tensor was most of the analysis's group stage)."""
     if not labels:
         return []
     flat = torch.cat([t.reshape(-1) for t in labels])
     owner = torch.repeat_interleave(torch.arange(len(labels)), torch.tensor([t.numel() for t in labels]))
-    present = flat != 0
-    table = torch.zeros(len(labels), int(group_of.max()) + 1 if group_of.numel() else 0, dtype=torch.bool)
-    table[owner[present], group_of[flat[present]]] = True
+    width = int(group_of.max()) + 1 if group_of.numel() else 0
+    gid = group_of[flat]  # -1 for the null element
+    # (tensor, group) as one bin of a count, nulls in a last bin: no masked copies, no 2-D write
+    cell = torch.where(gid >= 0, owner * width + gid, len(labels) * width)
+    hits = torch.bincount(cell, minlength=len(labels) * width + 1)[:-1].nonzero().flatten().tolist()
     found: list[list[int]] = [[] for _ in labels]
-    for o, g in torch.nonzero(table).tolist():
-        found[o].append(g)
+    for k in hits:
+        found[k // width].append(k % width)
     return found
 
 
