@@ -12,7 +12,8 @@ that figure's interquartile range. The kind of a figure is read from its name an
     ratio     *ratio*, *speedup*, *_over_*, *share* (also X.median)   relative tolerance, or the IQR
     memory    *rss*, *_gb                                            relative 0.25
     noise     *diff*                                                 <= 10x committed, or < 1e-4
-    exact     bools, strings, integers, None                         equal
+    exact     bools, strings, integers, None                         equal (an integer over
+                                                                     several seeds: a value)
     value     any other float                                        seeds: mean +- spread x std;
                                                                      one seed: relative 1e-3
 Spread figures themselves (``*_min``, ``*_max``, ``min_s``, ``max_s``) are not compared.
@@ -171,6 +172,8 @@ def compare_figure(name: str, old: list[dict[str, Any]], new: list[dict[str, Any
         out["fresh"] = "missing"
         return out
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in old_values + new_values)
+    if kind == "exact" and numeric and len(old_values) >= 2:
+        kind = out["kind"] = "value"  # a count over seeds (units the cut removed) varies with the seed
     if kind == "exact" or not numeric:
         out.update(fresh=new_values[0], inside=all(v == old_values[0] for v in old_values + new_values))
         return out

@@ -37,6 +37,15 @@ def test_seeded_figures_are_compared_within_the_seed_spread():
     assert verdict(old, [rec({"acc": 0.70}, seed=0), rec({"acc": 0.74}, seed=1)])["m"]["verdict"] == "inside"
 
 
+def test_a_count_over_seeds_is_compared_within_the_seed_spread_and_a_constant_one_exactly():
+    old = [rec({"cut_units": n, "groups": 12}, seed=s) for s, n in enumerate((120, 124, 128))]  # std 4
+    assert verdict(old, [rec({"cut_units": 130, "groups": 12}, seed=s) for s in range(3)])["m"]["verdict"] == "inside"
+    far = verdict(old, [rec({"cut_units": 140, "groups": 12}, seed=s) for s in range(3)])["m"]
+    assert [f["figure"] for f in far["figures"] if not f["inside"]] == ["cut_units"]
+    moved = verdict(old, [rec({"cut_units": 124, "groups": 13}, seed=s) for s in range(3)])["m"]
+    assert [f["figure"] for f in moved["figures"] if not f["inside"]] == ["groups"]
+
+
 def test_one_seed_is_the_same_computation_and_exact_figures_must_be_equal():
     old = [rec({"flops_kept": 0.5, "groups": 7, "ok": True, "front_end": "fx"})]
     assert verdict(old, [rec({"flops_kept": 0.5002, "groups": 7, "ok": True, "front_end": "fx"})])["m"]["verdict"] == "inside"
