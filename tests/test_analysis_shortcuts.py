@@ -69,6 +69,18 @@ def test_private_copy_shares_weight_storage_but_no_objects():
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_private_copy_fills_in_what_an_old_pickle_lacks_as_deepcopy_does():
+    import copy
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Linear(4, 2))
+    for layer in model:
+        del layer.__dict__["_forward_hooks_always_called"]  # a module unpickled from an old torch
+    del model[0].__dict__["padding_mode"]  # ... from before convolutions had one
+    work, deep = private_copy(model), copy.deepcopy(model)
+    assert [set(a.__dict__) for a in work.modules()] == [set(b.__dict__) for b in deep.modules()]
+    assert work[0].padding_mode == deep[0].padding_mode == "zeros"
+
+
 def test_lazy_modules_are_materialized_on_the_copy_only():
     model = nn.Sequential(nn.LazyConv2d(8, 3), nn.ReLU(), nn.LazyConv2d(4, 1))
     analysis = G.analyze(model, torch.randn(1, 3, 8, 8))

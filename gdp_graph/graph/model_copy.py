@@ -56,6 +56,11 @@ def _plain_module_class(cls: type) -> bool:
 _ATOM_TYPES = frozenset(_ATOMS + (bool,))
 #: a module's hook tables and buffer-name sets: mostly empty, then a new empty one is the copy
 _TABLES = frozenset((dict, OrderedDict, set))
+#: what ``nn.Module.__setstate__`` adds when an old pickle lacks it
+_MODULE_STATE = frozenset(("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
+                           "_forward_hooks_always_called", "_state_dict_hooks", "_state_dict_pre_hooks",
+                           "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+                           "_non_persistent_buffers_set", "_is_full_backward_hook", "_backward_pre_hooks"))
 #: the attributes holding submodules, parameters and buffers (copied entry by entry)
 _CHILDREN = frozenset(("_modules", "_parameters", "_buffers"))
 
@@ -96,8 +101,8 @@ def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
         else:
             state[key] = _copy_value(value, memo)
     state["training"] = False  # the copy is in eval mode: no second walk to set it
-    if cls.__setstate__ is nn.Module.__setstate__:
-        new.__dict__.update(state)  # Module.__setstate__ less its checks for attributes old pickles lack
+    if cls.__setstate__ is nn.Module.__setstate__ and _MODULE_STATE <= state.keys():
+        new.__dict__.update(state)  # all Module.__setstate__ does when no attribute of an old pickle is missing
     else:
         new.__setstate__(state)  # e.g. a convolution's, which fills in a missing padding mode
     copy._keep_alive(module, memo)  # as deepcopy does: the memo's ids stay valid
