@@ -18,7 +18,6 @@ Three steps, each usable on its own:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from gdp_graph.graph.cost import Cost, count_params, model_cost, traced_cost
+from gdp_graph.graph.model_copy import deepcopy_model
 from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.prune.rewrite import SiteScales, rewrite_graph
 from gdp_graph.prune.verify import VerifyResult, compare_outputs
@@ -54,7 +54,7 @@ def _weights_of(gated: GatedModel) -> fx.GraphModule:
     """A copy of the traced module carrying the gated model's current weights (eval mode)."""
     # the parameters are overwritten at once: allocate them, do not clone the traced ones
     gm = gated.analysis.traced.gm
-    weights = copy.deepcopy(gm, {id(p): nn.Parameter(torch.empty_like(p), requires_grad=p.requires_grad)
+    weights = deepcopy_model(gm, {id(p): nn.Parameter(torch.empty_like(p), requires_grad=p.requires_grad)
                                  for p in gm.parameters()})
     prefix = f"{gated._bank_name}."
     state = {k: v for k, v in gated.module.state_dict().items() if not k.startswith(prefix)}

@@ -19,7 +19,6 @@ or the check differs, the gated model stays the graph (:func:`gated_module` says
 
 from __future__ import annotations
 
-import copy
 import inspect
 from typing import Any, Optional, Sequence
 
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.frontend_export import module_of
 from gdp_graph.graph.inject import FixedScales, SiteSpec, gate_multiply, insert_site_multipliers
-from gdp_graph.graph.model_copy import private_copy
+from gdp_graph.graph.model_copy import deepcopy_model, private_copy
 
 __all__ = ["ClassForward", "consuming_module", "gated_module", "hooked_model", "run_as_called"]
 
@@ -104,7 +103,7 @@ def hooked_model(analysis: Analysis, provider: nn.Module, sites: Sequence[SiteSp
         if found is None:
             return None, f"gate site {site.describe()} is not the input of one submodule"
         targets.append(found)
-    model = private_copy(traced.module) if share_weights else copy.deepcopy(traced.module)
+    model = private_copy(traced.module) if share_weights else deepcopy_model(traced.module)
     model.add_module(name, provider)
     scales = _Scales()
     model.register_forward_pre_hook(_ProviderHook(name, scales))

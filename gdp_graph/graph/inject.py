@@ -13,7 +13,6 @@ extra pass over the activation); anywhere else :func:`gate_multiply` multiplies 
 
 from __future__ import annotations
 
-import copy
 import operator
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from gdp_graph.errors import GdpError
 from gdp_graph.graph.analysis import Analysis
+from gdp_graph.graph.model_copy import deepcopy_model
 
 __all__ = ["Factor", "SiteSpec", "collect_sites", "gate_multiply", "gated_layer", "insert_site_multipliers",
            "FixedScales", "broadcast_shape", "site_mask"]
@@ -139,7 +139,7 @@ def insert_site_multipliers(analysis: Analysis, provider: nn.Module, sites: Sequ
     multiplier per site, in ``sites`` order, shaped as the site says) and applies each: in
     weight mode ``gated_layer(layer, input, scale)`` replaces the layer call, else the input
     becomes ``gate_multiply(input, scale)``."""
-    gm = copy.deepcopy(analysis.traced.gm)
+    gm = deepcopy_model(analysis.traced.gm)
     attr = _unique_attr(gm, name)
     gm.add_submodule(attr, provider)
     graph = gm.graph

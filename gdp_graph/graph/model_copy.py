@@ -7,13 +7,14 @@ from __future__ import annotations
 import copy
 import copyreg
 import functools
+import warnings
 from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["private_copy"]
+__all__ = ["deepcopy_model", "private_copy"]
 
 
 def private_copy(model: nn.Module) -> nn.Module:
@@ -35,6 +36,17 @@ def private_copy(model: nn.Module) -> nn.Module:
         if not issubclass(type(b), lazy):
             memo[id(b)] = b.clone()
     return _copy_module(model, memo)
+
+
+def deepcopy_model(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """``copy.deepcopy(value, memo)`` without torch's own deprecation warning for ``LeafSpec``: a
+    graph made by ``torch.export`` keeps pytree specs whose copy goes through that deprecated
+    class in torch 2.13 (nothing of ours or the user's to change), and every gated or pruned
+    language model printed it twice."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+        return copy.deepcopy(value, memo)
 
 
 #: values ``copy.deepcopy`` returns as they are
@@ -75,7 +87,7 @@ def _copy_value(value: Any, memo: dict[int, Any]) -> Any:
         return type(value)()
     if isinstance(value, nn.Module):
         return _copy_module(value, memo)
-    return copy.deepcopy(value, memo)
+    return deepcopy_model(value, memo)
 
 
 def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
@@ -86,7 +98,7 @@ def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
         return memo[id(module)]
     cls = type(module)
     if not _plain_module_class(cls):
-        return copy.deepcopy(module, memo).eval()
+        return deepcopy_model(module, memo).eval()
     new = cls.__new__(cls)
     memo[id(module)] = new
     state = module.__getstate__()

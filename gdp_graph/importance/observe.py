@@ -5,7 +5,6 @@ and change nothing. See :mod:`gdp_graph.importance.scores` for the definitions."
 
 from __future__ import annotations
 
-import copy
 import itertools
 from typing import Any, Iterable, Optional
 
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdp_graph.graph.analysis import Analysis
+from gdp_graph.graph.model_copy import deepcopy_model
 from gdp_graph.importance.common import ImportanceError, InputsFn, call_args, device_of, limited, to_device
 
 __all__ = ["activation_scores", "shared_copy"]
@@ -67,7 +67,7 @@ class _BlockChange(nn.Module):
 def shared_copy(gm: fx.GraphModule) -> fx.GraphModule:
     """A deep copy of ``gm`` whose parameters and buffers are ``gm``'s own (no weight is copied)."""
     memo = {id(t): t for t in itertools.chain(gm.parameters(), gm.buffers())}
-    return copy.deepcopy(gm, memo)
+    return deepcopy_model(gm, memo)
 
 
 def _observed(analysis: Analysis, with_units: bool) -> tuple[fx.GraphModule, list[_UnitMeans], list[_BlockChange]]:

@@ -5,7 +5,6 @@ model timed whole. A node's points are (its scale in the cost model, its seconds
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -17,6 +16,7 @@ from torch import nn
 from gdp_graph.errors import GdpError
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import CostModel
+from gdp_graph.graph.model_copy import deepcopy_model
 from gdp_graph.latency.table import LatencyTable
 from gdp_graph.latency.timing import Timer, default_timer, fastest_run, time_nodes
 from gdp_graph.policy.schema import LatencySettings
@@ -119,7 +119,7 @@ def _placed(settings: LatencySettings, model: nn.Module, inputs: Sequence[Any]) 
 
 def _variant(analysis: Analysis, plan: PruningPlan) -> nn.Module:
     if not plan.keep:
-        return copy.deepcopy(analysis.traced.gm)
+        return deepcopy_model(analysis.traced.gm)
     from gdp_graph.prune.rewrite import rewrite_graph
     return rewrite_graph(analysis, plan)
 

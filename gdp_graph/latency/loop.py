@@ -24,13 +24,13 @@ or a fake one in tests).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from torch import nn
 
+from gdp_graph.graph.model_copy import deepcopy_model
 from gdp_graph.latency.build import _batched, _placed
 from gdp_graph.latency.interleaved import Timing, quartiles, round_ratios, time_models
 from gdp_graph.latency.timing import default_timer
@@ -195,4 +195,4 @@ def _timed_copy(settings: Any, model: nn.Module) -> nn.Module:
     """``model`` on the table's device, dtype and memory format (a copy where that changes it,
     so the model returned to the caller stays as built)."""
     same = (settings.device, settings.dtype, settings.memory_format) == ("cpu", "float32", "contiguous")
-    return _placed(settings, model if same else copy.deepcopy(model), [])[0]
+    return _placed(settings, model if same else deepcopy_model(model), [])[0]

@@ -21,7 +21,6 @@ says why and the caller keeps the GraphModule.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import torch.fx as fx
 from torch import nn
 
 from gdp_graph.graph.analysis import Analysis
+from gdp_graph.graph.model_copy import deepcopy_model
 from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.graph.frontend_export import first_line
 from gdp_graph.prune.removed_branch import KeepClassError, StandIns, plan_stand_ins
@@ -79,7 +79,7 @@ def keep_class(analysis: Analysis, plan: PruningPlan, smap: SliceMap, tolerance:
         return KeptClass(None, "the analysis holds no copy of the model's class")
     if getattr(plan, "allow_inexact", False) and not against_pruned:
         return KeptClass(None, "an inexact plan cannot be verified against the gated reference")
-    model = copy.deepcopy(traced.module)
+    model = deepcopy_model(traced.module)
     try:
         stand_ins = _stand_ins(model, analysis, plan, smap)
     except KeepClassError as exc:

@@ -16,7 +16,6 @@ verifies too (:mod:`gdp_graph.prune.keep_class`); it returns them as one :class:
 
 from __future__ import annotations
 
-import copy
 import operator
 import warnings
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from torch import nn
 from gdp_graph.graph import rules
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.channels import Chan
+from gdp_graph.graph.model_copy import deepcopy_model
 from gdp_graph.prune.keep_class import (  # noqa: F401 - the warning was defined here
     BLOCK_CONSTANT_META, SITE_SCALE_META, KeepClassWarning, class_or_graph)
 from gdp_graph.prune.plan import PruningPlan
@@ -136,7 +136,7 @@ def rewrite_graph(analysis: Analysis, plan: PruningPlan, smap: Optional[SliceMap
     # a handed-over ``weights`` becomes the pruned model in place (copying its module tree cost
     # a third of finalize on an EfficientNet): the pass reads ``source``'s modules and attributes
     # before it edits ``root``
-    root = copy.deepcopy(source) if copy_weights else source
+    root = deepcopy_model(source) if copy_weights else source
     walk = _PlanPass(analysis, plan, smap, source, root, site_scales or {})
     pruned = fx.GraphModule(root, walk.emit(), f"Pruned{type(gm).__name__}")
     for spec in ("_in_spec", "_out_spec"):  # read by the generated code of an exported graph

@@ -19,12 +19,13 @@ user's model is never changed.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from gdp_graph.graph.model_copy import deepcopy_model
 
 __all__ = ["realistic_weights"]
 
@@ -84,7 +85,7 @@ def realistic_weights(model: nn.Module, example_inputs: Sequence[Any] | Mapping[
     >>> bool((m.bias == 0).all())
     False
     """
-    copied = copy.deepcopy(model)
+    copied = deepcopy_model(model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for tensor in [*copied.parameters(), *copied.buffers()]:

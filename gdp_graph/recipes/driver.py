@@ -9,7 +9,6 @@ and the free gates' values along the way, for the pictures.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from gdp_graph.graph.model_copy import deepcopy_model
 from gdp_graph.recipes.evaluation import evaluate
 from gdp_graph.recipes.recovery import make_optimizer
 from gdp_graph.recipes.task import Task, TaskError, move_to
@@ -154,7 +154,7 @@ def run_prune(model: nn.Module, example_inputs: Any, task: Task, policy: Any, sc
     seconds: dict[str, float] = {}
     teacher = (None if distill is None
                else Distillation(frozen_teacher(model, device), distill.temperature, distill.alpha))
-    model = copy.deepcopy(model).to(device)
+    model = deepcopy_model(model).to(device)
     # positional inputs (a tuple) or keyword inputs (a dict, as Hugging Face models take)
     inputs = move_to(example_inputs if isinstance(example_inputs, dict) else tuple(example_inputs), device)
     metrics: dict[str, Optional[float]] = {"original": evaluate(model, task, device) if schedule.evaluate_original

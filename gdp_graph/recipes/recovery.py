@@ -11,7 +11,6 @@ recovery), the teacher running under ``torch.no_grad()`` in eval mode.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gdp_graph.graph.model_copy import deepcopy_model
 from gdp_graph.recipes.task import Task, TaskError, batch_length, model_inputs, move_to
 
 __all__ = ["COSINE", "Distillation", "StepResult", "Throughput", "output_logits", "distill_loss", "cycle",
@@ -63,7 +63,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 def frozen_teacher(model: nn.Module, device: torch.device) -> nn.Module:
     """A frozen copy of ``model`` in eval mode on ``device`` (the original is left alone)."""
-    teacher = copy.deepcopy(model).to(device).eval()
+    teacher = deepcopy_model(model).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
