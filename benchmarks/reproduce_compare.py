@@ -8,12 +8,15 @@ A figure is a scalar leaf of a record's ``result`` (nested names joined with dot
 figures, but a list of repeats (``runs``, ``rounds``) or an ``iqr`` beside a time or a ratio gives
 that figure's interquartile range. The kind of a figure is read from its name and value:
 
-    time      *_s, *_ms, *seconds*, *ms_per_token*, *tokens_per_s*   factor, or the IQR
+    time      *_s, *_ms, *seconds*, seconds.*, *ms_per_token*,      factor, or the IQR
+              *tokens_per_s*
     ratio     *ratio*, *speedup*, *_over_*, *share* (also X.median)   relative tolerance, or the IQR
     memory    *rss*, *_gb                                            relative 0.25
     noise     *diff*                                                 <= 10x committed, or < 1e-4
-    exact     bools, strings, integers, None                         equal (an integer over
-                                                                     several seeds: a value)
+    exact     bools, strings, integers, None                         equal, seed by seed (an
+                                                                     integer over several seeds:
+                                                                     a value; a None the rerun
+                                                                     no longer writes: equal)
     value     any other float                                        seeds: mean +- spread x std;
                                                                      one seed: relative 1e-3
 Spread figures themselves (``*_min``, ``*_max``, ``min_s``, ``max_s``) are not compared.
@@ -105,7 +108,8 @@ def kind_of(name: str, value: Any) -> Optional[str]:
     if "diff" in leaf:
         return "noise"
     # a time, or one part of a time broken down by name (profile.pruned.ms_per_token.attention)
-    if leaf.endswith(("_s", "_ms", "seconds")) or any("ms_per_token" in p or "tokens_per_s" in p for p in parts):
+    if (leaf.endswith(("_s", "_ms", "seconds")) or "seconds" in parts[:-1]
+            or any("ms_per_token" in p or "tokens_per_s" in p for p in parts)):
         return "time"
     # a statistic of a named ratio (speed.decode_speedup.median) is that ratio
     named = parts[-2] if leaf in STATISTICS and len(parts) > 1 else leaf
@@ -170,17 +174,26 @@ def compare_figure(name: str, old: list[dict[str, Any]], new: list[dict[str, Any
                            "low": None, "high": None, "inside": False}
     if not new_values:
         out["fresh"] = "missing"
+        out["inside"] = all(v is None for v in old_values)  # a None figure the rerun no longer writes
         return out
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in old_values + new_values)
     if kind == "exact" and numeric and len(old_values) >= 2:
         kind = out["kind"] = "value"  # a count over seeds (units the cut removed) varies with the seed
     if kind == "exact" or not numeric:
-        out.update(fresh=new_values[0], inside=all(v == old_values[0] for v in old_values + new_values))
+        out.update(fresh=new_values[0], inside=_equal_by_seed(name, old, new))
         return out
     low, high = interval(kind, old_values, iqr_of(name, flatten(old[-1]["result"])[1]), tol)
     fresh = statistics.fmean(new_values)
     out.update(committed=statistics.fmean(old_values), fresh=fresh, low=low, high=high, inside=low <= fresh <= high)
     return out
+
+
+def _equal_by_seed(name: str, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> bool:
+    """Whether every fresh value equals the committed one of its seed (a message that names a
+    seed's own output difference), or, for a seed the committed row lacks, one of them."""
+    committed = {r.get("seed"): flatten(r["result"])[0].get(name) for r in old}
+    fresh = [(r.get("seed"), flatten(r["result"])[0][name]) for r in new if name in flatten(r["result"])[0]]
+    return all(value == committed[seed] if seed in committed else value in committed.values() for seed, value in fresh)
 
 
 def _label(key: str, varying: set[str]) -> str:

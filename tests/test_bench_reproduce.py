@@ -37,6 +37,15 @@ def test_seeded_figures_are_compared_within_the_seed_spread():
     assert verdict(old, [rec({"acc": 0.70}, seed=0), rec({"acc": 0.74}, seed=1)])["m"]["verdict"] == "inside"
 
 
+def test_a_message_is_compared_with_its_own_seed_and_a_none_may_go_missing():
+    old = [rec({"check": f"DIFFERENT: {d}", "fix": None}, seed=s) for s, d in enumerate(("12.2", "40.6"))]
+    same = [rec({"check": f"DIFFERENT: {d}"}, seed=s) for s, d in enumerate(("12.2", "40.6"))]
+    assert verdict(old, same)["m"]["verdict"] == "inside"
+    swapped = [rec({"check": f"DIFFERENT: {d}"}, seed=s) for s, d in enumerate(("40.6", "12.2"))]
+    assert [f["figure"] for f in verdict(old, swapped)["m"]["figures"] if not f["inside"]] == ["check"]
+    assert kind_of("seconds.finetune", 120.0) == "time" and kind_of("seconds", 99.0) == "time"
+
+
 def test_a_count_over_seeds_is_compared_within_the_seed_spread_and_a_constant_one_exactly():
     old = [rec({"cut_units": n, "groups": 12}, seed=s) for s, n in enumerate((120, 124, 128))]  # std 4
     assert verdict(old, [rec({"cut_units": 130, "groups": 12}, seed=s) for s in range(3)])["m"]["verdict"] == "inside"
