@@ -21,6 +21,7 @@ rotary, masks). Each target appends one record (``benchmarks/records.py``) to
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import sys
 import time
@@ -49,11 +50,13 @@ def decode_seconds(model: nn.Module, prompt: torch.Tensor, new: int, after_prefi
     out = model(input_ids=prompt, use_cache=True)
     after_prefill()
     token = out.logits[:, -1:].argmax(-1)
-    cache = out.past_key_values
+    # transformers 5.x renamed past_key_values to cache (the old name warns at every step)
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = out[name] if name in out else out.past_key_values
     started = time.perf_counter()
     for _ in range(new):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        token, cache = out.logits[:, -1:].argmax(-1), out.past_key_values
+        out = model(input_ids=token, use_cache=True, **{name: cache})
+        token, cache = out.logits[:, -1:].argmax(-1), out[name]
     return time.perf_counter() - started
 
 

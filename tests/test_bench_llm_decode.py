@@ -67,3 +67,17 @@ def test_a_shipped_policy_is_recorded_by_its_label_and_older_paths_pool_with_it(
     first_table = llm_decode.table(out).split("\n\n")[0]
     rows = [line for line in first_table.splitlines() if line.startswith("| activation |")]
     assert len(rows) == 1 and "1.30 (1.30-1.30)" in rows[0]  # the later record replaces the older path's
+
+
+def test_decoding_uses_the_cache_argument_of_this_transformers_without_deprecation_warnings():
+    import warnings
+
+    import torch
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert llm_decode.decode_seconds(model, torch.randint(0, 64, (1, 4)), 3) > 0
+    assert not [str(w.message) for w in caught if "past_key_values" in str(w.message)]
