@@ -172,6 +172,40 @@ def test_collapsed_branch_constants_equal_the_full_run(monkeypatch):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+class _ClampedInPlace(nn.Module):
+    """A branch whose zeroed layer is followed by an in-place clamp module with no position-wise
+    entry of its own: it returns its input object, changed."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 1)
+        self.clamp = nn.Hardtanh(-0.1, 0.1, inplace=True)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return x + self.clamp(self.conv(x))
+
+
+def test_an_in_place_module_is_not_taken_for_one_that_hands_its_input_back(monkeypatch):
+    from gdp_graph.graph import collapsed
+
+    torch.manual_seed(0)
+    model = _ClampedInPlace()
+    with torch.no_grad():
+        model.conv.bias.uniform_(-1, 1)
+    analysis = G.analyze(model, torch.randn(1, 3, 8, 8))
+    (block,) = analysis.blocks
+    ran = []
+    real = collapsed.collapsed_run
+    monkeypatch.setattr(blocks_module, "collapsed_run", lambda *a: ran.append(real(*a)) or ran[-1])
+    fast = branch_constant(analysis.traced, block)
+    assert ran == [False]  # not known to be position-wise: the full run
+    monkeypatch.setattr(blocks_module, "collapsed_run", lambda *a: False)
+    slow = branch_constant(analysis.traced, block)
+    assert torch.equal(fast, slow) and float(fast.abs().max()) <= 0.1 + 1e-7
+
+
 @pytest.mark.parametrize("dtype", [torch.int32, torch.long])
 def test_channel_tracks_of_a_window_partition_keep_their_dims(dtype):
     """The int32 path (max against min) and the int64 one (first slice) agree on a Swin-style

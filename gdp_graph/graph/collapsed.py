@@ -18,6 +18,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from gdp_graph.graph.meta import returned_input
+
 #: modules that act on each position alone (per-channel parameters at most), in eval mode
 _POSITIONWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
                          nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout)
@@ -72,23 +74,6 @@ def _positionwise_module(layer: nn.Module) -> bool:
     return isinstance(layer, _POSITIONWISE_MODULES) and not (isinstance(layer, nn.Dropout) and layer.training)
 
 
-def _hands_on_its_input(n: fx.Node, layer: Optional[nn.Module], value_key: str) -> bool:
-    """An eval-mode module that returned its input object as is (a drop-path), or torchvision's
-    ``stochastic_depth`` traced in eval mode (``training`` False)."""
-    if not n.args or not isinstance(n.args[0], fx.Node):
-        return False
-    if layer is not None:
-        recorded = n.meta.get(value_key)
-        return not layer.training and len(n.args) == 1 and not n.kwargs and recorded is not None \
-            and recorded is n.args[0].meta.get(value_key)
-    target = n.target
-    if getattr(target, "__name__", "") != "stochastic_depth" or \
-            not str(getattr(target, "__module__", "")).startswith("torchvision"):
-        return False
-    training = n.args[3] if len(n.args) > 3 else n.kwargs.get("training", True)
-    return training is False
-
-
 def _zeroed_bias(n: fx.Node, value: Any, layer: Optional[nn.Module], bias_layers: dict[type, int],
                  zeroed: set) -> Optional[torch.Tensor]:
     """The bias a zeroed linear/convolution layer returns, with size 1 on every dim but its
@@ -136,8 +121,8 @@ def collapsed_run(order: list[fx.Node], env: dict, zeroed: set, fetch: Callable[
         elif _keeps_last_dim(n, env, value_key):
             value = env[n.args[0]]
             env[n] = value.reshape([1] * (n.meta[value_key].dim() - 1) + [value.shape[-1]])
-        elif _hands_on_its_input(n, layer, value_key):
-            env[n] = env[n.args[0]]
+        elif (same := returned_input(n, layer)) is not None:
+            env[n] = env[same]  # handed its input back on the example (a drop-path in eval mode)
         else:
             return False
     return True

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gdp_graph.graph.meta import returned_input
 from gdp_graph.graph.rules.registry import OpRule, register_rule
 
 _UNARY_MODULES = (
@@ -104,10 +105,7 @@ def returns_an_input(ctx):
     inputs: torchvision's ``stochastic_depth`` in eval mode, a wrapped ``drop_path``, a logging
     hook. Channels pass through it; anything else without a rule stays refused.
     """
-    name = ctx.node.target if isinstance(ctx.node.target, str) else getattr(ctx.node.target, "__name__", "")
-    if not isinstance(ctx.out, torch.Tensor) or name.endswith("_"):
-        return None  # an in-place op returns its (changed) input: not a pass-through
-    tensors = ctx.tensor_args()
-    if len(tensors) != 1 or ctx.value(tensors[0][1]) is not ctx.out:
+    same = returned_input(ctx.node, ctx.module)
+    if same is None:
         return None
-    return ctx.passthrough(tensors[0][0])
+    return ctx.passthrough(ctx.node.args.index(same))
