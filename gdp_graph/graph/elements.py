@@ -7,9 +7,7 @@ final partition into :class:`~gdp_graph.graph.groups.ChannelGroup` objects.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
@@ -177,8 +175,3 @@ class ElementStore:
 
     def find(self, x: int) -> int:
         return int(self.roots()[x])
-
-    def space(self, element: int) -> Optional[Space]:
-        if not 0 < element < self.count:
-            return None
-        return self.spaces[bisect.bisect_right([sp.first for sp in self.spaces], element) - 1]
