@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Dict
 
-from . import (convnext, densenet, inception, levit, library_styles, misc, mobile, nfnet, resnets, segmentation,
-               shufflenet, swin, vgg, vit)
+from . import (convnext, densenet, inception, levit, library_styles, misc, mobile, nfnet, res2net, resnets,
+               segmentation, shufflenet, swin, vgg, vit)
 from ._common import Factory, randomize_norms, zoo_factory
 
 _ORDER = [
@@ -46,13 +46,15 @@ _ORDER = [
     "gpt2_hf4_style",
     "levit",
     "nfnet",
+    "res2net",
+    "resnest",
 ]
 
 
 def _collect() -> Dict[str, Factory]:
     entries: Dict[str, Factory] = {}
     for family in (vgg, resnets, mobile, densenet, inception, shufflenet, convnext, vit, swin, segmentation, misc,
-                   library_styles, levit, nfnet):
+                   library_styles, levit, nfnet, res2net):
         for name, factory in family.ENTRIES.items():
             assert name not in entries, f"duplicate zoo name {name!r}"
             entries[name] = factory

@@ -69,6 +69,22 @@ def _keepdim(ctx, position: int) -> bool:
     return bool(ctx.value(ctx.arg(position, "keepdim", False)))
 
 
+def _combine_along(ctx, t: Track, axes: list[int]) -> torch.Tensor:
+    """Union the elements of ``t`` along its ``axes`` (positions in ``t.dims``) and return one
+    label per position of its other axes (in their order).
+
+    A reduction or softmax over some dims of a joint track computes each output from one fiber
+    along them: ResNeSt's ``x.reshape(B, radix, C, H, W).sum(dim=1)`` adds the radix splits of
+    each channel, its radix softmax normalizes each channel's radix logits. Made one channel,
+    a fiber is removed whole or not at all, so the op stays exact and its count along the
+    reduced dims never changes (a mean's divisor included)."""
+    rest = [i for i in range(len(t.dims)) if i not in axes]
+    labels = t.labels.permute(rest + axes)
+    kept_shape = labels.shape[:len(rest)]
+    first = ctx.store.union_along(labels.reshape(-1, labels[(0,) * len(rest)].numel()), 0)
+    return first.reshape(kept_shape)
+
+
 def _reduce(ctx, *, exact: bool, what: str, dim_pos: int = 1, keepdim_pos: int = 2):
     x_node = ctx.arg(0, "input")
     x_value = ctx.value(x_node)
@@ -79,6 +95,10 @@ def _reduce(ctx, *, exact: bool, what: str, dim_pos: int = 1, keepdim_pos: int =
     out_tracks = []
     for t in x.tracks:
         reduced = [d for d in t.dims if d in dims]
+        if reduced and len(reduced) < len(t.dims):  # part of a joint track: see _combine_along
+            labels = _combine_along(ctx, t, [t.dims.index(d) for d in reduced])
+            t = Track(tuple(d for d in t.dims if d not in dims), labels)
+            reduced = []
         if reduced:
             if not t.single():
                 ctx.freeze(t.labels, f"{what} over a tracked dimension tied to another")
@@ -144,7 +164,8 @@ def _softmax_dim(ctx) -> int:
 @register_rule(nn.Softmax, nn.LogSoftmax, nn.Softmin, F.softmax, F.log_softmax, F.softmin,
                torch.softmax, torch.log_softmax, "softmax", "log_softmax", F.normalize)
 def softmax_rule(ctx):
-    """Softmax (and F.normalize) over channels renormalizes across them: inexact."""
+    """Softmax (and F.normalize) over channels renormalizes across them: inexact. Over one dim
+    of a joint track each fiber along it becomes one channel (:func:`_combine_along`)."""
     x = ctx.passthrough(0)
     ndim = ctx.out.dim()
     if ctx.node.target is F.normalize:
@@ -153,7 +174,9 @@ def softmax_rule(ctx):
         dim = _softmax_dim(ctx)
     dim = (ndim - 1 if dim is None else dim) % ndim
     t = x.on(dim)
-    if t is not None:
+    if t is not None and not t.single():  # one fiber per channel of the track's other dims
+        _combine_along(ctx, t, [t.dims.index(dim)])
+    elif t is not None:
         ctx.mark_inexact(t.labels, f"{getattr(ctx.node.target, '__name__', ctx.node.target)} over channels")
     return x
 
