@@ -3,6 +3,7 @@ RepVGG, Wav2Vec2, a text CNN, T5) found failing, one test per fixed bug."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,3 +54,43 @@ def test_reducing_one_dim_of_a_joint_track_keeps_the_other_prunable():
     assert group.size == 6 and group.prunable and group.exact
     assert group.id in plan.keep and len(plan.keep[group.id]) < 6
 
+
+class CachesOnForward(nn.Module):
+    """Caches tensors and sizes on itself in forward, as Ultralytics' ``Detect`` does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+        self.shape = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.head(torch.relu(self.conv(x)))
+        self.shape = y.shape
+        self.anchors = torch.arange(y.shape[-1], dtype=y.dtype) + 0.5
+        return y.flatten(2) + self.anchors.repeat(y.shape[-2])
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_attributes_a_forward_caches_do_not_break_keeping_the_class(front_end):
+    """Tracing left the caches as fx proxies or fake tensors on the analysed copy, and the
+    rewrite's copy of it failed (``RuntimeError: Cannot access data pointer of Tensor``)."""
+    torch.manual_seed(0)
+    model, inputs = CachesOnForward().eval(), (torch.randn(2, 3, 6, 6),)
+    analysis = G.analyze(model, inputs, front_end=front_end)
+    plan = G.random_plan(analysis, 0.5, seed=0)
+    pruned = G.rewrite(analysis, plan)
+    assert isinstance(pruned, CachesOnForward)
+    assert G.verify(analysis, plan, pruned).ok
+
+
+def test_yolov8_keeps_its_class_and_prunes_the_c2f_chunks_exactly():
+    model, inputs = ZOO["yolov8"]()
+    analysis = G.analyze(model, inputs)
+    chunks = [g for g in analysis.prunable_groups() if {"split", "concat"} <= g.couplings]
+    assert len(chunks) >= 16  # both halves of every C2f's chunk(2, 1)
+    plan = G.random_plan(analysis, 0.5, seed=1, block_ratio=0.5)
+    assert plan.removed_blocks
+    pruned = G.rewrite(analysis, plan)
+    assert type(pruned).__name__ == "DetectionModel"
+    assert G.verify(analysis, plan, pruned).ok

@@ -13,7 +13,7 @@ EXPECTED_NAMES = {
     "efficientnet", "densenet", "inception", "shufflenetv2", "convnext", "vit", "vit_manual_attn", "vit_mha",
     "swin", "unet", "deeplab_aspp", "embedding_lm", "pixelshuffle_sr", "grouped_norm", "untraceable",
     "vit_torchvision", "efficientnet_stochastic_depth", "resnet_timm_normact", "decoder_hf4_style",
-    "gpt2_hf4_style", "levit", "nfnet", "res2net", "resnest",
+    "gpt2_hf4_style", "levit", "nfnet", "yolov8", "ghostnet", "res2net", "resnest",
 }
 
 EXPECTED_OUTPUT_SHAPES = {
@@ -33,7 +33,7 @@ def _run(model: nn.Module, inputs) -> torch.Tensor:
 def test_zoo_names():
     assert set(ZOO) == EXPECTED_NAMES
     assert set(ZOO_TRACEABLE) == EXPECTED_NAMES - UNTRACEABLE
-    assert UNTRACEABLE == {"untraceable", "gpt2_hf4_style"}
+    assert UNTRACEABLE == {"untraceable", "gpt2_hf4_style", "yolov8"}
 
 
 @pytest.mark.parametrize("name", list(ZOO))

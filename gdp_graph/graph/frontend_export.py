@@ -31,6 +31,7 @@ from torch import nn
 from torch.fx._pytree import tree_flatten_spec
 
 from gdp_graph.graph.inputs import BoundInputs
+from gdp_graph.graph.model_copy import attributes_restored
 
 CONSTANT_BUFFER = "gdp_constant_buffer"  #: node.meta key: a non-persistent buffer (not channels)
 
@@ -50,7 +51,7 @@ def export_graph(work: nn.Module, bound: BoundInputs, dynamic: str = "batch") ->
     """
     # graph modules that generate their code when first called: the export rebuilds its graph
     # module several times, and generating the code each time was a fifth of a decoder's export
-    with _quiet_torch_logs(), _use_lazy_graph_module(True):
+    with _quiet_torch_logs(), _use_lazy_graph_module(True), attributes_restored(work):
         try:  # the batch size symbolic where the model allows, so the graph is not tied to it
             exported = torch.export.export(work, tuple(bound.args), dict(bound.kwargs), strict=False,
                                            dynamic_shapes=_dynamic_dims(work, bound, dynamic)).module()

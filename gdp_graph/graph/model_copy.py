@@ -4,17 +4,18 @@ dispatch (stage 1's first step, :func:`gdp_graph.graph.trace.trace`)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import copyreg
 import functools
 import warnings
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["deepcopy_model", "private_copy"]
+__all__ = ["attributes_restored", "deepcopy_model", "private_copy"]
 
 
 def private_copy(model: nn.Module) -> nn.Module:
@@ -119,3 +120,21 @@ def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
         new.__setstate__(state)  # e.g. a convolution's, which fills in a missing padding mode
     copy._keep_alive(module, memo)  # as deepcopy does: the memo's ids stay valid
     return new
+
+
+@contextlib.contextmanager
+def attributes_restored(module: nn.Module) -> Iterator[None]:
+    """Put every submodule's attributes back as they were once the block ends (those added
+    removed).
+
+    A forward that caches values on its modules (YOLOv8's ``Detect``: ``self.anchors,
+    self.strides = make_anchors(...)``, ``self.shape = shape``) leaves fx proxies, or fake
+    tensors and symbolic sizes, there when a front end traces it; the copy that keeps the
+    model's class then failed on them (a fake tensor has no data to copy)."""
+    saved = [(m, dict(m.__dict__)) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, attributes in saved:
+            m.__dict__.clear()
+            m.__dict__.update(attributes)

@@ -25,7 +25,7 @@ from gdp_graph.graph.groups import OpaqueLeaf
 from gdp_graph.graph.inputs import BoundInputs, InputError, bind_inputs, is_flag
 from gdp_graph.graph.lowering import lower_multihead_attention
 from gdp_graph.graph.meta import VALUE
-from gdp_graph.graph.model_copy import private_copy
+from gdp_graph.graph.model_copy import attributes_restored, private_copy
 from gdp_graph.graph.rules import has_leaf_rule
 from gdp_graph.errors import GdpError
 
@@ -281,7 +281,8 @@ def _on_meta(module: nn.Module) -> bool:
 def _trace_fx(work: nn.Module, bound: BoundInputs, count_flops: bool) -> tuple[fx.GraphModule, list[OpaqueLeaf]]:
     """The torch.fx front end on ``work``: trace (opaque leaves where it fails), lower, record."""
     fixed = {k: v for k, v in bound.fixed.items() if is_flag(v)}
-    gm, opaque = symbolic_trace_with_fallback(work, fixed=fixed)
+    with attributes_restored(work):
+        gm, opaque = symbolic_trace_with_fallback(work, fixed=fixed)
     lower_multihead_attention(gm)
     mark_constant_buffers(gm, work)
     gm.eval()

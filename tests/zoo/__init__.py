@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Dict
 
-from . import (convnext, densenet, inception, levit, library_styles, misc, mobile, nfnet, res2net, resnets,
-               segmentation, shufflenet, swin, vgg, vit)
+from . import (convnext, densenet, ghostnet, inception, levit, library_styles, misc, mobile, nfnet, res2net, resnets,
+               segmentation, shufflenet, swin, vgg, vit, yolo)
 from ._common import Factory, randomize_norms, zoo_factory
 
 _ORDER = [
@@ -46,6 +46,8 @@ _ORDER = [
     "gpt2_hf4_style",
     "levit",
     "nfnet",
+    "yolov8",
+    "ghostnet",
     "res2net",
     "resnest",
 ]
@@ -54,7 +56,7 @@ _ORDER = [
 def _collect() -> Dict[str, Factory]:
     entries: Dict[str, Factory] = {}
     for family in (vgg, resnets, mobile, densenet, inception, shufflenet, convnext, vit, swin, segmentation, misc,
-                   library_styles, levit, nfnet, res2net):
+                   library_styles, levit, nfnet, yolo, ghostnet, res2net):
         for name, factory in family.ENTRIES.items():
             assert name not in entries, f"duplicate zoo name {name!r}"
             entries[name] = factory
@@ -65,7 +67,8 @@ def _collect() -> Dict[str, Factory]:
 ZOO: Dict[str, Factory] = _collect()
 
 # Models whose forward has data-dependent control flow (torch.fx cannot trace them).
-UNTRACEABLE = frozenset({"untraceable", "gpt2_hf4_style"})  # the latter slices a buffer by sizes
+UNTRACEABLE = frozenset({"untraceable", "gpt2_hf4_style", "yolov8"})  # gpt2: slices a buffer by sizes;
+# yolov8: C2f iterates a chunk's result (list(x.chunk(2, 1)))
 ZOO_TRACEABLE: Dict[str, Factory] = {name: f for name, f in ZOO.items() if name not in UNTRACEABLE}
 
 __all__ = ["ZOO", "ZOO_TRACEABLE", "UNTRACEABLE", "Factory", "randomize_norms", "zoo_factory"]
