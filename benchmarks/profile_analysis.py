@@ -9,8 +9,8 @@ It first prints the CPU time (``time.process_time``) of unprofiled calls, the le
 ``--repeats``: on a shared machine that is steadier than the wall clock. ``--gdp PATH`` analyses
 with the gdp-graph found at PATH (a checkout of another commit), to compare two commits.
 ``--stages`` prints the CPU time of each stage of ``analyze`` instead of a profile (each the
-least of ``--repeats``): the private copy, fx tracing, the recording forward (and the plain
-eager forward beside it), propagation, grouping and blocks; ``--peer`` adds Torch-Pruning's
+least of ``--repeats``): the private copy, fx tracing, the recording forward (and beside it the
+full recording, which keeps every number, and the plain eager forward), propagation, grouping and blocks; ``--peer`` adds Torch-Pruning's
 whole analysis (``DependencyGraph().build_dependency`` plus every group) on the same model.
 
 ``smollm2-shape`` is a ``LlamaConfig`` with SmolLM2-135M's sizes (30 layers, hidden 576, 9 query and
@@ -71,7 +71,8 @@ def stage_times(model: torch.nn.Module, inputs: Any, repeats: int, peer: bool = 
         times = {"analyze": lambda: analysis.analyze(model, inputs),
                  "private copy": lambda: private_copy(model),
                  "fx trace": lambda: tracing.symbolic_trace_with_fallback(traced.module),
-                 "recording forward": lambda: tracing._record(traced.gm, traced.example_inputs),
+                 "recording forward": lambda: tracing._record(traced.gm, traced.example_inputs, shapes=True),
+                 "(full recording)": lambda: tracing._record(traced.gm, traced.example_inputs),
                  "(eager forward)": lambda: model(*args, **kwargs),
                  "propagate": lambda: analysis.propagate(traced),
                  "groups": lambda: grouping.form_groups(traced, store, store.roots()),

@@ -19,7 +19,7 @@ from torch import nn
 from gdp_graph.graph.channels import Chan
 from gdp_graph.graph.collapsed import collapsed_run
 from gdp_graph.graph.groups import Block, ChannelGroup, GateSite
-from gdp_graph.graph.meta import VALUE
+from gdp_graph.graph.meta import SHAPE_ONLY, VALUE
 from gdp_graph.graph.trace import TracedModel
 
 _ADDS = (operator.add, operator.iadd, torch.add,
@@ -275,11 +275,12 @@ def _bias_everywhere(bias: Optional[torch.Tensor], shape: torch.Size, spatial: i
 
 class _Recorded(dict):
     """A branch run's environment: a node not run again reads its recorded value
-    (``node.meta[VALUE]``) on first use, instead of every node's being copied in per block."""
+    (``node.meta[VALUE]``) on first use, instead of every node's being copied in per block.
+    ``real_values``: called first where that value holds a shape only (:mod:`.shapes_only`)."""
 
-    def __init__(self, rerun: set[str]):
+    def __init__(self, rerun: set[str], real_values: Callable[[], None]):
         super().__init__()
-        self.rerun = rerun
+        self.rerun, self.real_values = rerun, real_values
 
     def __contains__(self, n: object) -> bool:
         return dict.__contains__(self, n) or (isinstance(n, fx.Node) and n.name not in self.rerun
@@ -288,6 +289,8 @@ class _Recorded(dict):
     def __missing__(self, n: fx.Node) -> Any:
         if n not in self:
             raise KeyError(n)
+        if n.meta.get(SHAPE_ONLY):
+            self.real_values()
         return n.meta[VALUE]
 
 
@@ -314,11 +317,12 @@ def _upstream_missing(node: fx.Node, env: _Recorded) -> list[fx.Node]:
     return [n for n in node.graph.nodes if n in need]
 
 
-def _branch_output(runner: _ZeroedInputs, rerun: set[str], branch: fx.Node, collapse: bool) -> torch.Tensor:
+def _branch_output(runner: _ZeroedInputs, rerun: set[str], branch: fx.Node, collapse: bool,
+                   real_values: Callable[[], None]) -> torch.Tensor:
     """The branch's output with its gated layers' inputs zeroed. ``collapse``: the zeroed
     layers' biases go through the rest of the branch at one position where every op there acts
     position by position (:mod:`.collapsed`), broadcast back to the output's shape."""
-    runner.env = env = _Recorded(rerun)
+    runner.env = env = _Recorded(rerun, real_values)
     order = _upstream_missing(branch, env)
     full = branch.meta[VALUE].shape
     if collapse and collapsed_run(order, env, runner.zeroed, runner.fetch_attr, runner.run_node, _BIAS_ON_ZERO, VALUE):
@@ -326,7 +330,7 @@ def _branch_output(runner: _ZeroedInputs, rerun: set[str], branch: fx.Node, coll
         if isinstance(value, torch.Tensor) and value.dim() == len(full) and \
                 all(a in (1, b) for a, b in zip(value.shape, full)):
             return value.expand(full)
-    runner.env = env = _Recorded(rerun)
+    runner.env = env = _Recorded(rerun, real_values)
     for n in order:
         env[n] = runner.run_node(n)
     return env[branch]
@@ -356,7 +360,7 @@ def branch_constant(traced: TracedModel, block: Block, root: Optional[torch.nn.M
     runner.zeroed = {(s.node, s.arg) for s in block.gate_sites}
     branch = traced.node(block.nodes[-1])
     with torch.no_grad():
-        value = _branch_output(runner, rerun, branch, collapse=root is None)
+        value = _branch_output(runner, rerun, branch, collapse=root is None, real_values=traced.real_values)
     chan = branch.meta.get("channels")
     keep = chan.dims() if isinstance(chan, Chan) else set()
     reduce_dims = [d for d in range(value.dim()) if d not in keep]

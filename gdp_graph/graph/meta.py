@@ -11,6 +11,8 @@ import torch.fx as fx
 
 #: the node's concrete value on the example inputs (set by the recording run of :mod:`.trace`)
 VALUE = "gdp_value"
+#: the node's value holds its shape, dtype and layout but no real numbers (:mod:`.shapes_only`)
+SHAPE_ONLY = "gdp_shape_only"
 #: the node's channels (set by the propagation of :mod:`.analysis`)
 CHANNELS = "channels"
 

@@ -12,26 +12,22 @@ import dis
 import inspect
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 import torch.fx as fx
 from torch.fx._lazy_graph_module import _LazyGraphModule
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from gdp_graph.graph.frontend_export import DYNAMIC, export_graph, mark_constant_buffers
 from gdp_graph.graph.groups import OpaqueLeaf
 from gdp_graph.graph.inputs import BoundInputs, InputError, bind_inputs, is_flag
 from gdp_graph.graph.lowering import lower_multihead_attention
-from gdp_graph.graph.meta import VALUE
+from gdp_graph.graph.meta import SHAPE_ONLY, VALUE
+from gdp_graph.graph.record import TraceError, first_line as _first_line, record as _record
 from gdp_graph.graph.model_copy import attributes_restored, private_copy
 from gdp_graph.graph.rules import has_leaf_rule
-from gdp_graph.errors import GdpError
-
-
-class TraceError(GdpError, RuntimeError):
-    """The model (or its example inputs) cannot be traced or run."""
+from gdp_graph.graph import shapes_only
 
 
 class _Unpacking:
@@ -101,11 +97,13 @@ class _FallbackTracer(fx.Tracer):
 
 class NodeValues(Mapping[str, Any]):
     """node name -> the value recorded in ``node.meta[VALUE]``: a read-only view by name, for code
-    that keys by name (one dict lookup; the index follows nodes added to the graph later)."""
+    that keys by name (one dict lookup; the index follows nodes added to the graph later).
+    ``real_values``: called before a shape-only value is handed out (:mod:`.shapes_only`)."""
 
-    def __init__(self, graph: fx.Graph):
+    def __init__(self, graph: fx.Graph, real_values: Optional[Callable[[], None]] = None):
         self._graph = graph
         self._index: dict[str, fx.Node] = {}
+        self._real_values = real_values
 
     def node(self, name: str) -> fx.Node:
         n = self._index.get(name)
@@ -116,7 +114,10 @@ class NodeValues(Mapping[str, Any]):
 
     def __getitem__(self, name: str) -> Any:
         try:
-            return self.node(name).meta[VALUE]
+            node = self.node(name)
+            if node.meta.get(SHAPE_ONLY) and self._real_values is not None:
+                self._real_values()
+            return node.meta[VALUE]
         except KeyError:
             raise KeyError(name) from None
 
@@ -145,16 +146,17 @@ class TracedModel:
     module: Optional[nn.Module] = None
 
     def __post_init__(self) -> None:
-        self.values = NodeValues(self.gm.graph)  #: node name -> concrete value on the example inputs
+        #: node name -> concrete value on the example inputs (real numbers: see :meth:`real_values`)
+        self.values = NodeValues(self.gm.graph, self.real_values)
+
+    def real_values(self) -> None:
+        """Give every node its real value where the recording kept only shapes
+        (``node.meta[SHAPE_ONLY]``, :mod:`.shapes_only`): one full recording run."""
+        if shapes_only.has_shapes_only(self.gm.graph):
+            _record(self.gm, self.example_inputs)
 
     def node(self, name: str) -> fx.Node:
         return self.values.node(name)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return f"{type(exc).__name__}: {first}"
 
 
 def symbolic_trace_with_fallback(model: nn.Module, max_opaque: int = 64,
@@ -226,44 +228,6 @@ def _trace_exported(model: nn.Module, bound: BoundInputs, reason: str, count_flo
                        front_end="export", front_end_reason=reason)
 
 
-class _Recorder(fx.Interpreter):
-    """Runs the graph once and leaves every node's value in ``node.meta[VALUE]`` (ShapeProp keeps
-    only metadata; rules need the integers that shape arithmetic produced).
-
-    ``count_flops``: also leave each computing node's FLOPs in ``node.meta["flops"]`` (as
-    FlopCounterMode counts them), which the gates' cost model needs: counting in this run
-    costs attach less than a second forward would, and costs a plain analysis nothing."""
-
-    def __init__(self, gm: fx.GraphModule, count_flops: bool = False):
-        super().__init__(gm)
-        self.counter = FlopCounterMode(display=False) if count_flops else None
-
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        if self.counter is None:
-            return super().run(*args, **kwargs)
-        with self.counter:
-            return super().run(*args, **kwargs)
-
-    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        # the layer from the table fx built once, not by walking its dotted path per call (a
-        # module registered under two names is listed under its first only: those are walked)
-        layer = self.submodules.get(target)
-        return layer(*args, **kwargs) if layer is not None else super().call_module(target, args, kwargs)
-
-    def run_node(self, n: fx.Node) -> Any:
-        before = self.counter.get_total_flops() if self.counter is not None else 0
-        try:  # fx's run_node less its per-node context manager (a traceback marker, unused here)
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
-            out = getattr(self, n.op)(n.target, args, kwargs)
-        except Exception as exc:
-            raise TraceError(f"running node '{n.name}' ({n.format_node()}) on the example inputs failed: "
-                             f"{_first_line(exc)}") from exc
-        n.meta[VALUE] = out
-        if self.counter is not None and n.op in ("call_module", "call_function", "call_method"):
-            n.meta["flops"] = float(self.counter.get_total_flops() - before)
-        return out
-
-
 def _run_eagerly(model: nn.Module, work: nn.Module, bound: BoundInputs) -> Any:
     try:
         with torch.no_grad():
@@ -286,13 +250,8 @@ def _trace_fx(work: nn.Module, bound: BoundInputs, count_flops: bool) -> tuple[f
     lower_multihead_attention(gm)
     mark_constant_buffers(gm, work)
     gm.eval()
-    _record(gm, bound.positional, count_flops)
+    _record(gm, bound.positional, count_flops, shapes=True)
     return gm, opaque
-
-
-def _record(gm: fx.GraphModule, positional: Sequence[Any], count_flops: bool = False) -> None:
-    with torch.no_grad():
-        _Recorder(gm, count_flops).run(*positional)
 
 
 def _keep_output_class(model: nn.Module, work: nn.Module, bound: BoundInputs, gm: fx.GraphModule,
@@ -304,7 +263,7 @@ def _keep_output_class(model: nn.Module, work: nn.Module, bound: BoundInputs, gm
     count = len(gm.graph.nodes)
     _restore_output_class(gm, eager_output if eager_output is not None else _run_eagerly(model, work, bound))
     if len(gm.graph.nodes) != count:
-        _record(gm, bound.positional, count_flops)
+        _record(gm, bound.positional, count_flops, shapes=True)
 
 
 FRONT_ENDS = ("auto", "fx", "export")
@@ -335,7 +294,7 @@ def trace(model: nn.Module, example_inputs: Any, front_end: str = "auto", count_
     (``torch.export``, an ATen graph: :mod:`gdp_graph.graph.frontend_export`), or ``"auto"``:
     fx first, export where fx fails or leaves a submodule opaque. The traced model says which
     front end was used and why (``front_end``, ``front_end_reason``). ``count_flops``: also
-    leave each node's FLOPs in ``node.meta["flops"]`` (see :class:`_Recorder`). ``dynamic``: the
+    leave each node's FLOPs in ``node.meta["flops"]`` (see :class:`~gdp_graph.graph.record._Recorder`). ``dynamic``: the
     input dims an export keeps symbolic, ``"batch"`` or ``"tokens"`` (the sequence length of
     integer inputs too; :data:`~gdp_graph.graph.frontend_export.DYNAMIC`).
     """
