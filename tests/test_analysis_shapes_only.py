@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 import gdp_graph as G
 from gdp_graph.graph import record
@@ -59,3 +58,31 @@ def test_shapes_only_recording_gives_the_same_analysis(name, monkeypatch):
     if skipped:  # a later reader gets the real numbers
         name = skipped[-1]
         assert torch.equal(fast.traced.values[name], full.traced.values[name])
+
+
+class _ReadsNumbers(torch.nn.Module):
+    """A convolution whose output's numbers decide a shape downstream (which values a top-k keeps)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.conv(x).mean((2, 3))
+        return self.head(y * (y >= y.topk(4, dim=1).values[:, -1:]))
+
+
+def test_an_op_that_may_read_numbers_records_in_full():
+    analysis = G.analyze(_ReadsNumbers().eval(), torch.randn(2, 3, 8, 8))
+    assert not any(n.meta.get(SHAPE_ONLY) for n in analysis.traced.gm.graph.nodes)
+
+
+def test_a_hooked_layer_runs_on_real_numbers():
+    seen = []
+    head = torch.nn.Linear(8, 4)
+    head.register_forward_hook(lambda m, i, o: seen.append(o.abs().sum()))
+    model = torch.nn.Sequential(torch.nn.Flatten(1), torch.nn.Linear(48, 8), head).eval()
+    analysis = G.analyze(model, torch.randn(2, 3, 4, 4))
+    node = next(n for n in analysis.traced.gm.graph.nodes if n.op == "call_module" and n.target == "2")
+    assert seen and not node.meta.get(SHAPE_ONLY)

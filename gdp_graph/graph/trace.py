@@ -12,7 +12,7 @@ import dis
 import inspect
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 import torch.fx as fx
