@@ -65,23 +65,25 @@ class _Recorder(fx.Interpreter):
 
 
 class _ShapesRecorder(_Recorder):
-    """The recording run of :mod:`.shapes_only`: convolutions and linear layers return the shape
-    of their output only, and so does every node computed from one."""
+    """The recording run of :mod:`.shapes_only`: convolutions and linear layers, and the norms
+    and activations after them, return the shape of their output only (zeros), and every node
+    computed from one is marked shape-only."""
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
         self.shape_only: set[str] = set()
+        self.zeros = shapes_only.Zeros()
 
     def run_node(self, n: fx.Node) -> Any:
         layer = self.submodules.get(n.target) if n.op == "call_module" else None
+        fed = bool(self.shape_only) and shapes_only.fed_shapes_only(n, self.shape_only)
         if type(layer) in shapes_only.SKIPPED:
             args, kwargs = self.fetch_args_kwargs_from_env(n)
-            out = shapes_only.skipped_output(layer, args, kwargs)
+            out = shapes_only.skipped_output(layer, args, kwargs, self.zeros, fed)
             if out is not None:
                 n.meta[VALUE] = out
                 shapes_only.mark(n, self.shape_only)
                 return out
-        fed = bool(self.shape_only) and shapes_only.fed_shapes_only(n, self.shape_only)
         if fed and not shapes_only.shape_safe(n, layer):
             raise shapes_only.NeedsValues(n.format_node())
         out = super().run_node(n)

@@ -2,8 +2,9 @@
 
 Rules read the shapes, dtypes and identities of activations, never their numbers; yet a
 convolution's or a linear layer's arithmetic was most of the recording forward (a ResNet-50 on
-1 x 3 x 224 x 224: 0.08 of its 0.09 s). In this run such a layer (:func:`skipped_output`) returns
-zeros of the shape it would have returned, and each node computed from one
+1 x 3 x 224 x 224: 0.08 of its 0.09 s). In this run such a layer (:func:`skipped_output`), and a
+norm or an activation after it, returns zeros of the shape it would have returned, and each node
+computed from one
 holds such a tensor too, marked ``node.meta[SHAPE_ONLY]``. Only ops whose output shape cannot
 depend on the numbers may take them (:func:`shape_safe`); any other stops the run
 (:class:`NeedsValues`) and the caller records every value in full. A reader of numbers (a
@@ -13,6 +14,7 @@ branch's constant, a later stage) first asks for the real values
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Optional
 
@@ -29,9 +31,14 @@ class NeedsValues(Exception):
     """An op that may read the numbers of a shape-only value: the run is redone in full."""
 
 
-#: layers left out: convolutions (with their spatial dims) and linear layers
+#: layers left out (:func:`skipped_output`): convolutions (with their spatial dims) and linear
+#: layers, and after them batch norms (with the input dims they take) and activations
 _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
-SKIPPED = frozenset({*_CONVS, nn.Linear})
+_MIXING = frozenset({*_CONVS, nn.Linear})
+_NORMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
+_ACTIVATIONS = frozenset({nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+                          nn.LeakyReLU, nn.ELU, nn.Mish})
+SKIPPED = _MIXING | frozenset(_NORMS) | _ACTIVATIONS
 #: stock layers whose output shape does not depend on the numbers they read (exact types: a
 #: subclass may override forward)
 _MODULES = frozenset({
@@ -96,21 +103,56 @@ def shape_safe(n: fx.Node, layer: Optional[nn.Module]) -> bool:
     return n.op == "output"
 
 
-def skipped_output(layer: nn.Module, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
-    """What a stock convolution or linear layer returns, as zeros (its shape, dtype and layout,
-    not its numbers), or None where it must run: another layer, a hook, an input of
-    another dtype or layout than its weight (the run raises what the layer would)."""
+class Zeros:
+    """Zeros of any shape, as views of one zeroed buffer per dtype and device: a fresh tensor of
+    zeros per left-out layer cost a memset each (a third of a MobileNetV3's shapes-only run).
+    Uninitialized memory would be cheaper still, but its leftovers (label tensors read as floats
+    are denormals) made the ops that do run on it crawl."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        numel = math.prod(shape)
+        key = (like.dtype, like.device)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self._buffers[key] = torch.zeros(numel, dtype=like.dtype, device=like.device)
+        return buffer[:numel].view(shape)
+
+
+def skipped_output(layer: nn.Module, args: tuple, kwargs: dict, zeros: Zeros, fed: bool) -> Optional[torch.Tensor]:
+    """What a stock layer of :data:`SKIPPED` returns, as zeros (its shape, dtype and layout, not
+    its numbers), or None where it must run: a hook, an input of another dtype, device or layout
+    than its weights (the run raises what the layer would). A norm or an activation is left out
+    only where its input holds a shape already (``fed``): in place on real numbers, it changes them.
+    """
     kind = type(layer)
-    if kind not in SKIPPED or kwargs or len(args) != 1 or _hooked(layer):
+    if kind not in SKIPPED or kwargs or len(args) != 1 or _hooked(layer) or (kind not in _MIXING and not fed):
         return None
-    x, weight, bias = args[0], layer.weight, layer.bias
-    if type(x) is not torch.Tensor or not x.is_floating_point() or x.dtype != weight.dtype or x.is_meta \
-            or weight.is_meta or x.device != weight.device or not (x.is_contiguous() and weight.is_contiguous()) \
-            or (bias is not None and bias.dtype != x.dtype):
+    x = args[0]
+    if type(x) is not torch.Tensor or not x.is_floating_point() or x.is_meta or not x.is_contiguous():
         return None
-    shape = _linear_shape(layer, x) if kind is nn.Linear else _conv_shape(layer, x, _CONVS[kind])
-    # zeros, not uninitialized memory: denormal leftovers made the activations after it crawl
-    return None if shape is None else torch.zeros(shape, dtype=x.dtype, device=x.device)
+    if kind in _ACTIVATIONS:
+        return x if getattr(layer, "inplace", False) else zeros(tuple(x.shape), x)
+    weights = [getattr(layer, k, None) for k in ("weight", "bias", "running_mean", "running_var")]
+    if any(isinstance(w, torch.Tensor) and (w.dtype != x.dtype or w.device != x.device or w.is_meta
+                                            or not w.is_contiguous()) for w in weights):
+        return None
+    if kind in _NORMS:
+        shape = _norm_shape(layer, x)
+    else:
+        shape = _linear_shape(layer, x) if kind is nn.Linear else _conv_shape(layer, x, _CONVS[kind])
+    return None if shape is None else zeros(shape, x)
+
+
+def _norm_shape(layer: nn.Module, x: torch.Tensor) -> Optional[tuple[int, ...]]:
+    """A batch norm in eval mode with running statistics: its input's shape (with batch
+    statistics, a batch of one raises)."""
+    if layer.training or layer.running_mean is None or x.dim() not in _NORMS[type(layer)] \
+            or x.shape[1] != layer.num_features:
+        return None
+    return tuple(x.shape)
 
 
 def _linear_shape(layer: nn.Linear, x: torch.Tensor) -> Optional[tuple[int, ...]]:
