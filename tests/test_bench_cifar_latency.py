@@ -1,6 +1,6 @@
 """benchmarks/cifar_latency.py in its quick mode on a tiny made-up CIFAR-10 archive: a pretrained
-checkpoint, the latency-targeted GDP run, the FLOPs calibration to its measured latency and the
-FLOPs-targeted run, each one record with its commit; the table reads them. Timings are real
+checkpoint, the FLOPs calibration to the nominal target, the FLOPs-targeted GDP run and the
+latency-targeted one aimed at what it measured, each one record with its commit; the table pairs them. Timings are real
 (a tiny model) but never asserted: only that they are ratios and recorded."""
 
 from __future__ import annotations
@@ -24,24 +24,26 @@ def test_quick_mode_records_both_runs_and_the_calibration(tmp_path, monkeypatch)
                         "--checkpoint", str(tmp_path / "ck.pt"), "--latency-cache", str(tmp_path / "tables"),
                         "--results", str(out)])
     recs = records.load_records(out)
-    assert [r["settings"]["run"] for r in recs] == ["gdp_latency", "gdp_flops"]
+    assert [r["settings"]["run"] for r in recs] == ["gdp_flops", "gdp_latency"]
     for r in recs:
         res = r["result"]
         assert r["commit"] and r["settings"]["quick"] and res["quick"] and r["checkpoints"]
         assert res["latency"]["ratio"] > 0 and len(res["latency"]["iqr"]) == 2
         assert 0 < res["flops_kept"] <= 1 and 0 <= res["acc_finetuned"] <= 1 and res["trajectory"]
-    lat, flops = (r["result"] for r in recs)
-    assert lat["metric"] == "latency" and lat["fraction"] == 0.7
-    cal = flops["calibration"]  # the FLOPs budget found for the latency run's measured ratio
-    assert flops["metric"] == "flops" and flops["fraction"] == cal["flops_target"]
-    assert flops["latency_run_ratio"] == lat["latency"]["ratio"] == cal["target"]
-    assert 1 <= len(cal["rounds"]) <= 2 and cal["rounds"][0]["aim"] == cal["target"]
+    flops, lat = (r["result"] for r in recs)
+    cal = flops["calibration"]  # the FLOPs budget whose one-shot plans measure the nominal target
+    assert flops["metric"] == "flops" and flops["fraction"] == cal["flops_target"] and cal["target"] == 0.7
+    assert 1 <= len(cal["rounds"]) <= 2 and cal["rounds"][0]["aim"] == 0.7
+    # the latency run aims at what the FLOPs run measured: the pair at the same measured latency
+    assert lat["metric"] == "latency" and lat["fraction"] == lat["flops_run_ratio"] == flops["latency"]["ratio"]
     assert recs[0]["settings"]["latency_batch"] == 2
     assert "no records" == cifar_latency.table(out)  # quick runs stay out of the table
-    rows = cifar_latency.table(out, include_quick=True).splitlines()
-    assert rows[4].startswith("| 0.7 | gdp_latency | 1 | latency 0.700 |")
-    assert rows[5].startswith("| 0.7 | gdp_flops | 1 | flops ")
-
+    text = cifar_latency.table(out, include_quick=True)
+    rows = text.splitlines()
+    assert rows[4].startswith("| 0.7 | gdp_flops | 1 | flops ")
+    assert rows[5].startswith(f"| 0.7 | gdp_latency | 1 | latency {lat['fraction']:.3f} |")
+    difference = 100 * (lat["acc_finetuned"] - flops["acc_finetuned"])
+    assert f"s0 {difference:+.2f} (" in text and "Criterion (gdp_latency's mean at least gdp_flops'): " in text
 
 def test_the_network_is_mobilenetv2_at_cifar_strides():
     net = cifar_latency.CifarMobileNetV2(0.5).eval()
