@@ -17,7 +17,8 @@ every row is compared (``benchmarks/reproduce_compare.py`` defines the rules):
 - a figure measured over several seeds: within ``--spread`` (2) standard deviations of the seeds'
   mean; a float of one seed: equal within a relative 1e-3 (the same seed, the same computation);
 - a time: within a factor ``--time-factor`` (2; this machine is shared and absolute times vary by
-  2x from day to day) or the interquartile range of the record's own repeats;
+  2x from day to day) of the committed time (over seeds: of the fastest and the slowest seed) or the
+  interquartile range of the record's own repeats;
 - a ratio measured in one process (speed-ups, X / Y times): within ``--ratio-tolerance`` (0.25)
   relative, or the interquartile range of its rounds; a memory peak: within 0.25 relative;
 - an output difference (``max_rel_diff``): at most 10x the committed one, or below 1e-4;

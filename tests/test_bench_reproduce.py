@@ -75,6 +75,16 @@ def test_times_get_a_factor_or_their_interquartile_range_and_ratios_a_relative_t
     assert kind_of("t.min_s", 1.0) is None and kind_of("ratio_max", 1.0) is None  # spreads are not figures
 
 
+def test_a_time_over_seeds_is_compared_with_the_fastest_and_the_slowest_seed():
+    # seeds that took 774, 177 and 213 s (the first beside other jobs): a rerun of 163 s a seed is
+    # within a factor 2 of the fastest seed, though not of their mean (388 s)
+    old = [rec({"seconds": s}, seed=i) for i, s in enumerate((774.0, 177.0, 213.0))]
+    fresh = [rec({"seconds": s}, seed=i) for i, s in enumerate((163.0, 165.0, 161.0))]
+    assert verdict(old, fresh)["m"]["verdict"] == "inside"
+    assert verdict(old, [rec({"seconds": 80.0}, seed=i) for i in range(3)])["m"]["verdict"] == "outside"
+    assert verdict(old, [rec({"seconds": 1600.0}, seed=i) for i in range(3)])["m"]["verdict"] == "outside"
+
+
 def test_missing_and_new_rows_and_missing_figures():
     old = [rec({"x": 1.0}, model="a"), rec({"x": 1.0}, model="b")]
     got = verdict(old, [rec({"x": 1.0}, model="a"), rec({"x": 1.0}, model="c")])
