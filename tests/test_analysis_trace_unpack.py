@@ -45,3 +45,16 @@ def test_iterating_a_proxy_still_fails_as_in_fx():
         fx.symbolic_trace(_Iterates())
     with pytest.raises(G.GdpError):
         symbolic_trace_with_fallback(_Iterates())
+
+
+@pytest.mark.parametrize("name", ["resnet_bottleneck", "mobilenetv3", "swin", "vit_manual_attn", "decoder_hf4_style"])
+def test_the_proxy_fast_path_traces_the_same_graph(name, monkeypatch):
+    """``_FallbackTracer.create_arg`` hands our proxies' nodes back without fx's checks: the same
+    graph as fx's own path gives."""
+    from gdp_graph.graph import trace as tracing
+    from tests.zoo import ZOO
+
+    fast, _ = symbolic_trace_with_fallback(ZOO[name]()[0])  # a fresh model each: fx numbers the
+    monkeypatch.setattr(tracing._FallbackTracer, "create_arg", fx.Tracer.create_arg)  # constants it
+    slow, _ = symbolic_trace_with_fallback(ZOO[name]()[0])  # leaves on the model it traces
+    assert fast.code == slow.code and str(fast.graph) == str(slow.graph)

@@ -81,6 +81,13 @@ class _FallbackTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _UnpackingProxy(node, self)
 
+    def create_arg(self, a: Any) -> Any:
+        # a proxy of ours is its node: fx's own proxies take a fast path there, a subclass went
+        # through the checks for parameters, tensors and modules first (a tenth of the tracing)
+        if type(a) is _UnpackingProxy:
+            return a.node
+        return super().create_arg(a)
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         # a module whose type has a registered rule is one op: its rule, not its code, is used
         return qualname in self.opaque or has_leaf_rule(m) or super().is_leaf_module(m, qualname)
