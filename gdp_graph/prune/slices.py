@@ -308,7 +308,7 @@ def _dropped(analysis: Analysis, source: nn.Module, dead: set[str]) -> frozenset
     modules = dict(source.named_modules())
     for node in analysis.traced.gm.graph.nodes:
         is_dead = node.name in dead
-        if node.op == "get_attr":
+        if node.op == "get_attr" and node.users:  # torch.export lists a BatchNorm's unread num_batches_tracked
             read[is_dead].add(str(node.target))
         elif node.op == "call_module" and node.target in modules:
             ran[is_dead].add(str(node.target))
