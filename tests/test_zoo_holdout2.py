@@ -3,12 +3,16 @@ RepVGG, Wav2Vec2, a text CNN, T5) found failing, one test per fixed bug."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 import gdp_graph as G
+from gdp_graph.prune.export import load, save
 from tests.zoo import ZOO
 
 
@@ -94,3 +98,89 @@ def test_yolov8_keeps_its_class_and_prunes_the_c2f_chunks_exactly():
     pruned = G.rewrite(analysis, plan)
     assert type(pruned).__name__ == "DetectionModel"
     assert G.verify(analysis, plan, pruned).ok
+
+
+class Symmetric(nn.Module):
+    """A parametrization without ``right_inverse``."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + w.flip(0)
+
+
+def _old_weight_norm(conv: nn.Module) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return nn.utils.weight_norm(conv)
+
+
+def _symmetric(conv: nn.Module) -> nn.Module:
+    parametrize.register_parametrization(conv, "weight", Symmetric())
+    return conv
+
+
+class Vocoder(nn.Module):
+    """Convs under a weight reparametrization, a residual and an upsampler, as HiFi-GAN writes them."""
+
+    def __init__(self, wrap) -> None:
+        super().__init__()
+        self.pre = wrap(nn.Conv1d(4, 16, 7, padding=3))
+        self.res = wrap(nn.Conv1d(16, 16, 3, padding=1))
+        self.up = wrap(nn.ConvTranspose1d(16, 8, 4, 2, padding=1))
+        self.head = wrap(nn.Conv1d(8, 12, 1))
+        self.post = nn.Conv1d(12, 1, 7, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre(x)
+        x = x + self.res(F.leaky_relu(x, 0.1))
+        x = self.head(F.leaky_relu(self.up(F.leaky_relu(x, 0.1)), 0.1))
+        return torch.tanh(self.post(F.leaky_relu(x, 0.1)))
+
+
+# weight_norm keeps dim 0 (or 1) apart: the channels along it prune exactly (the magnitude is
+# sliced with the direction), the others are inexact (the kept rows' norms would change)
+WRAPS = {"parametrizations.weight_norm": (nn.utils.parametrizations.weight_norm, "head"),
+         "parametrizations.weight_norm(dim=1)": (lambda c: nn.utils.parametrizations.weight_norm(c, dim=1), "up"),
+         "utils.weight_norm (hook)": (_old_weight_norm, "head")}
+
+
+@pytest.mark.parametrize("wrap", list(WRAPS))
+def test_weight_normed_convs_prune_along_the_dim_kept_apart_and_save(wrap, tmp_path):
+    """The rewrite crashed on a parametrized conv (``RewriteError ... KeyError: 'weight'``), the
+    analysis on the old hook-based weight_norm (``RuntimeError: Only Tensors created explicitly
+    by the user (graph leaves) support the deepcopy protocol``) and ``save`` on a parametrized
+    module (``Serialization of parametrized modules is only supported through state_dict()``)."""
+    make, exact_producer = WRAPS[wrap]
+    torch.manual_seed(0)
+    model, inputs = Vocoder(make).eval(), (torch.randn(2, 4, 10),)
+    analysis = G.analyze(model, inputs)
+    exact = [g for g in analysis.prunable_groups() if g.exact]
+    assert [next(m.target for m in g.members if m.role == "produce") for g in exact] == [exact_producer]
+    inexact = [g for g in analysis.groups if not g.exact]
+    assert len(inexact) == 2 and all("weight_norm normalizes its 'weight' over them" in r
+                                     for g in inexact for r in g.inexact_reasons)
+    plan = G.random_plan(analysis, 0.5, seed=0)
+    assert set(plan.keep) == {exact[0].id}
+    pruned = G.rewrite(analysis, plan)
+    assert isinstance(pruned, Vocoder) and G.verify(analysis, plan, pruned).ok
+    kept = len(plan.keep[exact[0].id])
+    assert getattr(pruned, exact_producer).weight.shape[1 if exact_producer == "up" else 0] == kept < exact[0].size
+    save(pruned, tmp_path / "pruned.pt")
+    with torch.no_grad():
+        assert torch.allclose(load(tmp_path / "pruned.pt")(*inputs), pruned(*inputs), atol=1e-6)
+    loose = G.random_plan(analysis, 0.5, seed=0, allow_inexact=True)
+    smap = G.apply_plan(analysis, loose, check=False).slice_map
+    assert not any(name.endswith(".weight") and name != "post.weight" for name in smap.entries), list(smap.entries)
+    assert not G.verify(analysis, loose, G.rewrite(analysis, loose, check=False)).ok
+
+
+def test_a_parametrization_other_than_weight_norm_is_refused_with_its_name():
+    """The rewrite cannot slice what it computes its weight from: its channels are frozen with
+    the reason (the rewrite raised ``KeyError: 'weight'``)."""
+    torch.manual_seed(0)
+    model, inputs = Vocoder(_symmetric).eval(), (torch.randn(2, 4, 10),)
+    analysis = G.analyze(model, inputs)
+    touching = [g for g in analysis.groups if any(m.target in ("pre", "res", "up", "head") for m in g.members)]
+    assert touching and not any(g.prunable for g in touching)
+    assert all("parametrization Symmetric, which the rewrite cannot slice" in g.describe_frozen() for g in touching)
+    plan = G.random_plan(analysis, 0.5, seed=0)
+    assert G.verify(analysis, plan, G.rewrite(analysis, plan)).ok

@@ -14,6 +14,7 @@ EXPECTED_NAMES = {
     "swin", "unet", "deeplab_aspp", "embedding_lm", "pixelshuffle_sr", "grouped_norm", "untraceable",
     "vit_torchvision", "efficientnet_stochastic_depth", "resnet_timm_normact", "decoder_hf4_style",
     "gpt2_hf4_style", "levit", "nfnet", "yolov8", "ghostnet", "res2net", "resnest",
+    "wav2vec2", "textcnn", "hifigan",
 }
 
 EXPECTED_OUTPUT_SHAPES = {

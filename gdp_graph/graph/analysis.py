@@ -25,6 +25,7 @@ from gdp_graph.graph.frontend_export import CONSTANT_BUFFER
 from gdp_graph.graph.grouping import form_groups
 from gdp_graph.graph.groups import Block, ChannelGroup, Member, OpaqueLeaf
 from gdp_graph.graph.inputs import output_tensors
+from gdp_graph.graph.parametrized import computed_weight_facts
 from gdp_graph.graph.rules.context import RuleContext, target_name
 from gdp_graph.graph.rules.elementwise import returns_an_input
 from gdp_graph.graph.trace import TracedModel, trace
@@ -159,11 +160,14 @@ class _Propagation(fx.Interpreter):
             kind = f"module type {type(module).__name__}" if module is not None else target_name(node)
             ctx.freeze_inputs(f"no rule for {kind}")
             return map_structure(lambda _: UNTRACKED, value)
+        start = len(self.store.members)
         try:
             chan = rule.propagate(ctx)
         except Exception as exc:  # noqa: BLE001 - re-raised with the node named
             raise AnalysisError(f"channel rule failed on {ctx.where}: {type(exc).__name__}: {exc}\n"
                                 f"  {node.format_node()}") from exc
+        for labels, reason, frozen in computed_weight_facts(module, self.store.members[start:]) if module else ():
+            (ctx.freeze if frozen else ctx.mark_inexact)(labels, f"module '{node.target}': {reason}")
         return UNTRACKED if chan is None and isinstance(value, torch.Tensor) else chan
 
 

@@ -81,6 +81,10 @@ _CHILDREN = frozenset(("_modules", "_parameters", "_buffers"))
 def _copy_value(value: Any, memo: dict[int, Any]) -> Any:
     if isinstance(value, torch.Tensor) and id(value) in memo:
         return memo[id(value)]  # a parameter or buffer: its copy, made before the walk
+    if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+        # the weight the old torch.nn.utils.weight_norm hook computed (it computes it again in
+        # every forward): deepcopy refuses a tensor that is not a graph leaf
+        return value.detach().clone()
     if (type(value) in _ATOM_TYPES or isinstance(value, _ATOMS)
             or (type(value) is tuple and all(isinstance(v, _ATOMS) for v in value))):
         return value

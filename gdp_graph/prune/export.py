@@ -19,10 +19,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from gdp_graph.graph.parametrized import folded
+
 
 def save(module: nn.Module, path: str | Path) -> None:
-    """Save a (pruned) module whole."""
-    torch.save(module, Path(path))
+    """Save a (pruned) module whole; weights that a ``weight_norm`` (or other parametrization)
+    computes are saved as plain parameters (torch cannot pickle a parametrized module)."""
+    torch.save(folded(module), Path(path))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -34,6 +37,7 @@ def export_source(module: nn.Module, folder: str | Path, class_name: str = "Prun
     """Write ``folder/__init__.py`` + ``module.py`` + weights so that ``import folder`` gives
     ``class_name`` without gdp_graph installed. Returns the folder. A pruned model of the user's
     own class (what ``rewrite`` returns by default) is traced with torch.fx first."""
+    module = folded(module)  # weight_norm's weights as plain parameters: plain source has no hooks
     if not isinstance(module, fx.GraphModule):
         try:
             module = fx.symbolic_trace(module)

@@ -37,6 +37,7 @@ from gdp_graph.graph import rules
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.blocks import branch_constant
 from gdp_graph.graph.channels import Chan
+from gdp_graph.graph.parametrized import computed_tensors, original_slices
 from gdp_graph.graph.rules.registry import Slices, copy_to_resize
 from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.prune.resize_context import ResizeContext, chan_slices, members_by_node
@@ -122,13 +123,13 @@ class SliceMap:
             return module
         new = copy_to_resize(module, [n[len(prefix):] for n in local])
         for full in local:
-            leaf = full[len(prefix):]
-            old = getattr(module, leaf)
+            path, _, leaf = full[len(prefix):].rpartition(".")  # path: a parametrization's originals
+            old = getattr(module.get_submodule(path), leaf)
             sliced = self.apply_to_tensor(full, old)
             if isinstance(old, nn.Parameter):
-                setattr(new, leaf, nn.Parameter(sliced, requires_grad=old.requires_grad))
+                setattr(new.get_submodule(path), leaf, nn.Parameter(sliced, requires_grad=old.requires_grad))
             else:
-                setattr(new, leaf, sliced)  # a registered buffer stays a buffer
+                setattr(new.get_submodule(path), leaf, sliced)  # a registered buffer stays a buffer
         for key, value in attributes.items():
             setattr(new, key, value)
         return new
@@ -138,7 +139,9 @@ class SliceMap:
         """The names in ``entries`` by the module that owns the tensor."""
         owners: dict[str, list[str]] = {}
         for name in self.entries:
-            owners.setdefault(name.rpartition(".")[0], []).append(name)
+            owner = name.rpartition(".")[0]
+            head, apart, _ = f".{owner}".partition(".parametrizations.")  # weight_norm's originals:
+            owners.setdefault(head[1:] if apart else owner, []).append(name)  # the parametrized module's
         return owners
 
     # -- serialization --------------------------------------------------------------------------
@@ -242,13 +245,19 @@ def _record(name: str, module: nn.Module, resize: rules.Resize, rule: rules.OpRu
     if not slices and not resize.attributes:
         return
     changes = rule.sizes(module, _new_shapes(module, prefix, entries))
+    for leaf in slices:  # a computed weight (weight_norm): what it is computed from is sliced
+        originals = original_slices(module, leaf, entries[prefix + leaf])
+        if originals:
+            del entries[prefix + leaf]
+            entries.update({prefix + name: pairs for name, pairs in originals.items()})
     changes.update(resize.attributes)
     attributes.setdefault(name, {}).update(changes)
 
 
 def _new_shapes(module: nn.Module, prefix: str, entries: Mapping) -> dict[str, torch.Size]:
     shapes = {}
-    for leaf, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+    for leaf, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False),
+                    *computed_tensors(module)]:
         shape = list(t.shape)
         for dim, index in entries.get(prefix + leaf, ()):
             shape[dim] = int(index.numel())

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Dict
 
 from . import (convnext, densenet, ghostnet, inception, levit, library_styles, misc, mobile, nfnet, res2net, resnets,
-               segmentation, shufflenet, swin, vgg, vit, yolo)
+               segmentation, sequence, shufflenet, swin, vgg, vit, yolo)
 from ._common import Factory, randomize_norms, zoo_factory
 
 _ORDER = [
@@ -50,13 +50,16 @@ _ORDER = [
     "ghostnet",
     "res2net",
     "resnest",
+    "wav2vec2",
+    "textcnn",
+    "hifigan",
 ]
 
 
 def _collect() -> Dict[str, Factory]:
     entries: Dict[str, Factory] = {}
     for family in (vgg, resnets, mobile, densenet, inception, shufflenet, convnext, vit, swin, segmentation, misc,
-                   library_styles, levit, nfnet, yolo, ghostnet, res2net):
+                   library_styles, levit, nfnet, yolo, ghostnet, res2net, sequence):
         for name, factory in family.ENTRIES.items():
             assert name not in entries, f"duplicate zoo name {name!r}"
             entries[name] = factory
