@@ -14,7 +14,7 @@ EXPECTED_NAMES = {
     "swin", "unet", "deeplab_aspp", "embedding_lm", "pixelshuffle_sr", "grouped_norm", "untraceable",
     "vit_torchvision", "efficientnet_stochastic_depth", "resnet_timm_normact", "decoder_hf4_style",
     "gpt2_hf4_style", "levit", "nfnet", "yolov8", "ghostnet", "res2net", "resnest",
-    "wav2vec2", "textcnn", "hifigan",
+    "mlp_mixer", "convmixer", "poolformer", "hrnet", "repvgg", "wav2vec2", "textcnn", "hifigan", "t5_encoder",
 }
 
 EXPECTED_OUTPUT_SHAPES = {
@@ -34,7 +34,7 @@ def _run(model: nn.Module, inputs) -> torch.Tensor:
 def test_zoo_names():
     assert set(ZOO) == EXPECTED_NAMES
     assert set(ZOO_TRACEABLE) == EXPECTED_NAMES - UNTRACEABLE
-    assert UNTRACEABLE == {"untraceable", "gpt2_hf4_style", "yolov8"}
+    assert UNTRACEABLE == {"untraceable", "gpt2_hf4_style", "yolov8", "t5_encoder"}
 
 
 @pytest.mark.parametrize("name", list(ZOO))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Dict
 
-from . import (convnext, densenet, ghostnet, inception, levit, library_styles, misc, mobile, nfnet, res2net, resnets,
-               segmentation, sequence, shufflenet, swin, vgg, vit, yolo)
+from . import (convnext, densenet, ghostnet, hrnet, inception, levit, library_styles, misc, mixers, mobile, nfnet, res2net,
+               resnets, segmentation, sequence, shufflenet, swin, t5, vgg, vit, yolo)
 from ._common import Factory, randomize_norms, zoo_factory
 
 _ORDER = [
@@ -50,16 +50,22 @@ _ORDER = [
     "ghostnet",
     "res2net",
     "resnest",
+    "mlp_mixer",
+    "convmixer",
+    "poolformer",
+    "hrnet",
+    "repvgg",
     "wav2vec2",
     "textcnn",
     "hifigan",
+    "t5_encoder",
 ]
 
 
 def _collect() -> Dict[str, Factory]:
     entries: Dict[str, Factory] = {}
     for family in (vgg, resnets, mobile, densenet, inception, shufflenet, convnext, vit, swin, segmentation, misc,
-                   library_styles, levit, nfnet, yolo, ghostnet, res2net, sequence):
+                   library_styles, levit, nfnet, yolo, ghostnet, res2net, mixers, hrnet, sequence, t5):
         for name, factory in family.ENTRIES.items():
             assert name not in entries, f"duplicate zoo name {name!r}"
             entries[name] = factory
@@ -70,8 +76,8 @@ def _collect() -> Dict[str, Factory]:
 ZOO: Dict[str, Factory] = _collect()
 
 # Models whose forward has data-dependent control flow (torch.fx cannot trace them).
-UNTRACEABLE = frozenset({"untraceable", "gpt2_hf4_style", "yolov8"})  # gpt2: slices a buffer by sizes;
-# yolov8: C2f iterates a chunk's result (list(x.chunk(2, 1)))
+UNTRACEABLE = frozenset({"untraceable", "gpt2_hf4_style", "yolov8", "t5_encoder"})  # gpt2: slices a buffer by
+# sizes; yolov8: C2f iterates a chunk's result (list(x.chunk(2, 1))); t5: torch.finfo(proxy.dtype)
 ZOO_TRACEABLE: Dict[str, Factory] = {name: f for name, f in ZOO.items() if name not in UNTRACEABLE}
 
 __all__ = ["ZOO", "ZOO_TRACEABLE", "UNTRACEABLE", "Factory", "randomize_norms", "zoo_factory"]
