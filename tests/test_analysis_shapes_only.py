@@ -17,7 +17,7 @@ from tests.zoo import ZOO_TRACEABLE
 
 def _value_shape(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return (tuple(value.shape), value.dtype, value.device.type)
+        return (tuple(value.shape), value.stride(), value.dtype, value.device.type)
     if isinstance(value, (tuple, list)):
         return type(value).__name__, [_value_shape(v) for v in value]
     if isinstance(value, dict):

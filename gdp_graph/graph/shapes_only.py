@@ -2,11 +2,11 @@
 
 Rules read the shapes, dtypes and identities of activations, never their numbers; yet a
 convolution's or a linear layer's arithmetic was most of the recording forward (a ResNet-50 on
-1 x 3 x 224 x 224: 0.08 of its 0.09 s). In this run such a layer (:func:`skipped_output`), and a
-norm or an activation after it, returns zeros of the shape it would have returned, and each node
-computed from one
-holds such a tensor too, marked ``node.meta[SHAPE_ONLY]``. Only ops whose output shape cannot
-depend on the numbers may take them (:func:`shape_safe`); any other stops the run
+1 x 3 x 224 x 224: 0.08 of its 0.09 s). In this run such a layer (:func:`skipped_output`), a norm
+or an activation after it, and broadcasting arithmetic on its output (:func:`skipped_function`)
+return zeros of the shape they would have returned; every node computed from one holds a value
+whose numbers mean nothing, marked ``node.meta[SHAPE_ONLY]``. Only ops whose output shape cannot
+depend on the numbers may take such values (:func:`shape_safe`); any other stops the run
 (:class:`NeedsValues`) and the caller records every value in full. A reader of numbers (a
 branch's constant, a later stage) first asks for the real values
 (:meth:`~gdp_graph.graph.trace.TracedModel.real_values`), which runs the full recording once.
@@ -39,6 +39,8 @@ _NORMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 _ACTIVATIONS = frozenset({nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
                           nn.LeakyReLU, nn.ELU, nn.Mish})
 SKIPPED = _MIXING | frozenset(_NORMS) | _ACTIVATIONS
+#: functions left out on shape-only operands: broadcasting arithmetic (never in place)
+SKIPPED_FUNCTIONS = frozenset({operator.add, operator.mul, operator.sub, torch.add, torch.mul, torch.sub})
 #: stock layers whose output shape does not depend on the numbers they read (exact types: a
 #: subclass may override forward)
 _MODULES = frozenset({
@@ -112,12 +114,11 @@ class Zeros:
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
 
-    def __call__(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    def __call__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         numel = math.prod(shape)
-        key = (like.dtype, like.device)
-        buffer = self._buffers.get(key)
+        buffer = self._buffers.get((dtype, device))
         if buffer is None or buffer.numel() < numel:
-            buffer = self._buffers[key] = torch.zeros(numel, dtype=like.dtype, device=like.device)
+            buffer = self._buffers[(dtype, device)] = torch.zeros(numel, dtype=dtype, device=device)
         return buffer[:numel].view(shape)
 
 
@@ -134,7 +135,7 @@ def skipped_output(layer: nn.Module, args: tuple, kwargs: dict, zeros: Zeros, fe
     if type(x) is not torch.Tensor or not x.is_floating_point() or x.is_meta or not x.is_contiguous():
         return None
     if kind in _ACTIVATIONS:
-        return x if getattr(layer, "inplace", False) else zeros(tuple(x.shape), x)
+        return x if getattr(layer, "inplace", False) else zeros(tuple(x.shape), x.dtype, x.device)
     weights = [getattr(layer, k, None) for k in ("weight", "bias", "running_mean", "running_var")]
     if any(isinstance(w, torch.Tensor) and (w.dtype != x.dtype or w.device != x.device or w.is_meta
                                             or not w.is_contiguous()) for w in weights):
@@ -143,7 +144,27 @@ def skipped_output(layer: nn.Module, args: tuple, kwargs: dict, zeros: Zeros, fe
         shape = _norm_shape(layer, x)
     else:
         shape = _linear_shape(layer, x) if kind is nn.Linear else _conv_shape(layer, x, _CONVS[kind])
-    return None if shape is None else zeros(shape, x)
+    return None if shape is None else zeros(shape, x.dtype, x.device)
+
+
+def skipped_function(target: object, args: tuple, kwargs: dict, zeros: Zeros) -> Optional[torch.Tensor]:
+    """What a function of :data:`SKIPPED_FUNCTIONS` returns, as zeros: the operands' broadcast
+    shape in their promoted dtype; None where it must run (keyword arguments, an operand that is
+    not a contiguous tensor or a number, shapes that do not broadcast)."""
+    if kwargs or len(args) != 2:
+        return None
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if not tensors or not all(type(a) is torch.Tensor or type(a) in (int, float, bool) for a in args) or any(
+            t.is_meta or not t.is_contiguous() or t.device != tensors[0].device for t in tensors):
+        return None
+    try:
+        shape = torch.broadcast_shapes(*[t.shape for t in tensors])
+    except RuntimeError:
+        return None
+    dtype = torch.result_type(args[0], args[1])
+    if dtype == torch.bool and target in (operator.sub, torch.sub):  # raises on booleans
+        return None
+    return zeros(tuple(shape), dtype, tensors[0].device)
 
 
 def _norm_shape(layer: nn.Module, x: torch.Tensor) -> Optional[tuple[int, ...]]:
