@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 
 import gdp_graph as G
 from gdp_graph.prune.export import load, save
+from gdp_graph.prune.weights import realistic_weights
 from tests.zoo import ZOO
 
 
@@ -184,3 +185,27 @@ def test_a_parametrization_other_than_weight_norm_is_refused_with_its_name():
     assert all("parametrization Symmetric, which the rewrite cannot slice" in g.describe_frozen() for g in touching)
     plan = G.random_plan(analysis, 0.5, seed=0)
     assert G.verify(analysis, plan, G.rewrite(analysis, plan)).ok
+
+
+def test_an_old_weight_norm_model_is_copied_for_realistic_weights():
+    """``gdp-graph check`` (realistic weights) and every other deep copy of the user's model
+    failed on the old weight_norm's non-leaf weight (``RuntimeError: Only Tensors created
+    explicitly by the user (graph leaves) support the deepcopy protocol``)."""
+    model, inputs = ZOO["hifigan"]()
+    realistic = realistic_weights(model, inputs)
+    assert realistic is not model
+    with torch.no_grad():
+        assert realistic(*inputs).shape == model(*inputs).shape
+
+
+def test_finalize_takes_a_plain_tensor_attribute_from_the_export():
+    """Ultralytics' ``Detect.stride`` is a plain tensor attribute: torch.export made it a constant
+    of the graph, and finalize refused the gated class for not having it (``FinalizeError: the
+    gated model's weights do not match its trace: missing ['model.22.stride']``)."""
+    model, inputs = ZOO["yolov8"]()
+    gated = G.attach(model, policy="default", example_inputs=inputs, total_steps=2, steps_per_epoch=1)
+    (gated(*inputs).pow(2).mean() + gated.penalty()).backward()
+    gated.step()
+    pruned, _ = G.finalize(gated)
+    with torch.no_grad():
+        assert pruned(*inputs).shape == model(*inputs).shape

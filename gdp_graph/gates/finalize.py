@@ -63,8 +63,12 @@ def _weights_of(gated: GatedModel) -> fx.GraphModule:
         wanted = weights.state_dict().keys()
         state = {k: v for k, v in {**dict(gated.module.named_buffers()), **state}.items() if k in wanted}
     result = weights.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise FinalizeError(f"the gated model's weights do not match its trace: missing {result.missing_keys[:5]}, "
+    # a plain tensor attribute (Ultralytics' Detect.stride) is a constant of an exported graph,
+    # not a tensor of the class: the trace's value is the one
+    known = {n for n, _ in [*gated.module.named_parameters(), *gated.module.named_buffers()]} | state.keys()
+    missing = [k for k in result.missing_keys if k in known or isinstance(gated.module, fx.GraphModule)]
+    if missing or result.unexpected_keys:
+        raise FinalizeError(f"the gated model's weights do not match its trace: missing {missing[:5]}, "
                             f"unexpected {result.unexpected_keys[:5]}")
     return weights.eval()
 

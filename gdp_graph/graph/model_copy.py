@@ -44,6 +44,14 @@ def deepcopy_model(value: Any, memo: dict[int, Any] | None = None) -> Any:
     graph made by ``torch.export`` keeps pytree specs whose copy goes through that deprecated
     class in torch 2.13 (nothing of ours or the user's to change), and every gated or pruned
     language model printed it twice."""
+    if isinstance(value, nn.Module):
+        # deepcopy refuses a tensor that is no graph leaf, such as the weight the old
+        # torch.nn.utils.weight_norm hook leaves on its module (it computes it again each forward)
+        memo = {} if memo is None else memo
+        for module in value.modules():
+            for attribute in vars(module).values():
+                if isinstance(attribute, torch.Tensor) and attribute.grad_fn is not None:
+                    memo.setdefault(id(attribute), attribute.detach().clone())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                                 category=FutureWarning)
