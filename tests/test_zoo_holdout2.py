@@ -17,8 +17,8 @@ from gdp_graph.prune.weights import realistic_weights
 from tests.zoo import ZOO
 
 
-def _prune_exactly(model, inputs, ratio=0.5, seed=0):
-    analysis = G.analyze(model, inputs)
+def _prune_exactly(model, inputs, ratio=0.5, seed=0, front_end="auto"):
+    analysis = G.analyze(model, inputs, front_end=front_end)
     plan = G.random_plan(analysis, ratio, seed=seed)
     result = G.verify(analysis, plan, G.rewrite(analysis, plan, keep_class=False))
     assert result.ok, result
@@ -209,3 +209,40 @@ def test_finalize_takes_a_plain_tensor_attribute_from_the_export():
     pruned, _ = G.finalize(gated)
     with torch.no_grad():
         assert pruned(*inputs).shape == model(*inputs).shape
+
+
+class EinsumAttention(nn.Module):
+    """Attention written with ``torch.einsum``, with or without a head split."""
+
+    def __init__(self, scores: str, heads: bool) -> None:
+        super().__init__()
+        self.scores, self.heads = scores, heads
+        self.q, self.k, self.v, self.o = nn.Linear(8, 12), nn.Linear(8, 12), nn.Linear(8, 12), nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.heads:
+            q, k, v = (t.view(b, n, 2, -1).transpose(1, 2) for t in (q, k, v))
+        attn = torch.einsum(self.scores, q, k).softmax(-1)
+        out = torch.einsum("bhij,bhjd->bhid" if self.heads else "bij,bjd->bid", attn, v)
+        if self.heads:
+            out = out.transpose(1, 2).reshape(b, n, -1)
+        return self.o(out).mean(1)
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+@pytest.mark.parametrize("scores, heads", [("b h i d, b h j d -> b h i j", True), ("...id,...jd->...ij", False)])
+def test_einsum_attention_prunes_heads_and_channels(scores, heads, front_end):
+    """``torch.einsum`` had no rule: every channel around it was frozen ("no rule for einsum")."""
+    torch.manual_seed(0)
+    analysis, plan = _prune_exactly(EinsumAttention(scores, heads).eval(), (torch.randn(2, 7, 8),), front_end=front_end)
+    q_group = next(g for g in analysis.groups if any(m.target in ("q", "q.weight") for m in g.members
+                                                      if m.role in ("produce", "param") and m.dim == 0))
+    if heads:  # q and k tied per head: heads are the units, whatever the front end
+        assert q_group.unit == "head" and q_group.size == 2 and q_group.prunable and q_group.id in plan.keep
+    elif front_end == "fx":  # q's channels contracted with k's: tied, gated on q
+        assert q_group.size == 12 and q_group.prunable and q_group.id in plan.keep
+    else:  # aten.einsum takes its operands in a list: no gate site there
+        assert "einsum contracts channels of operands given in a list" in q_group.describe_frozen()
+    assert not any("no rule for einsum" in g.describe_frozen() for g in analysis.groups)
