@@ -246,7 +246,7 @@ class _ZeroedInputs(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         with self._set_current_node(n):
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            args, kwargs = self._inputs(n)
             if n.op == "call_module" and len(args) == 1 and not kwargs and (n.name, 0) in self.zeroed \
                     and isinstance(n.meta.get(VALUE), torch.Tensor):
                 layer = self.fetch_attr(str(n.target))
@@ -260,6 +260,16 @@ class _ZeroedInputs(fx.Interpreter):
                 return _bias_everywhere(bias, n.meta[VALUE].shape, spatial, args[0])
             args = tuple(torch.zeros_like(a) if (n.name, i) in self.zeroed else a for i, a in enumerate(args))
             return getattr(self, n.op)(n.target, args, kwargs)
+
+    def _inputs(self, n: fx.Node) -> tuple[tuple, dict]:
+        """``n``'s arguments from the environment; one about to be zeroed is read for its shape
+        only: a shape-only value (:mod:`.shapes_only`) is not made real for it."""
+        if not any((n.name, i) in self.zeroed for i in range(len(n.args))):
+            return self.fetch_args_kwargs_from_env(n)
+        args = tuple((dict.get(self.env, a) if dict.__contains__(self.env, a) else a.meta[VALUE])
+                     if (n.name, i) in self.zeroed and isinstance(a, fx.Node) else self.map_nodes_to_values(a, n)
+                     for i, a in enumerate(n.args))
+        return args, self.map_nodes_to_values(n.kwargs, n)
 
 
 def _bias_everywhere(bias: Optional[torch.Tensor], shape: torch.Size, spatial: int, x: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,7 @@ _MODULES = frozenset({
     nn.ELU, nn.Mish, nn.Softmax, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.PixelShuffle, nn.PixelUnshuffle,
+    nn.Hardtanh, nn.Upsample, nn.Unflatten, nn.ZeroPad2d, nn.ChannelShuffle,
 })
 _F = nn.functional
 #: functions of the same kind (none writes into an argument: an in-place op could write
@@ -58,7 +59,8 @@ _FUNCTIONS = frozenset({
     operator.add, operator.mul, operator.sub, operator.truediv, operator.neg, operator.matmul,
     torch.add, torch.mul, torch.sub, torch.matmul, torch.cat, torch.stack, torch.flatten, torch.roll,
     torch.permute, torch.transpose, torch.reshape, torch.sigmoid, torch.tanh, torch.sqrt, torch.rsqrt,
-    torch.relu, torch.softmax, torch.mean, _F.relu, _F.gelu, _F.silu, _F.hardswish, _F.hardsigmoid,
+    torch.relu, torch.softmax, torch.mean, torch.split, torch.chunk, torch.unbind, torch.squeeze, torch.unsqueeze,
+    _F.relu, _F.relu6, _F.hardtanh, _F.leaky_relu, _F.elu, _F.mish, _F.gelu, _F.silu, _F.hardswish, _F.hardsigmoid,
     _F.sigmoid, _F.softmax, _F.layer_norm, _F.group_norm, _F.linear, _F.adaptive_avg_pool1d,
     _F.adaptive_avg_pool2d, _F.avg_pool2d, _F.max_pool2d, _F.pad, _F.interpolate, _F.dropout,
     _F.scaled_dot_product_attention,
