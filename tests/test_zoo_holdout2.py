@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 
 import gdp_graph as G
 from gdp_graph.prune.export import load, save
+from gdp_graph.prune.keep_class import KeepClassWarning
 from gdp_graph.prune.weights import realistic_weights
 from tests.zoo import ZOO
 
@@ -246,3 +247,22 @@ def test_einsum_attention_prunes_heads_and_channels(scores, heads, front_end):
     else:  # aten.einsum takes its operands in a list: no gate site there
         assert "einsum contracts channels of operands given in a list" in q_group.describe_frozen()
     assert not any("no rule for einsum" in g.describe_frozen() for g in analysis.groups)
+
+
+def test_t5_heads_tied_across_layers_keep_the_class():
+    """T5's relative position bias (first layer) is added in every layer, so one head group
+    spans both layers; its head counts (``n_heads``, ``inner_dim``) were looked for only in the
+    modules' common prefix, so the class failed on the pruned sizes and the GraphModule came back."""
+    model, inputs = ZOO["t5_encoder"]()
+    analysis = G.analyze(model, inputs)
+    heads = next(g for g in analysis.groups if g.unit == "head")
+    assert heads.prunable and {m.target.split(".")[2] for m in heads.members if "block" in m.target} == {"0", "1"}
+    plan = G.PruningPlan(keep={heads.id: (0, 3)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KeepClassWarning)
+        pruned = G.rewrite(analysis, plan)
+    assert type(pruned).__name__ == "T5EncoderClassifier" and G.verify(analysis, plan, pruned).ok
+    for block in pruned.encoder.block:
+        attention = block.layer[0].SelfAttention
+        assert (attention.n_heads, attention.inner_dim, attention.q.out_features) == (2, 16, 16)
+    assert pruned.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.shape == (8, 2)
