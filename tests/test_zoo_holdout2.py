@@ -266,3 +266,41 @@ def test_t5_heads_tied_across_layers_keep_the_class():
         attention = block.layer[0].SelfAttention
         assert (attention.n_heads, attention.inner_dim, attention.q.out_features) == (2, 16, 16)
     assert pruned.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.shape == (8, 2)
+
+
+class StdConv2d(nn.Conv2d):
+    """BiT's weight-standardized conv (google-research/big_transfer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        v, m = torch.var_mean(w, dim=[1, 2, 3], keepdim=True, unbiased=False)
+        w = (w - m) / torch.sqrt(v + 1e-10)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class StandardizedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = StdConv2d(3, 16, 3, padding=1)
+        self.b = StdConv2d(16, 12, 3, padding=1)
+        self.c = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.b(torch.relu(self.a(x))))).mean((2, 3))
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_a_weight_standardized_with_var_mean_reads_its_fan_in_inexactly(front_end):
+    """``torch.var_mean`` had no rule: every channel of a BiT was frozen ("no rule for
+    var_mean"). A filter standardized over its fan-in: its output channels prune exactly, the
+    channels it reads are inexact (as NFNet's batch_norm over the weight)."""
+    torch.manual_seed(0)
+    model, inputs = StandardizedNet().eval(), (torch.randn(2, 3, 8, 8),)
+    analysis, plan = _prune_exactly(model, inputs, front_end=front_end)
+    read_by_b = next(g for g in analysis.groups if g.size == 16)
+    out_of_b = next(g for g in analysis.groups if g.size == 12)
+    assert not read_by_b.exact and "variance over channels" in "; ".join(read_by_b.inexact_reasons)
+    assert out_of_b.exact and out_of_b.prunable and out_of_b.id in plan.keep
+    loose = G.random_plan(analysis, 0.5, seed=0, allow_inexact=True)
+    assert read_by_b.id in loose.keep
+    assert not G.verify(analysis, loose, G.rewrite(analysis, loose, check=False)).ok

@@ -60,6 +60,7 @@ register_rule(*overloads("mean"))(reduce.mean_rule)
 register_rule(*overloads("sum"))(reduce.sum_rule)
 register_rule(*overloads("amax", "amin", "logsumexp"))(reduce.extremum_rule)
 register_rule(*overloads("var", "std"))(reduce.variance_rule)
+register_rule(*overloads("var_mean", "std_mean"))(reduce.variance_mean_rule)
 
 
 def _dim_arg(ctx, position: int, ndim: int) -> int:

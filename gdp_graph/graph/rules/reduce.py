@@ -138,6 +138,14 @@ def variance_rule(ctx):
     return _reduce(ctx, exact=False, what="variance", keepdim_pos=pos)
 
 
+@register_rule(torch.var_mean, torch.std_mean)
+def variance_mean_rule(ctx):
+    """var_mean / std_mean: both over the same dims, as a weight standardized over its fan-in
+    (BiT's ``StdConv2d``: ``torch.var_mean(w, dim=[1, 2, 3], keepdim=True)``) computes them."""
+    chan = variance_rule(ctx)
+    return chan, chan
+
+
 @register_rule(torch.norm, "norm")
 def norm_rule(ctx):
     return _reduce(ctx, exact=False, what="norm", dim_pos=2, keepdim_pos=3)
