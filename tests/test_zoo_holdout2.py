@@ -304,3 +304,15 @@ def test_a_weight_standardized_with_var_mean_reads_its_fan_in_inexactly(front_en
     loose = G.random_plan(analysis, 0.5, seed=0, allow_inexact=True)
     assert read_by_b.id in loose.keep
     assert not G.verify(analysis, loose, G.rewrite(analysis, loose, check=False)).ok
+
+
+@pytest.mark.parametrize("name, removable", [("convmixer", 3), ("poolformer", 6)])
+def test_branches_that_mix_no_channels_are_removable_blocks(name, removable):
+    """ConvMixer's ``Residual`` around a depthwise conv and PoolFormer's ``pool(x) - x`` token
+    mixer have no layer mixing channels, where block gates went: they were no blocks at all."""
+    model, inputs = ZOO[name]()
+    analysis = G.analyze(model, inputs)
+    assert sum(b.prunable for b in analysis.blocks) == removable
+    plan = G.random_plan(analysis, 0.3, seed=0, block_ratio=1.0)
+    assert len(plan.removed_blocks) == removable
+    assert G.verify(analysis, plan, G.rewrite(analysis, plan)).ok

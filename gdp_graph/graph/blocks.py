@@ -132,6 +132,21 @@ def _terminal_sites(member_nodes: list[fx.Node], members: set[str], groups: list
     return [s for (node, _), s in sites.items() if node in terminal]
 
 
+def _entry_sites(member_nodes: list[fx.Node], members: set[str]) -> list[GateSite]:
+    """Where the branch's input enters its layers, for a branch that mixes no channels (no
+    gate site of a group: ConvMixer's ``Residual`` around a depthwise conv, BatchNorm and GELU):
+    zeroing it there leaves the layers' biases, which the branch constant check then judges."""
+    sites = []
+    for n in member_nodes:
+        if n.op != "call_module":
+            continue
+        for i, a in enumerate(n.args):
+            value = a.meta.get(VALUE) if isinstance(a, fx.Node) and a.name not in members else None
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 2:
+                sites.append(GateSite(n.name, i, 1, value.dim(), torch.zeros(1, dtype=torch.long)))
+    return sites
+
+
 def _checks_on(order: list[fx.Node], members: set[str]) -> set[str]:
     """Nodes hanging off the branch (``order``: its nodes in graph order) that compute no tensor,
     directly or downstream: shape checks such as timm's ``torch._assert(x.ndim == 4, ...)``.
@@ -202,7 +217,7 @@ def _branch_block(traced, runner: "_ZeroedInputs", ancestors: _Ancestry, add: fx
     params = [n for n in member_nodes if n.op in ("call_module", "get_attr")]
     if not params:
         return None
-    sites = _terminal_sites(member_nodes, members, groups, ancestors)
+    sites = _terminal_sites(member_nodes, members, groups, ancestors) or _entry_sites(member_nodes, members)
     if not sites:
         return None
     identity = any(isinstance(a, fx.Node) and a.name == other.name for n in member_nodes for a in n.all_input_nodes)
