@@ -316,3 +316,39 @@ def test_branches_that_mix_no_channels_are_removable_blocks(name, removable):
     plan = G.random_plan(analysis, 0.3, seed=0, block_ratio=1.0)
     assert len(plan.removed_blocks) == removable
     assert G.verify(analysis, plan, G.rewrite(analysis, plan)).ok
+
+
+class TorchEncoder(nn.Module):
+    """``nn.TransformerEncoder`` as people use it for a sequence classifier."""
+
+    def __init__(self, norm_first: bool, masked: bool = False) -> None:
+        super().__init__()
+        self.masked = masked
+        self.embed = nn.Linear(6, 16)
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.1, batch_first=True, norm_first=norm_first)
+        self.encoder = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(16), enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+        self.register_buffer("mask", torch.zeros(7, 7), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x), mask=self.mask if self.masked else None).mean(1))
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_torch_transformer_encoder_prunes_heads_and_ffn_channels(norm_first):
+    """``nn.TransformerEncoder(Layer)`` was one leaf without a rule: every channel touching it
+    was frozen ("no rule for module type TransformerEncoder")."""
+    torch.manual_seed(0)
+    model, inputs = TorchEncoder(norm_first).eval(), (torch.randn(2, 7, 6),)
+    analysis, plan = _prune_exactly(model, inputs)
+    units = sorted((g.unit, g.size) for g in analysis.prunable_groups() if g.exact)
+    assert units == [("channel", 32), ("channel", 32), ("head", 4), ("head", 4)], units
+    assert len(plan.keep) == 4
+
+
+def test_a_masked_torch_transformer_encoder_stays_one_refused_op():
+    torch.manual_seed(0)
+    model, inputs = TorchEncoder(False, masked=True).eval(), (torch.randn(2, 7, 6),)
+    analysis = G.analyze(model, inputs)
+    embedded = next(g for g in analysis.groups if any(m.target == "embed" and m.role == "produce" for m in g.members))
+    assert "no rule for module type TransformerEncoder" in embedded.describe_frozen()

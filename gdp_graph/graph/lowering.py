@@ -10,6 +10,7 @@ rules see the heads and the rewriter can slice them. Other uses stay a frozen le
 from __future__ import annotations
 
 import operator
+from typing import Any, Callable, Optional
 
 import torch.fx as fx
 import torch.nn.functional as F
@@ -86,3 +87,33 @@ def lower_multihead_attention(gm: fx.GraphModule) -> int:
         gm.graph.lint()
         gm.recompile()
     return count
+
+
+#: torch's encoder layers, whose forward checks its input in Python and may take a fused fast
+#: path (``torch._transformer_encoder_layer_fwd``): traced as the plain module calls below
+PLAIN_TRANSFORMER = (nn.TransformerEncoderLayer, nn.TransformerEncoder)
+
+
+def plain_transformer_forward(m: nn.Module, args: tuple, kwargs: dict) -> Optional[Callable[..., Any]]:
+    """The eval forward of ``nn.TransformerEncoderLayer`` / ``nn.TransformerEncoder`` as calls of
+    their submodules (its attention then lowers like any ``nn.MultiheadAttention``), or None
+    when masks or causality are given (the module stays one op)."""
+    if len(args) != 1 or any(v is not None and v is not False for v in kwargs.values()):
+        return None
+    if isinstance(m, nn.TransformerEncoder):
+        def encoder(src):
+            for layer in m.layers:
+                src = layer(src)
+            return m.norm(src) if m.norm is not None else src
+        return encoder
+
+    def attention(x):
+        return m.dropout1(m.self_attn(x, x, x, need_weights=False)[0])
+
+    def layer(x):
+        if m.norm_first:
+            x = x + attention(m.norm1(x))
+            return x + m._ff_block(m.norm2(x))
+        x = m.norm1(x + attention(x))
+        return m.norm2(x + m._ff_block(x))
+    return layer

@@ -22,7 +22,7 @@ from torch import nn
 from gdp_graph.graph.frontend_export import DYNAMIC, export_graph, mark_constant_buffers
 from gdp_graph.graph.groups import OpaqueLeaf
 from gdp_graph.graph.inputs import BoundInputs, InputError, bind_inputs, is_flag
-from gdp_graph.graph.lowering import lower_multihead_attention
+from gdp_graph.graph.lowering import PLAIN_TRANSFORMER, lower_multihead_attention, plain_transformer_forward
 from gdp_graph.graph.meta import SHAPE_ONLY, VALUE
 from gdp_graph.graph.record import TraceError, first_line as _first_line, record as _record
 from gdp_graph.graph.model_copy import attributes_restored, private_copy
@@ -90,12 +90,18 @@ class _FallbackTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         # a module whose type has a registered rule is one op: its rule, not its code, is used
+        if isinstance(m, PLAIN_TRANSFORMER) and qualname not in self.opaque:
+            return False
         return qualname in self.opaque or has_leaf_rule(m) or super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
         qualname = self.path_of_module(m)
         if self.is_leaf_module(m, qualname):
             return super().call_module(m, forward, args, kwargs)
+        if isinstance(m, PLAIN_TRANSFORMER):
+            forward = plain_transformer_forward(m, args, kwargs)
+            if forward is None:  # with masks: one op, as before
+                return self.create_proxy("call_module", qualname, args, kwargs)
         self.stack.append(qualname)
         result = super().call_module(m, forward, args, kwargs)
         self.stack.pop()
