@@ -352,3 +352,22 @@ def test_a_masked_torch_transformer_encoder_stays_one_refused_op():
     analysis = G.analyze(model, inputs)
     embedded = next(g for g in analysis.groups if any(m.target == "embed" and m.role == "produce" for m in g.members))
     assert "no rule for module type TransformerEncoder" in embedded.describe_frozen()
+
+
+class WithScripted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.body = torch.jit.script(nn.Sequential(nn.Conv2d(16, 24, 1), nn.ReLU(), nn.Conv2d(24, 16, 1)))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+def test_a_torchscript_submodule_is_one_refused_op_named_by_its_type():
+    """fx traced into the scripted module and the refusal named "no rule for .forward()"."""
+    torch.manual_seed(0)
+    analysis = G.analyze(WithScripted().eval(), (torch.randn(2, 3, 8, 8),))
+    stem = next(g for g in analysis.groups if any(m.target == "stem" for m in g.members))
+    assert "no rule for module type RecursiveScriptModule at node 'body'" in stem.describe_frozen()

@@ -92,6 +92,8 @@ class _FallbackTracer(fx.Tracer):
         # a module whose type has a registered rule is one op: its rule, not its code, is used
         if isinstance(m, PLAIN_TRANSFORMER) and qualname not in self.opaque:
             return False
+        if isinstance(m, torch.jit.ScriptModule):  # compiled code: one op, named by its type
+            return True
         return qualname in self.opaque or has_leaf_rule(m) or super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
