@@ -31,6 +31,8 @@ def _weight_norm_hooks(module: nn.Module) -> list:
 def _kept_apart(module: nn.Module) -> dict[str, Union[int, str]]:
     """Computed tensor name -> the dim weight_norm normalizes apart (-1: the whole tensor), or
     the name of a parametrization that is no weight_norm."""
+    if not (module._forward_pre_hooks or parametrize.is_parametrized(module)):
+        return {}  # the common case, asked for every layer call the analysis records
     from torch.nn.utils.parametrizations import _WeightNorm
     found: dict[str, Union[int, str]] = {}
     if parametrize.is_parametrized(module):
