@@ -256,3 +256,25 @@ def test_channel_step_finds_the_staircase_and_ignores_single_spikes():
     spiky[widths.index(40)] *= 3  # one slow measurement is not an edge
     assert channel_step(spiky, widths) == 16
     assert channel_step([1.0 + 0.01 * w for w in widths], widths) == 1  # smooth: no preference
+
+
+def test_latency_is_measured_with_freed_memory_held_and_tables_say_so(monkeypatch):
+    """glibc's trim and mmap thresholds are fixed before anything is timed (a fresh process
+    otherwise measures page faults a running one does not pay), and the table's cache key
+    records it, so a table timed before is not reused."""
+    import platform
+    import sys
+    from gdp_graph.latency import allocator, interleaved
+    from gdp_graph.latency.cache import table_key
+    called = []
+    allocator.hold_freed_memory.cache_clear()
+    monkeypatch.setattr(interleaved, "hold_freed_memory", lambda: called.append(1) or "held")
+    model = torch.nn.Linear(4, 4)
+    interleaved.time_models([model, model], (torch.randn(1, 4),), rounds=1, warmup=0)
+    assert called == [1]
+    state = allocator.hold_freed_memory()
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert state == ("held" if glibc else "system")
+    assert allocator.hold_freed_memory() is state  # once per process
+    analysis = G.analyze(model, (torch.randn(1, 4),))
+    assert table_key(analysis, LatencySettings())["allocator"] == state

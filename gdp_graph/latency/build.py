@@ -17,6 +17,7 @@ from gdp_graph.errors import GdpError
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import CostModel
 from gdp_graph.graph.model_copy import deepcopy_model
+from gdp_graph.latency.allocator import hold_freed_memory
 from gdp_graph.latency.table import LatencyTable
 from gdp_graph.latency.timing import Timer, default_timer, fastest_run, time_nodes
 from gdp_graph.policy.schema import LatencySettings
@@ -156,6 +157,7 @@ def build_table(analysis: Analysis, settings: Optional[LatencySettings] = None, 
     ``progress(label, done, total)`` is called after each step. Raises :class:`LatencyError`
     naming the width that failed."""
     settings = settings or LatencySettings()
+    hold_freed_memory()  # tables and later measurements in one allocator state (latency.allocator)
     started = time.perf_counter()
     cost_model = cost_model or CostModel(analysis)
     extra = {}

@@ -16,6 +16,7 @@ import torch
 
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import CostModel
+from gdp_graph.latency.allocator import hold_freed_memory
 from gdp_graph.latency.build import build_table
 from gdp_graph.latency.table import LatencyTable
 from gdp_graph.latency.timing import Timer
@@ -76,7 +77,7 @@ def table_key(analysis: Analysis, settings: LatencySettings) -> dict[str, Any]:
     return {"graph": fingerprint(analysis), "device": device_name(settings.device), "torch": torch.__version__,
             "threads": settings.threads, "batch": settings.batch, "dtype": settings.dtype,
             "memory_format": settings.memory_format, "points": settings.points, "round_to": settings.round_to,
-            "estimator": ESTIMATOR}
+            "estimator": ESTIMATOR, "allocator": hold_freed_memory()}
 
 
 def cache_folder(settings: LatencySettings) -> Path:
