@@ -102,6 +102,8 @@ TABLES = {t.name: t for t in (
     Table("cifar-main-command", "python benchmarks/cifar_main_command.py --table", "cifar_main_command.json",
           "cifar_main_command", "--results"),
     Table("latency-target", "python benchmarks/latency_target.py --table", "latency_target.json", "latency_target"),
+    Table("cifar-latency", "python benchmarks/cifar_latency.py table", "cifar_latency.json", "cifar_latency", "--results",
+          last_run=True),
     Table("latency-repeat", "python benchmarks/latency_repeat.py --table", "latency_repeat.json", "latency_repeat",
           "--results"),
     Table("llm-prune", "python benchmarks/llm_prune.py --table", "llm_prune.json", "llm_prune"),
