@@ -84,6 +84,13 @@ def _network(args) -> nn.Module:
     return CifarMobileNetV2(args.width)
 
 
+def _pretrained(args) -> nn.Module:
+    """The network with the checkpoint's weights, in eval mode."""
+    model = _network(args)
+    model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
 def _policy(args, metric: str, fraction: float):
     from gdp_graph.policy import load_policy, policy_from_dict
     data = load_policy("mobilenetv2").to_dict()
@@ -166,9 +173,7 @@ def run_one(args, run: str, target: float, seed: int, fraction: float) -> dict[s
     from gdp_graph.recipes.cifar10.training import evaluate
     torch.manual_seed(seed)
     data = _loaders(args, seed)
-    model = _network(args)
-    model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
-    model.eval()
+    model = _pretrained(args)
     x1 = torch.randn(1, 3, 32, 32)
     before = model_cost(model, (x1,))
     metric = "latency" if run == "gdp_latency" else "flops"
@@ -230,9 +235,7 @@ def _flops_run(args, target: float, seed: int) -> dict[str, Any]:
     found = None if args.rerun else records.recorded(args.results, BENCHMARK, settings)
     if found is not None:
         return found
-    model = _network(args)
-    model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
-    calibration = calibrate_flops(args, model.eval(), target)
+    calibration = calibrate_flops(args, _pretrained(args), target)
     print(f"  calibration t={target} s={seed}: latency {target:.3f} <- FLOPs {calibration['flops_target']:.3f} "
           f"(one-shot magnitude measured {calibration['measured']:.3f})", flush=True)
     record = run_one(args, "gdp_flops", target, seed, calibration["flops_target"])

@@ -39,10 +39,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks import records  # noqa: E402
+from gdp_graph.latency.allocator import MMAP_BYTES, TRIM_BYTES  # noqa: E402
 
 BENCHMARK = "latency_repeat"
 #: glibc's allocator held steady (``--malloc pinned``)
-PINNED = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+PINNED = {"MALLOC_TRIM_THRESHOLD_": str(TRIM_BYTES), "MALLOC_MMAP_THRESHOLD_": str(MMAP_BYTES)}  # as the library holds them
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "latency_repeat.json"
 
 

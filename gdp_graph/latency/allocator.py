@@ -17,11 +17,11 @@ import ctypes
 import functools
 import sys
 
-__all__ = ["hold_freed_memory"]
+__all__ = ["MMAP_BYTES", "TRIM_BYTES", "hold_freed_memory"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-_TRIM_BYTES = 1 << 30  # keep up to 1 GiB of freed heap top
-_MMAP_BYTES = 32 << 20  # glibc's largest mmap threshold: blocks below it come from the heap
+TRIM_BYTES = 1 << 30  # keep up to 1 GiB of freed heap top
+MMAP_BYTES = 32 << 20  # glibc's largest mmap threshold: blocks below it come from the heap
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,6 +36,6 @@ def hold_freed_memory() -> str:
     except (OSError, AttributeError):
         return "system"
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    if mallopt(_M_TRIM_THRESHOLD, _TRIM_BYTES) != 1 or mallopt(_M_MMAP_THRESHOLD, _MMAP_BYTES) != 1:
+    if mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES) != 1 or mallopt(_M_MMAP_THRESHOLD, MMAP_BYTES) != 1:
         return "system"  # musl's mallopt is a stub that returns 0
     return "held"
