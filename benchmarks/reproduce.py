@@ -22,7 +22,9 @@ every row is compared (``benchmarks/reproduce_compare.py`` defines the rules):
 - a ratio measured in one process (speed-ups, X / Y times): within ``--ratio-tolerance`` (0.25)
   relative, or the interquartile range of its rounds; a memory peak: within 0.25 relative;
 - an output difference (``max_rel_diff``): at most 10x the committed one, or below 1e-4;
-- counts, flags and names: equal.
+- counts, flags and names: equal;
+- a figure a timing loop chose (a table's ``chosen_by_timing``: the plan ``latency_target.py``
+  kept): within the ratio tolerance, or the spread of every recorded run of its row (its draws).
 
 A row is ``inside`` when all its figures are, ``outside`` when one is not, ``missing`` when the
 rerun did not produce it; ``--where KEY=VALUE`` (repeatable) keeps only the rows whose settings have KEY equal to VALUE (as JSON
@@ -50,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import docs_tables, records  # noqa: E402
-from benchmarks.reproduce_compare import Tolerances, compare_rows, rows_of  # noqa: E402
+from benchmarks.reproduce_compare import Tolerances, compare_rows, row_key, rows_of, runs_of  # noqa: E402
 from gdp_graph.errors import GdpError  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -73,6 +75,11 @@ class Table:
     benchmark: str
     flag: str = "--out"
     last_run: bool = False  # the table shows the commit of the last record only (records.latest_run)
+    #: the settings that name a row as the table prints it (its latest record for them), where a
+    #: later run added a setting: the earlier records are no rows of the table
+    row_by: tuple[str, ...] = ()
+    #: figures (fnmatch patterns of dotted names) that a timing loop chose (reproduce_compare)
+    chosen_by_timing: tuple[str, ...] = ()
 
 
 TABLES = {t.name: t for t in (
@@ -101,7 +108,11 @@ TABLES = {t.name: t for t in (
           "benchmarks/results/cifar_gdp_variants.json", "cifar_gdp_variants.json", "cifar_methods", "--results"),
     Table("cifar-main-command", "python benchmarks/cifar_main_command.py --table", "cifar_main_command.json",
           "cifar_main_command", "--results"),
-    Table("latency-target", "python benchmarks/latency_target.py --table", "latency_target.json", "latency_target"),
+    Table("latency-target", "python benchmarks/latency_target.py --table", "latency_target.json", "latency_target",
+          row_by=("model", "target", "round_to"),
+          chosen_by_timing=("predicted", "loop.predicted", "loop.measured", "latency_plan.*", "flops_plan.flops_target",
+                            "flops_plan.predicted", "flops_plan.params", "flops_plan.flops", "flops_plan.params_kept",
+                            "flops_plan.flops_kept")),
     Table("cifar-latency", "python benchmarks/cifar_latency.py table", "cifar_latency.json", "cifar_latency", "--results",
           last_run=True),
     Table("latency-repeat", "python benchmarks/latency_repeat.py --table", "latency_repeat.json", "latency_repeat",
@@ -130,20 +141,30 @@ def rerun_command(command: str, flag: str) -> str:
     return shlex.join(["python", *out])
 
 
-def committed_rows(table: Table, path: Optional[Path] = None) -> dict[str, list[dict[str, Any]]]:
-    """The table's rows as committed: row key -> the records of the latest commit that has it."""
+def committed_records(table: Table, path: Optional[Path] = None) -> list[dict[str, Any]]:
+    """The table's results file's records (bad input when it does not exist)."""
     path = path or RESULTS / table.results
     if not path.exists():
         raise ReproduceError(f"{path}: no such results file")
-    return rows_of(table_records(table, records.load_records(path)))
+    return records.load_records(path)
+
+
+def committed_rows(table: Table, path: Optional[Path] = None) -> dict[str, list[dict[str, Any]]]:
+    """The table's rows as committed: row key -> the records of the latest commit that has it."""
+    return rows_of(table_records(table, committed_records(table, path)))
 
 
 def table_records(table: Table, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records of the table's benchmark that its table reads (of the last commit only, for
-    a table of the last run)."""
+    a table of the last run; of the latest settings of each ``row_by`` row)."""
     mine = [r for r in recs if r.get("benchmark") == table.benchmark]
     if table.last_run and mine:
         mine = [r for r in mine if r.get("commit") == mine[-1].get("commit")]
+    if table.row_by:
+        def shown(r: dict[str, Any]) -> str:
+            return json.dumps([r.get("settings", {}).get(k) for k in table.row_by])
+        latest = {shown(r): row_key(r) for r in mine}
+        mine = [r for r in mine if row_key(r) == latest[shown(r)]]
     return mine
 
 
@@ -311,7 +332,8 @@ def report(name: str, verdicts: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def reproduce(table: Table, args: argparse.Namespace) -> int:
-    committed = committed_rows(table, args.results)
+    every = committed_records(table, args.results)
+    committed = rows_of(table_records(table, every))
     if not committed:
         raise ReproduceError(f"{table.name}: no {table.benchmark} records in {args.results or table.results} "
                              "(rows that predate records name no command: rerun its script first)")
@@ -330,10 +352,11 @@ def reproduce(table: Table, args: argparse.Namespace) -> int:
     if args.where:  # a rerun command may also write rows that were not asked for
         fresh = {k: v for k, v in fresh.items() if k in committed}
     tol = Tolerances(spread=args.spread, time_factor=args.time_factor, ratio=args.ratio_tolerance)
-    verdicts = compare_rows(committed, fresh, tol)
+    runs = runs_of(r for r in every if r.get("benchmark") == table.benchmark)
+    verdicts = compare_rows(committed, fresh, tol, table.chosen_by_timing, runs)
     counts = report(table.name, verdicts)
     settings = {"table": table.name, "block": table.block, "commands": cmds, "where": args.where or None,
-                "tolerances": dataclasses.asdict(tol),
+                "tolerances": dataclasses.asdict(tol), "chosen_by_timing": list(table.chosen_by_timing) or None,
                 "committed": str(args.results or Path("benchmarks/results") / table.results),
                 "fresh": str(fresh_path) if args.fresh else None}
     result = {"counts": counts, "rerun_seconds": seconds, "rows": verdicts}

@@ -202,3 +202,68 @@ def test_where_reruns_and_compares_only_the_rows_that_match(tmp_path, capsys):
     assert R.main([*common, "--where", "model"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: no row matches --where model=resnet", "error: --where 'model': expected KEY=VALUE"]
+
+
+def looped(flops_kept, params, chosen, *, commit="b" * 40, within=True, ratio=0.51, **settings):
+    """A latency_target-like record: the plan a timing loop kept, and what the table claims of it."""
+    result = {"target": 0.5, "predicted": 0.3 + flops_kept / 2, "loop": {"chosen": chosen, "measured": 0.5},
+              "latency_plan": {"params": params, "flops_kept": flops_kept}, "measured": {"ratio": ratio},
+              "within_0.05": within, "table_build_s": 10.0}
+    return {**rec(result, commit=commit, seed=None, **settings), "benchmark": "latency_target",
+            "command": "python benchmarks/latency_target.py"}
+
+
+def test_a_figure_a_timing_loop_chose_is_compared_with_the_ratio_tolerance_or_the_spread_of_its_runs():
+    runs = [looped(0.25, 7_000_000, 2, commit="a" * 40), looped(0.36, 9_554_152, 0)]  # an earlier run, then the row
+    committed = rows_of(runs[1:])
+    chosen = R.TABLES["latency-target"].chosen_by_timing
+
+    def bad(fresh, patterns=chosen):
+        (row,) = compare_rows(committed, rows_of([fresh]), Tolerances(), patterns, C.runs_of(runs))
+        return [f["figure"] for f in row["figures"] if not f["inside"]]
+
+    another_plan = looped(0.26, 7_300_000, 1)  # inside the earlier run's plan and this one's, not 0.25 of 0.36
+    assert bad(another_plan) == []
+    # without the rule a rerun's other plan is a different computation of one seed
+    assert bad(another_plan, ()) == ["predicted", "latency_plan.params", "latency_plan.flops_kept"]
+    # runs that agree leave the ratio tolerance: 0.26 is then beyond both (its predicted 0.43 is not)
+    runs[:1] = [looped(0.35, 9_500_000, 1, commit="a" * 40), looped(0.36, 9_554_152, 1, commit="c" * 40)]
+    assert bad(another_plan) == ["latency_plan.flops_kept"]  # its parameters are within 0.25 of the row's
+    # what the table claims keeps its rule: the flag exactly, the measured ratio its tolerance
+    assert bad(looped(0.30, 8_000_000, 1, within=False, ratio=0.9)) == ["measured.ratio", "within_0.05"]
+    assert C.chosen_by_timing("latency_plan.flops_kept", chosen)
+    assert not C.chosen_by_timing("flops_plan.measured.ratio", chosen)
+    assert kind_of("loop.chosen", 1) is None  # the index of the kept round: its figures are compared
+
+
+def test_the_latency_target_table_names_its_rows_and_only_the_figures_its_loop_chose():
+    table = R.TABLES["latency-target"]
+    every = records.load_records(R.RESULTS / table.results)
+    shown = {(r["settings"]["model"], r["settings"]["target"], r["settings"]["round_to"]) for r in every}
+    rows = R.committed_rows(table)
+    # the records from before ``corrections`` was a setting are no rows of the table
+    keys = [json.loads(k) for k in rows]
+    assert sorted((k["model"], k["target"], k["round_to"]) for k in keys) == sorted(shown)
+    names = set(C.flatten(every[-1]["result"])[0])
+    chosen = {n for n in names if C.chosen_by_timing(n, table.chosen_by_timing)}
+    assert {"predicted", "loop.predicted", "latency_plan.flops_kept", "latency_plan.params", "flops_plan.flops_kept",
+            "flops_plan.params_kept", "flops_plan.flops_target"} <= chosen
+    claimed = {"within_0.05", "within_0.05_cpu", "measured.ratio", "measured_cpu.ratio", "flops_plan.measured.ratio",
+               "flops_plan.measured_cpu.ratio", "table_build_s", "original_ms", "pruned_class", "target"}
+    assert claimed <= names and not claimed & chosen
+
+
+def test_a_latency_target_reproduction_reads_the_runs_of_its_rows_from_the_results_file(tmp_path):
+    committed, fresh, out = tmp_path / "latency_target.json", tmp_path / "fresh.json", tmp_path / "reproduce.json"
+    records.append_record(committed, looped(0.25, 7_000_000, 2, commit="a" * 40, target=0.5, round_to=1))
+    records.append_record(committed, looped(0.36, 9_554_152, 0, target=0.5, round_to=1, corrections=2))
+    records.append_record(committed, looped(0.24, 7_000_000, 2, commit="a" * 40, target=0.5, round_to=1, corrections=2))
+    records.append_record(committed, looped(0.36, 9_554_152, 0, target=0.5, round_to=1, corrections=2))
+    records.append_record(fresh, looped(0.26, 7_300_000, 1, commit="c" * 40, target=0.5, round_to=1, corrections=2))
+    assert R.main(["latency-target", "--results", str(committed), "--fresh", str(fresh), "--out", str(out)]) == 0
+    (made,) = records.load_records(out)
+    # the run from before corrections was a setting is no row
+    assert made["result"]["counts"] == {"inside": 1, "outside": 0, "missing": 0, "new": 0}
+    assert made["settings"]["chosen_by_timing"] == list(R.TABLES["latency-target"].chosen_by_timing)
+    kinds = {f["figure"]: f["kind"] for f in made["result"]["rows"][0]["figures"]}
+    assert (kinds["latency_plan.params"], kinds["within_0.05"], kinds["measured.ratio"]) == ("by-timing", "exact", "ratio")
