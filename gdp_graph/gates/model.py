@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from gdp_graph.gates.absorb import reopen_into_weights
 from gdp_graph.gates.bank import GateBank, GateError
 from gdp_graph.gates.budget import BudgetController, soft_fraction
+from gdp_graph.gates.lagrangian import LagrangianController
 from gdp_graph.gates.cut import budget_plan, budget_plan_at, plan_from_gates, protected_mask
 from gdp_graph.gates.hold import budget_keep_mask
 from gdp_graph.gates.hooks import ClassForward, gated_module
@@ -115,7 +116,7 @@ class GatedModel(nn.Module):
         self.regularizer = make_regularizer(reg.name, self.cost_model, metric=self.metric,
                                             t=reg.t if reg.t is not None else DEFAULT_T)
         self._lambda = float(reg.lambda_)
-        self.controller: Optional[BudgetController] = lambda_controller(policy, self.phase)
+        self.controller: Optional[BudgetController | LagrangianController] = lambda_controller(policy, self.phase)
         self.fix_report: dict[str, Any] = {}
         #: ``plan -> (model, Measured)``: with a latency target and ``latency.corrections`` > 0, the
         #: cut at ``fix_at`` is corrected by measured latency (see :meth:`fix_gates`); set by the

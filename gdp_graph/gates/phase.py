@@ -12,6 +12,7 @@ from typing import Optional
 
 from gdp_graph.gates.bank import GateError
 from gdp_graph.gates.budget import BudgetController
+from gdp_graph.gates.lagrangian import LagrangianController
 from gdp_graph.gates.schedule import EpsilonRamp, fit_to_window, in_updates
 from gdp_graph.graph.analysis import Analysis
 from gdp_graph.graph.cost import CostModel
@@ -103,16 +104,20 @@ def cost_model_for(analysis: Analysis, policy: Policy) -> CostModel:
     return cost_model
 
 
-def lambda_controller(policy: Policy, phase: GatedPhase) -> Optional[BudgetController]:
-    """The controller that steers lambda to the target (``lambda_controller.kind: proportional``),
-    its deadline the end of epsilon's ramp where ``lambda_controller.deadline`` asks; None for a
-    constant lambda."""
+def lambda_controller(policy: Policy, phase: GatedPhase) -> Optional[BudgetController | LagrangianController]:
+    """The controller that steers lambda to the target (``lambda_controller.kind``: ``proportional``
+    or ``lagrangian``), its deadline the end of epsilon's ramp where ``lambda_controller.deadline``
+    asks; None for a constant lambda."""
     reg = policy.regularizer
     ctrl = reg.lambda_controller
-    if ctrl.kind != "proportional":
+    if ctrl.kind not in ("proportional", "lagrangian"):
         return None
     deadline = None if not ctrl.deadline or phase.epsilon_schedule is None else in_updates(
         phase.epsilon_schedule.total_steps, phase.unit, ctrl.step, phase.steps_per_epoch)
+    if ctrl.kind == "lagrangian":
+        return LagrangianController(policy.target.fraction, metric=policy.target.metric, lambda_init=reg.lambda_,
+                                    tolerance=policy.target.tolerance, gain=ctrl.gain, lambda_max=ctrl.max,
+                                    deadline=None if deadline is None else max(deadline, 1))
     gain = ctrl.gain if deadline is None else max(ctrl.gain, math.log(10.0) / max(deadline, 1))
     return BudgetController(policy.target.fraction, metric=policy.target.metric, lambda_init=reg.lambda_,
                             tolerance=policy.target.tolerance, gain=gain, lambda_min=ctrl.min, lambda_max=ctrl.max,

@@ -150,6 +150,8 @@ class _PolicyBuilder:
                     self.rep.error(sub.key_location(key), f"regularizer.lambda_controller.{key} "
                                    "only applies to kind: proportional (kind is 'constant')")
             return LambdaController(kind="constant")
+        if ctrl.kind == "lagrangian":
+            return self.lagrangian(reg, sub, lam, ctrl)
         if ctrl.min > ctrl.max:
             loc = sub.value_location("max" if "max" in sub.entries else "min") if sub \
                 else reg.location
@@ -157,6 +159,18 @@ class _PolicyBuilder:
                            f"than max ({ctrl.max!r})")
         else:
             self.check_lambda(reg, sub, lam, ctrl)
+        return ctrl
+
+    def lagrangian(self, reg: Checked, sub: Optional[Checked], lam: float,
+                   ctrl: LambdaController) -> LambdaController:
+        for key in ("min", "lead"):
+            if sub is not None and key in sub.entries:
+                self.rep.error(sub.key_location(key), f"regularizer.lambda_controller.{key} does not apply to "
+                               "kind: lagrangian (lambda is a multiplier, bounded by max either way)")
+        if not 0 <= lam <= ctrl.max:
+            loc = reg.value_location("lambda") if "lambda" in reg.entries or sub is None else sub.value_location("max")
+            self.rep.error(loc, f"regularizer.lambda ({lam!r}) is outside [0, lambda_controller.max] = "
+                           f"[0, {ctrl.max!r}] (the lagrangian controller's first multiplier starts there)")
         return ctrl
 
     def check_lambda(self, reg: Checked, sub: Optional[Checked], lam: float,

@@ -75,23 +75,27 @@ CONTROLLER_SPEC = Struct("lambda controller", {
     "kind": Field(Enum(CONTROLLERS), "proportional: lambda <- clamp(lambda * exp(gain * e * r), min, "
                   "max) with e the gap of the kept metric to the target (0 inside the tolerance "
                   "band) and r the share of it not already closing; "
+                  "lagrangian: lambda = lambda1 + 2 lambda2 gap, the price of the constraint 'soft "
+                  "cost = a path falling to the target by the deadline' (gap = soft - path), both "
+                  "multipliers raised by gradient ascent on the gap (min and lead do not apply); "
                   "constant: lambda is fixed.", LambdaController.kind),
-    "gain": Field(Number(minimum=0, exclusive_minimum=True), "proportional only: how fast lambda "
-                  "reacts.", LambdaController.gain),
+    "gain": Field(Number(minimum=0, exclusive_minimum=True), "how fast lambda reacts (proportional: "
+                  "per update in log space; lagrangian: the ascent rate's lower bound).", LambdaController.gain),
     "min": Field(Number(minimum=0), "proportional only: lower bound of lambda.",
                  LambdaController.min),
-    "max": Field(Number(minimum=0, exclusive_minimum=True), "proportional only: upper bound of "
-                 "lambda.", LambdaController.max),
-    "step": Field(Enum(STEPS), "proportional only: how often lambda is updated.",
+    "max": Field(Number(minimum=0, exclusive_minimum=True), "upper bound of lambda (lagrangian: "
+                 "of its absolute value).", LambdaController.max),
+    "step": Field(Enum(STEPS), "how often lambda is updated.",
                   LambdaController.step),
     "lead": Field(Enum(LEADS), "proportional only: what the look-ahead against wind-up follows. "
                   "soft: the soft cost; travel: the cost written from each gate's theta as a "
                   "share of its start (moves from the first step, while a gate's value only moves "
                   "once theta nears sqrt(epsilon)).", LambdaController.lead),
-    "deadline": Field(Bool(), "proportional only: aim at the step where epsilon reaches its end "
+    "deadline": Field(Bool(), "aim at the step where epsilon reaches its end "
                       "(epsilon.end_at of the steps before fix_at): the look-ahead reaches no further, "
                       "and gain is raised to ln(10) / those steps when larger, so that lambda can move a "
-                      "factor 10 within a short window.", LambdaController.deadline),
+                      "factor 10 within a short window (lagrangian: the path reaches the target at 75% "
+                      "of those steps).", LambdaController.deadline),
 }, doc="How lambda is steered towards the target.", nullable=True)
 
 EPSILON_SPEC = Struct("epsilon schedule", {

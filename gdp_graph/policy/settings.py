@@ -15,7 +15,7 @@ VERSION = 1
 LEADS = ("soft", "travel")
 #: where the gates' theta starts (see gdp_graph.gates.init): all equal, or ranked by an importance
 INITS = ("uniform", "magnitude", "activation", "taylor")
-CONTROLLERS = ("proportional", "constant")
+CONTROLLERS = ("proportional", "lagrangian", "constant")
 GROUP_LEVELS = ("channel", "none")
 BLOCK_LEVELS = ("block", "inner", "none")
 UNITS = ("channel", "head", "norm-group", "conv-group", "channel-block")
@@ -40,6 +40,9 @@ class LambdaController:
     where ``e`` is the (saturated) gap between the fraction of the original metric that the
     hard gate count keeps and ``target.fraction`` (zero inside the tolerance band) and ``r`` the
     share of that gap not already closing on its own (see :mod:`gdp_graph.gates.budget`).
+    ``lagrangian``: lambda is the price of the constraint "soft cost = a path falling to the
+    target by the deadline", with two multipliers trained by gradient ascent (see
+    :mod:`gdp_graph.gates.lagrangian`); ``min`` and ``lead`` do not apply.
     ``constant``: lambda never changes (``gain``/``min``/``max``/``step`` are not allowed).
     """
 
