@@ -27,8 +27,9 @@ What it changes against :class:`~gdp_graph.gates.budget.BudgetController`:
   which ``epsilon.max_travel`` lets theta reach 0) and stays there: the gates are asked to
   shed the cost at a pace the window allows, and the multiplier only corrects the deviations
   from that pace. Without a deadline the path is the target from the start.
-* **Lambda may go negative** (bounded by ``lambda_max`` either way): below the path the gates
-  are paid to reopen, as the multiplier of an equality constraint does.
+* **The constraint is an inequality** (soft <= path: a budget is a most, not an exact size), so
+  its multiplier stays >= 0 (within ``[lambda_min, lambda_max]``): below the path lambda1
+  decays towards ``lambda_min`` and the gates are no longer pushed; it never pays them to open.
 
 ``rate`` is ``max(gain, lambda_init / (TRACKING_GAP * deadline))`` with a deadline: a gap of
 :data:`TRACKING_GAP` held over the whole window raises lambda1 by ``lambda_init``.
@@ -56,31 +57,36 @@ class LagrangianController:
     ----------
     target: fraction of the original ``metric`` to keep, in (0, 1].
     metric: ``"flops"``, ``"params"`` or ``"latency"`` (recorded).
-    lambda_init: lambda1 at the start, in [0, lambda_max].
+    lambda_init: lambda1 at the start, in [lambda_min, lambda_max].
     tolerance: half width of the band in which the target counts as ``reached``.
     gain: the ascent rate's lower bound, > 0.
-    lambda_max: bound of ``|lambda1|`` and ``|lambda|``, > 0.
+    lambda_min, lambda_max: bounds of lambda1 and lambda, 0 <= lambda_min <= lambda_max, lambda_max > 0.
     deadline: the update by which the soft cost should be at the target (None: the path is the
         target from the first update, and the rate is ``gain``).
 
     Raises ``ValueError`` naming the first invalid argument.
     """
 
-    _CONFIG = ("target", "metric", "tolerance", "gain", "lambda_max", "deadline")
+    _CONFIG = ("target", "metric", "tolerance", "gain", "lambda_min", "lambda_max", "deadline")
 
     def __init__(self, target: float, *, metric: str = "flops", lambda_init: float = 1.0, tolerance: float = 0.02,
-                 gain: float = 0.05, lambda_max: float = 10.0, deadline: Optional[int] = None):
+                 gain: float = 0.05, lambda_min: float = 0.0, lambda_max: float = 10.0,
+                 deadline: Optional[int] = None):
         _require(_finite(target) and 0.0 < target <= 1.0, f"target must be a fraction in (0, 1], got {target!r}")
         _require(metric in METRICS, f"unknown metric {metric!r}: expected one of {', '.join(map(repr, METRICS))}")
         _require(_finite(tolerance) and 0.0 <= tolerance < 1.0, f"tolerance must be in [0, 1), got {tolerance!r}")
         _require(_finite(gain) and gain > 0, f"gain must be a finite number > 0, got {gain!r}")
         _require(_finite(lambda_max) and lambda_max > 0, f"lambda_max must be a finite number > 0, got {lambda_max!r}")
-        _require(_finite(lambda_init) and 0.0 <= lambda_init <= lambda_max,
-                 f"lambda_init must be within [0, lambda_max] = [0, {lambda_max!r}], got {lambda_init!r}")
+        _require(_finite(lambda_min) and 0.0 <= lambda_min <= lambda_max,
+                 f"lambda_min must be within [0, lambda_max] = [0, {lambda_max!r}], got {lambda_min!r}")
+        _require(_finite(lambda_init) and lambda_min <= lambda_init <= lambda_max,
+                 f"lambda_init must be within [lambda_min, lambda_max] = [{lambda_min!r}, {lambda_max!r}], "
+                 f"got {lambda_init!r}")
         _require(deadline is None or (isinstance(deadline, int) and not isinstance(deadline, bool) and deadline >= 1),
                  f"deadline must be None or an int >= 1, got {deadline!r}")
         self.target, self.metric, self.tolerance = float(target), metric, float(tolerance)
-        self.gain, self.lambda_max, self.deadline = float(gain), float(lambda_max), deadline
+        self.gain, self.deadline = float(gain), deadline
+        self.lambda_min, self.lambda_max = float(lambda_min), float(lambda_max)
         self.rate = self.gain if deadline is None else max(self.gain, lambda_init / (TRACKING_GAP * deadline))
         self.ramp = None if deadline is None else max(1, round(RAMP_SHARE * deadline))
         self.lambda1, self.lambda2 = float(lambda_init), 0.0
@@ -126,7 +132,7 @@ class LagrangianController:
         return self.lam
 
     def _bound(self, value: float) -> float:
-        return min(max(value, -self.lambda_max), self.lambda_max)
+        return min(max(value, self.lambda_min), self.lambda_max)
 
     def state_dict(self) -> dict:
         """Everything needed to resume exactly: settings, multipliers, the path's start, history."""
@@ -143,7 +149,7 @@ class LagrangianController:
         _require(not missing, f"lagrangian controller state lacks {', '.join(missing)}")
         _require(state["kind"] == "lagrangian", f"not a lagrangian controller's state (kind {state['kind']!r})")
         fresh = LagrangianController(state["target"], **{k: state[k] for k in self._CONFIG if k != "target"},
-                                     lambda_init=min(abs(float(state["lambda1"])), float(state["lambda_max"])))
+                                     lambda_init=float(state["lambda1"]))
         self.__dict__.update(fresh.__dict__)
         self.rate = float(state["rate"])
         self.lambda1, self.lambda2, self.lam = float(state["lambda1"]), float(state["lambda2"]), float(state["lam"])

@@ -116,7 +116,8 @@ def lambda_controller(policy: Policy, phase: GatedPhase) -> Optional[BudgetContr
         phase.epsilon_schedule.total_steps, phase.unit, ctrl.step, phase.steps_per_epoch)
     if ctrl.kind == "lagrangian":
         return LagrangianController(policy.target.fraction, metric=policy.target.metric, lambda_init=reg.lambda_,
-                                    tolerance=policy.target.tolerance, gain=ctrl.gain, lambda_max=ctrl.max,
+                                    tolerance=policy.target.tolerance, gain=ctrl.gain, lambda_min=ctrl.min,
+                                    lambda_max=ctrl.max,
                                     deadline=None if deadline is None else max(deadline, 1))
     gain = ctrl.gain if deadline is None else max(ctrl.gain, math.log(10.0) / max(deadline, 1))
     return BudgetController(policy.target.fraction, metric=policy.target.metric, lambda_init=reg.lambda_,

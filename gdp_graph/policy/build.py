@@ -150,8 +150,6 @@ class _PolicyBuilder:
                     self.rep.error(sub.key_location(key), f"regularizer.lambda_controller.{key} "
                                    "only applies to kind: proportional (kind is 'constant')")
             return LambdaController(kind="constant")
-        if ctrl.kind == "lagrangian":
-            return self.lagrangian(reg, sub, lam, ctrl)
         if ctrl.min > ctrl.max:
             loc = sub.value_location("max" if "max" in sub.entries else "min") if sub \
                 else reg.location
@@ -161,18 +159,6 @@ class _PolicyBuilder:
             self.check_lambda(reg, sub, lam, ctrl)
         return ctrl
 
-    def lagrangian(self, reg: Checked, sub: Optional[Checked], lam: float,
-                   ctrl: LambdaController) -> LambdaController:
-        for key in ("min", "lead"):
-            if sub is not None and key in sub.entries:
-                self.rep.error(sub.key_location(key), f"regularizer.lambda_controller.{key} does not apply to "
-                               "kind: lagrangian (lambda is a multiplier, bounded by max either way)")
-        if not 0 <= lam <= ctrl.max:
-            loc = reg.value_location("lambda") if "lambda" in reg.entries or sub is None else sub.value_location("max")
-            self.rep.error(loc, f"regularizer.lambda ({lam!r}) is outside [0, lambda_controller.max] = "
-                           f"[0, {ctrl.max!r}] (the lagrangian controller's first multiplier starts there)")
-        return ctrl
-
     def check_lambda(self, reg: Checked, sub: Optional[Checked], lam: float,
                      ctrl: LambdaController) -> None:
         bound = "max" if lam > ctrl.max else "min"
@@ -180,7 +166,7 @@ class _PolicyBuilder:
             loc = reg.value_location("lambda")
         else:
             loc = sub.value_location(bound)
-        if lam == 0:
+        if lam == 0 and ctrl.kind == "proportional":
             self.rep.error(loc, "regularizer.lambda: 0 cannot be steered by a proportional "
                            "controller (it multiplies lambda); use a positive value or "
                            "lambda_controller: {kind: constant}")

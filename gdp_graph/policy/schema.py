@@ -77,11 +77,11 @@ CONTROLLER_SPEC = Struct("lambda controller", {
                   "band) and r the share of it not already closing; "
                   "lagrangian: lambda = lambda1 + 2 lambda2 gap, the price of the constraint 'soft "
                   "cost = a path falling to the target by the deadline' (gap = soft - path), both "
-                  "multipliers raised by gradient ascent on the gap (min and lead do not apply); "
+                  "multipliers raised by gradient ascent on the gap (lead does not apply); "
                   "constant: lambda is fixed.", LambdaController.kind),
     "gain": Field(Number(minimum=0, exclusive_minimum=True), "how fast lambda reacts (proportional: "
                   "per update in log space; lagrangian: the ascent rate's lower bound).", LambdaController.gain),
-    "min": Field(Number(minimum=0), "proportional only: lower bound of lambda.",
+    "min": Field(Number(minimum=0), "lower bound of lambda.",
                  LambdaController.min),
     "max": Field(Number(minimum=0, exclusive_minimum=True), "upper bound of lambda (lagrangian: "
                  "of its absolute value).", LambdaController.max),

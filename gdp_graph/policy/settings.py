@@ -42,7 +42,7 @@ class LambdaController:
     share of that gap not already closing on its own (see :mod:`gdp_graph.gates.budget`).
     ``lagrangian``: lambda is the price of the constraint "soft cost = a path falling to the
     target by the deadline", with two multipliers trained by gradient ascent (see
-    :mod:`gdp_graph.gates.lagrangian`); ``min`` and ``lead`` do not apply.
+    :mod:`gdp_graph.gates.lagrangian`), within [``min``, ``max``]; ``lead`` does not apply.
     ``constant``: lambda never changes (``gain``/``min``/``max``/``step`` are not allowed).
     """
 
