@@ -19,6 +19,9 @@ def test_latency_target_writes_one_record_per_target(tmp_path):
         assert res["table_build_s"] > 0 and res["predicted"] > 0
         assert len(res["measured"]["rounds"]) == 2 and res["measured"]["ratio"] > 0
         assert res["pruned_class"] != "GraphModule"
+        # analysis timed over repeats, so that a reproduction compares it within their spread
+        runs = res["analysis"]["runs"]
+        assert len(runs) == latency_target.ANALYSIS_REPEATS and res["analysis"]["median_s"] == sorted(runs)[2]
         flops = res["flops_plan"]
         assert 0 < flops["flops_target"] <= 1 and flops["params"] > 0 and flops["flops"] > 0
         assert flops["predicted"] > 0  # its latency as the table predicts it (measured, so not compared)
