@@ -136,3 +136,4 @@ def test_with_the_budget_held_the_soft_cost_reaches_the_target_before_the_cut() 
     assert min(hard) >= target - tol - 0.05
     cut = torch.cat([g[~gated.analysis.groups[gid].frozen_units] for gid, g in gated.group_gates().items()]) == 0
     assert int(((last <= 0.5) != cut).sum()) <= 2
+

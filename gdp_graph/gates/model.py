@@ -33,7 +33,7 @@ from gdp_graph.gates.cut import budget_plan, budget_plan_at, plan_from_gates, pr
 from gdp_graph.gates.hold import budget_keep_mask
 from gdp_graph.gates.hooks import ClassForward, gated_module
 from gdp_graph.gates.phase import GatedPhase, cost_model_for, lambda_controller
-from gdp_graph.gates.regularizers import make_regularizer
+from gdp_graph.gates.regularizers import make_regularizer, unit_cost_scales
 from gdp_graph.gates.schedule import EpsilonRamp
 from gdp_graph.gates.selection import plan_fraction
 from gdp_graph.graph.analysis import Analysis
@@ -182,9 +182,19 @@ class GatedModel(nn.Module):
         least ``1 / lr`` steps to reach 0 and cannot be thrown across it by one noisy step;
         whether it goes down is decided by the sign of ``dTask/dg + lambda * dCost/dg``, i.e.
         by the price ``lambda`` of each unit's cost (the cost weighting lives in the ``gdp``
-        regularizer, not in per-gate learning rates). ``lr``: the model's ``gate_lr`` by default."""
+        regularizer). ``regularizer.lr_by_cost`` scales each gate tensor's rate by its cost share
+        (:func:`~gdp_graph.gates.regularizers.unit_cost_scales`). ``lr``: the model's ``gate_lr``
+        by default."""
         lr = self.gate_lr if lr is None else lr
-        return torch.optim.Adam(self.gate_parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+        if not self.policy.regularizer.lr_by_cost:
+            return torch.optim.Adam(self.gate_parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+        bank = self.bank  # regularizer.lr_by_cost: one learning rate per gate tensor, by its cost share
+        sizes = {g: len(bank.group_theta[str(g)]) for g in bank.group_ids}
+        frozen, _ = bank.split(bank.frozen)
+        group_scales, block_scales = unit_cost_scales(self.regularizer, sizes, frozen, list(bank.block_ids))
+        params = [{"params": [bank.group_theta[str(g)]], "lr": lr * group_scales[g]} for g in bank.group_ids]
+        params += [{"params": [bank.block_theta[str(b)]], "lr": lr * block_scales[b]} for b in bank.block_ids]
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
 
     # -- training -------------------------------------------------------------------------------
     @property

@@ -46,7 +46,8 @@ from torch import Tensor
 from gdp_graph.graph.cost import CostModel
 from gdp_graph.vocabulary import DEFAULT_T, METRICS
 
-__all__ = ["REGULARIZERS", "METRICS", "DEFAULT_T", "Regularizer", "make_regularizer", "free_gate_vector"]
+__all__ = ["REGULARIZERS", "METRICS", "DEFAULT_T", "Regularizer", "make_regularizer", "free_gate_vector",
+           "COST_LR_BOUNDS", "unit_cost_scales"]
 
 #: ``reg(group_gates, block_gates) -> scalar tensor``
 Regularizer = Callable[[Mapping[int, Tensor], Mapping[int, Tensor]], Tensor]
@@ -167,3 +168,35 @@ def _l1(cost_model: CostModel, metric: str, t: float) -> Regularizer:
         return g.abs().mean() if g.numel() else g.sum()
 
     return l1
+
+
+#: the bounds of a gate tensor's learning-rate scale under ``regularizer.lr_by_cost``
+COST_LR_BOUNDS = (1.0, 4.0)
+
+
+def unit_cost_scales(regularizer: Regularizer, group_sizes: Mapping[int, int], frozen: Mapping[int, Tensor],
+                     block_ids: list[int]) -> tuple[dict[int, float], dict[int, float]]:
+    """Each group's and block's cost per gate relative to the cheapest group's (per free unit),
+    within :data:`COST_LR_BOUNDS` (policy key ``regularizer.lr_by_cost``).
+
+    The cost per gate is the regularizer's gradient at every gate 1 (what closing that gate
+    saves at first order); a group's is the mean over its free units. Adam moves every ``theta``
+    by about its learning rate whatever the gradient's scale, so the cost weighting of the
+    penalty only reaches a gate through the sign of its gradient; scaling each gate tensor's
+    learning rate by its cost share gives back what plain gradient descent would have done with
+    the cost: expensive units move faster, in either direction. The cheapest units keep the
+    gates' learning rate, which ``epsilon.max_travel`` sized the window to.
+    """
+    groups = {g: torch.ones(n, dtype=torch.float64, requires_grad=True) for g, n in group_sizes.items()}
+    blocks = {b: torch.ones((), dtype=torch.float64, requires_grad=True) for b in block_ids}
+    regularizer(groups, blocks).backward()
+    per_unit = {g: t.grad.abs()[~frozen[g]] for g, t in groups.items()}
+    means = [float(v.mean()) for v in per_unit.values() if v.numel() and float(v.mean()) > 0]
+    cheapest = min(means, default=1.0)
+    low, high = COST_LR_BOUNDS
+
+    def bounded(value: float) -> float:
+        return min(max(value / cheapest, low), high)
+
+    group_scales = {g: bounded(float(v.mean())) if v.numel() else 1.0 for g, v in per_unit.items()}
+    return group_scales, {b: bounded(float(t.grad.abs())) for b, t in blocks.items()}

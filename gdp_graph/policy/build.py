@@ -125,7 +125,8 @@ class _PolicyBuilder:
                            reopen=values.get("reopen", Regularizer.reopen),
                            init=values.get("init", Regularizer.init),
                            init_spread=values.get("init_spread", Regularizer.init_spread),
-                           hold_budget=values.get("hold_budget", Regularizer.hold_budget))
+                           hold_budget=values.get("hold_budget", Regularizer.hold_budget),
+                           lr_by_cost=values.get("lr_by_cost", Regularizer.lr_by_cost))
 
     def only_for(self, sub: Checked, key: str, reg_name: str, wanted: str) -> None:
         if key in sub.entries and reg_name != wanted:

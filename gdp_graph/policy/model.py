@@ -129,7 +129,7 @@ class Policy:
         reg = self.regularizer
         regularizer: dict[str, Any] = {"name": reg.name, "lambda": reg.lambda_,
                                        "threshold": reg.threshold, "fix_at": reg.fix_at, "reopen": reg.reopen,
-                                       "hold_budget": reg.hold_budget}
+                                       "hold_budget": reg.hold_budget, "lr_by_cost": reg.lr_by_cost}
         ctrl = reg.lambda_controller
         regularizer["lambda_controller"] = (
             {"kind": ctrl.kind} if ctrl.kind == "constant" else _fields_dict(ctrl))

@@ -160,6 +160,11 @@ REGULARIZER_SPEC = Struct("regularizer", {
                          "fix_at confirms what the gates did (gdp_graph.gates.hold). With init: magnitude and "
                          "lambda_controller.deadline (the defaults) the gates polarize before the cut.",
                          Regularizer.hold_budget),
+    "lr_by_cost": Field(Bool(), "Scale each gate tensor's learning rate by its units' cost share (the "
+                        "regularizer's gradient at every gate 1, relative to the cheapest group's, within [1, 4]): "
+                        "Adam moves every theta by about its learning rate whatever the gradient's scale, so "
+                        "without it a unit's cost reaches its gate only through the sign of the gradient "
+                        "(gdp_graph.gates.regularizers.unit_cost_scales).", Regularizer.lr_by_cost),
 }, doc="The sparsity regularizer on the gates.", nullable=True)
 
 DEFAULTS_SPEC = Struct("defaults", {

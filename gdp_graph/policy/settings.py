@@ -87,6 +87,7 @@ class Regularizer:
     init: str = "magnitude"
     init_spread: float = 0.9
     hold_budget: bool = True
+    lr_by_cost: bool = False
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,7 @@ def _policy(settings: TrainSettings, fix_at: float | None = None):
             reg.pop(key, None)
         # the baselines as published: GDP's budget hold and deadline are not theirs
         reg["hold_budget"] = False
+        reg["lr_by_cost"] = False
         reg.setdefault("lambda_controller", {})["deadline"] = False
     if settings.target is not None:
         data["target"]["fraction"] = settings.target
