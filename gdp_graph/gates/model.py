@@ -28,10 +28,10 @@ from torch import Tensor, nn
 from gdp_graph.gates.absorb import reopen_into_weights
 from gdp_graph.gates.bank import GateBank, GateError
 from gdp_graph.gates.budget import BudgetController, soft_fraction
-from gdp_graph.gates.lagrangian import LagrangianController
 from gdp_graph.gates.cut import budget_plan, budget_plan_at, plan_from_gates, protected_mask
 from gdp_graph.gates.hold import budget_keep_mask
 from gdp_graph.gates.hooks import ClassForward, gated_module
+from gdp_graph.gates.lagrangian import LagrangianController
 from gdp_graph.gates.phase import GatedPhase, cost_model_for, lambda_controller
 from gdp_graph.gates.regularizers import make_regularizer, unit_cost_scales
 from gdp_graph.gates.schedule import EpsilonRamp
