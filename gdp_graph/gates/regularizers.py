@@ -189,8 +189,10 @@ def unit_cost_scales(regularizer: Regularizer, group_sizes: Mapping[int, int], f
     """
     groups = {g: torch.ones(n, dtype=torch.float64, requires_grad=True) for g, n in group_sizes.items()}
     blocks = {b: torch.ones((), dtype=torch.float64, requires_grad=True) for b in block_ids}
-    regularizer(groups, blocks).backward()
-    per_unit = {g: t.grad.abs()[~frozen[g]] for g, t in groups.items()}
+    leaves = [*groups.values(), *blocks.values()]
+    grads = torch.autograd.grad(regularizer(groups, blocks), leaves, allow_unused=True)
+    grad = {id(t): torch.zeros_like(t) if g is None else g.abs() for t, g in zip(leaves, grads)}
+    per_unit = {g: grad[id(t)][~frozen[g]] for g, t in groups.items()}
     means = [float(v.mean()) for v in per_unit.values() if v.numel() and float(v.mean()) > 0]
     cheapest = min(means, default=1.0)
     low, high = COST_LR_BOUNDS
@@ -199,4 +201,4 @@ def unit_cost_scales(regularizer: Regularizer, group_sizes: Mapping[int, int], f
         return min(max(value / cheapest, low), high)
 
     group_scales = {g: bounded(float(v.mean())) if v.numel() else 1.0 for g, v in per_unit.items()}
-    return group_scales, {b: bounded(float(t.grad.abs())) for b, t in blocks.items()}
+    return group_scales, {b: bounded(float(grad[id(t)])) for b, t in blocks.items()}
