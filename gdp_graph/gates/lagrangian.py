@@ -51,7 +51,7 @@ TRACKING_GAP = 0.01
 
 
 class LagrangianController:
-    """Lambda as the price of the constraint ``soft = path(step)`` (see the module docstring).
+    """Lambda as the price of the constraint ``soft <= path(step)`` (see the module docstring).
 
     Parameters
     ----------
@@ -105,8 +105,8 @@ class LagrangianController:
         if self._start is None or self.ramp is None:
             return self.target
         first, soft = self._start
-        done = min(max((step - first) / self.ramp, 0.0), 1.0)
-        return max(soft, self.target) + (self.target - max(soft, self.target)) * done
+        start = max(soft, self.target)
+        return start + (self.target - start) * min(max((step - first) / self.ramp, 0.0), 1.0)
 
     def update(self, step: int, hard_fraction: float, soft_fraction: Optional[float] = None, *,
                lead: Optional[float] = None) -> float:
@@ -123,11 +123,12 @@ class LagrangianController:
         self.reached = self.reached or hard <= self.target + self.tolerance + _SLACK
         if self._start is None:
             self._start = (step, soft)
-        gap = soft - self.path(step)
+        aim = self.path(step)
+        gap = soft - aim
         self.lambda1 = self._bound(self.lambda1 + self.rate * gap)
         self.lambda2 = min(self.lambda2 + self.rate * gap * gap, self.lambda_max)
         self.lam = self._bound(self.lambda1 + 2.0 * self.lambda2 * gap)
-        self.history.append({"step": step, "hard_fraction": hard, "soft_fraction": soft, "path": self.path(step),
+        self.history.append({"step": step, "hard_fraction": hard, "soft_fraction": soft, "path": aim,
                              "lambda": self.lam, "lambda1": self.lambda1, "lambda2": self.lambda2})
         return self.lam
 

@@ -189,16 +189,16 @@ def unit_cost_scales(regularizer: Regularizer, group_sizes: Mapping[int, int], f
     """
     groups = {g: torch.ones(n, dtype=torch.float64, requires_grad=True) for g, n in group_sizes.items()}
     blocks = {b: torch.ones((), dtype=torch.float64, requires_grad=True) for b in block_ids}
-    leaves = [*groups.values(), *blocks.values()]
-    grads = torch.autograd.grad(regularizer(groups, blocks), leaves, allow_unused=True)
-    grad = {id(t): torch.zeros_like(t) if g is None else g.abs() for t, g in zip(leaves, grads)}
-    per_unit = {g: grad[id(t)][~frozen[g]] for g, t in groups.items()}
-    means = [float(v.mean()) for v in per_unit.values() if v.numel() and float(v.mean()) > 0]
-    cheapest = min(means, default=1.0)
+    grads = torch.autograd.grad(regularizer(groups, blocks), [*groups.values(), *blocks.values()],
+                                materialize_grads=True)  # a gate the cost does not read: 0
+    per_unit = {g: grad.abs()[~frozen[g]].mean() for g, grad in zip(groups, grads)}
+    group_cost = {g: float(c) for g, c in per_unit.items() if not c.isnan()}  # nan: no free unit
+    block_cost = {b: float(grad.abs()) for b, grad in zip(blocks, grads[len(groups):])}
+    cheapest = min((c for c in group_cost.values() if c > 0), default=1.0)
     low, high = COST_LR_BOUNDS
 
-    def bounded(value: float) -> float:
-        return min(max(value / cheapest, low), high)
+    def bounded(cost: float) -> float:
+        return min(max(cost / cheapest, low), high)
 
-    group_scales = {g: bounded(float(v.mean())) if v.numel() else 1.0 for g, v in per_unit.items()}
-    return group_scales, {b: bounded(float(grad[id(t)])) for b, t in blocks.items()}
+    return ({g: bounded(group_cost[g]) if g in group_cost else 1.0 for g in groups},
+            {b: bounded(c) for b, c in block_cost.items()})
