@@ -53,6 +53,32 @@ def test_a_ranked_start_orders_theta_as_the_scores_and_spans_the_spread():
     assert float(thetas.max()) == pytest.approx(bank.theta_start)
 
 
+def test_a_global_ranked_start_compares_raw_scores_across_groups():
+    # one group scores ten times the other: ranked per group both start alike, ranked globally
+    # every unit of the low group starts below every unit of the high one
+    gated = G.attach(Net(), _policy(), example_inputs=torch.randn(2, 3, 8, 8), total_steps=20)
+    bank = gated.bank
+    low, high = bank.group_ids[:2]
+    base = torch.linspace(1.0, 2.0, len(bank.group_theta[str(low)]))
+    scores = {low: base.clone(), high: 10 * base}
+    for per_group in (True, False):
+        init_from_scores(gated, scores, spread=0.9, per_group=per_group)
+        groups, _ = bank.split(torch.cat([bank._theta().detach(), bank.one]))
+        if per_group:
+            assert float(groups[low].max()) > float(groups[high].min())  # interleaved
+        else:
+            assert float(groups[low].max()) < float(groups[high].min())
+
+
+def test_init_rank_is_a_gdp_policy_key():
+    assert _policy(init_rank="global").regularizer.init_rank == "global"
+    assert Policy.default().regularizer.init_rank == "group"
+    data = Policy.default().to_dict()
+    data["regularizer"]["init_rank"] = "layer"
+    with pytest.raises(Exception, match="init_rank"):
+        policy_from_dict(data)
+
+
 def test_a_ranked_start_is_refused_once_training_started():
     gated = G.attach(Net(), _policy(), example_inputs=torch.randn(2, 3, 8, 8), total_steps=20)
     gated.step()

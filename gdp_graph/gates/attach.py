@@ -86,6 +86,7 @@ def attach(model: nn.Module, policy: PolicyLike = None, *,
             break
     reg = resolved.regularizer
     if reg.name == "gdp" and reg.init in DATA_FREE_SCORERS:  # regularizer.init: magnitude
-        init_from_scores(gated, DATA_FREE_SCORERS[reg.init](gated.analysis), reg.init_spread)
+        init_from_scores(gated, DATA_FREE_SCORERS[reg.init](gated.analysis), reg.init_spread,
+                         per_group=reg.init_rank == "group")
     gated.train(model.training)
     return gated

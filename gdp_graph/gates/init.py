@@ -8,8 +8,11 @@ reach it within the window while the task gradient can still lift any of them (A
 ``theta`` by about the gates' learning rate per step, so a spread of the order of that times the
 window leaves training room to reorder units near the cut).
 
-Unit ``u`` of rank quantile ``q_u`` in [0, 1] (0: least important over the whole network, each
-group's scores divided by their mean over its free units first, as the one-shot cut ranks them)
+Unit ``u`` of rank quantile ``q_u`` in [0, 1] (0: least important over the whole network; with
+``per_group``, the default, each group's scores are divided by their mean over its free units
+first, as the one-shot cut ranks them, so every group gets a similar share of low starts; without
+it the raw scores rank across groups, for scores on one scale such as Taylor's loss change, and
+the start itself allocates the cut between layers: policy key ``regularizer.init_rank``)
 starts at ``theta_start * (1 - spread * (1 - q_u))``. For smoothed-L0 gates with ``init_gate``
 0.99 and ``spread`` 0.9 the least important unit starts at a gate of about 0.5, the median one
 at about 0.97. Frozen units, groups without scores and block gates keep ``theta_start``.
@@ -44,7 +47,7 @@ def register_data_free_scorer(name: str) -> Callable[[Callable[[Analysis], Mappi
     return add
 
 
-def ranked_theta(gated: GatedModel, scores: Mapping[int, Tensor], spread: float) -> Tensor:
+def ranked_theta(gated: GatedModel, scores: Mapping[int, Tensor], spread: float, per_group: bool = True) -> Tensor:
     """The flat ``theta`` (the bank's order) that ranks the free units of the scored groups
     (see the module docstring); other positions keep their current ``theta``."""
     if not 0.0 <= spread < 1.0:
@@ -62,7 +65,7 @@ def ranked_theta(gated: GatedModel, scores: Mapping[int, Tensor], spread: float)
         free = (~group.frozen_units).nonzero().flatten()
         if not free.numel():
             continue
-        mean = float(s[free].abs().mean())
+        mean = float(s[free].abs().mean()) if per_group else 1.0
         values.append(s[free] / (mean if mean > 0 else 1.0))
         positions.append(bank.position(gid, free))
     if not values:
@@ -77,9 +80,10 @@ def ranked_theta(gated: GatedModel, scores: Mapping[int, Tensor], spread: float)
 
 
 @torch.no_grad()
-def init_from_scores(gated: GatedModel, scores: Mapping[int, Tensor], spread: float = 0.9) -> None:
+def init_from_scores(gated: GatedModel, scores: Mapping[int, Tensor], spread: float = 0.9, *,
+                     per_group: bool = True) -> None:
     """Set every gate's ``theta`` from ``scores`` (``{gid: one score per unit}``, higher = more
     important) before the gated phase; raises :class:`GateError` once training has started."""
     if int(gated.bank.step) > 0 or bool(gated.fixed):
         raise GateError("gates can be initialised from importance only before the gated phase starts")
-    gated.bank._write_theta(ranked_theta(gated, scores, spread))
+    gated.bank._write_theta(ranked_theta(gated, scores, spread, per_group))

@@ -33,5 +33,5 @@ def init_gates(gated: GatedModel, batches: Optional[Iterable[Any]] = None, loss_
         raise ImportanceError(f"regularizer.init: {reg.init} scores units on data: pass batches (and for taylor "
                               "loss_fn) to init_gates, or use init: magnitude")
     scores = score_units(gated.analysis, reg.init, batches, loss_fn, inputs=inputs, max_batches=max_batches)
-    init_from_scores(gated, scores.units, reg.init_spread)
+    init_from_scores(gated, scores.units, reg.init_spread, per_group=reg.init_rank == "group")
     return scores

@@ -114,6 +114,7 @@ class _PolicyBuilder:
         self.only_for(sub, "epsilon", reg_name, "gdp")
         self.only_for(sub, "init", reg_name, "gdp")
         self.only_for(sub, "init_spread", reg_name, "gdp")
+        self.only_for(sub, "init_rank", reg_name, "gdp")
         epsilon = self.epsilon(sub.sub("epsilon")) if reg_name == "gdp" else None
         t = values.get("t", DEFAULT_T) if reg_name == "polarization" else None
         lam = values.get("lambda", Regularizer.lambda_)
@@ -125,6 +126,7 @@ class _PolicyBuilder:
                            reopen=values.get("reopen", Regularizer.reopen),
                            init=values.get("init", Regularizer.init),
                            init_spread=values.get("init_spread", Regularizer.init_spread),
+                           init_rank=values.get("init_rank", Regularizer.init_rank),
                            hold_budget=values.get("hold_budget", Regularizer.hold_budget),
                            lr_by_cost=values.get("lr_by_cost", Regularizer.lr_by_cost))
 

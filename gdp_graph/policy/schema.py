@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gdp_graph.policy.settings import (  # noqa: F401 - the typed settings, re-exported here
-    BLOCK_LEVELS, CONTROLLERS, COUPLINGS, DTYPES, GROUP_LEVELS, INITS, LEADS, MEMORY_FORMATS, OPTIMIZERS, UNITS,
+    BLOCK_LEVELS, CONTROLLERS, COUPLINGS, DTYPES, GROUP_LEVELS, INIT_RANKS, INITS, LEADS, MEMORY_FORMATS, OPTIMIZERS, UNITS,
     VERSION, Defaults, Distill, EpsilonSchedule, LambdaController, LatencySettings, Regularizer, Target,
     TrainingSchedule)
 from gdp_graph.policy.shipped import POLICY_DIR
@@ -153,6 +153,12 @@ REGULARIZER_SPEC = Struct("regularizer", {
                          "init: theta starts at theta_start * (1 - init_spread * (1 - q)), q the unit's "
                          "rank quantile (0: least important); 0.9 starts the least important gate near "
                          "0.5.", Regularizer.init_spread),
+    "init_rank": Field(Enum(INIT_RANKS), "gdp only, with a ranked init: how units of different groups "
+                       "compare. group: each group's scores are divided by their mean first (for scores "
+                       "whose scale differs from layer to layer: magnitude, activation), so every group "
+                       "starts with a similar share of low gates; global: the raw scores rank across the "
+                       "network (for scores on one scale: taylor's loss change), so the start allocates "
+                       "the cut across layers.", Regularizer.init_rank),
     "hold_budget": Field(Bool(), "With a steered lambda: after every step the units that a cut to the "
                          "target would keep now (ranked by theta, as the cut ranks them) keep a gate >= 0.99, "
                          "so the gates can never collapse below the target; the others keep their gate value "

@@ -15,6 +15,9 @@ VERSION = 1
 LEADS = ("soft", "travel")
 #: where the gates' theta starts (see gdp_graph.gates.init): all equal, or ranked by an importance
 INITS = ("uniform", "magnitude", "activation", "taylor")
+#: how a ranked init compares units of different groups: ``group`` divides each group's scores by
+#: their mean first, ``global`` ranks the raw scores (gdp_graph.gates.init)
+INIT_RANKS = ("group", "global")
 CONTROLLERS = ("proportional", "lagrangian", "constant")
 GROUP_LEVELS = ("channel", "none")
 BLOCK_LEVELS = ("block", "inner", "none")
@@ -86,6 +89,7 @@ class Regularizer:
     reopen: bool = False
     init: str = "magnitude"
     init_spread: float = 0.9
+    init_rank: str = "group"
     hold_budget: bool = True
     lr_by_cost: bool = False
 

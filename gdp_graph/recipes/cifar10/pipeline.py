@@ -123,7 +123,7 @@ def _policy(settings: TrainSettings, fix_at: float | None = None):
     if settings.regularizer and settings.regularizer != reg["name"]:
         reg["name"] = settings.regularizer
         # epsilon and init belong to gdp, t to polarization: dropped, the format's defaults apply
-        for key in ("t", "epsilon", "init", "init_spread"):
+        for key in ("t", "epsilon", "init", "init_spread", "init_rank"):
             reg.pop(key, None)
         # the baselines as published: GDP's budget hold and deadline are not theirs
         reg["hold_budget"] = False
