@@ -5,6 +5,7 @@ one record per run, so that settings are compared on the command's own held-out 
         --checkpoint runs/pre_s0.pt --seeds 0 --variant "" --variant "--regularizer polarization" \
         --variant "--set regularizer.init=taylor"
     python benchmarks/cifar_main_command.py --table
+    python benchmarks/cifar_main_command.py --widths      # how each method spread its cut over the groups
 
 A variant is extra ``gdp-graph train`` arguments (the empty string: the command as shipped).
 Each run is ``gdp-graph train --data D --seed S --json [--checkpoint C] VARIANT``, in a
@@ -51,11 +52,19 @@ def run(data: str, seed: int, checkpoint: str | None, variant: str, log: Path) -
     out = {"test": {k: report.get(k) for k in KEYS}, "heldout": report.get("heldout", {}), "kept": report["kept"],
            "in_band": report["in_band"], "fix": report.get("fix"), "gate_init": report.get("gate_init"),
            "regularizer": report["regularizer"], "wall_seconds": report["wall_seconds"],
+           "removed_by_group": report.get("finalize", {}).get("removed_by_group"),
            "controller_history": [[h["step"], round(h["soft_fraction"], 4), round(h["lambda"], 4)]
                                   for h in report.get("controller_history", [])]}
     if report.get("compare"):
         out["compare"] = report["compare"]
     return out
+
+
+def _label(record: dict[str, Any]) -> str:
+    """A record's row: its variant, the commit that ran it and its thread setting."""
+    threads = record["settings"].get("threads")
+    return f"{record['settings']['variant'] or '(as shipped)'} [{record['commit'][:7]}" + (
+        f", {threads} threads]" if threads else "]")
 
 
 def rows(path: Path) -> dict[str, list[tuple[int, float, float | None, float]]]:
@@ -67,9 +76,7 @@ def rows(path: Path) -> dict[str, list[tuple[int, float, float | None, float]]]:
     for r in records.load_records(path):
         if r.get("benchmark") != BENCHMARK:
             continue
-        res, name = r["result"], r["settings"]["variant"] or "(as shipped)"
-        threads = r["settings"].get("threads")
-        label = f"{name} [{r['commit'][:7]}" + (f", {threads} threads]" if threads else "]")
+        res, label = r["result"], _label(r)
         out.setdefault(label, []).append((r["seed"], res["test"]["acc_finetuned"],
                                           res["heldout"].get("acc_finetuned"), res["kept"]))
         if res["test"].get("acc_unpruned_same_epochs") is not None:
@@ -119,6 +126,28 @@ def verdicts(table_rows: dict[str, list[tuple[int, float, float | None, float]]]
     return ["", *out] if out else []
 
 
+def widths(path: Path) -> str:
+    """Units removed per group (the analysis' group ids), mean over the seeds of each row whose
+    records have them (``removed_by_group``: GDP's finalize report and each compared method's)."""
+    removed: dict[str, list[dict[str, int]]] = {}
+    for r in records.load_records(path):
+        if r.get("benchmark") != BENCHMARK:
+            continue
+        res, label = r["result"], _label(r)
+        entries = [(label, res.get("removed_by_group"))]
+        entries += [(f"{label}, compare {m}", c.get("removed_by_group")) for m, c in res.get("compare", {}).items()]
+        for row, by_group in entries:
+            if by_group is not None:
+                removed.setdefault(row, []).append(by_group)
+    groups = sorted({int(g) for runs in removed.values() for run in runs for g in run})
+    lines = ["| run [commit] | seeds | " + " | ".join(f"g{g}" for g in groups) + " | total |",
+             "|---|---:|" + "---:|" * (len(groups) + 1)]
+    for row, runs in removed.items():
+        means = [statistics.mean(run.get(str(g), 0) for run in runs) for g in groups]
+        lines.append(f"| {row} | {len(runs)} | " + " | ".join(f"{m:.1f}" for m in means) + f" | {sum(means):.1f} |")
+    return "\n".join(lines)
+
+
 def paired(gdp: list[tuple[int, float, float | None, float]], other: list[tuple[int, float, float | None, float]]) -> str:
     """``; by seed s0 +a, s1 +b, ...: standard error e`` over the seeds both rows ran, or '' (under two)."""
     theirs = {r[0]: r[1] for r in other}
@@ -135,10 +164,11 @@ def main() -> None:
     p.add_argument("--checkpoint", help="shared pretrained weights (gdp-graph train --save-pretrained)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--variant", action="append", default=None, help="extra gdp-graph train arguments (repeatable)")
+    p.add_argument("--widths", action="store_true", help="print the units each row removed per group and stop")
     records.add_record_flags(p, results=RESULTS)
     args = p.parse_args()
-    if args.table:
-        print(table(Path(args.results)))
+    if args.table or args.widths:
+        print(table(Path(args.results)) if args.table else widths(Path(args.results)))
         return
     if not args.data:
         p.error("--data is required to run")

@@ -108,6 +108,8 @@ TABLES = {t.name: t for t in (
           "benchmarks/results/cifar_gdp_variants.json", "cifar_gdp_variants.json", "cifar_methods", "--results"),
     Table("cifar-main-command", "python benchmarks/cifar_main_command.py --table", "cifar_main_command.json",
           "cifar_main_command", "--results"),
+    Table("cifar-main-command-widths", "python benchmarks/cifar_main_command.py --widths", "cifar_main_command.json",
+          "cifar_main_command", "--results"),
     Table("latency-target", "python benchmarks/latency_target.py --table", "latency_target.json", "latency_target",
           row_by=("model", "target", "round_to"),
           chosen_by_timing=("predicted", "loop.predicted", "loop.measured", "latency_plan.*", "flops_plan.flops_target",

@@ -2,7 +2,7 @@
 
 import json
 
-from benchmarks.cifar_main_command import BENCHMARK, rows, table
+from benchmarks.cifar_main_command import BENCHMARK, rows, table, widths
 
 
 def _record(variant: str, seed: int, test: float, held: float, compare=None) -> dict:
@@ -55,3 +55,18 @@ def test_the_paired_difference_matches_seeds_not_positions(tmp_path):
     recs[1]["result"]["compare"]["polarization"]["acc_finetuned"] = 0.41
     path.write_text(json.dumps({"records": recs}))
     assert "by seed s0 -1.00, s1 +4.00: standard error 2.50" in table(path)
+
+
+def test_widths_give_the_mean_units_removed_per_group_for_each_row_that_recorded_them(tmp_path):
+    path = tmp_path / "r.json"
+    recs = [_record("", 0, 0.40, 0.41, {"polarization": 0.39}), _record("", 1, 0.42, 0.43, {"polarization": 0.41}),
+            _record("--regularizer l1", 0, 0.38, 0.37)]
+    recs[0]["result"]["removed_by_group"] = {"0": 4, "2": 10}
+    recs[1]["result"]["removed_by_group"] = {"0": 6}
+    recs[0]["result"]["compare"]["polarization"]["removed_by_group"] = {"2": 3}
+    path.write_text(json.dumps({"records": recs}))
+    text = widths(path)
+    assert "| run [commit] | seeds | g0 | g2 | total |" in text
+    assert "| (as shipped) [abcdef0] | 2 | 5.0 | 5.0 | 10.0 |" in text
+    assert "| (as shipped) [abcdef0], compare polarization | 1 | 0.0 | 3.0 | 3.0 |" in text
+    assert "l1" not in text  # no record of it has the field

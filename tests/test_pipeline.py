@@ -29,6 +29,7 @@ def test_train_pipeline_runs_and_finalized_equals_gated(tmp_path, capsys):
     assert report["acc_gated"] == report["acc_finalized"]
     assert report["in_band"] and abs(report["kept"] - 0.5) <= 0.01  # FlopCounterMode on the pruned model
     assert report["finalize"]["removed_units"] > 0 and report["fix"]["cut_units"] == report["finalize"]["removed_units"]
+    assert sum(report["finalize"]["removed_by_group"].values()) == report["finalize"]["removed_units"]
     assert [t["epoch"] for t in report["trajectory"]] == [1, 2] and report["trajectory"][-1]["fixed"]
     history = report["controller_history"]  # per iteration until the cut
     assert [h["step"] for h in history] == list(range(1, report["fix"]["step"] + 1))
@@ -118,6 +119,8 @@ def test_compare_runs_polarization_and_a_one_shot_method_on_the_same_schedule(tm
     assert set(report["compare"]) == {"polarization", "magnitude"}
     for method, c in report["compare"].items():
         assert 0 <= c["acc_finetuned"] <= 1 and abs(c["kept"] - 0.5) <= 0.05, method
+        # how the method spread its cut over the groups (a 0.5 FLOPs cut removes units)
+        assert c["removed_by_group"] and all(n > 0 for n in c["removed_by_group"].values()), method
 
 
 def test_set_overrides_a_policy_key_and_a_bad_one_is_one_line(tmp_path, capsys):

@@ -108,6 +108,7 @@ class FinalizeReport:
                 "flops_before": self.before.flops, "flops_after": self.after.flops,
                 "params_before": self.before.params, "params_after": self.after.params,
                 "removed_units": sum(self.removed_units.values()), "forced_units": sum(self.forced_units.values()),
+                "removed_by_group": {str(g): n for g, n in sorted(self.removed_units.items()) if n},
                 "removed_blocks": sorted(self.plan.removed_blocks), "kept_scales": self.kept_scales,
                 "plan": self.plan.to_dict()}
 

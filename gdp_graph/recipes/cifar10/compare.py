@@ -8,7 +8,9 @@ same pretrained weights, so the report shows what GDP buys.
                   ones), cut to the policy's target at once, and the smaller model trains the GDP
                   phase's epochs at its learning rate.
 
-Both then fine-tune like GDP's model. Only accuracies and the FLOPs kept are reported.
+Both then fine-tune like GDP's model. Reported: accuracies, the FLOPs kept and the units each
+group lost (``removed_by_group``, as GDP's ``finalize`` report has it), which shows how a method
+spread the cut over the layers.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ SCORE_BATCHES = 8
 TrainEpochs = Callable[[nn.Module, int, float, str], None]
 
 
-def _one_shot(method: str, model: nn.Module, policy: Any, train: Any, example: torch.Tensor, seed: int) -> nn.Module:
+def _one_shot(method: str, model: nn.Module, policy: Any, train: Any, example: torch.Tensor,
+              seed: int) -> tuple[nn.Module, dict[str, int]]:
     import gdp_graph as G
     from gdp_graph.importance import one_shot_plan, score_units
     from gdp_graph.policy import resolve
@@ -41,7 +44,8 @@ def _one_shot(method: str, model: nn.Module, policy: Any, train: Any, example: t
     scores = score_units(analysis, method, train, lambda out, batch: F.cross_entropy(out, batch[1]),
                          max_batches=SCORE_BATCHES)
     plan, _ = one_shot_plan(analysis, scores, resolution)
-    return G.rewrite(analysis, plan)
+    removed = {str(g.id): len(plan.removed_units(analysis, g.id)) for g in analysis.groups}
+    return G.rewrite(analysis, plan), {g: n for g, n in removed.items() if n}
 
 
 def run_comparison(method: str, *, model: nn.Module, policy: Any, s: Any, train: Any, test: Any,
@@ -65,15 +69,17 @@ def run_comparison(method: str, *, model: nn.Module, policy: Any, s: Any, train:
         gated = attach(model, policy=policy, example_inputs=example, total_steps=max(1, s.gdp_epochs * len(train)),
                        steps_per_epoch=len(train), gate_lr=s.gate_lr)
         gated.to(device, memory_format=memory_format)
-        pruned, _, _ = gdp_phase(gated, train, epochs=s.gdp_epochs, lr=s.gdp_lr, gate_lr=s.gate_lr,
-                                 device=device, autocast=autocast, console=console, trajectory=[],
-                                 on_finalized=lambda *_: None)
+        pruned, finalized, _ = gdp_phase(gated, train, epochs=s.gdp_epochs, lr=s.gdp_lr, gate_lr=s.gate_lr,
+                                         device=device, autocast=autocast, console=console, trajectory=[],
+                                         on_finalized=lambda *_: None)
+        removed = finalized.to_dict()["removed_by_group"]
     else:
-        pruned = _one_shot(method, model, policy, train, example, seed).to(device, memory_format=memory_format)
+        pruned, removed = _one_shot(method, model, policy, train, example, seed)
+        pruned = pruned.to(device, memory_format=memory_format)
         train_epochs(pruned, s.gdp_epochs, s.gdp_lr, f"{method} (pruned)")
     train_epochs(pruned, s.finetune_epochs, s.finetune_lr, f"{method} finetune")
     out = {"acc_finetuned": evaluate(pruned, test, device=device)["accuracy"],
-           "kept": model_cost(pruned.cpu(), (example[:1].cpu(),)).flops / before}
+           "kept": model_cost(pruned.cpu(), (example[:1].cpu(),)).flops / before, "removed_by_group": removed}
     pruned.to(device)
     if held is not None:
         out["heldout_acc_finetuned"] = evaluate(pruned, held, device=device)["accuracy"]
