@@ -106,24 +106,33 @@ def table(path: Path) -> str:
 
 
 def verdicts(table_rows: dict[str, list[tuple[int, float, float | None, float]]]) -> list[str]:
-    """For each run of two or more seeds that compared methods: GDP's mean test accuracy minus
-    each other row's of the same run (points), beside twice the larger standard deviation, and
-    the same difference paired by seed (a seed's runs share its pretrained weights and data
-    order, so the paired spread is the method's, not the seed's)."""
+    """For each run of two or more seeds that compared methods, on test and on held-out: GDP's
+    mean accuracy minus each other row's of the same run (points), beside twice the larger
+    standard deviation, and the same difference paired by seed (a seed's runs share its
+    pretrained weights and data order, so the paired spread is the method's, not the seed's)."""
     out = []
     for name, rs in table_rows.items():
         others = {k[len(name) + 2:]: v for k, v in table_rows.items() if k.startswith(name + ", ")}
         if len(rs) < 2 or not others:
             continue
-        gdp = [r[1] for r in rs]
-        parts = []
-        for other, vs in others.items():
-            test = [r[1] for r in vs]
-            spread = 2 * max(statistics.stdev(gdp), statistics.stdev(test) if len(test) > 1 else 0.0)
-            parts.append(f"{other}: {100 * (statistics.mean(gdp) - statistics.mean(test)):+.2f} "
-                         f"(twice the spread {100 * spread:.2f}{paired(rs, vs)})")
-        out.append(f"- {name}, GDP minus (test, points): " + "; ".join(parts))
+        for split, index in (("test", 1), ("held-out", 2)):
+            parts = [part for other, vs in others.items() if (part := _difference(other, rs, vs, index))]
+            if parts:
+                out.append(f"- {name}, GDP minus ({split}, points): " + "; ".join(parts))
     return ["", *out] if out else []
+
+
+def _difference(other: str, gdp: list[tuple[int, float, float | None, float]],
+                theirs: list[tuple[int, float, float | None, float]], index: int) -> str:
+    """``other: +d (twice the spread s; by seed ...)`` on the accuracy at ``index`` of the row
+    tuples (1 test, 2 held-out), or '' where GDP has under two seeds of it."""
+    mine = [r[index] for r in gdp if r[index] is not None]
+    them = [r[index] for r in theirs if r[index] is not None]
+    if len(mine) < 2 or not them:
+        return ""
+    spread = 2 * max(statistics.stdev(mine), statistics.stdev(them) if len(them) > 1 else 0.0)
+    return (f"{other}: {100 * (statistics.mean(mine) - statistics.mean(them)):+.2f} "
+            f"(twice the spread {100 * spread:.2f}{paired(gdp, theirs, index)})")
 
 
 def widths(path: Path) -> str:
@@ -148,10 +157,12 @@ def widths(path: Path) -> str:
     return "\n".join(lines)
 
 
-def paired(gdp: list[tuple[int, float, float | None, float]], other: list[tuple[int, float, float | None, float]]) -> str:
-    """``; by seed s0 +a, s1 +b, ...: standard error e`` over the seeds both rows ran, or '' (under two)."""
-    theirs = {r[0]: r[1] for r in other}
-    diffs = {r[0]: 100 * (r[1] - theirs[r[0]]) for r in gdp if r[0] in theirs}
+def paired(gdp: list[tuple[int, float, float | None, float]], other: list[tuple[int, float, float | None, float]],
+           index: int = 1) -> str:
+    """``; by seed s0 +a, s1 +b, ...: standard error e`` over the seeds both rows ran (accuracy at
+    ``index`` of the row tuples), or '' (under two)."""
+    theirs = {r[0]: r[index] for r in other if r[index] is not None}
+    diffs = {r[0]: 100 * (r[index] - theirs[r[0]]) for r in gdp if r[0] in theirs and r[index] is not None}
     if len(diffs) < 2:
         return ""
     error = statistics.stdev(diffs.values()) / len(diffs) ** 0.5
