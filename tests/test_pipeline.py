@@ -16,11 +16,16 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "ci
 
 
 def _train(capsys, data, out, *extra):
+    return _train_and_console(capsys, data, out, *extra)[0]
+
+
+def _train_and_console(capsys, data, out, *extra):
+    """The ``--json`` report and the console (stderr) of one run."""
     code = main(["train", "--data", str(data), "--depth", "8", "--batch-size", "16", "--pretrain-epochs", "1",
                  "--gdp-epochs", "2", "--finetune-epochs", "1", "--device", "cpu", "--latency-rounds", "2", "--json", "--out", str(out), *extra])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    return json.loads(captured.out)
+    return json.loads(captured.out), captured.err
 
 
 def test_train_pipeline_runs_and_finalized_equals_gated(tmp_path, capsys):
@@ -113,14 +118,15 @@ def test_finalize_at_cut_trains_the_smaller_model_for_the_rest_of_the_phase(tmp_
 
 def test_compare_runs_polarization_and_a_one_shot_method_on_the_same_schedule(tmp_path, capsys):
     synth = Synthetic(tmp_path)
-    report = _train(capsys, synth.archive, tmp_path / "run", "--no-compare-unpruned", "--set", "regularizer.init=taylor",
-                    "--compare", "polarization", "--compare", "magnitude")
+    report, console = _train_and_console(capsys, synth.archive, tmp_path / "run", "--no-compare-unpruned", "--set",
+                                         "regularizer.init=taylor", "--compare", "polarization", "--compare", "magnitude")
     assert report["gate_init"] == "taylor"
     assert set(report["compare"]) == {"polarization", "magnitude"}
     for method, c in report["compare"].items():
         assert 0 <= c["acc_finetuned"] <= 1 and abs(c["kept"] - 0.5) <= 0.05, method
         # how the method spread its cut over the groups (a 0.5 FLOPs cut removes units)
         assert c["removed_by_group"] and all(n > 0 for n in c["removed_by_group"].values()), method
+    assert "units cut" in console  # the console's comparison table
 
 
 def test_set_overrides_a_policy_key_and_a_bad_one_is_one_line(tmp_path, capsys):

@@ -36,13 +36,17 @@ def print_report(console: Console, r: dict[str, Any]) -> None:
     console.print(acc)
     if r.get("compare"):
         other = Table(title="The same command, other methods (fine-tuned top-1)", header_style="bold")
-        for col in ("method", "test", "held-out", "FLOPs kept"):
+        for col in ("method", "test", "held-out", "FLOPs kept", "units cut"):
             other.add_column(col, justify="left" if col == "method" else "right")
         rows = {r["regularizer"]: {"acc_finetuned": r.get("acc_finetuned"), "kept": r.get("kept"),
-                                   "heldout_acc_finetuned": held.get("acc_finetuned")}, **r["compare"]}
+                                   "heldout_acc_finetuned": held.get("acc_finetuned"),
+                                   "removed_by_group": r.get("finalize", {}).get("removed_by_group")}, **r["compare"]}
         for method, c in rows.items():
+            cut = c.get("removed_by_group")
+            # how many units for the same FLOPs: a method cutting many cheap units or few costly ones
             other.add_row(method, *(f"{c[k]:.4f}" if c.get(k) is not None else "-"
-                                    for k in ("acc_finetuned", "heldout_acc_finetuned", "kept")))
+                                    for k in ("acc_finetuned", "heldout_acc_finetuned", "kept")),
+                          "-" if cut is None else str(sum(cut.values())))
         console.print(other)
     gates = r.get("gates", {})
     if gates:
