@@ -103,7 +103,7 @@ def _epochs(net, loader, n: int, lr: float, *, optimizer=None, extra_loss=None, 
 def _policy(method: str, target: float, overrides: tuple[str, ...] = ()):
     """The shipped ``cifar_resnet`` policy for ``method`` at ``target``; ``overrides`` are
     ``dotted.key=yaml-value`` settings applied on top (``--gdp-set``, recorded with the run)."""
-    from gdp_graph.policy import load_policy, policy_from_dict, set_override
+    from gdp_graph.policy import GDP_ONLY_KEYS, load_policy, policy_from_dict, set_override
 
     data = load_policy("cifar_resnet").to_dict()
     data["target"]["fraction"] = target
@@ -111,7 +111,7 @@ def _policy(method: str, target: float, overrides: tuple[str, ...] = ()):
     reg["name"] = "l1" if method == "l1" else method
     if method != "gdp":
         # epsilon and reopen are smoothed-L0 settings; the baselines keep their gates as published
-        for key in ("epsilon", "reopen", "init", "init_spread"):
+        for key in ("reopen", *GDP_ONLY_KEYS):
             reg.pop(key, None)
         reg["hold_budget"] = False  # GDP's budget hold and deadline are not the baselines'
         reg.setdefault("lambda_controller", {})["deadline"] = False

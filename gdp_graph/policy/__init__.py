@@ -89,6 +89,7 @@ from gdp_graph.policy.resolve import (
 )
 from gdp_graph.policy.shipped import POLICY_DIR
 from gdp_graph.policy.schema import (
+    GDP_ONLY_KEYS,
     Defaults,
     EpsilonSchedule,
     LambdaController,
@@ -101,7 +102,7 @@ from gdp_graph.policy.errors import PolicyError
 
 __all__ = [
     "set_override",
-    "BlockSettings", "Defaults", "Diagnostic", "EpsilonSchedule", "GroupSettings",
+    "GDP_ONLY_KEYS", "BlockSettings", "Defaults", "Diagnostic", "EpsilonSchedule", "GroupSettings",
     "LambdaController", "Location", "Policy", "PolicyError", "PolicyWarning", "Regularizer",
     "Resolution", "Rule", "Selector", "Target", "available_policies", "json_schema",
     "load_policy", "max_removable", "policy_from_dict", "resolve",

@@ -18,6 +18,7 @@ from gdp_graph.policy.model import (
 )
 from gdp_graph.policy.schema import (
     DEFAULT_T,
+    GDP_ONLY_KEYS,
     POLICY_SPEC,
     Defaults,
     Distill,
@@ -111,10 +112,8 @@ class _PolicyBuilder:
         values = sub.values
         reg_name = values.get("name", Regularizer.name)
         self.only_for(sub, "t", reg_name, "polarization")
-        self.only_for(sub, "epsilon", reg_name, "gdp")
-        self.only_for(sub, "init", reg_name, "gdp")
-        self.only_for(sub, "init_spread", reg_name, "gdp")
-        self.only_for(sub, "init_rank", reg_name, "gdp")
+        for key in GDP_ONLY_KEYS:
+            self.only_for(sub, key, reg_name, "gdp")
         epsilon = self.epsilon(sub.sub("epsilon")) if reg_name == "gdp" else None
         t = values.get("t", DEFAULT_T) if reg_name == "polarization" else None
         lam = values.get("lambda", Regularizer.lambda_)

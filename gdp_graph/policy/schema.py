@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from gdp_graph.policy.settings import (  # noqa: F401 - the typed settings, re-exported here
-    BLOCK_LEVELS, CONTROLLERS, COUPLINGS, DTYPES, GROUP_LEVELS, INIT_RANKS, INITS, LEADS, MEMORY_FORMATS, OPTIMIZERS,
-    UNITS, VERSION, Defaults, Distill, EpsilonSchedule, LambdaController, LatencySettings, Regularizer, Target,
+    BLOCK_LEVELS, CONTROLLERS, COUPLINGS, DTYPES, GDP_ONLY_KEYS, GROUP_LEVELS, INIT_RANKS, INITS, LEADS,
+    MEMORY_FORMATS, OPTIMIZERS, UNITS, VERSION, Defaults, Distill, EpsilonSchedule, LambdaController, LatencySettings, Regularizer, Target,
     TrainingSchedule)
 from gdp_graph.policy.shipped import POLICY_DIR
 from gdp_graph.vocabulary import DEFAULT_T, METRICS, REGULARIZERS, SCHEDULES, STEPS

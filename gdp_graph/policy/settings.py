@@ -18,6 +18,8 @@ INITS = ("uniform", "magnitude", "activation", "taylor")
 #: how a ranked init compares units of different groups: ``group`` divides each group's scores by
 #: their mean first, ``global`` ranks the raw scores (gdp_graph.gates.init)
 INIT_RANKS = ("group", "global")
+#: the regularizer keys that only ``name: gdp`` takes (a policy switched to a baseline drops them)
+GDP_ONLY_KEYS = ("epsilon", "init", "init_spread", "init_rank")
 CONTROLLERS = ("proportional", "lagrangian", "constant")
 GROUP_LEVELS = ("channel", "none")
 BLOCK_LEVELS = ("block", "inner", "none")
