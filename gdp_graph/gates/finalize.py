@@ -187,7 +187,7 @@ def finalize(gated: GatedModel, *, threshold: Optional[float] = None, tolerance:
         else model_cost(pruned, example)
     report = FinalizeReport(plan=plan, check=check, threshold=threshold, before=traced_cost(analysis),
                             after=after,
-                            removed_units={g: len(plan.removed_units(analysis, g)) for g in plan.keep},
+                            removed_units=plan.removed_counts(analysis),
                             forced_units=forced, kept_scales=len(site_scales))
     pruned.train(gated.training)
     return pruned, report

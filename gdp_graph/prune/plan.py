@@ -53,6 +53,10 @@ class PruningPlan:
         kept = set(self.keep.get(gid, range(analysis.groups[gid].size)))
         return [u for u in range(analysis.groups[gid].size) if u not in kept]
 
+    def removed_counts(self, analysis: Analysis) -> dict[int, int]:
+        """How many units each group that loses units loses (``keep``'s groups)."""
+        return {gid: len(self.removed_units(analysis, gid)) for gid in self.keep}
+
     def validate(self, analysis: Analysis) -> None:
         """Raise :class:`PlanError` naming every violation (frozen units, inexact groups,
         divisibility, empty groups outside removed blocks)."""

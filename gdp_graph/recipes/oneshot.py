@@ -56,7 +56,7 @@ def one_shot_prune(model: nn.Module, inputs: Any, task: Task, policy: Any, metho
     check = verify(analysis, plan, pruned)
     report = FinalizeReport(plan=plan, check=check, threshold=0.0, before=cost_model.total,
                             after=cost_model.plan_cost(plan.keep, sorted(plan.removed_blocks)),
-                            removed_units={g: len(plan.removed_units(analysis, g)) for g in plan.keep})
+                            removed_units=plan.removed_counts(analysis))
     return pruned, report, analysis
 
 

@@ -44,8 +44,7 @@ def _one_shot(method: str, model: nn.Module, policy: Any, train: Any, example: t
     scores = score_units(analysis, method, train, lambda out, batch: F.cross_entropy(out, batch[1]),
                          max_batches=SCORE_BATCHES)
     plan, _ = one_shot_plan(analysis, scores, resolution)
-    removed = {str(g.id): len(plan.removed_units(analysis, g.id)) for g in analysis.groups}
-    return G.rewrite(analysis, plan), {g: n for g, n in removed.items() if n}
+    return G.rewrite(analysis, plan), {str(g): n for g, n in plan.removed_counts(analysis).items() if n}
 
 
 def run_comparison(method: str, *, model: nn.Module, policy: Any, s: Any, train: Any, test: Any,
