@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["METRICS", "REGULARIZERS", "SCHEDULES", "STEPS", "DEFAULT_T", "anneal", "half_cosine"]
+__all__ = ["METRICS", "REGULARIZERS", "PRICES", "SCHEDULES", "STEPS", "DEFAULT_T", "anneal", "half_cosine"]
 
 #: what a budget counts: ``FlopCounterMode`` FLOPs, parameter counts, or latency measured on the
 #: device (``gdp_graph.latency``: a table timed on the model itself)
 METRICS = ("flops", "params", "latency")
 #: the sparsity regularizers on the gates (``gdp_graph.gates.regularizers`` implements them)
 REGULARIZERS = ("gdp", "polarization", "l1")
+#: what the gdp penalty prices a unit at: its share of the target metric (``cost``, the paper's
+#: bilinear FLOPs) or one unit whatever it costs (``units``, the paper's plain L0 count)
+PRICES = ("cost", "units")
 #: annealing curves from a start value to an end value
 SCHEDULES = ("exponential", "linear", "cosine")
 #: how often a schedule moves

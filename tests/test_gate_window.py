@@ -12,6 +12,7 @@ import gdp_graph as G
 from gdp_graph.gates.bank import GateError
 from gdp_graph.gates.budget import BudgetController
 from gdp_graph.gates.init import init_from_scores
+from gdp_graph.gates.regularizers import free_gate_vector
 from gdp_graph.policy import Policy, policy_from_dict
 
 
@@ -77,6 +78,24 @@ def test_init_rank_is_a_gdp_policy_key():
     data["regularizer"]["init_rank"] = "layer"
     with pytest.raises(Exception, match="init_rank"):
         policy_from_dict(data)
+
+
+def test_price_is_a_gdp_policy_key_the_gated_model_uses():
+    assert Policy.default().regularizer.price == "cost"
+    data = Policy.default().to_dict()
+    data["regularizer"]["price"] = "flops"
+    with pytest.raises(Exception, match="price"):
+        policy_from_dict(data)
+    data["regularizer"].update(name="polarization", price="units")
+    with pytest.raises(Exception, match="price"):
+        policy_from_dict(data)
+    example = torch.randn(2, 3, 8, 8)
+    gated = G.attach(Net(), _policy(price="units", init="uniform"), example_inputs=example, total_steps=20)
+    groups, blocks = gated.bank.values()
+    free = free_gate_vector(gated.cost_model, groups, blocks)
+    assert float(gated.regularizer(groups, blocks)) == pytest.approx(float(free.mean()))
+    by_cost = G.attach(Net(), _policy(init="uniform"), example_inputs=example, total_steps=20).regularizer
+    assert float(by_cost(groups, blocks)) != pytest.approx(float(free.mean()))
 
 
 def test_a_ranked_start_is_refused_once_training_started():

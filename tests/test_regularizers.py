@@ -115,6 +115,26 @@ def test_gdp_gradient(chain: CostModel) -> None:
     assert torch.allclose(g1.grad, torch.full((5,), (40 * 0.625 + 30) / (86 * 5)))
 
 
+def test_gdp_priced_by_units_counts_every_free_unit_alike(chain: CostModel, residual: CostModel) -> None:
+    """``price="units"``: the mean gate over the free units, so every unit's gradient is the same
+    whatever its layers cost (priced by cost, the chain's group 1 units cost more there)."""
+    g0 = torch.tensor([1.0, 0.5, 0.0, 1.0], requires_grad=True)
+    g1 = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.5], requires_grad=True)
+    reg = make_regularizer("gdp", chain, price="units")
+    value = reg({0: g0, 1: g1}, {})
+    value.backward()
+    assert value.item() == pytest.approx(5.0 / 9)
+    assert torch.allclose(torch.cat([g0.grad, g1.grad]), torch.full((9,), 1 / 9))
+    h0, h1 = g0.detach().requires_grad_(), g1.detach().requires_grad_()
+    make_regularizer("gdp", chain)({0: h0, 1: h1}, {}).backward()
+    assert float(h1.grad[0]) > float(h0.grad[0])  # priced by cost, the same gates differ
+    block = torch.tensor(0.25, requires_grad=True)
+    gates = {g: torch.ones(residual.analysis.groups[g].size) for g in range(len(residual.analysis.groups))}
+    by_units = make_regularizer("gdp", residual, price="units")(gates, {0: block})
+    free = free_gate_vector(residual, gates, {0: block})
+    assert by_units.item() == pytest.approx(float(free.mean()))  # the block gate is one unit too
+
+
 def test_gdp_block_gate_scales_the_branch(residual: CostModel) -> None:
     analysis = residual.analysis
     assert len(analysis.blocks) == 1
@@ -232,6 +252,8 @@ def test_unknown_name_lists_the_allowed_ones(chain: CostModel) -> None:
 def test_invalid_arguments(chain: CostModel) -> None:
     with pytest.raises(ValueError, match="metric"):
         make_regularizer("gdp", chain, metric="latency")
+    with pytest.raises(ValueError, match="unknown price 'flops'"):
+        make_regularizer("gdp", chain, price="flops")
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="t must be"):
             make_regularizer("polarization", chain, t=bad)

@@ -114,7 +114,7 @@ class GatedModel(nn.Module):
         self._bank_name = next(n for n, m in self.module.named_children() if m is bank)
         self.cost_model = cost_model_for(analysis, policy)
         self.regularizer = make_regularizer(reg.name, self.cost_model, metric=self.metric,
-                                            t=reg.t if reg.t is not None else DEFAULT_T)
+                                            t=reg.t if reg.t is not None else DEFAULT_T, price=reg.price)
         self._lambda = float(reg.lambda_)
         self.controller: Optional[BudgetController | LagrangianController] = lambda_controller(policy, self.phase)
         self.fix_report: dict[str, Any] = {}

@@ -18,6 +18,10 @@ Regularizers (registered by name in ``REGULARIZERS``):
     gate. All ones gives 1.0; 0/1 gates give the exact cost of the corresponding plan.
     This is the FLOPs-aware penalty of GDP (Guo et al., ICCV 2021); the polarization itself
     comes from the gate function ``theta^2 / (theta^2 + epsilon)`` as epsilon is annealed.
+    With ``price="units"`` (policy key ``regularizer.price``) it is instead the paper's plain
+    smoothed-L0 count: the mean gate over the free units (the vector ``polarization`` uses), each
+    unit priced alike whatever it costs, so the task alone ranks units across layers; lambda is
+    still steered by the cost and the cut still meets the budget.
 
 ``polarization``
     Zhuang et al. (NeurIPS 2020): ``(t * ||g||_1 - ||g - mean(g)||_1) / n`` over the vector
@@ -32,7 +36,7 @@ Regularizers (registered by name in ``REGULARIZERS``):
     Network slimming (Liu et al., ICCV 2017) on the gates: ``mean |g|`` over the same vector
     as ``polarization`` (frozen units left out, uniform weights).
 
-``metric`` only affects ``gdp``; ``t`` only ``polarization``.
+``metric`` and ``price`` only affect ``gdp``; ``t`` only ``polarization``.
 """
 
 from __future__ import annotations
@@ -44,14 +48,14 @@ import torch
 from torch import Tensor
 
 from gdp_graph.graph.cost import CostModel
-from gdp_graph.vocabulary import DEFAULT_T, METRICS
+from gdp_graph.vocabulary import DEFAULT_T, METRICS, PRICES
 
 __all__ = ["REGULARIZERS", "METRICS", "DEFAULT_T", "Regularizer", "make_regularizer", "free_gate_vector",
            "COST_LR_BOUNDS", "unit_cost_scales"]
 
 #: ``reg(group_gates, block_gates) -> scalar tensor``
 Regularizer = Callable[[Mapping[int, Tensor], Mapping[int, Tensor]], Tensor]
-_Builder = Callable[[CostModel, str, float], Regularizer]
+_Builder = Callable[[CostModel, str, float, str], Regularizer]
 
 
 #: name -> builder(cost_model, metric, t); filled by :func:`_register`
@@ -65,11 +69,13 @@ def _register(name: str) -> Callable[[_Builder], _Builder]:
     return add
 
 
-def make_regularizer(name: str, cost_model: CostModel, *, metric: str = "flops", t: float = DEFAULT_T) -> Regularizer:
+def make_regularizer(name: str, cost_model: CostModel, *, metric: str = "flops", t: float = DEFAULT_T,
+                     price: str = "cost") -> Regularizer:
     """The regularizer ``name`` (``gdp``, ``polarization`` or ``l1``) for ``cost_model``'s model.
 
-    Raises ``ValueError`` for an unknown name or metric, a ``t`` that is not a finite positive
-    number (``polarization`` only), or a model whose ``metric`` totals zero (``gdp`` only).
+    Raises ``ValueError`` for an unknown name, metric or price, a ``t`` that is not a finite
+    positive number (``polarization`` only), or a model whose ``metric`` totals zero (``gdp``
+    priced by cost).
 
     Example::
 
@@ -80,7 +86,9 @@ def make_regularizer(name: str, cost_model: CostModel, *, metric: str = "flops",
         raise ValueError(f"unknown regularizer {name!r}: expected one of {', '.join(map(repr, REGULARIZERS))}")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(map(repr, METRICS))}")
-    return REGULARIZERS[name](cost_model, metric, t)
+    if price not in PRICES:
+        raise ValueError(f"unknown price {price!r}: expected one of {', '.join(map(repr, PRICES))}")
+    return REGULARIZERS[name](cost_model, metric, t, price)
 
 
 # -- shared helpers -----------------------------------------------------------------------------
@@ -127,8 +135,11 @@ def free_gate_vector(cost_model: CostModel, group_gates: Mapping[int, Tensor],
 
 # -- the regularizers ---------------------------------------------------------------------------
 @_register("gdp")
-def _gdp(cost_model: CostModel, metric: str, t: float) -> Regularizer:
-    """Remaining cost fraction written from the gates (see the module docstring)."""
+def _gdp(cost_model: CostModel, metric: str, t: float, price: str) -> Regularizer:
+    """Remaining cost fraction written from the gates, or with ``price="units"`` the mean gate
+    (see the module docstring)."""
+    if price == "units":
+        return _unit_count(cost_model)
     total = cost_model.total.metric(metric)
     if not total > 0:
         raise ValueError(f"the model has no {metric} to prune: the gdp regularizer divides by the total {metric}")
@@ -142,8 +153,20 @@ def _gdp(cost_model: CostModel, metric: str, t: float) -> Regularizer:
     return gdp
 
 
+def _unit_count(cost_model: CostModel) -> Regularizer:
+    """The mean gate over the free units (smoothed-L0 gates are >= 0: the soft count, whose
+    gradient is the same for every unit, a closed gate's included)."""
+
+    def unit_count(group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor]) -> Tensor:
+        _check_gates(cost_model, group_gates, block_gates)
+        g = free_gate_vector(cost_model, group_gates, block_gates)
+        return g.mean() if g.numel() else g.sum()
+
+    return unit_count
+
+
 @_register("polarization")
-def _polarization(cost_model: CostModel, metric: str, t: float) -> Regularizer:
+def _polarization(cost_model: CostModel, metric: str, t: float, price: str) -> Regularizer:
     """``(t*||g||_1 - ||g - mean g||_1) / n`` over all free gates, clamped to [0, 1]."""
     if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
         raise ValueError(f"polarization t must be a finite number > 0, got {t!r}")
@@ -159,7 +182,7 @@ def _polarization(cost_model: CostModel, metric: str, t: float) -> Regularizer:
 
 
 @_register("l1")
-def _l1(cost_model: CostModel, metric: str, t: float) -> Regularizer:
+def _l1(cost_model: CostModel, metric: str, t: float, price: str) -> Regularizer:
     """``mean |g|`` over all free gates."""
 
     def l1(group_gates: Mapping[int, Tensor], block_gates: Mapping[int, Tensor]) -> Tensor:

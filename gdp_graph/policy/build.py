@@ -126,6 +126,7 @@ class _PolicyBuilder:
                            init=values.get("init", Regularizer.init),
                            init_spread=values.get("init_spread", Regularizer.init_spread),
                            init_rank=values.get("init_rank", Regularizer.init_rank),
+                           price=values.get("price", Regularizer.price),
                            hold_budget=values.get("hold_budget", Regularizer.hold_budget),
                            lr_by_cost=values.get("lr_by_cost", Regularizer.lr_by_cost))
 

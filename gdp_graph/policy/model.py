@@ -138,7 +138,8 @@ class Policy:
         if reg.t is not None:
             regularizer["t"] = reg.t
         if reg.name == "gdp":
-            regularizer.update(init=reg.init, init_spread=reg.init_spread, init_rank=reg.init_rank)
+            regularizer.update(init=reg.init, init_spread=reg.init_spread, init_rank=reg.init_rank,
+                               price=reg.price)
         out: dict[str, Any] = {"version": self.version}
         if self.description:
             out["description"] = self.description

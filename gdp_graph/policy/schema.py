@@ -29,7 +29,7 @@ from gdp_graph.policy.settings import (  # noqa: F401 - the typed settings, re-e
     MEMORY_FORMATS, OPTIMIZERS, UNITS, VERSION, Defaults, Distill, EpsilonSchedule, LambdaController, LatencySettings, Regularizer, Target,
     TrainingSchedule)
 from gdp_graph.policy.shipped import POLICY_DIR
-from gdp_graph.vocabulary import DEFAULT_T, METRICS, REGULARIZERS, SCHEDULES, STEPS
+from gdp_graph.vocabulary import DEFAULT_T, METRICS, PRICES, REGULARIZERS, SCHEDULES, STEPS
 from gdp_graph.policy.yamlcheck import Bool, Enum, Field, Int, Number, OneOrMany, Seq, Str, Struct, Variant
 
 
@@ -159,6 +159,11 @@ REGULARIZER_SPEC = Struct("regularizer", {
                        "starts with a similar share of low gates; global: the raw scores rank across the "
                        "network (for scores on one scale: taylor's loss change), so the start allocates "
                        "the cut across layers.", Regularizer.init_rank),
+    "price": Field(Enum(PRICES), "gdp only: what the penalty prices a unit at. cost: its share of "
+                   "target.metric (the paper's bilinear FLOPs: a unit's gate pays what removing it "
+                   "saves); units: one unit whatever it costs (the paper's plain L0 count: the task "
+                   "alone ranks units across layers). Either way lambda steers the cost to the "
+                   "target and the cut at fix_at meets it.", Regularizer.price),
     "hold_budget": Field(Bool(), "With a steered lambda: after every step the units that a cut to the "
                          "target would keep now (ranked by theta, as the cut ranks them) keep a gate >= 0.99, "
                          "so the gates can never collapse below the target; the others keep their gate value "

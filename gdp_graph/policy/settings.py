@@ -19,7 +19,7 @@ INITS = ("uniform", "magnitude", "activation", "taylor")
 #: their mean first, ``global`` ranks the raw scores (gdp_graph.gates.init)
 INIT_RANKS = ("group", "global")
 #: the regularizer keys that only ``name: gdp`` takes (a policy switched to a baseline drops them)
-GDP_ONLY_KEYS = ("epsilon", "init", "init_spread", "init_rank")
+GDP_ONLY_KEYS = ("epsilon", "init", "init_spread", "init_rank", "price")
 CONTROLLERS = ("proportional", "lagrangian", "constant")
 GROUP_LEVELS = ("channel", "none")
 BLOCK_LEVELS = ("block", "inner", "none")
@@ -92,6 +92,7 @@ class Regularizer:
     init: str = "magnitude"
     init_spread: float = 0.9
     init_rank: str = "group"
+    price: str = "cost"
     hold_budget: bool = True
     lr_by_cost: bool = False
 
