@@ -6,6 +6,7 @@ one record per run, so that settings are compared on the command's own held-out 
         --variant "--set regularizer.init=taylor"
     python benchmarks/cifar_main_command.py --table
     python benchmarks/cifar_main_command.py --widths      # how each method spread its cut over the groups
+    python benchmarks/cifar_main_command.py --pair "magnitude [7ca70a3, 1 threads]" "7ca70a3, 1 threads], compare polarization"
 
 A variant is extra ``gdp-graph train`` arguments (the empty string: the command as shipped).
 Each run is ``gdp-graph train --data D --seed S --json [--checkpoint C] VARIANT``, in a
@@ -135,6 +136,33 @@ def _difference(other: str, gdp: list[tuple[int, float, float | None, float]],
             f"(twice the spread {100 * spread:.2f}{paired(gdp, theirs, index)})")
 
 
+def pair(path: Path, mine: str, theirs: str) -> str:
+    """Row ``mine`` minus row ``theirs`` (each named by its label or an end of it that ends one
+    row only) on test and held-out: mean difference in points over the seeds both ran, paired by
+    seed, with its standard error. Rows of different runs pair because one seed at one thread is
+    one computation (its pretrained weights and data order), whichever run it came from."""
+    table_rows = rows(path)
+
+    def named(part: str) -> str:
+        hits = [name for name in table_rows if name.endswith(part)]
+        if len(hits) != 1:
+            raise SystemExit(f"--pair {part!r} names {len(hits)} rows: " + "; ".join(hits[:5]))
+        return hits[0]
+
+    a, b = named(mine), named(theirs)
+    lines = [f"{a}  minus  {b}:"]
+    for split, index in (("test", 1), ("held-out", 2)):
+        theirs_by_seed = {r[0]: r[index] for r in table_rows[b] if r[index] is not None}
+        diffs = [100 * (r[index] - theirs_by_seed[r[0]]) for r in table_rows[a]
+                 if r[index] is not None and r[0] in theirs_by_seed]
+        if len(diffs) < 2:
+            lines.append(f"- {split}: under two shared seeds")
+            continue
+        lines.append(f"- {split}: {statistics.mean(diffs):+.2f} points over {len(diffs)} seeds"
+                     f"{paired(table_rows[a], table_rows[b], index)}")
+    return "\n".join(lines)
+
+
 def widths(path: Path) -> str:
     """Units removed per group (the analysis' group ids), mean over the seeds of each row whose
     records have them (``removed_by_group``: GDP's finalize report and each compared method's)."""
@@ -176,8 +204,14 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--variant", action="append", default=None, help="extra gdp-graph train arguments (repeatable)")
     p.add_argument("--widths", action="store_true", help="print the units each row removed per group and stop")
+    p.add_argument("--pair", nargs=2, metavar=("ROW", "OTHER"),
+                   help="print ROW minus OTHER, paired by seed, on test and held-out, and stop (a row is named by "
+                        "its label in --table or an end of it that ends one row only)")
     records.add_record_flags(p, results=RESULTS)
     args = p.parse_args()
+    if args.pair:
+        print(pair(Path(args.results), *args.pair))
+        return
     if args.table or args.widths:
         print(table(Path(args.results)) if args.table else widths(Path(args.results)))
         return

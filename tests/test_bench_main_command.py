@@ -2,7 +2,9 @@
 
 import json
 
-from benchmarks.cifar_main_command import BENCHMARK, rows, table, widths
+import pytest
+
+from benchmarks.cifar_main_command import BENCHMARK, pair, rows, table, widths
 
 
 def _record(variant: str, seed: int, test: float, held: float, compare=None) -> dict:
@@ -70,3 +72,17 @@ def test_widths_give_the_mean_units_removed_per_group_for_each_row_that_recorded
     assert "| (as shipped) [abcdef0] | 2 | 5.0 | 5.0 | 10.0 |" in text
     assert "| (as shipped) [abcdef0], compare polarization | 1 | 0.0 | 3.0 | 3.0 |" in text
     assert "l1" not in text  # no record of it has the field
+
+
+def test_pair_subtracts_rows_of_different_runs_by_seed_and_refuses_an_ambiguous_name(tmp_path):
+    path = tmp_path / "r.json"
+    recs = [_record("", 0, 0.40, 0.41, {"polarization": 0.42}), _record("", 1, 0.42, 0.43, {"polarization": 0.41}),
+            _record("--set a=b", 1, 0.45, 0.44), _record("--set a=b", 0, 0.43, 0.40), _record("--set a=b", 2, 0.5, 0.5)]
+    path.write_text(json.dumps({"records": recs}))
+    text = pair(path, "a=b [abcdef0]", "compare polarization")
+    assert text.splitlines() == [
+        "--set a=b [abcdef0]  minus  (as shipped) [abcdef0], compare polarization:",
+        "- test: +2.50 points over 2 seeds; by seed s0 +1.00, s1 +4.00: standard error 1.50",
+        "- held-out: +0.50 points over 2 seeds; by seed s0 -2.00, s1 +3.00: standard error 2.50"]
+    with pytest.raises(SystemExit, match="names 2 rows"):
+        pair(path, "abcdef0]", "compare polarization")
