@@ -7,6 +7,7 @@ one record per run, so that settings are compared on the command's own held-out 
     python benchmarks/cifar_main_command.py --table
     python benchmarks/cifar_main_command.py --widths      # how each method spread its cut over the groups
     python benchmarks/cifar_main_command.py --pair "magnitude [7ca70a3, 1 threads]" "7ca70a3, 1 threads], compare polarization"
+    python benchmarks/cifar_main_command.py --paired "magnitude [7ca70a3, 1 threads]"   # every long row against that run
 
 A variant is extra ``gdp-graph train`` arguments (the empty string: the command as shipped).
 Each run is ``gdp-graph train --data D --seed S --json [--checkpoint C] VARIANT``, in a
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -136,6 +139,53 @@ def _difference(other: str, gdp: list[tuple[int, float, float | None, float]],
             f"(twice the spread {100 * spread:.2f}{paired(gdp, theirs, index)})")
 
 
+#: the fewest seeds a row shares with the reference run to get a line in ``--paired``
+PAIRED_MIN_SEEDS = 6
+
+
+def _paired_difference(mine: list[tuple[int, float, float | None, float]],
+                       theirs: list[tuple[int, float, float | None, float]], index: int) -> tuple[float, float, int]:
+    """(mean difference in points, its standard error, seeds) of ``mine`` minus ``theirs`` at
+    ``index`` of the row tuples (1 test, 2 held-out), paired by seed."""
+    by_seed = {r[0]: r[index] for r in theirs if r[index] is not None}
+    diffs = [100 * (r[index] - by_seed[r[0]]) for r in mine if r[index] is not None and r[0] in by_seed]
+    if len(diffs) < 2:
+        return math.nan, math.nan, len(diffs)
+    return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5, len(diffs)
+
+
+def _threads(row: str) -> str:
+    """The thread setting in a row's label ('' for records that did not note it)."""
+    found = re.search(r"\[[0-9a-f]{7}(?:, ([^\]]*))?\]", row)
+    return (found.group(1) or "") if found else ""
+
+
+def paired_table(path: Path, reference: str) -> str:
+    """Every row that shares at least :data:`PAIRED_MIN_SEEDS` seeds with the run ``reference``
+    (a GDP row that ran ``--compare``, named by an end of its label) at its thread setting, minus
+    that run's GDP and each of its other rows (compared methods, unpruned): held-out / test, in
+    points, paired by seed, with the standard error in brackets."""
+    table_rows = rows(path)
+    hits = [name for name in table_rows if name.endswith(reference)]
+    if len(hits) != 1:
+        raise SystemExit(f"--paired {reference!r} names {len(hits)} rows")
+    ref = hits[0]
+    columns = {"GDP": ref} | {k[len(ref) + 2:]: k for k in table_rows if k.startswith(ref + ", ")}
+    lines = [f"Minus the rows of {ref}: held-out / test, points (standard error)", "",
+             "| run [commit] | seeds | " + " | ".join(f"minus {c}" for c in columns) + " |",
+             "|---|---:|" + "---:|" * len(columns)]
+    for name, rs in table_rows.items():
+        if name in columns.values() or _threads(name) != _threads(ref) or \
+                _paired_difference(rs, table_rows[ref], 1)[2] < PAIRED_MIN_SEEDS:
+            continue  # a seed is one computation only at one thread setting
+        cells = []
+        for other in columns.values():
+            (h, he, _), (t, te, n) = (_paired_difference(rs, table_rows[other], i) for i in (2, 1))
+            cells.append(f"{h:+.2f} ({he:.2f}) / {t:+.2f} ({te:.2f})")
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def pair(path: Path, mine: str, theirs: str) -> str:
     """Row ``mine`` minus row ``theirs`` (each named by its label or an end of it that ends one
     row only) on test and held-out: mean difference in points over the seeds both ran, paired by
@@ -204,13 +254,15 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--variant", action="append", default=None, help="extra gdp-graph train arguments (repeatable)")
     p.add_argument("--widths", action="store_true", help="print the units each row removed per group and stop")
+    p.add_argument("--paired", metavar="RUN", help="print every row that shares enough seeds with RUN (a GDP row "
+                   "that ran --compare) minus RUN's rows, paired by seed, and stop")
     p.add_argument("--pair", nargs=2, metavar=("ROW", "OTHER"),
                    help="print ROW minus OTHER, paired by seed, on test and held-out, and stop (a row is named by "
                         "its label in --table or an end of it that ends one row only)")
     records.add_record_flags(p, results=RESULTS)
     args = p.parse_args()
-    if args.pair:
-        print(pair(Path(args.results), *args.pair))
+    if args.pair or args.paired:
+        print(pair(Path(args.results), *args.pair) if args.pair else paired_table(Path(args.results), args.paired))
         return
     if args.table or args.widths:
         print(table(Path(args.results)) if args.table else widths(Path(args.results)))

@@ -110,6 +110,8 @@ TABLES = {t.name: t for t in (
           "cifar_main_command", "--results"),
     Table("cifar-main-command-widths", "python benchmarks/cifar_main_command.py --widths", "cifar_main_command.json",
           "cifar_main_command", "--results"),
+    Table("cifar-main-command-paired", 'python benchmarks/cifar_main_command.py --paired "magnitude [7ca70a3, 1 threads]"',
+          "cifar_main_command.json", "cifar_main_command", "--results"),
     Table("latency-target", "python benchmarks/latency_target.py --table", "latency_target.json", "latency_target",
           row_by=("model", "target", "round_to"),
           chosen_by_timing=("predicted", "loop.predicted", "loop.measured", "latency_plan.*", "flops_plan.flops_target",

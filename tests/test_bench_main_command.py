@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.cifar_main_command import BENCHMARK, pair, rows, table, widths
+from benchmarks.cifar_main_command import BENCHMARK, pair, paired_table, rows, table, widths
 
 
 def _record(variant: str, seed: int, test: float, held: float, compare=None) -> dict:
@@ -86,3 +86,21 @@ def test_pair_subtracts_rows_of_different_runs_by_seed_and_refuses_an_ambiguous_
         "- held-out: +0.50 points over 2 seeds; by seed s0 -2.00, s1 +3.00: standard error 2.50"]
     with pytest.raises(SystemExit, match="names 2 rows"):
         pair(path, "abcdef0]", "compare polarization")
+
+
+def test_the_paired_table_lists_long_rows_of_the_same_threads_against_every_row_of_the_reference_run(tmp_path):
+    path = tmp_path / "r.json"
+    recs = []
+    for seed in range(6):
+        recs.append(_record("", seed, 0.40, 0.41, {"polarization": 0.42}))
+        recs.append(_record("--set a=b", seed, 0.40 + (0.01 if seed % 2 else 0.03), 0.42))
+        recs.append(_record("--set c=d", seed, 0.5, 0.5))
+        recs[-1]["settings"]["threads"] = "default"  # another computation: never paired
+    recs.append(_record("--set e=f", 0, 0.5, 0.5))  # too few seeds
+    for r in recs[:-1]:
+        r["settings"].setdefault("threads", "1")
+    path.write_text(json.dumps({"records": recs}))
+    lines = paired_table(path, "(as shipped) [abcdef0, 1 threads]").splitlines()
+    assert lines[2] == "| run [commit] | seeds | minus GDP | minus compare polarization |"
+    assert lines[4:] == ["| --set a=b [abcdef0, 1 threads] | 6 | +1.00 (0.00) / +2.00 (0.45) | "
+                         "+0.00 (0.00) / +0.00 (0.45) |"]
