@@ -202,14 +202,9 @@ def pair(path: Path, mine: str, theirs: str) -> str:
     a, b = named(mine), named(theirs)
     lines = [f"{a}  minus  {b}:"]
     for split, index in (("test", 1), ("held-out", 2)):
-        theirs_by_seed = {r[0]: r[index] for r in table_rows[b] if r[index] is not None}
-        diffs = [100 * (r[index] - theirs_by_seed[r[0]]) for r in table_rows[a]
-                 if r[index] is not None and r[0] in theirs_by_seed]
-        if len(diffs) < 2:
-            lines.append(f"- {split}: under two shared seeds")
-            continue
-        lines.append(f"- {split}: {statistics.mean(diffs):+.2f} points over {len(diffs)} seeds"
-                     f"{paired(table_rows[a], table_rows[b], index)}")
+        mean, _, seeds = _paired_difference(table_rows[a], table_rows[b], index)
+        lines.append(f"- {split}: under two shared seeds" if seeds < 2 else
+                     f"- {split}: {mean:+.2f} points over {seeds} seeds{paired(table_rows[a], table_rows[b], index)}")
     return "\n".join(lines)
 
 

@@ -58,7 +58,7 @@ Regularizer = Callable[[Mapping[int, Tensor], Mapping[int, Tensor]], Tensor]
 _Builder = Callable[[CostModel, str, float, str], Regularizer]
 
 
-#: name -> builder(cost_model, metric, t); filled by :func:`_register`
+#: name -> builder(cost_model, metric, t, price); filled by :func:`_register`
 REGULARIZERS: dict[str, _Builder] = {}
 
 
