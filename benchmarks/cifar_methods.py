@@ -103,18 +103,13 @@ def _epochs(net, loader, n: int, lr: float, *, optimizer=None, extra_loss=None, 
 def _policy(method: str, target: float, overrides: tuple[str, ...] = ()):
     """The shipped ``cifar_resnet`` policy for ``method`` at ``target``; ``overrides`` are
     ``dotted.key=yaml-value`` settings applied on top (``--gdp-set``, recorded with the run)."""
-    from gdp_graph.policy import GDP_ONLY_KEYS, load_policy, policy_from_dict, set_override
+    from gdp_graph.policy import load_policy, policy_from_dict, set_override, switch_regularizer
 
     data = load_policy("cifar_resnet").to_dict()
     data["target"]["fraction"] = target
-    reg = data["regularizer"]
-    reg["name"] = "l1" if method == "l1" else method
     if method != "gdp":
-        # epsilon and reopen are smoothed-L0 settings; the baselines keep their gates as published
-        for key in ("reopen", *GDP_ONLY_KEYS):
-            reg.pop(key, None)
-        reg["hold_budget"] = False  # GDP's budget hold and deadline are not the baselines'
-        reg.setdefault("lambda_controller", {})["deadline"] = False
+        switch_regularizer(data, method)
+        data["regularizer"].pop("reopen", None)  # a smoothed-L0 setting: the baselines keep their gates
     for item in overrides:
         set_override(data, item)
     return policy_from_dict(data, source=f"cifar_resnet for {method}", name="cifar_resnet")

@@ -524,3 +524,13 @@ def test_max_removable_property(size: int, min_channels: int, round_to: int,
     assert 0 <= removed <= size
     assert _allowed(lim, size, removed, frozen, divisor)
     assert not any(_allowed(lim, size, r, frozen, divisor) for r in range(removed + 1, size + 1))
+
+
+def test_switch_regularizer_gives_the_baseline_as_published():
+    from gdp_graph.policy import GDP_ONLY_KEYS, load_policy, switch_regularizer
+    data = load_policy("cifar_resnet").to_dict()
+    switch_regularizer(data, "polarization")
+    reg = policy_from_dict(data).regularizer
+    assert reg.name == "polarization" and reg.epsilon is None and reg.t is not None
+    assert not reg.hold_budget and not reg.lr_by_cost and not reg.lambda_controller.deadline
+    assert not set(GDP_ONLY_KEYS) & set(data["regularizer"])

@@ -105,7 +105,7 @@ __all__ = [
     "GDP_ONLY_KEYS", "BlockSettings", "Defaults", "Diagnostic", "EpsilonSchedule", "GroupSettings",
     "LambdaController", "Location", "Policy", "PolicyError", "PolicyWarning", "Regularizer",
     "Resolution", "Rule", "Selector", "Target", "available_policies", "json_schema",
-    "load_policy", "max_removable", "policy_from_dict", "resolve",
+    "load_policy", "max_removable", "policy_from_dict", "resolve", "switch_regularizer",
 ]
 
 
@@ -185,3 +185,16 @@ def set_override(data: dict[str, Any], item: str) -> None:
     for key in parents:
         node = node.setdefault(key, {})
     node[leaf] = yaml.safe_load(value)
+
+
+def switch_regularizer(data: dict[str, Any], name: str) -> None:
+    """Make a policy dict's regularizer the baseline ``name`` as published, in place: the keys of
+    the previous regularizer (``t`` and :data:`GDP_ONLY_KEYS`) are dropped so the format's
+    defaults apply, and GDP's budget hold, deadline and cost-scaled rates are switched off."""
+    reg = data.setdefault("regularizer", {})
+    reg["name"] = name
+    for key in ("t", *GDP_ONLY_KEYS):
+        reg.pop(key, None)
+    reg["hold_budget"] = False
+    reg["lr_by_cost"] = False
+    reg.setdefault("lambda_controller", {})["deadline"] = False

@@ -114,21 +114,14 @@ def _policy(settings: TrainSettings, fix_at: float | None = None):
     """The policy with the settings' regularizer/target/``policy_set`` overrides and the
     schedule's ``fix_at`` applied (validated again, so an override produces the same precise
     errors as a file)."""
-    from gdp_graph.policy import GDP_ONLY_KEYS, load_policy, policy_from_dict, set_override
+    from gdp_graph.policy import load_policy, policy_from_dict, set_override, switch_regularizer
     policy = load_policy(settings.policy)
     if not settings.regularizer and settings.target is None and fix_at is None and not settings.policy_set:
         return policy
     data = policy.to_dict()
     reg = data["regularizer"]
     if settings.regularizer and settings.regularizer != reg["name"]:
-        reg["name"] = settings.regularizer
-        # epsilon and init belong to gdp, t to polarization: dropped, the format's defaults apply
-        for key in ("t", *GDP_ONLY_KEYS):
-            reg.pop(key, None)
-        # the baselines as published: GDP's budget hold and deadline are not theirs
-        reg["hold_budget"] = False
-        reg["lr_by_cost"] = False
-        reg.setdefault("lambda_controller", {})["deadline"] = False
+        switch_regularizer(data, settings.regularizer)
     if settings.target is not None:
         data["target"]["fraction"] = settings.target
     if fix_at is not None:
