@@ -143,12 +143,19 @@ def _difference(other: str, gdp: list[tuple[int, float, float | None, float]],
 PAIRED_MIN_SEEDS = 6
 
 
+def _differences_by_seed(mine: list[tuple[int, float, float | None, float]],
+                         theirs: list[tuple[int, float, float | None, float]], index: int) -> dict[int, float]:
+    """``{seed: mine - theirs}`` in points at ``index`` of the row tuples (1 test, 2 held-out),
+    over the seeds both rows have a value for."""
+    by_seed = {r[0]: r[index] for r in theirs if r[index] is not None}
+    return {r[0]: 100 * (r[index] - by_seed[r[0]]) for r in mine if r[index] is not None and r[0] in by_seed}
+
+
 def _paired_difference(mine: list[tuple[int, float, float | None, float]],
                        theirs: list[tuple[int, float, float | None, float]], index: int) -> tuple[float, float, int]:
     """(mean difference in points, its standard error, seeds) of ``mine`` minus ``theirs`` at
     ``index`` of the row tuples (1 test, 2 held-out), paired by seed."""
-    by_seed = {r[0]: r[index] for r in theirs if r[index] is not None}
-    diffs = [100 * (r[index] - by_seed[r[0]]) for r in mine if r[index] is not None and r[0] in by_seed]
+    diffs = list(_differences_by_seed(mine, theirs, index).values())
     if len(diffs) < 2:
         return math.nan, math.nan, len(diffs)
     return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5, len(diffs)
@@ -234,11 +241,10 @@ def paired(gdp: list[tuple[int, float, float | None, float]], other: list[tuple[
            index: int = 1) -> str:
     """``; by seed s0 +a, s1 +b, ...: standard error e`` over the seeds both rows ran (accuracy at
     ``index`` of the row tuples), or '' (under two)."""
-    theirs = {r[0]: r[index] for r in other if r[index] is not None}
-    diffs = {r[0]: 100 * (r[index] - theirs[r[0]]) for r in gdp if r[0] in theirs and r[index] is not None}
-    if len(diffs) < 2:
+    diffs = _differences_by_seed(gdp, other, index)
+    _, error, seeds = _paired_difference(gdp, other, index)
+    if seeds < 2:
         return ""
-    error = statistics.stdev(diffs.values()) / len(diffs) ** 0.5
     return f"; by seed {', '.join(f's{seed} {d:+.2f}' for seed, d in sorted(diffs.items()))}: standard error {error:.2f}"
 
 
