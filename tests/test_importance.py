@@ -4,6 +4,8 @@ budget on the rewritten model."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -202,3 +204,26 @@ def test_init_gates_starts_the_gates_ranked_by_the_policys_importance():
     theta = gated.bank.group_theta[str(gid)].detach()
     assert scores is not None and scores.method == "magnitude"
     assert int(theta.argmin()) == 5 and float(theta.max()) == pytest.approx(gated.bank.theta_start)
+
+
+def test_a_data_scored_start_never_applied_warns_at_the_first_step_and_only_then():
+    from gdp_graph.gates.model import GateInitWarning
+    from gdp_graph.importance import init_gates
+
+    torch.manual_seed(0)
+    model, x = ConvNet(), torch.randn(2, 3, 8, 8)
+    data = Policy.default().to_dict()
+    data["regularizer"]["init"] = "activation"
+    forgotten = G.attach(model, policy_from_dict(data), example_inputs=x, total_steps=10)
+    assert forgotten.init_pending == "activation"
+    with pytest.warns(GateInitWarning, match="init_gates"):
+        forgotten.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GateInitWarning)
+        forgotten.step()  # once per model
+        applied = G.attach(model, policy_from_dict(data), example_inputs=x, total_steps=10)
+        init_gates(applied, [(x, None)])
+        assert applied.init_pending is None
+        applied.step()
+        data["regularizer"]["init"] = "magnitude"  # attach() applies it: nothing pending
+        assert G.attach(model, policy_from_dict(data), example_inputs=x, total_steps=10).init_pending is None

@@ -88,5 +88,7 @@ def attach(model: nn.Module, policy: PolicyLike = None, *,
     if reg.name == "gdp" and reg.init in DATA_FREE_SCORERS:  # regularizer.init: magnitude
         init_from_scores(gated, DATA_FREE_SCORERS[reg.init](gated.analysis), reg.init_spread,
                          per_group=reg.init_rank == "group")
+    elif reg.name == "gdp" and reg.init != "uniform":  # activation, taylor: init_gates with batches
+        gated.init_pending = reg.init
     gated.train(model.training)
     return gated

@@ -87,3 +87,4 @@ def init_from_scores(gated: GatedModel, scores: Mapping[int, Tensor], spread: fl
     if int(gated.bank.step) > 0 or bool(gated.fixed):
         raise GateError("gates can be initialised from importance only before the gated phase starts")
     gated.bank._write_theta(ranked_theta(gated, scores, spread, per_group))
+    gated.init_pending = None

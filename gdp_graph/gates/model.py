@@ -19,6 +19,7 @@ controller (:mod:`gdp_graph.gates.phase`), the plans read from the gates
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping, Optional
 
 import torch
@@ -41,10 +42,14 @@ from gdp_graph.policy import Resolution
 from gdp_graph.prune.plan import PruningPlan
 from gdp_graph.vocabulary import DEFAULT_T
 
-__all__ = ["DEFAULT_GATE_LR", "GatedModel", "GateError", "polarization_stats"]
+__all__ = ["DEFAULT_GATE_LR", "GateInitWarning", "GatedModel", "GateError", "polarization_stats"]
 
 #: the gates' learning rate (Adam, see :meth:`GatedModel.gate_optimizer`)
 DEFAULT_GATE_LR = 0.02
+
+
+class GateInitWarning(UserWarning):
+    """The policy's gate start was not applied before training (see ``GatedModel.init_pending``)."""
 
 
 def polarization_stats(values: Tensor) -> dict[str, float]:
@@ -118,6 +123,9 @@ class GatedModel(nn.Module):
         self._lambda = float(reg.lambda_)
         self.controller: Optional[BudgetController | LagrangianController] = lambda_controller(policy, self.phase)
         self.fix_report: dict[str, Any] = {}
+        #: the policy's data-scored ``regularizer.init`` (``activation``, ``taylor``) until
+        #: :func:`gdp_graph.importance.init_gates` applies it; the first :meth:`step` warns if not
+        self.init_pending: Optional[str] = None
         #: ``plan -> (model, Measured)``: with a latency target and ``latency.corrections`` > 0, the
         #: cut at ``fix_at`` is corrected by measured latency (see :meth:`fix_gates`); set by the
         #: caller (``gdp_graph.latency.cut_measure``), None: the table's cut
@@ -252,6 +260,12 @@ class GatedModel(nn.Module):
         with torch.no_grad():
             bank.step.fill_(int(global_step) if global_step is not None else int(bank.step) + 1)
         count = int(bank.step)
+        if self.init_pending is not None:
+            warnings.warn(f"regularizer.init: {self.init_pending} was never applied, so the gates started at "
+                          "0.99 as with init: uniform; it scores units on data: call "
+                          "gdp_graph.importance.init_gates(gated, batches) after attach()", GateInitWarning,
+                          stacklevel=2)
+            self.init_pending = None
         self._advance("iteration", count)
         per_epoch = self.phase.steps_per_epoch
         if per_epoch is not None and count % per_epoch == 0:
