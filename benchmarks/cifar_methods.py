@@ -239,6 +239,10 @@ def _prune_gated(args, method: str, model, target: float, train, test, seed: int
         policy = constant_lambda(policy, search["lambda"])
     gated = attach(model, policy=policy, example_inputs=torch.randn(2, 3, 32, 32),
                    total_steps=args.sparse_epochs * len(train), steps_per_epoch=len(train), gate_lr=args.gate_lr)
+    if gated.init_pending:  # a start scored on data (activation, taylor); magnitude is applied by attach()
+        import torch.nn.functional as F
+        from gdp_graph.importance import init_gates
+        init_gates(gated, train, lambda out, batch: F.cross_entropy(out, batch[1]))
 
     def log(e: int, st: dict) -> None:
         g = gated.report()
