@@ -155,10 +155,15 @@ def _paired_difference(mine: list[tuple[int, float, float | None, float]],
                        theirs: list[tuple[int, float, float | None, float]], index: int) -> tuple[float, float, int]:
     """(mean difference in points, its standard error, seeds) of ``mine`` minus ``theirs`` at
     ``index`` of the row tuples (1 test, 2 held-out), paired by seed."""
-    diffs = list(_differences_by_seed(mine, theirs, index).values())
+    return _mean_and_error(_differences_by_seed(mine, theirs, index))
+
+
+def _mean_and_error(diffs: dict[int, float]) -> tuple[float, float, int]:
+    """(mean, standard error, count) of by-seed differences; NaNs under two seeds."""
     if len(diffs) < 2:
         return math.nan, math.nan, len(diffs)
-    return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5, len(diffs)
+    values = list(diffs.values())
+    return statistics.mean(values), statistics.stdev(values) / len(values) ** 0.5, len(values)
 
 
 def _threads(row: str) -> str:
@@ -242,7 +247,7 @@ def paired(gdp: list[tuple[int, float, float | None, float]], other: list[tuple[
     """``; by seed s0 +a, s1 +b, ...: standard error e`` over the seeds both rows ran (accuracy at
     ``index`` of the row tuples), or '' (under two)."""
     diffs = _differences_by_seed(gdp, other, index)
-    _, error, seeds = _paired_difference(gdp, other, index)
+    _, error, seeds = _mean_and_error(diffs)
     if seeds < 2:
         return ""
     return f"; by seed {', '.join(f's{seed} {d:+.2f}' for seed, d in sorted(diffs.items()))}: standard error {error:.2f}"
