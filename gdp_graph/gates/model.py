@@ -262,7 +262,7 @@ class GatedModel(nn.Module):
         count = int(bank.step)
         if self.init_pending is not None:
             warnings.warn(f"regularizer.init: {self.init_pending} was never applied, so the gates started at "
-                          "0.99 as with init: uniform; it scores units on data: call "
+                          "one value as with init: uniform; it scores units on data: call "
                           "gdp_graph.importance.init_gates(gated, batches) after attach()", GateInitWarning,
                           stacklevel=2)
             self.init_pending = None
